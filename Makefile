@@ -1,0 +1,33 @@
+# Two commands for a fresh machine with Python 3.11:
+#   make demo   set up .venv and run the quickstart search (builtin data, transformer family)
+#   make test   set up .venv with the test extras and run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Each demo run gets its own storage folder: ktune never overwrites an experiment.
+DEMO_STORAGE ?= results/demo-$(shell date +%Y%m%d-%H%M%S)
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ktune run examples/quickstart.yaml --storage $(DEMO_STORAGE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Also the tests that download real models and data sets (needs network).
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

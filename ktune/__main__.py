@@ -1,0 +1,5 @@
+import sys
+
+from ktune.cli import main
+
+sys.exit(main())

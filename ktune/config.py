@@ -1,0 +1,399 @@
+"""The experiment file: YAML -> a typed, validated :class:`ExperimentConfig`.
+
+Everything a run needs is checked here, before Ray or TensorFlow start: unknown or
+misspelled keys, wrong types, impossible search spaces, non-positive sizes, missing data
+files. Each problem raises :class:`~ktune.errors.ConfigError` with one line that names
+the key (``search.space.heads``) or the file.
+
+Paths: data files are relative to the experiment file's folder; ``storage`` is relative
+to the working directory, as in Ray.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from ktune.errors import ConfigError
+from ktune.search_spaces import SPACES, Spec
+
+__all__ = [
+    "ExperimentConfig",
+    "DataConfig",
+    "SearchConfig",
+    "TrainingConfig",
+    "ResourcesConfig",
+    "ExportConfig",
+    "load_config",
+    "parse_config",
+    "METRICS",
+]
+
+SOURCES = ("builtin", "tfds", "csv", "jsonl")
+SCHEDULERS = ("asha", "fifo")
+# metric -> the mode that makes sense for it
+METRICS = {"val_accuracy": "max", "val_loss": "min"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the texts come from. See ``ktune.data`` for each source."""
+
+    source: str = "builtin"
+    validation_fraction: float = 0.1
+    seed: int = 0
+    # builtin
+    train_size: int | None = None
+    test_size: int | None = None
+    # tfds
+    name: str = "ag_news_subset"
+    data_dir: str | None = None
+    # csv / jsonl
+    train: str | None = None
+    test: str | None = None
+    text: tuple[str, ...] = ("text",)
+    label: str = "label"
+    label_names: tuple[str, ...] | None = None
+    test_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    num_samples: int = 8
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    scheduler: str = "asha"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_concurrent_trials: int = 2
+    seed: int = 0
+    space: Mapping[str, Spec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 3
+    batch_size: int = 64
+    maxlen: int = 64
+    vocab_size: int = 20000
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpu: float = 1
+    gpu: float = 0
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    enabled: bool = True
+    dir: str | None = None  # default: <experiment dir>/export
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    family: str
+    data: DataConfig
+    search: SearchConfig
+    training: TrainingConfig
+    resources: ResourcesConfig
+    export: ExportConfig
+    storage: str
+    address: str | None = None
+    source_path: str | None = None  # the experiment file, for messages and metadata
+
+    @property
+    def experiment_dir(self) -> Path:
+        """``<storage>/<name>``: Ray's run directory and ktune's results live here."""
+        return Path(self.storage) / self.name
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.export.dir) if self.export.dir else self.experiment_dir / "export"
+
+
+# --- value checks: each returns the cleaned value or raises with the key ---------------
+
+
+def _fail(key: str, what: str, value: Any) -> ConfigError:
+    return ConfigError(f"{key}: {what}, got {value!r}")
+
+
+def _int(key: str, v: Any, minimum: int = 1) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _fail(key, "must be an integer", v)
+    if v < minimum:
+        raise _fail(key, f"must be >= {minimum}", v)
+    return v
+
+
+def _number(key: str, v: Any, minimum: float = 0.0, inclusive: bool = True) -> float:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise _fail(key, "must be a number", v)
+    if v < minimum or (not inclusive and v == minimum):
+        raise _fail(key, f"must be {'>=' if inclusive else '>'} {minimum}", v)
+    return v
+
+
+def _fraction(key: str, v: Any) -> float:
+    v = _number(key, v)
+    if not 0 < v < 1:
+        raise _fail(key, "must be between 0 and 1 (exclusive)", v)
+    return float(v)
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise _fail(key, "must be a non-empty string", v)
+    return v
+
+
+def _one_of(key: str, v: Any, options: tuple[str, ...]) -> str:
+    if v not in options:
+        close = difflib.get_close_matches(str(v), options, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{key}: must be one of {', '.join(options)}, got {v!r}{hint}")
+    return v
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _fail(key, "must be true or false", v)
+    return v
+
+
+def _str_list(key: str, v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+        raise _fail(key, "must be a string or a non-empty list of strings", v)
+    return tuple(v)
+
+
+def _section(raw: Any, key: str, known: tuple[str, ...]) -> dict:
+    """A mapping whose keys are all known; misspellings get a suggestion."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _fail(key, "must be a mapping", raw)
+    for name in raw:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            where = f"{key}.{name}" if key else str(name)
+            raise ConfigError(f"{where}: unknown key; {hint}")
+    return dict(raw)
+
+
+def _fields(cls: type) -> tuple[str, ...]:
+    return tuple(cls.__dataclass_fields__)
+
+
+def _parse(
+    raw: Mapping, key: str, cls: type, checks: Mapping[str, Callable[[str, Any], Any]]
+) -> Any:
+    values = {}
+    for name, value in raw.items():
+        check = checks.get(name)
+        full = f"{key}.{name}"
+        values[name] = None if value is None and check is None else (
+            check(full, value) if check else value
+        )
+    return cls(**values)
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda key, v: None if v is None else check(key, v)
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
+    known = tuple(f for f in _fields(DataConfig))
+    d = _section(raw, "data", known)
+    cfg: DataConfig = _parse(
+        d,
+        "data",
+        DataConfig,
+        {
+            "source": lambda k, v: _one_of(k, v, SOURCES),
+            "validation_fraction": _fraction,
+            "test_fraction": _fraction,
+            "seed": lambda k, v: _int(k, v, minimum=0),
+            "train_size": _optional(_int),
+            "test_size": _optional(_int),
+            "name": _str,
+            "data_dir": _optional(_str),
+            "train": _optional(_str),
+            "test": _optional(_str),
+            "text": _str_list,
+            "label": _str,
+            "label_names": _optional(_str_list),
+        },
+    )
+    if cfg.source in ("csv", "jsonl"):
+        if cfg.train is None:
+            raise ConfigError(f"data.train: required for source '{cfg.source}' (path to a file)")
+        paths = {}
+        for name in ("train", "test"):
+            value = getattr(cfg, name)
+            if value is None:
+                continue
+            path = (base_dir / Path(value).expanduser()).resolve()
+            if not path.is_file():
+                raise ConfigError(f"data.{name}: file not found: {path}")
+            paths[name] = str(path)
+        cfg = replace(cfg, **paths)
+        if cfg.label_names is not None and len(set(cfg.label_names)) != len(cfg.label_names):
+            raise ConfigError(f"data.label_names: names must be unique, got {list(cfg.label_names)}")
+    else:
+        for name in ("train", "test", "text", "label", "label_names"):
+            if name in d:
+                raise ConfigError(
+                    f"data.{name}: only used with source csv or jsonl, not '{cfg.source}'"
+                )
+    if cfg.source == "tfds" and cfg.data_dir is not None:
+        cfg = replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser()))
+    return cfg
+
+
+def _parse_search(raw: Any, family: str) -> SearchConfig:
+    d = _section(raw, "search", _fields(SearchConfig))
+    space_raw = d.pop("space", None)
+    if space_raw is not None and not isinstance(space_raw, Mapping):
+        raise _fail("search.space", "must be a mapping of hyperparameter -> spec", space_raw)
+    cfg: SearchConfig = _parse(
+        d,
+        "search",
+        SearchConfig,
+        {
+            "num_samples": _int,
+            "metric": lambda k, v: _one_of(k, v, tuple(METRICS)),
+            "mode": lambda k, v: _one_of(k, v, ("max", "min")),
+            "scheduler": lambda k, v: _one_of(k, v, SCHEDULERS),
+            "grace_period": _int,
+            "reduction_factor": lambda k, v: _int(k, v, minimum=2),
+            "max_concurrent_trials": _int,
+            "seed": lambda k, v: _int(k, v, minimum=0),
+        },
+    )
+    if "mode" not in d:
+        cfg = replace(cfg, mode=METRICS[cfg.metric])
+    elif cfg.mode != METRICS[cfg.metric]:
+        raise ConfigError(
+            f"search.mode: {cfg.metric} is optimized with mode '{METRICS[cfg.metric]}', "
+            f"got '{cfg.mode}'"
+        )
+    return replace(cfg, space=SPACES[family].resolve(space_raw))
+
+
+def _parse_training(raw: Any) -> TrainingConfig:
+    d = _section(raw, "training", _fields(TrainingConfig))
+    return _parse(d, "training", TrainingConfig, {n: _int for n in _fields(TrainingConfig)})
+
+
+def _parse_resources(raw: Any) -> ResourcesConfig:
+    d = _section(raw, "resources", _fields(ResourcesConfig))
+    cfg: ResourcesConfig = _parse(
+        d,
+        "resources",
+        ResourcesConfig,
+        {
+            "cpu": lambda k, v: _number(k, v, 0, inclusive=False),
+            "gpu": lambda k, v: _number(k, v, 0),
+        },
+    )
+    if cfg.gpu > 1 and cfg.gpu != int(cfg.gpu):
+        raise _fail("resources.gpu", "must be a fraction below 1 or a whole number", cfg.gpu)
+    return cfg
+
+
+def _parse_export(raw: Any) -> ExportConfig:
+    if isinstance(raw, bool):
+        return ExportConfig(enabled=raw)
+    d = _section(raw, "export", _fields(ExportConfig))
+    return _parse(d, "export", ExportConfig, {"enabled": _bool, "dir": _optional(_str)})
+
+
+TOP_LEVEL = (
+    "name",
+    "family",
+    "data",
+    "search",
+    "training",
+    "resources",
+    "storage",
+    "export",
+    "address",
+)
+
+
+def parse_config(
+    raw: Any,
+    *,
+    base_dir: str | Path = ".",
+    num_samples: int | None = None,
+    storage: str | None = None,
+    address: str | None = None,
+    source_path: str | None = None,
+) -> ExperimentConfig:
+    """Validates a parsed YAML document; keyword overrides win over the file (CLI flags)."""
+    base = Path(base_dir)
+    top = _section(raw if raw is not None else {}, "", TOP_LEVEL)
+    if "name" not in top:
+        raise ConfigError("name: required (the experiment's name; its folder is <storage>/<name>)")
+    name = _str("name", top["name"])
+    if not _NAME.match(name):
+        raise _fail("name", "must be letters, digits, '.', '_' or '-' (it names a folder)", name)
+    family = _one_of("family", top.get("family", "transformer"), tuple(SPACES))
+    search = _parse_search(top.get("search"), family)
+    if num_samples is not None:
+        search = replace(search, num_samples=_int("--num-samples", num_samples))
+    storage_value = storage if storage is not None else top.get("storage", "results")
+    storage_key = "--storage" if storage is not None else "storage"
+    storage_path = Path(_str(storage_key, storage_value)).expanduser().resolve()
+    export = _parse_export(top.get("export"))
+    if export.dir is not None:
+        export = replace(export, dir=str(Path(export.dir).expanduser().resolve()))
+    addr = address if address is not None else top.get("address")
+    return ExperimentConfig(
+        name=name,
+        family=family,
+        data=_parse_data(top.get("data"), base),
+        search=search,
+        training=_parse_training(top.get("training")),
+        resources=_parse_resources(top.get("resources")),
+        export=export,
+        storage=str(storage_path),
+        address=None if addr is None else _str("address", addr),
+        source_path=source_path,
+    )
+
+
+def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
+    """Reads and validates an experiment file. Raises ConfigError naming the key or file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: the experiment file must be a YAML mapping of keys")
+    return parse_config(
+        raw, base_dir=p.resolve().parent, source_path=str(p.resolve()), **overrides
+    )

@@ -1,0 +1,25 @@
+"""The errors ktune raises for the user's mistakes, apart from crashes.
+
+Every subclass of :class:`KtuneUserError` carries one line that names the key or file
+at fault and what to do; the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KtuneUserError", "ConfigError", "DataError", "ExperimentError"]
+
+
+class KtuneUserError(Exception):
+    """A mistake in the user's input: printed as one line, exit code 2."""
+
+
+class ConfigError(KtuneUserError, ValueError):
+    """The experiment file (or a CLI override) is invalid."""
+
+
+class DataError(KtuneUserError, ValueError):
+    """A data source cannot be read or does not make a classification data set."""
+
+
+class ExperimentError(KtuneUserError):
+    """An experiment directory or export target cannot be used as asked."""

@@ -1,0 +1,260 @@
+"""One experiment from start to end: the data flow of ``ktune run``.
+
+validate -> load data once -> family prepares shared artefacts once -> Ray Tune search ->
+results table, ``best.json`` and the best trial's test accuracy -> export.
+
+Files in the experiment directory ``<storage>/<name>`` besides Ray's own:
+- ``experiment.yaml``: the experiment file as run;
+- ``ktune.json``: what export needs to rebuild a trial's model (family, training sizes,
+  class names, artefacts such as the vocabulary, texts to verify an export on);
+- ``results.csv``: one row per trial; ``best.json``: the best trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from ktune.config import ExperimentConfig, TrainingConfig
+from ktune.errors import ExperimentError
+
+__all__ = ["run_experiment", "check_targets", "read_experiment", "SPEC_FILE", "BEST_FILE"]
+
+log = logging.getLogger("ktune")
+
+SPEC_FILE = "ktune.json"
+BEST_FILE = "best.json"
+RESULTS_FILE = "results.csv"
+# Texts an export is verified on: held-out test texts plus edge cases.
+_EDGE_TEXTS = ["", "!!!", "a " * 400, "Ünïcödé — naïve café 東京 📈"]
+
+
+def check_targets(cfg: ExperimentConfig) -> None:
+    """Refuses to start when results or an export already exist where this run would write."""
+    exp_dir = cfg.experiment_dir
+    if exp_dir.exists() and any(exp_dir.iterdir()):
+        raise ExperimentError(
+            f"{exp_dir}: experiment directory already exists; ktune never overwrites results "
+            "(choose another name or --storage)"
+        )
+    if cfg.export.enabled and cfg.export_dir.exists():
+        raise ExperimentError(
+            f"{cfg.export_dir}: export target already exists; ktune never overwrites an export "
+            "(set export.dir or remove it)"
+        )
+
+
+def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
+    """(spec, best) of a finished experiment; one clear error when either is missing."""
+    d = Path(exp_dir)
+    if not d.is_dir():
+        raise ExperimentError(f"{d}: no such experiment directory")
+    spec_path, best_path = d / SPEC_FILE, d / BEST_FILE
+    if not spec_path.is_file():
+        raise ExperimentError(f"{d}: not a ktune experiment directory (no {SPEC_FILE})")
+    if not best_path.is_file():
+        raise ExperimentError(f"{d}: no completed trial yet (no {BEST_FILE})")
+    return json.loads(spec_path.read_text()), json.loads(best_path.read_text())
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+
+
+_TABLE_KEYS = ("embed_dim", "heads", "learning_rate", "warmup", "ff_dim", "dropout", "num_blocks")
+
+
+def format_results_table(rows: Sequence[dict], metric: str) -> str:
+    """A fixed-width table: one trial a row, its hyperparameters and its best metric."""
+    cols = ["trial", "status", *[k for k in _TABLE_KEYS if any(k in r for r in rows)], "epochs", metric]
+    lines = [cols]
+    for r in rows:
+        line = [str(r.get("trial", "")), str(r.get("status", ""))]
+        for k in cols[2:-2]:
+            v = r.get(k)
+            line.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+        line.append(str(r.get("epochs", "")))
+        v = r.get(metric)
+        line.append(f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else "-")
+        lines.append(line)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    export: bool | None = None,
+    callbacks: Sequence = (),
+    max_failures: int = 0,
+) -> dict:
+    """Runs ``cfg`` end to end and returns the contents of ``best.json``.
+
+    Raises a :class:`~ktune.errors.KtuneUserError` for bad input before Ray starts.
+    ``callbacks`` are extra Keras callbacks for every trial (tests inject failures).
+    """
+    from ktune.data import load_data
+    from ktune.trainables import get_family
+
+    started = time.time()
+    check_targets(cfg)
+    data = load_data(cfg.data)
+    family = get_family(cfg.family)
+    log.info(
+        "data: %d train / %d validation / %d test texts, %d classes",
+        len(data.train_labels), len(data.val_labels), len(data.test_labels), data.num_classes,
+    )
+    prepared = family.prepare(data, cfg.training)
+
+    from ktune.trainables.base import TrialPayload
+    from ktune.tuner import build_tuner
+
+    payload = TrialPayload(
+        family=cfg.family,
+        train_inputs=prepared.train_inputs,
+        train_labels=data.train_labels,
+        val_inputs=prepared.val_inputs,
+        val_labels=data.val_labels,
+        num_classes=data.num_classes,
+        artefacts=prepared.artefacts,
+        training=cfg.training,
+        cpu=cfg.resources.cpu,
+        gpu=cfg.resources.gpu,
+        seed=cfg.search.seed,
+    )
+    exp_dir = cfg.experiment_dir
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.source_path:
+        shutil.copyfile(cfg.source_path, exp_dir / "experiment.yaml")
+    verify_texts = [str(t) for t in data.test_texts[:60]] + _EDGE_TEXTS
+    _write_json(
+        exp_dir / SPEC_FILE,
+        {
+            "name": cfg.name,
+            "family": cfg.family,
+            "metric": cfg.search.metric,
+            "mode": cfg.search.mode,
+            "training": asdict(cfg.training),
+            "class_names": data.class_names,
+            "artefacts": prepared.artefacts,
+            "verify_texts": verify_texts,
+            "data": asdict(cfg.data),
+        },
+    )
+
+    _init_ray(cfg.address)
+    tuner = build_tuner(cfg, payload, callbacks=callbacks, max_failures=max_failures)
+    grid = tuner.fit()
+
+    rows, best_row = [], None
+    for result in grid:
+        trial_id = Path(result.path).name if result.path else "?"
+        config = dict(result.config or {})
+        hist = result.metrics_dataframe
+        best_value = None
+        if hist is not None and cfg.search.metric in hist:
+            series = hist[cfg.search.metric]
+            best_value = float(series.max() if cfg.search.mode == "max" else series.min())
+        row = {
+            "trial": trial_id,
+            "status": "ERROR" if result.error else "TERMINATED",
+            **{k: config.get(k) for k in _TABLE_KEYS if k in config},
+            "epochs": int((result.metrics or {}).get("epoch", 0)),
+            cfg.search.metric: best_value if best_value is not None else float("nan"),
+        }
+        rows.append(row)
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(exp_dir / RESULTS_FILE, index=False)
+    print(format_results_table(rows, cfg.search.metric))
+    for result in grid:
+        if result.error:
+            log.error("trial %s failed: %s", result.path, str(result.error).splitlines()[0])
+
+    try:
+        best = grid.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="all")
+    except RuntimeError:
+        best = None
+    checkpoint = None if best is None else best.get_best_checkpoint(
+        cfg.search.metric, cfg.search.mode
+    )
+    if checkpoint is None:
+        raise ExperimentError(f"{exp_dir}: no trial completed an epoch; see the errors above")
+    best_metrics = next(
+        (m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics
+    )
+    test = evaluate_checkpoint(
+        cfg.family, best.config, prepared.artefacts, data, cfg.training, checkpoint.path
+    )
+    best_info = {
+        "trial": Path(best.path).name,
+        "trial_dir": best.path,
+        "config": dict(best.config),
+        "metrics": {
+            k: best_metrics[k]
+            for k in ("val_accuracy", "val_loss", "accuracy", "loss", "epoch")
+            if k in best_metrics
+        },
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "checkpoint": checkpoint.path,
+        "num_trials": len(rows),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    _write_json(exp_dir / BEST_FILE, best_info)
+    print(
+        f"\nbest trial {best_info['trial']}: {cfg.search.metric}="
+        f"{best_info['metrics'].get(cfg.search.metric, float('nan')):.4f} at epoch "
+        f"{best_info['metrics'].get('epoch')}, test_accuracy={test['accuracy']:.4f} "
+        f"(test split, reported separately)\nresults: {exp_dir}"
+    )
+    if cfg.export.enabled if export is None else export:
+        from ktune.export import export_best
+
+        out = export_best(exp_dir, cfg.export_dir)
+        best_info["export"] = str(out)
+        _write_json(exp_dir / BEST_FILE, best_info)
+        print(f"exported: {out}  (try: ktune predict {out} \"some text\")")
+    return best_info
+
+
+def evaluate_checkpoint(
+    family_name: str,
+    config: dict,
+    artefacts: dict,
+    data,
+    training: TrainingConfig,
+    checkpoint_dir: str,
+) -> dict:
+    """Loss and accuracy of a trial's checkpoint on the test split (never seen in search)."""
+    import numpy as np
+
+    from ktune.trainables import get_family
+    from ktune.trainables.base import restore_model
+
+    family = get_family(family_name)
+    model = restore_model(family, config, artefacts, data.num_classes, training, checkpoint_dir)
+    probs = model.predict(
+        family.encode(artefacts, training, data.test_texts), batch_size=256, verbose=0
+    )
+    labels = np.asarray(data.test_labels)
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
+    return {"accuracy": float(np.mean(np.argmax(probs, -1) == labels)), "loss": loss}

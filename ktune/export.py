@@ -1,0 +1,171 @@
+"""Best checkpoint -> a verified TensorFlow SavedModel whose signature takes raw strings.
+
+The exported ``serving_default`` takes a batch of strings (``tf.string``, shape
+``[None]``) and returns ``probabilities`` (``[N, C]``), ``label`` (the predicted class
+name), ``score`` (its probability) and ``class_names`` (``[N, C]``, the name of each
+probability column). Tokenization is inside the graph, so the export needs no ktune to
+load: ``tf.saved_model.load(dir).signatures["serving_default"](tf.constant([...]))``.
+
+An export is written to a temporary sibling folder, reloaded and compared with the
+restored Keras model on held-out texts, and only then moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+
+from ktune.errors import ExperimentError
+
+__all__ = ["export_best", "load_export", "predict", "ServingModule", "EXPORT_TOLERANCE"]
+
+EXPORT_TOLERANCE = 1e-5
+METADATA_FILE = "metadata.json"
+
+
+class ServingModule(tf.Module):
+    """Raw strings in, class probabilities and names out.
+
+    Args:
+        encoder: callable. Strings -> the model's inputs, traceable by TensorFlow
+            (a ``TextVectorization`` layer, a hub preprocess layer, an in-graph tokenizer).
+        model: keras.Model. Model inputs -> class probabilities.
+        class_names: list of str. The name of each probability column.
+    """
+
+    def __init__(self, encoder: Any, model: Any, class_names: Sequence[str]):
+        super().__init__(name="ktune_serving")
+        self.encoder = encoder
+        self.model = model
+        self.class_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+    def serve(self, texts: tf.Tensor) -> dict:
+        probabilities = self.model(self.encoder(texts), training=False)
+        best = tf.argmax(probabilities, axis=-1)
+        n = tf.shape(texts)[0]
+        return {
+            "probabilities": probabilities,
+            "label": tf.gather(self.class_names, best),
+            "score": tf.reduce_max(probabilities, axis=-1),
+            "class_names": tf.tile(self.class_names[tf.newaxis, :], [n, 1]),
+        }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("ktune", "tensorflow", "tf-keras", "ray", "optuna", "tensorflow-text"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Exports the best trial of a finished experiment to ``out_dir``; returns it.
+
+    Refuses an existing ``out_dir`` unless ``force``; a previous export there is replaced
+    only after the new one is written and verified.
+    """
+    from ktune.config import TrainingConfig
+    from ktune.experiment import read_experiment
+    from ktune.trainables import get_family
+    from ktune.trainables.base import restore_model
+
+    spec, best = read_experiment(exp_dir)
+    out = Path(out_dir).resolve()
+    if out.exists() and not force:
+        raise ExperimentError(f"{out}: export target already exists (use --force to replace it)")
+    if not Path(best["checkpoint"]).is_dir():
+        raise ExperimentError(f"{best['checkpoint']}: the best trial's checkpoint is missing")
+
+    family = get_family(spec["family"])
+    training = TrainingConfig(**spec["training"])
+    artefacts, class_names = spec["artefacts"], spec["class_names"]
+    model = restore_model(
+        family, best["config"], artefacts, len(class_names), training, best["checkpoint"]
+    )
+    module = ServingModule(family.string_encoder(artefacts, training), model, class_names)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        texts = spec["verify_texts"]
+        expected = model.predict(family.encode(artefacts, training, texts), verbose=0)
+        got = load_export(tmp)(tf.constant(texts, tf.string))["probabilities"].numpy()
+        diff = float(np.max(np.abs(got - expected)))
+        if not diff <= EXPORT_TOLERANCE:
+            raise RuntimeError(
+                f"export check failed: reloaded SavedModel differs from the restored model "
+                f"by {diff:.3g} > {EXPORT_TOLERANCE}"
+            )
+        metadata = {
+            "family": spec["family"],
+            "experiment": str(Path(exp_dir).resolve()),
+            "trial": best["trial"],
+            "config": best["config"],
+            "training": spec["training"],
+            "metrics": best["metrics"],
+            "test_accuracy": best.get("test_accuracy"),
+            "class_names": class_names,
+            "checkpoint": best["checkpoint"],
+            "verified": {"texts": len(texts), "max_abs_diff": diff},
+            "versions": _versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+        if out.exists():  # force: the old export goes only once the new one is ready
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_export(export_dir: str | Path):
+    """The ``serving_default`` function of an export (loads tensorflow_text ops if present)."""
+    try:  # BERT exports tokenize with tensorflow_text ops, which must be registered first
+        import tensorflow_text  # noqa: F401
+    except ImportError:
+        pass
+    d = Path(export_dir)
+    if not (d / "saved_model.pb").is_file():
+        raise ExperimentError(f"{d}: not a SavedModel export (no saved_model.pb)")
+    loaded = tf.saved_model.load(str(d))
+    fn = loaded.signatures["serving_default"]
+    fn._ktune_owner = loaded  # keep the loaded object (and its variables) alive
+    return fn
+
+
+def predict(export_dir: str | Path, texts: Sequence[str]) -> list[dict]:
+    """Label, score and per-class probabilities for each text."""
+    out = load_export(export_dir)(tf.constant(list(texts), tf.string))
+    names = [n.decode("utf-8") for n in out["class_names"].numpy()[0]] if len(texts) else []
+    return [
+        {
+            "text": text,
+            "label": label.decode("utf-8"),
+            "score": float(score),
+            "probabilities": dict(zip(names, map(float, probs))),
+        }
+        for text, label, score, probs in zip(
+            texts, out["label"].numpy(), out["score"].numpy(), out["probabilities"].numpy()
+        )
+    ]

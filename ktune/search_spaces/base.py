@@ -1,0 +1,222 @@
+"""Search-space specs shared by every family: parsing YAML overrides and sampling them.
+
+A space is a mapping ``name -> spec``. In the experiment file a spec is written as
+- a list: a categorical choice, ``embed_dim: [32, 64]``;
+- a mapping with ``low`` and ``high`` (and optional ``log``): a range, ``learning_rate:
+  {low: 1e-4, high: 1e-2, log: true}``; integers if both bounds are integers;
+- a scalar: a fixed value, ``num_blocks: 1``.
+
+Nothing here imports TensorFlow: the driver validates spaces before anything starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ktune.errors import ConfigError
+
+__all__ = [
+    "Choice", "Range", "Fixed", "Spec", "FamilySpace", "DefineByRun", "parse_spec", "candidates",
+]
+
+_SCALAR = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical choice among ``values``."""
+
+    values: tuple
+
+    def describe(self) -> str:
+        return f"one of {list(self.values)}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric range; ``integer`` when both bounds are ints; ``log`` for log scale."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def describe(self) -> str:
+        return f"{'log-' if self.log else ''}range [{self.low}, {self.high}]"
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A constant: not searched, passed to every trial."""
+
+    value: Any
+
+    def describe(self) -> str:
+        return f"fixed {self.value!r}"
+
+
+Spec = Choice | Range | Fixed
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def parse_spec(key: str, raw: Any) -> Spec:
+    """Turns one YAML value into a spec; ``key`` is the full key path used in errors."""
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(f"{key}: empty choice list; give at least one value")
+        for v in raw:
+            if not isinstance(v, _SCALAR):
+                raise ConfigError(f"{key}: choices must be numbers or strings, got {v!r}")
+        return Choice(tuple(raw))
+    if isinstance(raw, Mapping):
+        unknown = set(raw) - {"low", "high", "log"}
+        if unknown:
+            raise ConfigError(
+                f"{key}: unknown range key(s) {sorted(unknown)}; a range has low, high and log"
+            )
+        if "low" not in raw or "high" not in raw:
+            raise ConfigError(f"{key}: a range needs both 'low' and 'high'")
+        low, high, log = raw["low"], raw["high"], raw.get("log", False)
+        if not (_is_number(low) and _is_number(high)):
+            raise ConfigError(f"{key}: low and high must be numbers, got {low!r} and {high!r}")
+        if not isinstance(log, bool):
+            raise ConfigError(f"{key}.log: must be true or false, got {log!r}")
+        if low > high:
+            raise ConfigError(f"{key}: inverted range, low {low} > high {high}")
+        if log and low <= 0:
+            raise ConfigError(f"{key}: a log range needs low > 0, got {low}")
+        integer = isinstance(low, int) and isinstance(high, int)
+        return Range(low, high, log, integer)
+    if isinstance(raw, _SCALAR):
+        return Fixed(raw)
+    raise ConfigError(
+        f"{key}: expected a list of choices, a {{low, high}} range or a value, got {raw!r}"
+    )
+
+
+def candidates(spec: Spec, limit: int = 100_000) -> list | None:
+    """Every value a spec can take, or None for a continuous range (or a huge one)."""
+    if isinstance(spec, Fixed):
+        return [spec.value]
+    if isinstance(spec, Choice):
+        return list(spec.values)
+    if spec.integer and spec.high - spec.low < limit:
+        return list(range(int(spec.low), int(spec.high) + 1))
+    return None
+
+
+def _extremes(spec: Spec) -> list:
+    if isinstance(spec, Range):
+        return [spec.low, spec.high]
+    return candidates(spec) or []
+
+
+# A rule checks every value a key can take: returns an error phrase or None.
+Rule = Callable[[Any], str | None]
+
+
+def positive_int(v: Any) -> str | None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        return "must be a positive integer"
+    return None
+
+
+def positive_number(v: Any) -> str | None:
+    if not _is_number(v) or v <= 0:
+        return "must be a positive number"
+    return None
+
+
+def non_negative(v: Any) -> str | None:
+    if not _is_number(v) or v < 0:
+        return "must be a number >= 0"
+    return None
+
+
+def fraction(v: Any) -> str | None:
+    """A fraction in [0, 1): dropout rates and warmup shares."""
+    if not _is_number(v) or not (0 <= v < 1):
+        return "must be a number in [0, 1)"
+    return None
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+class FamilySpace:
+    """A family's search space: its default specs, the rules on values, and sampling.
+
+    Subclasses add the family's joint constraints (:meth:`check`) and the define-by-run
+    order (:meth:`sample`). ``defaults`` are plain data, written as in the YAML file.
+    """
+
+    family: str = ""
+    defaults: Mapping[str, Any] = {}
+    rules: Mapping[str, Rule] = {}
+
+    def resolve(self, overrides: Mapping[str, Any] | None, key: str = "search.space") -> dict:
+        """Merges YAML overrides into the defaults; validates everything; returns specs."""
+        overrides = dict(overrides or {})
+        for name in overrides:
+            if name not in self.defaults:
+                close = difflib.get_close_matches(str(name), list(self.defaults), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(
+                    f"{key}.{name}: unknown hyperparameter for family '{self.family}'{hint} "
+                    f"(known: {', '.join(self.defaults)})"
+                )
+        space = {}
+        for name, raw in {**self.defaults, **overrides}.items():
+            spec = parse_spec(f"{key}.{name}", raw)
+            rule = self.rules.get(name)
+            if rule is not None:
+                for value in _extremes(spec):
+                    problem = rule(value)
+                    if problem:
+                        raise ConfigError(f"{key}.{name}: {problem}, got {value!r}")
+            space[name] = spec
+        self.check(space, key)
+        return space
+
+    def check(self, space: Mapping[str, Spec], key: str) -> None:
+        """Raises ConfigError when values that are each valid cannot be combined."""
+
+    def sample(self, trial: Any, space: Mapping[str, Spec]) -> dict:
+        """Draws one configuration on an Optuna trial (define-by-run)."""
+        return {name: suggest(trial, name, spec) for name, spec in space.items()}
+
+    def space_fn(self, space: Mapping[str, Spec]) -> "DefineByRun":
+        """The define-by-run function that ``OptunaSearch(space=...)`` calls per trial."""
+        return DefineByRun(self, dict(space))
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """A picklable define-by-run space: Ray pickles the searcher with its experiment state."""
+
+    family_space: FamilySpace
+    space: Mapping[str, Spec]
+
+    def __call__(self, trial: Any) -> dict:
+        return self.family_space.sample(trial, self.space)
+
+
+def suggest(trial: Any, name: str, spec: Spec) -> Any:
+    """One value from ``spec`` on an Optuna trial; fixed values are not suggested."""
+    if isinstance(spec, Fixed):
+        return spec.value
+    if isinstance(spec, Choice):
+        if len(spec.values) == 1:
+            return spec.values[0]
+        return trial.suggest_categorical(name, list(spec.values))
+    if spec.low == spec.high:
+        return spec.low
+    if spec.integer:
+        return trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log)
+    return trial.suggest_float(name, float(spec.low), float(spec.high), log=spec.log)

@@ -1,0 +1,87 @@
+"""The search space of the ``transformer`` family (the Keras Transformer built from scratch).
+
+``heads`` is drawn only among the divisors of the drawn ``embed_dim`` (each head is
+``embed_dim // heads`` wide). Optuna needs a categorical's choices to stay the same for
+a name, so the conditional draw is named per embed_dim (``heads_for_embed_dim_64``) and
+returned to the trial as ``heads``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ktune.errors import ConfigError
+from ktune.search_spaces.base import (
+    Choice,
+    FamilySpace,
+    Range,
+    Spec,
+    candidates,
+    fraction,
+    non_negative,
+    positive_int,
+    positive_number,
+    suggest,
+)
+
+__all__ = ["TransformerSpace", "DEFAULT_SPACE"]
+
+# Sized for a CPU: small enough that a 3-epoch trial takes seconds on the builtin data,
+# wide enough in learning rate that the choice matters.
+DEFAULT_SPACE: dict[str, Any] = {
+    "embed_dim": [32, 64, 128],
+    "heads": [1, 2, 4, 8],
+    "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+    "warmup": {"low": 0.0, "high": 0.2},
+    "ff_dim": [32, 64, 128],
+    "dropout": {"low": 0.0, "high": 0.4},
+    "num_blocks": [1, 2],
+    "weight_decay": 0.01,
+}
+
+
+class TransformerSpace(FamilySpace):
+    family = "transformer"
+    defaults = DEFAULT_SPACE
+    rules = {
+        "embed_dim": positive_int,
+        "heads": positive_int,
+        "learning_rate": positive_number,
+        "warmup": fraction,
+        "ff_dim": positive_int,
+        "dropout": fraction,
+        "num_blocks": positive_int,
+        "weight_decay": non_negative,
+    }
+
+    def check(self, space: Mapping[str, Spec], key: str) -> None:
+        for name in ("embed_dim", "heads"):
+            if isinstance(space[name], Range) and not space[name].integer:
+                raise ConfigError(f"{key}.{name}: must be integers, got {space[name].describe()}")
+        dims = candidates(space["embed_dim"])
+        heads = candidates(space["heads"])
+        if dims is None or heads is None:
+            raise ConfigError(f"{key}.embed_dim/heads: integer ranges too large to check")
+        orphans = [e for e in dims if not any(e % h == 0 for h in heads)]
+        if orphans:
+            raise ConfigError(
+                f"{key}.heads: no choice in {heads} divides embed_dim {orphans}; "
+                "heads must divide embed_dim"
+            )
+
+    def sample(self, trial: Any, space: Mapping[str, Spec]) -> dict:
+        config = {}
+        embed_dim = suggest(trial, "embed_dim", space["embed_dim"])
+        config["embed_dim"] = embed_dim
+        valid = [h for h in candidates(space["heads"]) if embed_dim % h == 0]
+        config["heads"] = suggest(trial, f"heads_for_embed_dim_{embed_dim}", Choice(tuple(valid)))
+        for name, spec in space.items():
+            if name not in config:
+                config[name] = suggest(trial, name, spec)
+        return config
+
+
+def heads_choices(space: Mapping[str, Spec], embed_dim: int) -> list[int]:
+    """The heads values a trial with ``embed_dim`` can draw (for tests and docs)."""
+    return [h for h in candidates(space["heads"]) if embed_dim % h == 0]
+

@@ -1,0 +1,215 @@
+"""The shared trial loop: one Ray Tune function trainable for every family.
+
+Life of a trial (``run_trial``):
+1. configure TensorFlow's threads and devices from the trial's resources, before any op;
+2. build the family's model for the drawn config and compile it with ``ktune.optim``;
+3. restore model, optimizer and epoch from ``ray.tune.get_checkpoint()`` when Ray hands
+   one back (a retried or resumed trial), so training continues at the next epoch;
+4. ``fit``; after every epoch :class:`ReportEpoch` reports the metrics and a TF object
+   checkpoint with ``ray.tune.report``.
+
+The data and the family's artefacts arrive through the object store
+(``tune.with_parameters``): the driver prepares them once per experiment.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from ktune.config import TrainingConfig
+from ktune.data import TextDataset
+from ktune.optim import create_optimizer
+from ktune.search_spaces import FamilySpace
+
+__all__ = [
+    "Family",
+    "Prepared",
+    "TrialPayload",
+    "ReportEpoch",
+    "run_trial",
+    "configure_devices",
+    "compile_model",
+    "restore_model",
+    "CHECKPOINT_PREFIX",
+]
+
+CHECKPOINT_PREFIX = "ckpt"
+
+
+@dataclass
+class Prepared:
+    """What a family computes once per experiment, in the driver.
+
+    ``train_inputs`` / ``val_inputs`` are the model inputs for those splits (token ids);
+    ``artefacts`` is whatever the family needs to rebuild and serve a model (a vocabulary),
+    JSON-serializable so it is saved beside the results for ``ktune export``.
+    """
+
+    train_inputs: Any
+    val_inputs: Any
+    artefacts: dict
+
+
+class Family(ABC):
+    """A model family: its search space, its shared preparation, model and serving encoder.
+
+    Adding a family means one module with a subclass and one line in the registry
+    (``ktune.trainables.FAMILIES``).
+    """
+
+    name: str
+    space: FamilySpace
+
+    @abstractmethod
+    def prepare(self, data: TextDataset, training: TrainingConfig) -> Prepared:
+        """Called once per experiment in the driver, before Ray starts any trial."""
+
+    @abstractmethod
+    def build_model(
+        self, config: Mapping[str, Any], artefacts: Mapping, num_classes: int,
+        training: TrainingConfig,
+    ) -> keras.Model:
+        """Called in each trial (and at export): a model from inputs to class probabilities."""
+
+    @abstractmethod
+    def string_encoder(self, artefacts: Mapping, training: TrainingConfig) -> Any:
+        """A TF-traceable callable: a batch of strings -> the model's inputs (for export)."""
+
+    def encode(self, artefacts: Mapping, training: TrainingConfig, texts: Sequence[str]) -> Any:
+        """Model inputs for raw texts in the driver (evaluation, export checks)."""
+        return self.string_encoder(artefacts, training)(tf.constant(list(texts), tf.string))
+
+
+@dataclass
+class TrialPayload:
+    """Everything a trial needs besides its config; shipped once through the object store."""
+
+    family: str
+    train_inputs: Any
+    train_labels: np.ndarray
+    val_inputs: Any
+    val_labels: np.ndarray
+    num_classes: int
+    artefacts: dict
+    training: TrainingConfig
+    cpu: float
+    gpu: float
+    seed: int
+
+
+def configure_devices(cpu: float, gpu: float) -> None:
+    """Threads and devices for this trial; a no-op once TensorFlow has initialized."""
+    try:
+        threads = max(1, int(math.floor(cpu)))
+        # Concurrent trials must not fight over cores: each uses what Ray gave it.
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpu == 0:
+            tf.config.set_visible_devices([], "GPU")
+        else:
+            for device in gpus:
+                tf.config.experimental.set_memory_growth(device, True)
+    except RuntimeError:
+        pass  # already initialized in this process (tests call trials in one worker)
+
+
+def compile_model(
+    model: keras.Model, config: Mapping[str, Any], training: TrainingConfig, n_train: int
+) -> keras.optimizers.Optimizer:
+    steps_per_epoch = max(1, math.ceil(n_train / training.batch_size))
+    optimizer = create_optimizer(
+        learning_rate=float(config["learning_rate"]),
+        total_steps=steps_per_epoch * training.epochs,
+        warmup=float(config.get("warmup", 0.1)),
+        weight_decay=float(config.get("weight_decay", 0.01)),
+    )
+    model.compile(
+        optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    # Slots exist before a restore, so a checkpoint's optimizer state is matched exactly.
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+class ReportEpoch(keras.callbacks.Callback):
+    """After every epoch: write a TF object checkpoint, report it with the metrics to Tune."""
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, epoch: tf.Variable):
+        super().__init__()
+        self._checkpoint = checkpoint
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        from ray import tune
+
+        self._epoch.assign(epoch + 1)
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        metrics["epoch"] = epoch + 1
+        with tempfile.TemporaryDirectory(prefix="ktune-ckpt-") as d:
+            self._checkpoint.write(os.path.join(d, CHECKPOINT_PREFIX))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def run_trial(
+    config: dict, payload: TrialPayload, callbacks: Sequence[keras.callbacks.Callback] = ()
+) -> None:
+    """The Ray Tune function trainable (wrapped with ``tune.with_parameters``)."""
+    from ray import tune
+
+    from ktune.trainables import get_family
+
+    configure_devices(payload.cpu, payload.gpu)
+    keras.utils.set_random_seed(payload.seed)
+    family = get_family(payload.family)
+    training = payload.training
+    model = family.build_model(config, payload.artefacts, payload.num_classes, training)
+    optimizer = compile_model(model, config, training, len(payload.train_labels))
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+    resume_from = tune.get_checkpoint()
+    if resume_from is not None:
+        with resume_from.as_directory() as d:
+            checkpoint.read(os.path.join(d, CHECKPOINT_PREFIX)).assert_consumed()
+    start = int(epoch.numpy())
+    if start >= training.epochs:
+        return
+    model.fit(
+        payload.train_inputs,
+        payload.train_labels,
+        validation_data=(payload.val_inputs, payload.val_labels),
+        batch_size=training.batch_size,
+        epochs=training.epochs,
+        initial_epoch=start,
+        shuffle=True,
+        verbose=0,
+        callbacks=[ReportEpoch(checkpoint, epoch), *callbacks],
+    )
+
+
+def restore_model(
+    family: Family,
+    config: Mapping[str, Any],
+    artefacts: Mapping,
+    num_classes: int,
+    training: TrainingConfig,
+    checkpoint_dir: str | Path,
+) -> keras.Model:
+    """Rebuilds a trial's model and loads its weights from a ktune checkpoint folder."""
+    model = family.build_model(config, artefacts, num_classes, training)
+    status = tf.train.Checkpoint(model=model).read(
+        os.path.join(str(checkpoint_dir), CHECKPOINT_PREFIX)
+    )
+    status.expect_partial().assert_existing_objects_matched()
+    return model

@@ -1,0 +1,85 @@
+"""Builds the ``ray.tune.Tuner`` of an experiment: Optuna TPE search, ASHA, resources, storage.
+
+The metric and mode are given to the searcher and the scheduler themselves: with
+``max_concurrent_trials`` Tune wraps the searcher in a ``ConcurrencyLimiter`` that does not
+pass ``TuneConfig``'s metric on (seen in Ray 2.60), and setting both is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from ktune.config import ExperimentConfig
+from ktune.search_spaces import get_space
+from ktune.trainables.base import TrialPayload, run_trial
+
+__all__ = ["build_tuner", "build_searcher", "build_scheduler"]
+
+
+def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
+    import optuna
+
+    space = get_space(cfg.family)
+    # TPE samples at random until it has n_startup_trials results; Optuna's default (10)
+    # would make a small search (the quickstart's 8 trials) purely random.
+    startup = min(10, max(3, cfg.search.num_samples // 3))
+    return OptunaSearch(
+        space=space.space_fn(cfg.search.space),
+        metric=cfg.search.metric,
+        mode=cfg.search.mode,
+        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=startup),
+    )
+
+
+def build_scheduler(cfg: ExperimentConfig):
+    if cfg.search.scheduler == "fifo":
+        return FIFOScheduler()
+    epochs = cfg.training.epochs
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=cfg.search.metric,
+        mode=cfg.search.mode,
+        max_t=epochs,
+        grace_period=min(cfg.search.grace_period, epochs),
+        reduction_factor=cfg.search.reduction_factor,
+    )
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(
+    cfg: ExperimentConfig, payload: TrialPayload, callbacks: Sequence = (), max_failures: int = 0
+) -> tune.Tuner:
+    """The Tuner for ``cfg``; ``payload`` reaches every trial once, through the object store."""
+    trainable = tune.with_parameters(run_trial, payload=payload, callbacks=list(callbacks))
+    trainable = tune.with_resources(
+        trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(cfg),
+            scheduler=build_scheduler(cfg),
+            num_samples=cfg.search.num_samples,
+            max_concurrent_trials=cfg.search.max_concurrent_trials,
+            # Short folder names: the hyperparameters are in each trial's params.json.
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=cfg.search.metric,
+                checkpoint_score_order=cfg.search.mode,
+            ),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            verbose=1,
+        ),
+    )
