@@ -5,8 +5,8 @@ misspelled keys, wrong types, impossible search spaces, non-positive sizes, miss
 files. Each problem raises :class:`~ktune.errors.ConfigError` with one line that names
 the key (``search.space.heads``) or the file.
 
-Paths: data files are relative to the experiment file's folder; ``storage`` is relative
-to the working directory, as in Ray.
+Paths: data files and ``data.data_dir`` are relative to the experiment file's folder;
+``storage`` and ``export.dir`` are relative to the working directory, as in Ray.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
                     f"data.{name}: only used with source csv or jsonl, not '{cfg.source}'"
                 )
     if cfg.source == "tfds" and cfg.data_dir is not None:
-        cfg = replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser()))
+        cfg = replace(cfg, data_dir=str((base_dir / Path(cfg.data_dir).expanduser()).resolve()))
     return cfg
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -235,13 +236,15 @@ def _read_rows(path: str, source: str) -> Iterable[tuple[int, dict]]:
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
     if source == "csv":
-        reader = csv.DictReader(text.splitlines())
+        # newline="": quoted fields keep their line breaks (and \x0c, U+2028 stay text).
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames:
             raise DataError(f"{path}: no header row")
-        for i, row in enumerate(reader, start=2):
-            yield i, row
+        for row in reader:
+            yield reader.line_num, row
     else:
-        for i, line in enumerate(text.splitlines(), start=1):
+        # JSON Lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085, ...
+        for i, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -254,8 +257,9 @@ def _read_rows(path: str, source: str) -> Iterable[tuple[int, dict]]:
 
 
 def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
-    texts, labels, empty = [], [], 0
+    texts, labels, empty, rows = [], [], 0, 0
     for line, row in _read_rows(path, cfg.source):
+        rows += 1
         for column in (*cfg.text, cfg.label):
             if column not in row:
                 raise DataError(
@@ -271,6 +275,8 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
             continue
         texts.append(text)
         labels.append(label.strip() if isinstance(label, str) else label)
+    if not rows:
+        raise DataError(f"{path}: no data rows")
     if not texts:
         raise DataError(f"{path}: every row has an empty text in {list(cfg.text)}")
     if empty:

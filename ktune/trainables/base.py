@@ -146,10 +146,13 @@ def compile_model(
 class ReportEpoch(keras.callbacks.Callback):
     """After every epoch: write a TF object checkpoint, report it with the metrics to Tune."""
 
-    def __init__(self, checkpoint: tf.train.Checkpoint, epoch: tf.Variable):
+    def __init__(
+        self, checkpoint: tf.train.Checkpoint, epoch: tf.Variable, optimizer: Any
+    ):
         super().__init__()
         self._checkpoint = checkpoint
         self._epoch = epoch
+        self._optimizer = optimizer
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         from ray import tune
@@ -157,6 +160,8 @@ class ReportEpoch(keras.callbacks.Callback):
         self._epoch.assign(epoch + 1)
         metrics = {k: float(v) for k, v in (logs or {}).items()}
         metrics["epoch"] = epoch + 1
+        # The optimizer's step drives the learning-rate schedule: a resumed trial continues it.
+        metrics["step"] = int(self._optimizer.iterations.numpy())
         with tempfile.TemporaryDirectory(prefix="ktune-ckpt-") as d:
             self._checkpoint.write(os.path.join(d, CHECKPOINT_PREFIX))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -194,7 +199,7 @@ def run_trial(
         initial_epoch=start,
         shuffle=True,
         verbose=0,
-        callbacks=[ReportEpoch(checkpoint, epoch), *callbacks],
+        callbacks=[ReportEpoch(checkpoint, epoch, optimizer), *callbacks],
     )
 
 

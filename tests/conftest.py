@@ -1,0 +1,73 @@
+"""Shared fixtures: one local Ray for the whole session, tiny experiments, seeding."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray (2 CPUs), started once and shared by every test that needs one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}},
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def seeded():
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+
+
+def tiny_experiment(tmp_path: Path, **over) -> dict:
+    """An experiment file as a dict: builtin data, a tiny space, seconds per trial."""
+    cfg = {
+        "name": "tiny",
+        "family": "transformer",
+        "data": {"source": "builtin", "train_size": 2000, "test_size": 120, "seed": 3},
+        "search": {
+            "num_samples": 3,
+            "max_concurrent_trials": 2,
+            "scheduler": "asha",
+            "seed": 0,
+            "space": {
+                "embed_dim": [8, 16],
+                "heads": [1, 2],
+                "ff_dim": [8],
+                "learning_rate": {"low": 8e-3, "high": 2e-2, "log": True},
+                "num_blocks": [1],
+            },
+        },
+        "training": {"epochs": 2, "batch_size": 32, "maxlen": 24, "vocab_size": 400},
+        "resources": {"cpu": 1, "gpu": 0},
+        "storage": str(tmp_path / "results"),
+        "export": {"enabled": True},
+    }
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg[section][name] = value
+        else:
+            cfg[section] = value
+    return cfg
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env

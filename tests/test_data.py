@@ -1,0 +1,408 @@
+"""Data sources: builtin, csv, jsonl and tfds (mocked TFDS data, real loader)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
+import numpy as np
+import pytest
+
+from ktune.config import DataConfig
+from ktune.data import AG_NEWS_CLASSES, TextDataset, generate_builtin, load_data
+from ktune.errors import DataError
+
+
+def builtin(**kw) -> TextDataset:
+    kw.setdefault("train_size", 400)
+    kw.setdefault("test_size", 80)
+    return load_data(DataConfig(source="builtin", **kw))
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def csv_cfg(train: Path, **kw) -> DataConfig:
+    return DataConfig(source="csv", train=str(train), **kw)
+
+
+def two_class_rows(n: int = 20) -> list[list]:
+    return [[f"text number {i}", "pos" if i % 2 else "neg"] for i in range(n)]
+
+
+# --- builtin --------------------------------------------------------------------------------
+
+
+def test_builtin_is_deterministic_for_a_seed():
+    a, b = builtin(seed=3), builtin(seed=3)
+    for split in ("train", "val", "test"):
+        assert list(getattr(a, f"{split}_texts")) == list(getattr(b, f"{split}_texts"))
+        np.testing.assert_array_equal(getattr(a, f"{split}_labels"), getattr(b, f"{split}_labels"))
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_builtin_differs_between_seeds():
+    a, b = builtin(seed=0), builtin(seed=1)
+    assert list(a.train_texts) != list(b.train_texts)
+    assert list(a.test_texts) != list(b.test_texts)
+    assert a.fingerprint() != b.fingerprint()
+
+
+def test_builtin_sizes_and_validation_split():
+    ds = builtin(train_size=300, test_size=50, validation_fraction=0.2)
+    assert len(ds.train_texts) + len(ds.val_texts) == 300
+    assert len(ds.val_texts) == 60
+    assert len(ds.test_texts) == len(ds.test_labels) == 50
+    assert len(ds.train_texts) == len(ds.train_labels)
+    assert len(ds.val_texts) == len(ds.val_labels)
+
+
+def test_builtin_validation_is_disjoint_from_train():
+    # train + validation are exactly the generated training stories, split without overlap
+    ds = builtin(train_size=500, validation_fraction=0.1)
+    t, d, y = generate_builtin(500, seed=1)  # the train stream of seed 0
+    assert len(ds.train_texts) == 450 and len(ds.val_texts) == 50
+    assert set(ds.train_texts).isdisjoint(ds.val_texts)
+    pairs = sorted(zip([*ds.train_texts, *ds.val_texts], [*ds.train_labels, *ds.val_labels]))
+    assert pairs == sorted(zip([f"{a} {b}" for a, b in zip(t, d)], y))
+
+
+def test_builtin_classes_all_present():
+    ds = builtin()
+    assert ds.class_names == ["World", "Sports", "Business", "Sci/Tech"]
+    assert ds.class_names == list(AG_NEWS_CLASSES)
+    assert ds.num_classes == 4
+    for labels in (ds.train_labels, ds.val_labels, ds.test_labels):
+        assert labels.dtype == np.int32
+        assert set(np.unique(labels)) == {0, 1, 2, 3}
+
+
+def test_builtin_texts_look_like_title_and_description():
+    titles, descriptions, labels = generate_builtin(50, seed=5)
+    assert len(titles) == len(descriptions) == len(labels) == 50
+    for t, d in zip(titles, descriptions):
+        assert t and t[0].isupper() and not t.endswith(".")
+        assert d.endswith(".")
+        assert len(d.split()) > len(t.split())
+    ds = builtin(train_size=50, seed=2)
+    t, d, _ = generate_builtin(50, seed=2 * 2 + 1)
+    joined = {f"{a} {b}" for a, b in zip(t, d)}
+    for text in ds.train_texts:
+        assert isinstance(text, str)
+        assert text in joined
+        assert text.endswith(".")
+
+
+def test_builtin_train_independent_of_test_size():
+    a, b = builtin(test_size=40), builtin(test_size=90)
+    assert list(a.train_texts) == list(b.train_texts)
+    assert len(a.test_texts) == 40 and len(b.test_texts) == 90
+
+
+# --- csv ------------------------------------------------------------------------------------
+
+
+def test_csv_text_columns_joined(tmp_path):
+    rows = [[f"Title {i}", f"description {i}.", "a" if i % 2 else "b"] for i in range(10)]
+    p = write_csv(tmp_path / "t.csv", ["title", "description", "label"], rows)
+    ds = load_data(csv_cfg(p, text=("title", "description"), test_fraction=0.2))
+    everything = set(ds.train_texts) | set(ds.val_texts) | set(ds.test_texts)
+    assert everything == {f"Title {i} description {i}." for i in range(10)}
+
+
+def test_csv_string_labels_sorted_when_no_label_names(tmp_path):
+    rows = [[f"t{i}", ["zebra", "apple", "mango"][i % 3]] for i in range(30)]
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], rows)
+    ds = load_data(csv_cfg(p))
+    assert ds.class_names == ["apple", "mango", "zebra"]
+    _check_consistent(ds, {f"t{i}": ["zebra", "apple", "mango"][i % 3] for i in range(30)})
+
+
+def test_csv_label_names_fix_the_order(tmp_path):
+    rows = [[f"t{i}", ["zebra", "apple", "mango"][i % 3]] for i in range(30)]
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], rows)
+    ds = load_data(csv_cfg(p, label_names=("zebra", "mango", "apple")))
+    assert ds.class_names == ["zebra", "mango", "apple"]
+    _check_consistent(ds, {f"t{i}": ["zebra", "apple", "mango"][i % 3] for i in range(30)})
+
+
+def test_csv_integer_labels(tmp_path):
+    rows = [[f"t{i}", i % 3] for i in range(30)]
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], rows)
+    ds = load_data(csv_cfg(p))
+    assert ds.class_names == ["0", "1", "2"]
+    _check_consistent(ds, {f"t{i}": str(i % 3) for i in range(30)})
+    # integer ids index the declared names
+    named = load_data(csv_cfg(p, label_names=("neg", "neutral", "pos")))
+    assert named.class_names == ["neg", "neutral", "pos"]
+    _check_consistent(named, {f"t{i}": ["neg", "neutral", "pos"][i % 3] for i in range(30)})
+
+
+def _check_consistent(ds: TextDataset, truth: dict) -> None:
+    for split in ("train", "val", "test"):
+        for text, label in zip(getattr(ds, f"{split}_texts"), getattr(ds, f"{split}_labels")):
+            assert ds.class_names[label] == truth[text]
+
+
+def test_csv_labels_outside_label_names(tmp_path):
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], two_class_rows() + [["x", "other"]])
+    with pytest.raises(DataError) as info:
+        load_data(csv_cfg(p, label_names=("neg", "pos")))
+    assert str(p) in str(info.value)
+    assert "other" in str(info.value)
+
+
+def test_csv_missing_column_named(tmp_path):
+    p = write_csv(tmp_path / "t.csv", ["body", "label"], two_class_rows())
+    with pytest.raises(DataError) as info:
+        load_data(csv_cfg(p))
+    assert "'text'" in str(info.value)
+    assert str(p) in str(info.value)
+    with pytest.raises(DataError, match="'category'"):
+        load_data(csv_cfg(p, text=("body",), label="category"))
+
+
+def test_csv_empty_file(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("")
+    with pytest.raises(DataError, match="empty") as info:
+        load_data(csv_cfg(p))
+    assert str(p) in str(info.value)
+
+
+def test_csv_header_only(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("text,label\n")
+    with pytest.raises(DataError, match="no data rows") as info:
+        load_data(csv_cfg(p))
+    assert str(p) in str(info.value)
+
+
+def test_csv_single_class(tmp_path):
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], [[f"t{i}", "only"] for i in range(10)])
+    with pytest.raises(DataError, match="single class") as info:
+        load_data(csv_cfg(p))
+    assert str(p) in str(info.value)
+
+
+def test_csv_undecodable_bytes(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"text,label\nfine,a\n\xff\xfe bad \xc3\x28,b\n")
+    with pytest.raises(DataError, match="UTF-8") as info:
+        load_data(csv_cfg(p))
+    assert str(p) in str(info.value)
+    assert "line 3" in str(info.value)
+
+
+def test_csv_utf8_bom_accepted(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_bytes("text,label\nähm,a\nnoch,b\nmehr,a\n".encode("utf-8-sig"))
+    ds = load_data(csv_cfg(p))
+    assert ds.class_names == ["a", "b"]
+
+
+def test_csv_rows_with_empty_text_dropped(tmp_path, caplog):
+    rows = two_class_rows(20) + [["", "pos"], ["   ", "neg"], ["", "neg"]]
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], rows)
+    with caplog.at_level(logging.WARNING, logger="ktune"):
+        ds = load_data(csv_cfg(p))
+    assert len(ds.train_texts) + len(ds.val_texts) + len(ds.test_texts) == 20
+    assert all(t.strip() for t in ds.train_texts)
+    assert "dropped 3 row(s)" in caplog.text
+
+
+def test_csv_all_empty_texts_refused(tmp_path):
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], [["", "a"], [" ", "b"]])
+    with pytest.raises(DataError, match="empty text") as info:
+        load_data(csv_cfg(p))
+    assert str(p) in str(info.value)
+
+
+def test_csv_empty_label_refused(tmp_path):
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], two_class_rows() + [["x", ""]])
+    with pytest.raises(DataError, match="empty label") as info:
+        load_data(csv_cfg(p))
+    assert "line 22" in str(info.value)
+
+
+def test_csv_quoted_fields_with_newlines(tmp_path):
+    text = "first line {}\nsecond line\x0cform feed\u2028sep"
+    rows = [[text.format(i), "a" if i % 2 else "b"] for i in range(10)]
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], rows + [["", "a"]])
+    ds = load_data(csv_cfg(p))
+    everything = sorted([*ds.train_texts, *ds.val_texts, *ds.test_texts])
+    assert everything == sorted(r[0] for r in rows)
+
+
+def test_csv_test_file_given(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ["text", "label"], two_class_rows(20))
+    test = write_csv(
+        tmp_path / "test.csv",
+        ["text", "label"],
+        [["held out one", "pos"], ["held out two", "neutral"]],
+    )
+    ds = load_data(csv_cfg(train, test=str(test), validation_fraction=0.25))
+    assert list(ds.test_texts) == ["held out one", "held out two"]
+    # one label encoding across both files
+    assert ds.class_names == ["neg", "neutral", "pos"]
+    assert [ds.class_names[i] for i in ds.test_labels] == ["pos", "neutral"]
+    assert len(ds.train_texts) == 15 and len(ds.val_texts) == 5
+
+
+def test_csv_test_split_from_train(tmp_path):
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], two_class_rows(40))
+    ds = load_data(csv_cfg(p, test_fraction=0.25, validation_fraction=0.1))
+    assert len(ds.test_texts) == 10
+    assert len(ds.val_texts) == 3
+    assert len(ds.train_texts) == 27
+    train, val, test = set(ds.train_texts), set(ds.val_texts), set(ds.test_texts)
+    assert train.isdisjoint(test) and val.isdisjoint(test) and train.isdisjoint(val)
+    assert len(train | val | test) == 40
+    again = load_data(csv_cfg(p, test_fraction=0.25, validation_fraction=0.1))
+    assert list(again.test_texts) == list(ds.test_texts)
+    other_seed = load_data(csv_cfg(p, test_fraction=0.25, validation_fraction=0.1, seed=9))
+    assert list(other_seed.test_texts) != list(ds.test_texts)
+
+
+# --- jsonl ----------------------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, rows: list[dict], **dump_kw) -> Path:
+    path.write_text("".join(json.dumps(r, **dump_kw) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def jsonl_cfg(train: Path, **kw) -> DataConfig:
+    return DataConfig(source="jsonl", train=str(train), **kw)
+
+
+def test_jsonl_basics(tmp_path):
+    rows = [
+        {"title": f"Title {i}", "description": f"body {i}", "label": ["b", "a"][i % 2]}
+        for i in range(20)
+    ]
+    p = write_jsonl(tmp_path / "t.jsonl", rows)
+    ds = load_data(jsonl_cfg(p, text=("title", "description")))
+    assert ds.class_names == ["a", "b"]
+    truth = {f"Title {i} body {i}": ["b", "a"][i % 2] for i in range(20)}
+    _check_consistent(ds, truth)
+    assert len(ds.train_texts) + len(ds.val_texts) + len(ds.test_texts) == 20
+
+
+def test_jsonl_integer_labels_and_blank_lines(tmp_path):
+    p = tmp_path / "t.jsonl"
+    lines = [json.dumps({"text": f"t{i}", "label": i % 2}) for i in range(10)]
+    p.write_text("\n".join(lines[:5]) + "\n\n" + "\n".join(lines[5:]) + "\n")
+    ds = load_data(jsonl_cfg(p, label_names=("neg", "pos")))
+    assert ds.class_names == ["neg", "pos"]
+    _check_consistent(ds, {f"t{i}": ["neg", "pos"][i % 2] for i in range(10)})
+
+
+def test_jsonl_invalid_line_named(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": "c",\n')
+    with pytest.raises(DataError, match="invalid JSON") as info:
+        load_data(jsonl_cfg(p))
+    assert str(p) in str(info.value)
+    assert "line 3" in str(info.value)
+
+
+def test_jsonl_line_not_an_object(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"text": "a", "label": "x"}\n["b", "y"]\n')
+    with pytest.raises(DataError, match="line 2"):
+        load_data(jsonl_cfg(p))
+
+
+def test_jsonl_missing_column_named(tmp_path):
+    p = write_jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "lbl": "y"}])
+    with pytest.raises(DataError) as info:
+        load_data(jsonl_cfg(p))
+    assert "'label'" in str(info.value) and "line 2" in str(info.value)
+
+
+def test_jsonl_unicode_line_separators_inside_strings(tmp_path):
+    # Valid JSON may hold U+2028 / U+0085 unescaped (ensure_ascii=False); lines end at \n only.
+    rows = [{"text": f"eins\u2028zwei\x85drei {i}", "label": i % 2} for i in range(10)]
+    p = write_jsonl(tmp_path / "t.jsonl", rows, ensure_ascii=False)
+    ds = load_data(jsonl_cfg(p))
+    everything = [*ds.train_texts, *ds.val_texts, *ds.test_texts]
+    assert sorted(everything) == sorted(r["text"] for r in rows)
+
+
+def test_jsonl_crlf_line_endings(tmp_path):
+    p = tmp_path / "t.jsonl"
+    lines = (json.dumps({"text": f"t{i}", "label": i % 2}) + "\r\n" for i in range(10))
+    p.write_bytes("".join(lines).encode())
+    ds = load_data(jsonl_cfg(p))
+    assert ds.class_names == ["0", "1"]
+    everything = [*ds.train_texts, *ds.val_texts, *ds.test_texts]
+    assert sorted(everything) == sorted(f"t{i}" for i in range(10))
+
+
+def test_jsonl_empty_and_single_class(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text("\n  \n")
+    with pytest.raises(DataError, match="empty"):
+        load_data(jsonl_cfg(p))
+    write_jsonl(p, [{"text": f"t{i}", "label": "same"} for i in range(5)])
+    with pytest.raises(DataError, match="single class"):
+        load_data(jsonl_cfg(p))
+
+
+# --- fingerprint ----------------------------------------------------------------------------
+
+
+def test_fingerprint_changes_with_one_label():
+    ds = builtin(train_size=100)
+    before = ds.fingerprint()
+    assert before == builtin(train_size=100).fingerprint()
+    labels = ds.train_labels.copy()
+    labels[7] = (labels[7] + 1) % 4
+    changed = replace(ds, train_labels=labels)
+    assert changed.fingerprint() != before
+    test_labels = ds.test_labels.copy()
+    test_labels[0] = (test_labels[0] + 1) % 4
+    assert replace(ds, test_labels=test_labels).fingerprint() != before
+    texts = ds.val_texts.copy()
+    texts[0] = texts[0] + " x"
+    assert replace(ds, val_texts=texts).fingerprint() != before
+
+
+# --- tfds: the real loader over TFDS's mock data --------------------------------------------
+
+
+def test_tfds_ag_news_subset_with_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        ds = load_data(DataConfig(source="tfds", name="ag_news_subset", validation_fraction=0.25))
+    assert ds.class_names == ["World", "Sports", "Business", "Sci/Tech"]
+    assert len(ds.train_texts) == 9 and len(ds.val_texts) == 3
+    assert len(ds.test_texts) == 12
+    for texts, labels in (
+        (ds.train_texts, ds.train_labels),
+        (ds.val_texts, ds.val_labels),
+        (ds.test_texts, ds.test_labels),
+    ):
+        assert len(texts) == len(labels)
+        assert all(isinstance(t, str) and t.strip() for t in texts)
+        assert labels.dtype == np.int32
+        assert ((labels >= 0) & (labels < 4)).all()
+
+
+def test_tfds_unknown_dataset_is_one_line_data_error():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=4):
+        with pytest.raises(DataError, match="data.name") as info:
+            load_data(DataConfig(source="tfds", name="no_such_dataset_xyz"))
+    assert "\n" not in str(info.value)

@@ -1,0 +1,145 @@
+"""A real small search on the shared local Ray, exported, then used from other processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ktune.config import parse_config
+
+from conftest import REPO, subprocess_env, tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "Striker scores twice as the league leaders win the cup final",
+    "Shares fell after the bank cut its profit forecast",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, ray_session):
+    """Runs the tiny experiment once for every test in this module."""
+    from ktune.experiment import run_experiment
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    raw = tiny_experiment(tmp)
+    exp_file = tmp / "tiny.yaml"
+    exp_file.write_text(yaml.safe_dump(raw))
+    cfg = parse_config(raw, source_path=str(exp_file))
+    best = run_experiment(cfg)
+    return cfg, best, exp_file
+
+
+def ktune_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ktune", *args],
+        capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300,
+    )
+
+
+def test_search_results(finished):
+    cfg, best, _ = finished
+    exp_dir = cfg.experiment_dir
+    assert exp_dir == Path(cfg.storage) / "tiny"
+    for name in ("best.json", "results.csv", "ktune.json", "experiment.yaml"):
+        assert (exp_dir / name).is_file(), name
+    rows = (exp_dir / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + cfg.search.num_samples
+    saved = json.loads((exp_dir / "best.json").read_text())
+    assert saved["config"]["embed_dim"] % saved["config"]["heads"] == 0
+    assert saved["config"]["embed_dim"] in (8, 16)
+    assert 0.0 <= saved["metrics"]["val_accuracy"] <= 1.0
+    assert 0.0 <= saved["test_accuracy"] <= 1.0
+    assert Path(saved["checkpoint"]).is_dir()
+    # the tiny data is learnable: the best trial beats chance (0.25) clearly
+    assert saved["metrics"]["val_accuracy"] > 0.5
+
+
+def test_export_is_verified_and_described(finished):
+    cfg, best, _ = finished
+    export = Path(best["export"])
+    assert export == cfg.export_dir and (export / "saved_model.pb").is_file()
+    meta = json.loads((export / "metadata.json").read_text())
+    assert meta["family"] == "transformer"
+    assert meta["class_names"] == ["World", "Sports", "Business", "Sci/Tech"]
+    assert meta["verified"]["max_abs_diff"] <= 1e-5
+    assert {"tensorflow", "ray", "optuna", "ktune"} <= set(meta["versions"])
+
+
+def test_saved_model_loads_without_ktune_in_a_fresh_process(finished):
+    _, best, _ = finished
+    from ktune.export import predict
+
+    ours = np.array([list(r["probabilities"].values()) for r in predict(best["export"], TEXTS)])
+    script = (
+        "import json, sys, tensorflow as tf\n"
+        "fn = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+        "out = fn(tf.constant(json.loads(sys.argv[2])))\n"
+        "print(json.dumps({'p': out['probabilities'].numpy().tolist(),"
+        " 'label': [x.decode() for x in out['label'].numpy()]}))\n"
+        "assert 'ktune' not in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, best["export"], json.dumps(TEXTS)],
+        capture_output=True, text=True, env=subprocess_env(), timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.array(got["p"]), ours, atol=1e-6)
+    assert len(got["label"]) == len(TEXTS)
+    assert all(lbl in ("World", "Sports", "Business", "Sci/Tech") for lbl in got["label"])
+
+
+def test_predict_cli(finished):
+    _, best, _ = finished
+    done = ktune_cli("predict", best["export"], *TEXTS[:2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, text in zip(lines, TEXTS[:2]):
+        label, score, echoed = line.split("\t")
+        assert label in ("World", "Sports", "Business", "Sci/Tech")
+        assert 0.25 <= float(score) <= 1.0
+        assert echoed == text
+
+
+def test_export_cli_refuses_existing_target_and_force_replaces(finished, tmp_path):
+    cfg, _, _ = finished
+    out = tmp_path / "exported"
+    done = ktune_cli("export", str(cfg.experiment_dir), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = (out / "metadata.json").read_text()
+    again = ktune_cli("export", str(cfg.experiment_dir), "--out", str(out))
+    assert again.returncode == 2
+    assert again.stderr.strip().startswith("ktune: error:") and str(out) in again.stderr
+    assert (out / "metadata.json").read_text() == first  # untouched
+    forced = ktune_cli("export", str(cfg.experiment_dir), "--out", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert (out / "saved_model.pb").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temp folders left
+
+
+def test_run_refuses_to_overwrite_an_experiment(finished):
+    cfg, _, exp_file = finished
+    before = sorted(p.name for p in cfg.experiment_dir.iterdir())
+    best_before = (cfg.experiment_dir / "best.json").read_text()
+    done = ktune_cli("run", str(exp_file))
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "already exists" in done.stderr and str(cfg.experiment_dir) in done.stderr
+    assert sorted(p.name for p in cfg.experiment_dir.iterdir()) == before
+    assert (cfg.experiment_dir / "best.json").read_text() == best_before
+
+
+def test_export_cli_on_missing_experiment(tmp_path):
+    done = ktune_cli("export", str(tmp_path / "nope"))
+    assert done.returncode == 2
+    assert "no such experiment directory" in done.stderr
