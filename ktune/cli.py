@@ -65,12 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ktune.config import load_config
-    from ktune.experiment import check_targets, run_experiment
+    from ktune.experiment import run_experiment
 
     cfg = load_config(
         args.experiment, num_samples=args.num_samples, storage=args.storage, address=args.address
     )
-    check_targets(cfg)
     run_experiment(cfg, export=False if args.no_export else None)
     return 0
 

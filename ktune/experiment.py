@@ -75,7 +75,9 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    context = ray.init(address=address, runtime_env={"env_vars": env})
+    if getattr(context, "dashboard_url", None):
+        log.info("Ray dashboard: http://%s", context.dashboard_url)
 
 
 _TABLE_KEYS = ("embed_dim", "heads", "learning_rate", "warmup", "ff_dim", "dropout", "num_blocks")
