@@ -3,6 +3,8 @@
     ktune run EXP.yaml [--num-samples N] [--storage PATH] [--address ADDR] [--no-export]
     ktune export EXPERIMENT_DIR [--out DIR] [--force]
     ktune predict EXPORT_DIR TEXT [TEXT ...] [--json]
+    ktune models make-tiny-bert DIR [--sizes L-2_H-32 ...]      (TF-Hub format, offline)
+    ktune models make-tiny-hf-bert DIR [--sizes L-2_H-32 ...]   (Hugging Face format, offline)
 
 A mistake in the input (experiment file, data files, arguments, directories) prints one
 line ``ktune: error: ...`` naming the key or file, and exits with code 2 before any work
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import ktune
-from ktune.errors import KtuneUserError
+from ktune.errors import KtuneUserError, SearchFailed
 
 __all__ = ["main", "build_parser"]
 
@@ -60,7 +62,53 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("export_dir", help="a folder written by ktune export")
     pred.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
     pred.add_argument("--json", action="store_true", help="print JSON lines with all scores")
+
+    models = sub.add_parser("models", help="write tiny local models for offline use")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="WHAT")
+    for name, what in (
+        ("make-tiny-bert", "a TF-Hub preprocess model and small BERT encoders (tfhub_bert)"),
+        ("make-tiny-hf-bert", "Hugging Face BERT checkpoints with tokenizer files (hf_bert)"),
+    ):
+        m = msub.add_parser(name, help=f"write {what}")
+        m.add_argument("out_dir", help="folder to write (must not exist)")
+        m.add_argument(
+            "--sizes", nargs="+", default=["L-2_H-32", "L-2_H-64"], metavar="L-<L>_H-<H>",
+            help="sizes to write (default: L-2_H-32 L-2_H-64)",
+        )
+        m.add_argument("--head-size", type=_positive_int, default=16,
+                       help="hidden units per attention head, A = H / head_size (default 16)")
     return parser
+
+
+def _parse_sizes(sizes: Sequence[str], head_size: int) -> list[tuple[int, int, int]]:
+    import re
+
+    out = []
+    for text in sizes:
+        m = re.fullmatch(r"L-(\d+)_H-(\d+)", text)
+        if not m:
+            raise ktune.ConfigError(f"--sizes: expected L-<layers>_H-<hidden>, got {text!r}")
+        layers, hidden = int(m.group(1)), int(m.group(2))
+        if layers < 1 or hidden < 1 or hidden % head_size:
+            raise ktune.ConfigError(
+                f"--sizes: {text}: hidden size must be a positive multiple of --head-size {head_size}"
+            )
+        out.append((layers, hidden, hidden // head_size))
+    return out
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    out = Path(args.out_dir)
+    if out.exists():
+        raise ktune.ExperimentError(f"{out}: already exists; choose a new folder")
+    sizes = _parse_sizes(args.sizes, args.head_size)
+    if args.models_command == "make-tiny-bert":
+        from ktune.trainables.tfhub_bert import make_tiny_bert as make
+    else:
+        from ktune.trainables.hf_bert import make_tiny_hf_bert as make
+    for line in make(out, sizes):
+        print(line)
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -102,7 +150,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "export": _cmd_export, "predict": _cmd_predict}
+_COMMANDS = {
+    "run": _cmd_run,
+    "export": _cmd_export,
+    "predict": _cmd_predict,
+    "models": _cmd_models,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KtuneUserError as e:
         print(f"ktune: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except SearchFailed as e:
+        print(f"ktune: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ class ExperimentConfig:
     resources: ResourcesConfig
     export: ExportConfig
     storage: str
+    model: Mapping[str, Any] = field(default_factory=dict)  # family options: handles, names
     address: str | None = None
     source_path: str | None = None  # the experiment file, for messages and metadata
 
@@ -326,6 +327,7 @@ def _parse_export(raw: Any) -> ExportConfig:
 TOP_LEVEL = (
     "name",
     "family",
+    "model",
     "data",
     "search",
     "training",
@@ -354,7 +356,9 @@ def parse_config(
     if not _NAME.match(name):
         raise _fail("name", "must be letters, digits, '.', '_' or '-' (it names a folder)", name)
     family = _one_of("family", top.get("family", "transformer"), tuple(SPACES))
+    model = SPACES[family].resolve_model(top.get("model"))
     search = _parse_search(top.get("search"), family)
+    SPACES[family].check_model(model, search.space)
     if num_samples is not None:
         search = replace(search, num_samples=_int("--num-samples", num_samples))
     storage_value = storage if storage is not None else top.get("storage", "results")
@@ -373,6 +377,7 @@ def parse_config(
         resources=_parse_resources(top.get("resources")),
         export=export,
         storage=str(storage_path),
+        model=model,
         address=None if addr is None else _str("address", addr),
         source_path=source_path,
     )

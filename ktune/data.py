@@ -32,6 +32,7 @@ __all__ = [
     "TextDataset",
     "load_data",
     "generate_builtin",
+    "builtin_words",
     "AG_NEWS_CLASSES",
     "BUILTIN_TRAIN_SIZE",
     "BUILTIN_TEST_SIZE",
@@ -129,6 +130,14 @@ def _class_vocab() -> list[list[str]]:
         vocab[AG_NEWS_CLASSES.index(a)].extend(words)
         vocab[AG_NEWS_CLASSES.index(b)].extend(words)
     return vocab
+
+
+def builtin_words() -> list[str]:
+    """Every word the builtin generator can write, sorted: a vocabulary for tiny models."""
+    words = set(_COMMON_WORDS) | set(_PLACES)
+    for vocab in _class_vocab():
+        words.update(vocab)
+    return sorted(words)
 
 
 def generate_builtin(

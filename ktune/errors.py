@@ -6,7 +6,7 @@ at fault and what to do; the CLI prints it and exits with code 2.
 
 from __future__ import annotations
 
-__all__ = ["KtuneUserError", "ConfigError", "DataError", "ExperimentError"]
+__all__ = ["KtuneUserError", "ConfigError", "DataError", "ExperimentError", "SearchFailed"]
 
 
 class KtuneUserError(Exception):
@@ -23,3 +23,7 @@ class DataError(KtuneUserError, ValueError):
 
 class ExperimentError(KtuneUserError):
     """An experiment directory or export target cannot be used as asked."""
+
+
+class SearchFailed(Exception):
+    """The search ran but produced nothing usable (every trial failed): exit code 1."""

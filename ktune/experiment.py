@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ktune.config import ExperimentConfig, TrainingConfig
-from ktune.errors import ExperimentError
+from ktune.errors import ExperimentError, SearchFailed
 
 __all__ = ["run_experiment", "check_targets", "read_experiment", "SPEC_FILE", "BEST_FILE"]
 
@@ -80,12 +80,9 @@ def _init_ray(address: str | None) -> None:
         log.info("Ray dashboard: http://%s", context.dashboard_url)
 
 
-_TABLE_KEYS = ("embed_dim", "heads", "learning_rate", "warmup", "ff_dim", "dropout", "num_blocks")
-
-
-def format_results_table(rows: Sequence[dict], metric: str) -> str:
-    """A fixed-width table: one trial a row, its hyperparameters and its best metric."""
-    cols = ["trial", "status", *[k for k in _TABLE_KEYS if any(k in r for r in rows)], "epochs", metric]
+def format_results_table(rows: Sequence[dict], metric: str, keys: Sequence[str]) -> str:
+    """A fixed-width table: one trial a row, its searched hyperparameters, its best metric."""
+    cols = ["trial", "status", *keys, "epochs", metric]
     lines = [cols]
     for r in rows:
         line = [str(r.get("trial", "")), str(r.get("status", ""))]
@@ -117,13 +114,14 @@ def run_experiment(
 
     started = time.time()
     check_targets(cfg)
-    data = load_data(cfg.data)
     family = get_family(cfg.family)
+    family.check_model(cfg.model, cfg.search.space)
+    data = load_data(cfg.data)
     log.info(
         "data: %d train / %d validation / %d test texts, %d classes",
         len(data.train_labels), len(data.val_labels), len(data.test_labels), data.num_classes,
     )
-    prepared = family.prepare(data, cfg.training)
+    prepared = family.prepare(data, cfg.training, cfg.model)
 
     from ktune.trainables.base import TrialPayload
     from ktune.tuner import build_tuner
@@ -165,7 +163,10 @@ def run_experiment(
     tuner = build_tuner(cfg, payload, callbacks=callbacks, max_failures=max_failures)
     grid = tuner.fit()
 
-    rows, best_row = [], None
+    from ktune.search_spaces.base import searched_keys
+
+    keys = searched_keys(cfg.search.space)
+    rows = []
     for result in grid:
         trial_id = Path(result.path).name if result.path else "?"
         config = dict(result.config or {})
@@ -177,7 +178,7 @@ def run_experiment(
         row = {
             "trial": trial_id,
             "status": "ERROR" if result.error else "TERMINATED",
-            **{k: config.get(k) for k in _TABLE_KEYS if k in config},
+            **{k: config.get(k) for k in keys},
             "epochs": int((result.metrics or {}).get("epoch", 0)),
             cfg.search.metric: best_value if best_value is not None else float("nan"),
         }
@@ -185,10 +186,11 @@ def run_experiment(
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(exp_dir / RESULTS_FILE, index=False)
-    print(format_results_table(rows, cfg.search.metric))
+    print(format_results_table(rows, cfg.search.metric, keys))
     for result in grid:
         if result.error:
-            log.error("trial %s failed: %s", result.path, str(result.error).splitlines()[0])
+            lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
+            log.error("trial %s failed: %s", Path(result.path).name, lines[-1] if lines else "?")
 
     try:
         best = grid.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="all")
@@ -198,7 +200,7 @@ def run_experiment(
         cfg.search.metric, cfg.search.mode
     )
     if checkpoint is None:
-        raise ExperimentError(f"{exp_dir}: no trial completed an epoch; see the errors above")
+        raise SearchFailed(f"{exp_dir}: no trial completed an epoch; see the errors above")
     best_metrics = next(
         (m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics
     )

@@ -26,7 +26,7 @@ def test_checkpoint_restores_model_optimizer_and_epoch(tmp_path, seeded):
     cfg = parse_config(tiny_experiment(tmp_path))
     data = load_data(cfg.data)
     family = get_family("transformer")
-    prepared = family.prepare(data, cfg.training)
+    prepared = family.prepare(data, cfg.training, cfg.model)
     config = {"embed_dim": 8, "heads": 2, "ff_dim": 8, "learning_rate": 3e-3, "warmup": 0.1}
 
     def fresh():

@@ -7,12 +7,14 @@ milliseconds, before Ray or TensorFlow start.
 from __future__ import annotations
 
 from ktune.search_spaces.base import Choice, FamilySpace, Fixed, Range, Spec, parse_spec
+from ktune.search_spaces.tfhub_bert import TfhubBertSpace
 from ktune.search_spaces.transformer import TransformerSpace
 
 __all__ = ["SPACES", "get_space", "Choice", "Range", "Fixed", "Spec", "FamilySpace", "parse_spec"]
 
 SPACES: dict[str, FamilySpace] = {
     "transformer": TransformerSpace(),
+    "tfhub_bert": TfhubBertSpace(),
 }
 
 

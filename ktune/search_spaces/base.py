@@ -19,6 +19,7 @@ from ktune.errors import ConfigError
 
 __all__ = [
     "Choice", "Range", "Fixed", "Spec", "FamilySpace", "DefineByRun", "parse_spec", "candidates",
+    "searched_keys",
 ]
 
 _SCALAR = (bool, int, float, str)
@@ -159,6 +160,26 @@ class FamilySpace:
     family: str = ""
     defaults: Mapping[str, Any] = {}
     rules: Mapping[str, Rule] = {}
+    # The experiment file's ``model:`` section for this family (handles, names), as data.
+    model_defaults: Mapping[str, Any] = {}
+
+    def resolve_model(self, raw: Any, key: str = "model") -> dict:
+        """Validates the ``model:`` section: known keys, non-empty strings; fills defaults."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{key}: must be a mapping, got {raw!r}")
+        for name, value in raw.items():
+            if name not in self.model_defaults:
+                known = ", ".join(self.model_defaults) or "none"
+                close = difflib.get_close_matches(str(name), list(self.model_defaults), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known keys: {known}"
+                raise ConfigError(
+                    f"{key}.{name}: unknown key for family '{self.family}'; {hint}"
+                )
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{key}.{name}: must be a non-empty string, got {value!r}")
+        return {**self.model_defaults, **raw}
 
     def resolve(self, overrides: Mapping[str, Any] | None, key: str = "search.space") -> dict:
         """Merges YAML overrides into the defaults; validates everything; returns specs."""
@@ -186,6 +207,9 @@ class FamilySpace:
 
     def check(self, space: Mapping[str, Spec], key: str) -> None:
         """Raises ConfigError when values that are each valid cannot be combined."""
+
+    def check_model(self, model: Mapping[str, Any], space: Mapping[str, Spec]) -> None:
+        """Raises ConfigError when the ``model:`` section does not fit the space."""
 
     def sample(self, trial: Any, space: Mapping[str, Spec]) -> dict:
         """Draws one configuration on an Optuna trial (define-by-run)."""
@@ -220,3 +244,15 @@ def suggest(trial: Any, name: str, spec: Spec) -> Any:
     if spec.integer:
         return trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log)
     return trial.suggest_float(name, float(spec.low), float(spec.high), log=spec.log)
+
+
+def searched_keys(space: Mapping[str, Spec]) -> list[str]:
+    """The hyperparameters a space actually varies, ``heads`` right after ``embed_dim``."""
+    keys = [
+        name for name, spec in space.items()
+        if not (candidates(spec) is not None and len(set(candidates(spec))) == 1)
+    ]
+    if "embed_dim" in keys:
+        keys = [k for k in keys if k != "heads"]
+        keys.insert(keys.index("embed_dim") + 1, "heads")
+    return keys

@@ -17,6 +17,7 @@ __all__ = ["FAMILIES", "get_family"]
 # name -> "module:class"; a new family adds one line here and one module.
 FAMILIES = {
     "transformer": "ktune.trainables.transformer:TransformerFamily",
+    "tfhub_bert": "ktune.trainables.tfhub_bert:TfhubBertFamily",
 }
 
 _loaded: dict[str, "Family"] = {}

@@ -71,9 +71,20 @@ class Family(ABC):
     name: str
     space: FamilySpace
 
+    def check_model(self, model: Mapping[str, Any], space: Mapping[str, Any]) -> None:
+        """Called in the driver before anything else: every model the search space can
+        draw must be loadable, else one ConfigError naming the ``model.*`` key."""
+
     @abstractmethod
-    def prepare(self, data: TextDataset, training: TrainingConfig) -> Prepared:
-        """Called once per experiment in the driver, before Ray starts any trial."""
+    def prepare(
+        self, data: TextDataset, training: TrainingConfig, model: Mapping[str, Any]
+    ) -> Prepared:
+        """Called once per experiment in the driver, before Ray starts any trial.
+
+        ``model`` is the validated ``model:`` section (handles, names). A family checks
+        here that what it will load can be loaded (one ConfigError naming the key), and
+        puts into ``artefacts`` what trials and export need to rebuild a model.
+        """
 
     @abstractmethod
     def build_model(
@@ -125,10 +136,15 @@ def configure_devices(cpu: float, gpu: float) -> None:
         pass  # already initialized in this process (tests call trials in one worker)
 
 
+def batch_size_of(config: Mapping[str, Any], training: TrainingConfig) -> int:
+    """A searched ``batch_size`` wins over ``training.batch_size``."""
+    return int(config.get("batch_size", training.batch_size))
+
+
 def compile_model(
     model: keras.Model, config: Mapping[str, Any], training: TrainingConfig, n_train: int
 ) -> keras.optimizers.Optimizer:
-    steps_per_epoch = max(1, math.ceil(n_train / training.batch_size))
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size_of(config, training)))
     optimizer = create_optimizer(
         learning_rate=float(config["learning_rate"]),
         total_steps=steps_per_epoch * training.epochs,
@@ -194,7 +210,7 @@ def run_trial(
         payload.train_inputs,
         payload.train_labels,
         validation_data=(payload.val_inputs, payload.val_labels),
-        batch_size=training.batch_size,
+        batch_size=batch_size_of(config, training),
         epochs=training.epochs,
         initial_epoch=start,
         shuffle=True,

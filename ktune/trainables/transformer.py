@@ -137,7 +137,9 @@ class TransformerFamily(Family):
     name = "transformer"
     space = TransformerSpace()
 
-    def prepare(self, data: TextDataset, training: TrainingConfig) -> Prepared:
+    def prepare(
+        self, data: TextDataset, training: TrainingConfig, model: Mapping[str, Any]
+    ) -> Prepared:
         vectorizer = make_vectorizer(training)
         # Adapted once, on the training split only: validation and test stay unseen.
         vectorizer.adapt(tf.data.Dataset.from_tensor_slices(list(data.train_texts)).batch(1024))

@@ -1,0 +1,207 @@
+"""The ``tfhub_bert`` family: a TF-Hub BERT preprocess model + small BERT encoder.
+
+``hub.KerasLayer(preprocess)`` -> ``hub.KerasLayer(encoder)`` -> Dropout on
+``pooled_output`` -> Dense(C, softmax), as in the lesson. The encoder is frozen (only the
+head trains) or fine-tuned (``trainable: true``) with the shared AdamW + warmup.
+
+The preprocess model tokenizes every text once, in the driver (``tokenize`` +
+``bert_pack_inputs`` with ``seq_length = training.maxlen``); trials train on the packed
+token ids. The export puts the same preprocess model back in front of the classifier,
+so it takes raw strings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from ktune.config import TrainingConfig
+from ktune.data import TextDataset, builtin_words
+from ktune.errors import ConfigError
+from ktune.search_spaces import Spec
+from ktune.search_spaces.base import candidates
+from ktune.search_spaces.bert import format_handle
+from ktune.search_spaces.tfhub_bert import TfhubBertSpace
+from ktune.trainables.base import Family, Prepared
+
+__all__ = ["TfhubBertFamily", "BertPreprocess", "make_tiny_bert", "encoder_handle"]
+
+INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
+
+
+def _hub():
+    import tensorflow_hub as hub
+    import tensorflow_text  # noqa: F401  (registers the ops the preprocess model uses)
+
+    return hub
+
+
+def encoder_handle(template: str, config: Mapping[str, Any]) -> str:
+    return format_handle(
+        template,
+        layers=int(config["layers"]),
+        embed_dim=int(config["embed_dim"]),
+        heads=int(config["heads"]),
+    )
+
+
+def _local_or_url(handle: str) -> str:
+    """Local folders are resolved against the working directory; URLs pass through."""
+    if "://" in handle:
+        return handle
+    return str(Path(handle).expanduser().resolve())
+
+
+def _load_error(key: str, handle: str, error: Exception) -> ConfigError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    return ConfigError(
+        f"{key}: cannot load '{handle}' ({first}); use a local SavedModel folder, a mirror "
+        "(set TFHUB_CACHE_DIR to a cache that holds it), or write tiny offline models with "
+        "`ktune models make-tiny-bert DIR`"
+    )
+
+
+@keras.utils.register_keras_serializable(package="ktune")
+class BertPreprocess(keras.layers.Layer):
+    """Raw strings -> packed BERT inputs of length ``seq_length``, with a TF-Hub preprocess model.
+
+    Args:
+        handle: str. The preprocess model's handle (URL or local folder).
+        seq_length: int. Tokens per text, [CLS] and [SEP] included.
+    """
+
+    def __init__(self, handle: str, seq_length: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        hub = _hub()
+        self.handle, self.seq_length = handle, seq_length
+        preprocessor = hub.load(handle)
+        self.tokenize = hub.KerasLayer(preprocessor.tokenize, name="tokenize")
+        self.pack = hub.KerasLayer(
+            preprocessor.bert_pack_inputs, arguments={"seq_length": seq_length}, name="pack"
+        )
+
+    def call(self, texts: tf.Tensor) -> dict:
+        return self.pack([self.tokenize(texts)])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "handle": self.handle, "seq_length": self.seq_length}
+
+
+class TfhubBertFamily(Family):
+    name = "tfhub_bert"
+    space = TfhubBertSpace()
+
+    def check_model(self, model: Mapping[str, Any], space: Mapping[str, Spec]) -> None:
+        """Loads the preprocess model and every encoder the space can draw, once."""
+        hub = _hub()
+        preprocess = _local_or_url(model["preprocess"])
+        try:
+            hub.load(preprocess)
+        except Exception as e:  # noqa: BLE001 - hub raises many kinds; the user needs one line
+            raise _load_error("model.preprocess", model["preprocess"], e) from None
+        head_size = candidates(space["head_size"])[0]
+        for dim in candidates(space["embed_dim"]):
+            for layers in candidates(space["layers"]):
+                config = {"embed_dim": dim, "layers": layers, "heads": dim // head_size}
+                handle = _local_or_url(encoder_handle(model["encoder"], config))
+                try:
+                    hub.resolve(handle) if "://" in handle else _require_dir(handle)
+                except Exception as e:  # noqa: BLE001
+                    raise _load_error("model.encoder", handle, e) from None
+
+    def prepare(
+        self, data: TextDataset, training: TrainingConfig, model: Mapping[str, Any]
+    ) -> Prepared:
+        preprocess = _local_or_url(model["preprocess"])
+        try:
+            encode = BertPreprocess(preprocess, training.maxlen)
+        except Exception as e:  # noqa: BLE001
+            raise _load_error("model.preprocess", model["preprocess"], e) from None
+
+        def ids(texts: np.ndarray) -> dict:
+            batches = tf.data.Dataset.from_tensor_slices(list(texts)).batch(2048)
+            parts = [encode(b) for b in batches]
+            return {k: np.concatenate([p[k].numpy() for p in parts]).astype(np.int32)
+                    for k in INPUT_NAMES}
+
+        return Prepared(
+            train_inputs=ids(data.train_texts),
+            val_inputs=ids(data.val_texts),
+            # Absolute paths: trials run in their own working directories.
+            artefacts={"preprocess": preprocess, "encoder": _local_or_url(model["encoder"])},
+        )
+
+    def build_model(
+        self, config: Mapping[str, Any], artefacts: Mapping, num_classes: int,
+        training: TrainingConfig,
+    ) -> keras.Model:
+        hub = _hub()
+        inputs = {
+            name: keras.Input(shape=(training.maxlen,), dtype=tf.int32, name=name)
+            for name in INPUT_NAMES
+        }
+        handle = _local_or_url(encoder_handle(artefacts["encoder"], config))
+        encoder = hub.KerasLayer(handle, trainable=bool(config.get("trainable", False)),
+                                 name="encoder")
+        pooled = encoder(inputs)["pooled_output"]
+        x = keras.layers.Dropout(float(config.get("dropout", 0.1)))(pooled)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        return keras.Model(inputs, outputs, name="tfhub_bert_classifier")
+
+    def string_encoder(self, artefacts: Mapping, training: TrainingConfig):
+        return BertPreprocess(artefacts["preprocess"], training.maxlen)
+
+
+def _require_dir(path: str) -> None:
+    if not (Path(path) / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"no SavedModel at {path}")
+
+
+def make_tiny_bert(
+    out_dir: str | Path, sizes: Sequence[tuple[int, int, int]], *, vocab: Iterable[str] = ()
+) -> Iterable[str]:
+    """Writes a tiny preprocess model and random-weight BERT encoders in TF-Hub format.
+
+    Layout: ``out_dir/preprocess`` and ``out_dir/bert_en_uncased_L-{L}_H-{H}_A-{A}`` for each
+    ``(L, H, A)`` in ``sizes``, so ``model.encoder`` can be the template
+    ``out_dir/bert_en_uncased_L-{L}_H-{H}_A-{A}``. Yields a line per thing written.
+    """
+    from official.legacy.bert import configs
+    from official.nlp.tools import export_tfhub_lib
+
+    out = Path(out_dir)
+    out.mkdir(parents=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-/:;()&$%")
+    words = list(dict.fromkeys([*builtin_words(), *vocab]))
+    tokens = specials + chars + ["##" + c for c in chars] + [w for w in words if w not in chars]
+    vocab_file = out / "vocab.txt"
+    vocab_file.write_text("\n".join(tokens) + "\n")
+    export_tfhub_lib.export_preprocessing(
+        str(out / "preprocess"), vocab_file=str(vocab_file), do_lower_case=True,
+        tokenize_with_offsets=False, default_seq_length=128,
+    )
+    yield f"preprocess: {out / 'preprocess'}"
+    for layers, hidden, heads in sizes:
+        bert_config = configs.BertConfig(
+            vocab_size=len(tokens), hidden_size=hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, intermediate_size=2 * hidden,
+            max_position_embeddings=512,
+        )
+        encoder = export_tfhub_lib.get_bert_encoder(bert_config)
+        target = out / f"bert_en_uncased_L-{layers}_H-{hidden}_A-{heads}"
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = tf.train.Checkpoint(encoder=encoder).save(str(Path(tmp) / "ckpt"))
+            export_tfhub_lib.export_model(
+                str(target), bert_config=bert_config, model_checkpoint_path=ckpt,
+                with_mlm=False, vocab_file=str(vocab_file), do_lower_case=True,
+            )
+        yield f"encoder: {target}"
+    yield f"model.preprocess: {out / 'preprocess'}"
+    yield f"model.encoder: {out / 'bert_en_uncased_L-{L}_H-{H}_A-{A}'}"

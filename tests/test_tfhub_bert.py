@@ -1,0 +1,147 @@
+"""The tfhub_bert family on tiny TF-Hub-format BERTs written by `make_tiny_bert` (no download)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from ktune.config import parse_config
+from ktune.errors import ConfigError
+from ktune.search_spaces import get_space
+from ktune.search_spaces.bert import format_handle
+
+from conftest import REPO, subprocess_env, tiny_experiment
+
+TEMPLATE = "bert_en_uncased_L-{L}_H-{H}_A-{A}"
+
+
+@pytest.fixture(scope="session")
+def tiny_hub(tmp_path_factory) -> Path:
+    """Two tiny sizes (H 32 and 64, A = H / 16) and a preprocess model, written once."""
+    from ktune.trainables.tfhub_bert import make_tiny_bert
+
+    out = tmp_path_factory.mktemp("hub") / "tiny-bert"
+    lines = list(make_tiny_bert(out, [(2, 32, 2), (2, 64, 4)]))
+    assert lines[-1] == f"model.encoder: {out / TEMPLATE}"
+    return out
+
+
+def hub_experiment(tmp_path: Path, hub: Path, **space) -> dict:
+    raw = tiny_experiment(tmp_path)
+    raw["family"] = "tfhub_bert"
+    raw["name"] = "tiny_hub"
+    raw["model"] = {"preprocess": str(hub / "preprocess"), "encoder": str(hub / TEMPLATE)}
+    raw["search"]["space"] = {
+        "embed_dim": [32, 64], "layers": [2], "head_size": 16,
+        "learning_rate": {"low": 1e-3, "high": 3e-3, "log": True}, "trainable": [True],
+        **space,
+    }
+    raw["data"] = {"source": "builtin", "train_size": 600, "test_size": 60, "seed": 1}
+    raw["training"] = {"epochs": 1, "batch_size": 32, "maxlen": 24, "vocab_size": 400}
+    return raw
+
+
+def test_size_mapping_to_handles():
+    space = parse_config({"name": "x", "family": "tfhub_bert"}).search.space
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    define = get_space("tfhub_bert").space_fn(space)
+    for _ in range(40):
+        config = define(study.ask())
+        assert config["heads"] == config["embed_dim"] // 64  # A = H / 64
+        assert config["embed_dim"] in (128, 256, 512, 768)
+        assert config["layers"] in (2, 4, 6, 8, 10, 12)
+    template = "https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-{L}_H-{H}_A-{A}/1"
+    assert format_handle(template, layers=4, embed_dim=128, heads=2) == (
+        "https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-4_H-128_A-2/1"
+    )
+
+
+def test_size_config_errors():
+    with pytest.raises(ConfigError, match=r"search\.space\.embed_dim.*head_size"):
+        parse_config({"name": "x", "family": "tfhub_bert",
+                      "search": {"space": {"embed_dim": [100]}}})
+    with pytest.raises(ConfigError, match=r"model\.encoder.*placeholders"):
+        parse_config({"name": "x", "family": "tfhub_bert",
+                      "model": {"encoder": "https://tfhub.dev/x/bert/1"}})
+    with pytest.raises(ConfigError, match=r"model\.encoderr: unknown key.*'encoder'"):
+        parse_config({"name": "x", "family": "tfhub_bert", "model": {"encoderr": "x"}})
+
+
+def test_frozen_and_fine_tuned_models(tiny_hub, tmp_path):
+    from ktune.trainables import get_family
+
+    cfg = parse_config(hub_experiment(tmp_path, tiny_hub))
+    family = get_family("tfhub_bert")
+    artefacts = {"preprocess": str(tiny_hub / "preprocess"), "encoder": str(tiny_hub / TEMPLATE)}
+    base = {"embed_dim": 32, "layers": 2, "heads": 2, "dropout": 0.1}
+    frozen = family.build_model({**base, "trainable": False}, artefacts, 4, cfg.training)
+    tuned = family.build_model({**base, "trainable": True}, artefacts, 4, cfg.training)
+    assert [w.shape.as_list() for w in frozen.trainable_weights] == [[32, 4], [4]]  # head only
+    assert len(tuned.trainable_weights) > 10
+    n_frozen = sum(int(np.prod(w.shape)) for w in frozen.trainable_weights)
+    n_tuned = sum(int(np.prod(w.shape)) for w in tuned.trainable_weights)
+    assert n_tuned > 50 * n_frozen
+    inputs = family.encode(artefacts, cfg.training, ["A tiny test", ""])
+    assert inputs["input_word_ids"].shape == (2, 24)
+    probs = tuned.predict(inputs, verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_missing_handle_is_one_clear_line(tiny_hub, tmp_path):
+    for key, value in (
+        ("encoder", str(tmp_path / "nowhere" / TEMPLATE)),
+        ("preprocess", str(tmp_path / "nowhere" / "preprocess")),
+    ):
+        raw = hub_experiment(tmp_path, tiny_hub)
+        raw["model"][key] = value
+        exp = tmp_path / f"missing_{key}.yaml"
+        exp.write_text(yaml.safe_dump(raw))
+        done = subprocess.run(
+            [sys.executable, "-m", "ktune", "run", str(exp), "--storage", str(tmp_path / "r")],
+            capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300,
+        )
+        assert done.returncode == 2, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"ktune: error: model.{key}: cannot load")
+        assert "make-tiny-bert" in last
+        assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_search_export_and_reload(tiny_hub, tmp_path, ray_session):
+    from ktune.experiment import run_experiment
+    from ktune.export import predict
+
+    raw = hub_experiment(tmp_path, tiny_hub)
+    raw["search"].update(num_samples=2, scheduler="fifo")
+    cfg = parse_config(raw)
+    best = run_experiment(cfg)
+    results = (cfg.experiment_dir / "results.csv").read_text().strip().splitlines()
+    assert len(results) == 3 and all(",TERMINATED," in r for r in results[1:])
+    assert best["config"]["embed_dim"] in (32, 64) and best["config"]["heads"] in (2, 4)
+    meta = json.loads((Path(best["export"]) / "metadata.json").read_text())
+    assert meta["family"] == "tfhub_bert" and meta["verified"]["max_abs_diff"] <= 1e-5
+
+    texts = ["Shares fell after the bank cut its profit forecast", "", "Ünïcödé café"]
+    ours = np.array([list(r["probabilities"].values()) for r in predict(best["export"], texts)])
+    script = (
+        "import json, sys, tensorflow as tf, tensorflow_text\n"
+        "fn = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+        "out = fn(tf.constant(json.loads(sys.argv[2])))\n"
+        "print(json.dumps(out['probabilities'].numpy().tolist()))\n"
+        "assert 'ktune' not in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, best["export"], json.dumps(texts)],
+        capture_output=True, text=True, env=subprocess_env(), timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(got, ours, atol=1e-6)
