@@ -7,6 +7,7 @@ milliseconds, before Ray or TensorFlow start.
 from __future__ import annotations
 
 from ktune.search_spaces.base import Choice, FamilySpace, Fixed, Range, Spec, parse_spec
+from ktune.search_spaces.hf_bert import HfBertSpace
 from ktune.search_spaces.tfhub_bert import TfhubBertSpace
 from ktune.search_spaces.transformer import TransformerSpace
 
@@ -15,6 +16,7 @@ __all__ = ["SPACES", "get_space", "Choice", "Range", "Fixed", "Spec", "FamilySpa
 SPACES: dict[str, FamilySpace] = {
     "transformer": TransformerSpace(),
     "tfhub_bert": TfhubBertSpace(),
+    "hf_bert": HfBertSpace(),
 }
 
 

@@ -18,6 +18,7 @@ __all__ = ["FAMILIES", "get_family"]
 FAMILIES = {
     "transformer": "ktune.trainables.transformer:TransformerFamily",
     "tfhub_bert": "ktune.trainables.tfhub_bert:TfhubBertFamily",
+    "hf_bert": "ktune.trainables.hf_bert:HfBertFamily",
 }
 
 _loaded: dict[str, "Family"] = {}
