@@ -3,6 +3,8 @@
     ktune run EXP.yaml [--num-samples N] [--storage PATH] [--address ADDR] [--no-export]
     ktune export EXPERIMENT_DIR [--out DIR] [--force]
     ktune predict EXPORT_DIR TEXT [TEXT ...] [--json]
+    ktune submit EXP.yaml --address http://HEAD:8265 [--follow] [--with-project]
+    ktune jobs --address http://HEAD:8265
     ktune models make-tiny-bert DIR [--sizes L-2_H-32 ...]      (TF-Hub format, offline)
     ktune models make-tiny-hf-bert DIR [--sizes L-2_H-32 ...]   (Hugging Face format, offline)
 
@@ -63,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
     pred.add_argument("--json", action="store_true", help="print JSON lines with all scores")
 
+    sb = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job")
+    sb.add_argument("experiment", help="the experiment YAML file")
+    sb.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
+    sb.add_argument("--follow", action="store_true",
+                    help="stream the job's logs until it ends; exit 1 if it did not succeed")
+    sb.add_argument("--with-project", action="store_true",
+                    help="also ship this ktune checkout (py_modules) to the cluster")
+    sb.add_argument("--num-samples", type=_positive_int, help="override search.num_samples")
+    sb.add_argument("--storage", help="override storage: an absolute path all nodes share")
+
+    jb = sub.add_parser("jobs", help="list the Ray Jobs of a cluster")
+    jb.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
+
     models = sub.add_parser("models", help="write tiny local models for offline use")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="WHAT")
     for name, what in (
@@ -95,6 +110,29 @@ def _parse_sizes(sizes: Sequence[str], head_size: int) -> list[tuple[int, int, i
             )
         out.append((layers, hidden, hidden // head_size))
     return out
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from ktune.jobs import follow, submit
+
+    job_id, url = submit(
+        args.experiment, args.address, with_project=args.with_project,
+        num_samples=args.num_samples, storage=args.storage,
+    )
+    print(f"submitted job {job_id}\ndashboard: {url}")
+    if not args.follow:
+        print(f"follow it: ray job logs -f {job_id} --address {args.address}")
+        return 0
+    status = follow(args.address, job_id)
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from ktune.jobs import format_jobs, list_jobs
+
+    print(format_jobs(list_jobs(args.address)))
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -155,6 +193,8 @@ _COMMANDS = {
     "export": _cmd_export,
     "predict": _cmd_predict,
     "models": _cmd_models,
+    "submit": _cmd_submit,
+    "jobs": _cmd_jobs,
 }
 
 

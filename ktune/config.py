@@ -82,12 +82,16 @@ class TrainingConfig:
     batch_size: int = 64
     maxlen: int = 64
     vocab_size: int = 20000
+    mixed_precision: bool = False  # float16 compute on GPU; the output layer stays float32
+    jit_compile: bool = False  # XLA-compile the train step
 
 
 @dataclass(frozen=True)
 class ResourcesConfig:
     cpu: float = 1
     gpu: float = 0
+    # GPU memory a trial may take; default with a fractional gpu: that share of the card.
+    gpu_memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -298,7 +302,10 @@ def _parse_search(raw: Any, family: str) -> SearchConfig:
 
 def _parse_training(raw: Any) -> TrainingConfig:
     d = _section(raw, "training", _fields(TrainingConfig))
-    return _parse(d, "training", TrainingConfig, {n: _int for n in _fields(TrainingConfig)})
+    checks = {n: _int for n in ("epochs", "batch_size", "maxlen", "vocab_size")}
+    return _parse(
+        d, "training", TrainingConfig, {**checks, "mixed_precision": _bool, "jit_compile": _bool}
+    )
 
 
 def _parse_resources(raw: Any) -> ResourcesConfig:
@@ -310,6 +317,7 @@ def _parse_resources(raw: Any) -> ResourcesConfig:
         {
             "cpu": lambda k, v: _number(k, v, 0, inclusive=False),
             "gpu": lambda k, v: _number(k, v, 0),
+            "gpu_memory_mb": _optional(_int),
         },
     )
     if cfg.gpu > 1 and cfg.gpu != int(cfg.gpu):

@@ -138,6 +138,7 @@ def run_experiment(
         cpu=cfg.resources.cpu,
         gpu=cfg.resources.gpu,
         seed=cfg.search.seed,
+        gpu_memory_mb=cfg.resources.gpu_memory_mb,
     )
     exp_dir = cfg.experiment_dir
     exp_dir.mkdir(parents=True, exist_ok=True)

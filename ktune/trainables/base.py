@@ -30,6 +30,7 @@ import tf_keras as keras
 from ktune.config import TrainingConfig
 from ktune.data import TextDataset
 from ktune.optim import create_optimizer
+from ktune.trainables.devices import configure_devices
 from ktune.search_spaces import FamilySpace
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "TrialPayload",
     "ReportEpoch",
     "run_trial",
-    "configure_devices",
     "compile_model",
     "restore_model",
     "CHECKPOINT_PREFIX",
@@ -117,23 +117,7 @@ class TrialPayload:
     cpu: float
     gpu: float
     seed: int
-
-
-def configure_devices(cpu: float, gpu: float) -> None:
-    """Threads and devices for this trial; a no-op once TensorFlow has initialized."""
-    try:
-        threads = max(1, int(math.floor(cpu)))
-        # Concurrent trials must not fight over cores: each uses what Ray gave it.
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpu == 0:
-            tf.config.set_visible_devices([], "GPU")
-        else:
-            for device in gpus:
-                tf.config.experimental.set_memory_growth(device, True)
-    except RuntimeError:
-        pass  # already initialized in this process (tests call trials in one worker)
+    gpu_memory_mb: int | None = None
 
 
 def batch_size_of(config: Mapping[str, Any], training: TrainingConfig) -> int:
@@ -152,7 +136,10 @@ def compile_model(
         weight_decay=float(config.get("weight_decay", 0.01)),
     )
     model.compile(
-        optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        optimizer=optimizer,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=training.jit_compile,
     )
     # Slots exist before a restore, so a checkpoint's optimizer state is matched exactly.
     optimizer.build(model.trainable_variables)
@@ -191,10 +178,13 @@ def run_trial(
 
     from ktune.trainables import get_family
 
-    configure_devices(payload.cpu, payload.gpu)
+    # First, before TensorFlow runs any op in this process.
+    configure_devices(payload.cpu, payload.gpu, payload.gpu_memory_mb)
     keras.utils.set_random_seed(payload.seed)
     family = get_family(payload.family)
     training = payload.training
+    if training.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
     model = family.build_model(config, payload.artefacts, payload.num_classes, training)
     optimizer = compile_model(model, config, training, len(payload.train_labels))
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)

@@ -151,7 +151,10 @@ class TfhubBertFamily(Family):
                                  name="encoder")
         pooled = encoder(inputs)["pooled_output"]
         x = keras.layers.Dropout(float(config.get("dropout", 0.1)))(pooled)
-        outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        # float32 even under mixed precision: softmax and the loss need the range.
+        outputs = keras.layers.Dense(
+            num_classes, activation="softmax", dtype="float32", name="probabilities"
+        )(x)
         return keras.Model(inputs, outputs, name="tfhub_bert_classifier")
 
     def string_encoder(self, artefacts: Mapping, training: TrainingConfig):

@@ -119,7 +119,10 @@ def build_classifier(
     x = keras.layers.Dropout(dropout)(x)
     x = keras.layers.Dense(20, activation="relu")(x)
     x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 even under mixed precision: softmax and the loss need the range.
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="probabilities"
+    )(x)
     return keras.Model(inputs, outputs, name="transformer_classifier")
 
 

@@ -1,0 +1,167 @@
+"""Ray Jobs: ``ktune submit`` and ``ktune jobs``.
+
+A search is submitted to a cluster's head as a Ray Job through
+``ray.job_submission.JobSubmissionClient``. The runtime env ships the experiment file
+(and local data files it names) as the job's working directory, and with
+``--with-project`` also the ktune package itself (``py_modules``), so a cluster whose image
+has ktune's dependencies runs this checkout's code. The job's driver runs
+``python -m ktune run experiment.yaml --address auto`` on the head.
+
+Token authentication (on by default in Ray 2.60) stays on. The client sends
+``Authorization: Bearer <token>``, the token read from, in order: ``RAY_AUTH_TOKEN``,
+the file named by ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token`` (where Ray keeps it; on
+a cluster, ``ray get-auth-token`` on the head prints it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from ktune.config import ExperimentConfig, load_config
+from ktune.errors import ConfigError, ExperimentError
+
+__all__ = ["submit", "follow", "list_jobs", "auth_token", "job_runtime_env"]
+
+EXPERIMENT_NAME = "experiment.yaml"
+
+
+def auth_token() -> str | None:
+    """The Ray auth token for this client, or None (then requests go without one)."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
+        if path and Path(path).is_file():
+            token = Path(path).read_text().strip()
+            if token:
+                return token
+    return None
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    token = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except Exception as e:  # noqa: BLE001 - connection and auth errors come in many kinds
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ""
+        if "401" in str(e) or "403" in str(e) or "uthenticat" in str(e):
+            hint = (
+                "; the cluster needs its auth token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
+                "(`ray get-auth-token` on the head prints it)"
+            )
+        raise ExperimentError(f"--address {address}: cannot reach the Ray Jobs API ({text}){hint}")
+
+
+def job_runtime_env(cfg: ExperimentConfig, workdir: Path, with_project: bool) -> dict:
+    """Writes the job's working directory (experiment file, local data) and its runtime env."""
+    raw = yaml.safe_load(Path(cfg.source_path).read_text(encoding="utf-8")) or {}
+    data = dict(raw.get("data") or {})
+    # Local data files travel with the job; the copy of the experiment names them relatively.
+    for key in ("train", "test"):
+        path = getattr(cfg.data, key) if cfg.data.source in ("csv", "jsonl") else None
+        if path:
+            target = workdir / "data" / f"{key}{Path(path).suffix}"
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(path, target)
+            data[key] = str(target.relative_to(workdir))
+    if data:
+        raw["data"] = data
+    (workdir / EXPERIMENT_NAME).write_text(yaml.safe_dump(raw, sort_keys=False))
+    # No env_vars here: the driver's ray.init sets them for the trials, and Ray refuses a
+    # job whose runtime env names the same variables as its driver's.
+    env: dict[str, Any] = {"working_dir": str(workdir)}
+    if with_project:
+        env["py_modules"] = [str(Path(__file__).resolve().parent)]
+    return env
+
+
+def submit(
+    experiment: str | Path,
+    address: str,
+    *,
+    with_project: bool = False,
+    num_samples: int | None = None,
+    storage: str | None = None,
+    submission_id: str | None = None,
+) -> tuple[str, str]:
+    """Validates the experiment locally, submits it; returns (job id, dashboard URL)."""
+    cfg = load_config(experiment, num_samples=num_samples, storage=storage)
+    raw = yaml.safe_load(Path(experiment).read_text(encoding="utf-8")) or {}
+    given = storage if storage is not None else raw.get("storage", "results")
+    if not Path(str(given)).expanduser().is_absolute():
+        key = "--storage" if storage is not None else "storage"
+        raise ConfigError(
+            f"{key}: '{given}' is relative, so the job's results would stay in its temporary "
+            "working directory on the cluster; use an absolute path on storage every node "
+            "shares (NFS), e.g. --storage /mnt/shared/ktune"
+        )
+    client = _client(address)
+    entrypoint = ["python", "-m", "ktune", "run", EXPERIMENT_NAME, "--address", "auto"]
+    if num_samples is not None:
+        entrypoint += ["--num-samples", str(num_samples)]
+    entrypoint += ["--storage", cfg.storage]
+    with tempfile.TemporaryDirectory(prefix="ktune-job-") as tmp:
+        runtime_env = job_runtime_env(cfg, Path(tmp), with_project)
+        job_id = client.submit_job(
+            entrypoint=" ".join(entrypoint),
+            runtime_env=runtime_env,
+            submission_id=submission_id,
+            metadata={"ktune_experiment": cfg.name},
+        )
+    return job_id, f"{address.rstrip('/')}/#/jobs/{job_id}"
+
+
+def follow(address: str, job_id: str, out=None) -> str:
+    """Streams the job's logs until it ends; returns its final status name."""
+    import asyncio
+
+    out = out or sys.stdout
+    client = _client(address)
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    asyncio.run(tail())
+    # the log stream ends with the job; its status may lag by a moment
+    for _ in range(60):
+        status = client.get_job_status(job_id)
+        if status.is_terminal():
+            return str(status.value)
+        time.sleep(1)
+    return str(client.get_job_status(job_id).value)
+
+
+def list_jobs(address: str) -> list[dict]:
+    jobs = _client(address).list_jobs()
+    rows = []
+    for job in sorted(jobs, key=lambda j: j.start_time or 0):
+        rows.append({
+            "job": job.submission_id or job.job_id,
+            "status": str(job.status.value),
+            "experiment": (job.metadata or {}).get("ktune_experiment", ""),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
+            if job.start_time else "",
+            "entrypoint": job.entrypoint,
+        })
+    return rows
+
+
+def format_jobs(rows: Sequence[dict]) -> str:
+    cols = ["job", "status", "experiment", "started", "entrypoint"]
+    table = [cols] + [[str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)

@@ -1,0 +1,144 @@
+"""Ray Jobs against a real local head (dashboard on 127.0.0.1, token authentication on)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, subprocess_env, tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, token: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A Ray head of its own (own ports and temp dir), with a fresh token; stopped after."""
+    token = secrets.token_hex(32)
+    temp = tempfile.mkdtemp(prefix="ktj-", dir="/tmp")  # short: Ray's socket paths are long
+    dashboard = free_port()
+    env = {**subprocess_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+        "--num-cpus", "2", "--temp-dir", temp,
+        "--port", str(free_port()), "--ray-client-server-port", str(free_port()),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+        "--dashboard-agent-listen-port", str(free_port()), "--include-dashboard", "true",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if http_get(f"{address}/api/version", token)[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("the Ray head did not come up")
+    yield address, token
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def ktune(*args: str, token: str | None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = subprocess_env()
+    env.pop("RAY_AUTH_TOKEN", None)
+    env["RAY_AUTH_TOKEN_PATH"] = "/nonexistent"  # only the token given here counts
+    if token:
+        env["RAY_AUTH_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "ktune", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=timeout)
+
+
+def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):
+    address, token = head
+    raw = tiny_experiment(tmp_path)
+    raw["name"] = "tiny_job"
+    raw["search"]["num_samples"] = 2
+    raw["training"]["epochs"] = 1
+    exp = tmp_path / "tiny_job.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+
+    done = ktune("submit", str(exp), "--address", address, "--follow", "--with-project",
+                 token=token)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    lines = done.stdout.splitlines()
+    job_id = lines[0].removeprefix("submitted job ")
+    assert lines[1] == f"dashboard: {address}/#/jobs/{job_id}"
+    assert lines[-1] == f"job {job_id}: SUCCEEDED"
+    assert "best trial" in done.stdout  # the search's own output streamed back
+    best = json.loads((Path(raw["storage"]) / "tiny_job" / "best.json").read_text())
+    assert (Path(best["export"]) / "saved_model.pb").is_file()
+
+    status, body = http_get(f"{address}/api/jobs/", token)
+    assert status == 200
+    jobs = {j["submission_id"]: j for j in json.loads(body)}
+    assert jobs[job_id]["status"] == "SUCCEEDED"
+    assert jobs[job_id]["metadata"]["ktune_experiment"] == "tiny_job"
+    assert http_get(f"{address}/api/jobs/", None)[0] == 401  # no token, no answer
+
+    listed = ktune("jobs", "--address", address, token=token, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert any(job_id in line and "SUCCEEDED" in line and "tiny_job" in line
+               for line in listed.stdout.splitlines())
+
+
+def test_submit_without_token_is_refused_in_one_line(head, tmp_path):
+    address, _ = head
+    raw = tiny_experiment(tmp_path)
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    done = ktune("submit", str(exp), "--address", address, token=None, timeout=120)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ktune: error: --address {address}:") and "RAY_AUTH_TOKEN" in last
+
+
+def test_submit_refuses_relative_storage(head, tmp_path):
+    address, token = head
+    raw = tiny_experiment(tmp_path)
+    raw["storage"] = "results"
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    done = ktune("submit", str(exp), "--address", address, token=token, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("ktune: error: storage: 'results'")
