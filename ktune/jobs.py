@@ -8,9 +8,8 @@ has ktune's dependencies runs this checkout's code. The job's driver runs
 ``python -m ktune run experiment.yaml --address auto`` on the head.
 
 Token authentication (on by default in Ray 2.60) stays on. The client sends
-``Authorization: Bearer <token>``, the token read from, in order: ``RAY_AUTH_TOKEN``,
-the file named by ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token`` (where Ray keeps it; on
-a cluster, ``ray get-auth-token`` on the head prints it).
+``Authorization: Bearer <token>`` with the token from :func:`auth_token` (on a cluster,
+``ray get-auth-token`` on the head prints it).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlparse
 
 import yaml
 
@@ -33,23 +33,39 @@ __all__ = ["submit", "follow", "list_jobs", "auth_token", "job_runtime_env"]
 EXPERIMENT_NAME = "experiment.yaml"
 
 
-def auth_token() -> str | None:
-    """The Ray auth token for this client, or None (then requests go without one)."""
+def auth_token(address: str) -> str | None:
+    """The Ray auth token this client sends to ``address``, or None.
+
+    ``RAY_AUTH_TOKEN`` first, then the file named by ``RAY_AUTH_TOKEN_PATH`` (an error if it
+    cannot be read), then Ray's own ``~/.ray/auth_token`` -- the latter only for a head on
+    this machine or with ``RAY_AUTH_MODE=token``, so a laptop's local token is not sent to
+    every cluster.
+    """
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     if token:
         return token
-    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
-        if path and Path(path).is_file():
-            token = Path(path).read_text().strip()
-            if token:
-                return token
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if named:
+        path = Path(named).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH: cannot read {path} ({e.strerror})") from None
+        if not token:
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH: {path} is empty")
+        return token
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    local = host in ("127.0.0.1", "localhost", "::1")
+    default = Path.home() / ".ray" / "auth_token"
+    if (local or os.environ.get("RAY_AUTH_MODE") == "token") and default.is_file():
+        return default.read_text().strip() or None
     return None
 
 
 def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
-    token = auth_token()
+    token = auth_token(address)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         return JobSubmissionClient(address, headers=headers)

@@ -79,10 +79,12 @@ def head():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def ktune(*args: str, token: str | None, timeout: int = 600) -> subprocess.CompletedProcess:
+def ktune(*args: str, token: str | None, timeout: int = 600, **extra_env: str):
     env = subprocess_env()
-    env.pop("RAY_AUTH_TOKEN", None)
-    env["RAY_AUTH_TOKEN_PATH"] = "/nonexistent"  # only the token given here counts
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        env.pop(name, None)
+    env["HOME"] = tempfile.mkdtemp(prefix="ktune-home-")  # no ~/.ray/auth_token to fall back on
+    env.update(extra_env)
     if token:
         env["RAY_AUTH_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "ktune", *args], capture_output=True,
@@ -142,3 +144,35 @@ def test_submit_refuses_relative_storage(head, tmp_path):
     done = ktune("submit", str(exp), "--address", address, token=token, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("ktune: error: storage: 'results'")
+
+
+def test_unreadable_token_path_is_one_clear_line(head, tmp_path):
+    address, _ = head
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(yaml.safe_dump(tiny_experiment(tmp_path)))
+    missing = tmp_path / "no-token"
+    done = ktune("submit", str(exp), "--address", address, token=None, timeout=120,
+                 RAY_AUTH_TOKEN_PATH=str(missing))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ktune: error: RAY_AUTH_TOKEN_PATH: cannot read {missing} (No such file or directory)"
+    )
+
+
+def test_token_sources_in_order(tmp_path, monkeypatch):
+    from ktune.jobs import auth_token
+
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("local-token\n")
+    assert auth_token("http://127.0.0.1:8265") == "local-token"
+    assert auth_token("http://head.example:8265") is None  # a remote head: not the local one
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert auth_token("http://head.example:8265") == "local-token"
+    (tmp_path / "t").write_text("file-token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    assert auth_token("http://head.example:8265") == "file-token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "env-token")
+    assert auth_token("http://head.example:8265") == "env-token"

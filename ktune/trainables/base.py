@@ -156,6 +156,9 @@ class ReportEpoch(keras.callbacks.Callback):
         self._checkpoint = checkpoint
         self._epoch = epoch
         self._optimizer = optimizer
+        import ray
+
+        self._node_id = ray.get_runtime_context().get_node_id()
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         from ray import tune
@@ -165,6 +168,8 @@ class ReportEpoch(keras.callbacks.Callback):
         metrics["epoch"] = epoch + 1
         # The optimizer's step drives the learning-rate schedule: a resumed trial continues it.
         metrics["step"] = int(self._optimizer.iterations.numpy())
+        # Which Ray node ran this epoch: trials move between nodes on retries and restores.
+        metrics["node_id"] = self._node_id
         with tempfile.TemporaryDirectory(prefix="ktune-ckpt-") as d:
             self._checkpoint.write(os.path.join(d, CHECKPOINT_PREFIX))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
