@@ -1,6 +1,7 @@
 """``ktune``: the command line.
 
     ktune run EXP.yaml [--num-samples N] [--storage PATH] [--address ADDR] [--no-export]
+    ktune resume EXPERIMENT_DIR [--address ADDR] [--no-export]
     ktune export EXPERIMENT_DIR [--out DIR] [--force]
     ktune predict EXPORT_DIR TEXT [TEXT ...] [--json]
     ktune submit EXP.yaml --address http://HEAD:8265 [--follow] [--with-project]
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="override storage (results go to <storage>/<name>)")
     run.add_argument("--address", help="Ray address to join (auto, ray://host:10001)")
     run.add_argument("--no-export", action="store_true", help="skip the export at the end")
+
+    res = sub.add_parser("resume", help="continue a search whose driver died")
+    res.add_argument("experiment_dir", help="the experiment directory, <storage>/<name>")
+    res.add_argument("--address", help="Ray address to join (auto, ray://host:10001)")
+    res.add_argument("--no-export", action="store_true", help="skip the export at the end")
 
     exp = sub.add_parser("export", help="export the best trial of an experiment")
     exp.add_argument("experiment_dir", help="the experiment directory, <storage>/<name>")
@@ -160,6 +166,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from ktune.experiment import resume_experiment
+
+    resume_experiment(
+        args.experiment_dir, address=args.address, export=False if args.no_export else None
+    )
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ktune.experiment import read_experiment
 
@@ -190,6 +205,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "run": _cmd_run,
+    "resume": _cmd_resume,
     "export": _cmd_export,
     "predict": _cmd_predict,
     "models": _cmd_models,

@@ -73,6 +73,7 @@ class SearchConfig:
     reduction_factor: int = 2
     max_concurrent_trials: int = 2
     seed: int = 0
+    max_failures: int = 0  # retries of a failing trial, each from its last checkpoint
     space: Mapping[str, Spec] = field(default_factory=dict)
 
 
@@ -288,6 +289,7 @@ def _parse_search(raw: Any, family: str) -> SearchConfig:
             "reduction_factor": lambda k, v: _int(k, v, minimum=2),
             "max_concurrent_trials": _int,
             "seed": lambda k, v: _int(k, v, minimum=0),
+            "max_failures": lambda k, v: _int(k, v, minimum=-1),
         },
     )
     if "mode" not in d:

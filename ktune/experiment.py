@@ -17,14 +17,17 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from ktune.config import ExperimentConfig, TrainingConfig
 from ktune.errors import ExperimentError, SearchFailed
 
-__all__ = ["run_experiment", "check_targets", "read_experiment", "SPEC_FILE", "BEST_FILE"]
+__all__ = [
+    "run_experiment", "resume_experiment", "check_targets", "read_experiment",
+    "SPEC_FILE", "BEST_FILE",
+]
 
 log = logging.getLogger("ktune")
 
@@ -63,6 +66,11 @@ def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
     return json.loads(spec_path.read_text()), json.loads(best_path.read_text())
 
 
+def _last_line(error: Any) -> str:
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -97,23 +105,12 @@ def format_results_table(rows: Sequence[dict], metric: str, keys: Sequence[str])
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)
 
 
-def run_experiment(
-    cfg: ExperimentConfig,
-    *,
-    export: bool | None = None,
-    callbacks: Sequence = (),
-    max_failures: int = 0,
-) -> dict:
-    """Runs ``cfg`` end to end and returns the contents of ``best.json``.
-
-    Raises a :class:`~ktune.errors.KtuneUserError` for bad input before Ray starts.
-    ``callbacks`` are extra Keras callbacks for every trial (tests inject failures).
-    """
+def _prepare(cfg: ExperimentConfig):
+    """Checks the models, loads the data once, lets the family prepare; builds the payload."""
     from ktune.data import load_data
     from ktune.trainables import get_family
+    from ktune.trainables.base import TrialPayload
 
-    started = time.time()
-    check_targets(cfg)
     family = get_family(cfg.family)
     family.check_model(cfg.model, cfg.search.space)
     data = load_data(cfg.data)
@@ -122,10 +119,6 @@ def run_experiment(
         len(data.train_labels), len(data.val_labels), len(data.test_labels), data.num_classes,
     )
     prepared = family.prepare(data, cfg.training, cfg.model)
-
-    from ktune.trainables.base import TrialPayload
-    from ktune.tuner import build_tuner
-
     payload = TrialPayload(
         family=cfg.family,
         train_inputs=prepared.train_inputs,
@@ -140,11 +133,26 @@ def run_experiment(
         seed=cfg.search.seed,
         gpu_memory_mb=cfg.resources.gpu_memory_mb,
     )
+    return data, prepared, payload
+
+
+def run_experiment(
+    cfg: ExperimentConfig, *, export: bool | None = None, callbacks: Sequence = ()
+) -> dict:
+    """Runs ``cfg`` end to end and returns the contents of ``best.json``.
+
+    Raises a :class:`~ktune.errors.KtuneUserError` for bad input before Ray starts.
+    ``callbacks`` are extra Keras callbacks for every trial (tests inject failures).
+    """
+    from ktune.tuner import build_tuner
+
+    started = time.time()
+    check_targets(cfg)
+    data, prepared, payload = _prepare(cfg)
     exp_dir = cfg.experiment_dir
     exp_dir.mkdir(parents=True, exist_ok=True)
     if cfg.source_path:
         shutil.copyfile(cfg.source_path, exp_dir / "experiment.yaml")
-    verify_texts = [str(t) for t in data.test_texts[:60]] + _EDGE_TEXTS
     _write_json(
         exp_dir / SPEC_FILE,
         {
@@ -152,20 +160,75 @@ def run_experiment(
             "family": cfg.family,
             "metric": cfg.search.metric,
             "mode": cfg.search.mode,
+            "num_samples": cfg.search.num_samples,
+            "export_dir": str(cfg.export_dir),
             "training": asdict(cfg.training),
             "class_names": data.class_names,
             "artefacts": prepared.artefacts,
-            "verify_texts": verify_texts,
+            "verify_texts": [str(t) for t in data.test_texts[:60]] + _EDGE_TEXTS,
             "data": asdict(cfg.data),
         },
     )
-
     _init_ray(cfg.address)
-    tuner = build_tuner(cfg, payload, callbacks=callbacks, max_failures=max_failures)
-    grid = tuner.fit()
+    grid = build_tuner(cfg, payload, callbacks=callbacks).fit()
+    return _finish(cfg, grid, data, prepared, started, export)
 
+
+def resume_experiment(
+    exp_dir: str | Path, *, address: str | None = None, export: bool | None = None,
+    callbacks: Sequence = (),
+) -> dict:
+    """Continues the search of ``exp_dir`` whose driver died; returns ``best.json``'s contents.
+
+    Completed trials are kept; trials that were running continue from their last epoch
+    checkpoint; the Optuna study continues from its journal in the experiment directory.
+    """
+    from ray import tune
+
+    from ktune.config import DataConfig, load_config
+    from ktune.tuner import build_trainable
+
+    started = time.time()
+    d = Path(exp_dir).resolve()
+    if not d.is_dir():
+        raise ExperimentError(f"{d}: no such experiment directory")
+    if not (d / SPEC_FILE).is_file() or not (d / "experiment.yaml").is_file():
+        raise ExperimentError(f"{d}: not a ktune experiment directory (no {SPEC_FILE})")
+    if not tune.Tuner.can_restore(str(d)):
+        raise ExperimentError(f"{d}: no search state to resume (the run stopped before Ray saved any)")
+    spec = json.loads((d / SPEC_FILE).read_text())
+    cfg = load_config(
+        d / "experiment.yaml", num_samples=spec["num_samples"], storage=str(d.parent),
+        address=address,
+    )
+    data_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()}
+    cfg = replace(
+        cfg, name=d.name, data=DataConfig(**data_cfg),
+        export=replace(cfg.export, dir=spec["export_dir"]),
+    )
+    data, prepared, payload = _prepare(cfg)
+    if json.loads(json.dumps(prepared.artefacts)) != spec["artefacts"]:
+        raise ExperimentError(
+            f"{d}: the data or model changed since the search started (its prepared "
+            "artefacts differ); start a new experiment instead"
+        )
+    _init_ray(cfg.address)
+    log.info("resuming %s", d)
+    tuner = tune.Tuner.restore(
+        str(d), trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
+    )
+    grid = tuner.fit()
+    if export is None and cfg.export.enabled and cfg.export_dir.exists():
+        log.info("%s: already exported; `ktune export --force` replaces it", cfg.export_dir)
+        export = False
+    return _finish(cfg, grid, data, prepared, started, export)
+
+
+def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export) -> dict:
+    """Results table, best.json with the best trial's test accuracy, then the export."""
     from ktune.search_spaces.base import searched_keys
 
+    exp_dir = cfg.experiment_dir
     keys = searched_keys(cfg.search.space)
     rows = []
     for result in grid:
@@ -182,16 +245,16 @@ def run_experiment(
             **{k: config.get(k) for k in keys},
             "epochs": int((result.metrics or {}).get("epoch", 0)),
             cfg.search.metric: best_value if best_value is not None else float("nan"),
+            "error": _last_line(result.error) if result.error else "",
         }
         rows.append(row)
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(exp_dir / RESULTS_FILE, index=False)
     print(format_results_table(rows, cfg.search.metric, keys))
-    for result in grid:
-        if result.error:
-            lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
-            log.error("trial %s failed: %s", Path(result.path).name, lines[-1] if lines else "?")
+    for row in rows:
+        if row["error"]:
+            log.error("trial %s failed: %s", row["trial"], row["error"])
 
     try:
         best = grid.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="all")

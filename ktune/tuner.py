@@ -17,7 +17,7 @@ from ktune.config import ExperimentConfig
 from ktune.search_spaces import get_space
 from ktune.trainables.base import TrialPayload, run_trial
 
-__all__ = ["build_tuner", "build_searcher", "build_scheduler"]
+__all__ = ["build_tuner", "build_trainable", "build_searcher", "build_scheduler", "OPTUNA_JOURNAL"]
 
 
 def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
@@ -27,11 +27,19 @@ def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
     # TPE samples at random until it has n_startup_trials results; Optuna's default (10)
     # would make a small search (the quickstart's 8 trials) purely random.
     startup = min(10, max(3, cfg.search.num_samples // 3))
+    # The study lives in the experiment directory (Optuna's journal file), so it survives
+    # the driver and optuna-dashboard can open it while the search runs.
+    cfg.experiment_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(cfg.experiment_dir / OPTUNA_JOURNAL))
+    )
     return OptunaSearch(
         space=space.space_fn(cfg.search.space),
         metric=cfg.search.metric,
         mode=cfg.search.mode,
         sampler=optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=startup),
+        storage=storage,
+        study_name=cfg.name,
     )
 
 
@@ -53,16 +61,21 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+OPTUNA_JOURNAL = "optuna.journal"
+
+
+def build_trainable(cfg: ExperimentConfig, payload: TrialPayload, callbacks: Sequence = ()):
+    """``run_trial`` with its payload (put in the object store once) and its resources."""
+    trainable = tune.with_parameters(run_trial, payload=payload, callbacks=list(callbacks))
+    return tune.with_resources(trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+
+
 def build_tuner(
-    cfg: ExperimentConfig, payload: TrialPayload, callbacks: Sequence = (), max_failures: int = 0
+    cfg: ExperimentConfig, payload: TrialPayload, callbacks: Sequence = ()
 ) -> tune.Tuner:
     """The Tuner for ``cfg``; ``payload`` reaches every trial once, through the object store."""
-    trainable = tune.with_parameters(run_trial, payload=payload, callbacks=list(callbacks))
-    trainable = tune.with_resources(
-        trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
-    )
     return tune.Tuner(
-        trainable,
+        build_trainable(cfg, payload, callbacks),
         tune_config=tune.TuneConfig(
             search_alg=build_searcher(cfg),
             scheduler=build_scheduler(cfg),
@@ -79,7 +92,7 @@ def build_tuner(
                 checkpoint_score_attribute=cfg.search.metric,
                 checkpoint_score_order=cfg.search.mode,
             ),
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
             verbose=1,
         ),
     )

@@ -69,11 +69,12 @@ def test_failed_trial_resumes_from_its_last_epoch(tmp_path, ray_session):
         tmp_path,
         search__num_samples=1,
         search__scheduler="fifo",
+        search__max_failures=1,
         training__epochs=3,
         export={"enabled": False},
     )
     cfg = parse_config(raw)
-    best = run_experiment(cfg, callbacks=[FailOnceAfterEpoch2()], max_failures=1)
+    best = run_experiment(cfg, callbacks=[FailOnceAfterEpoch2()])
     assert marker.exists(), "the injected failure never happened"
     rows = _results(Path(best["trial_dir"]))
     epochs = [r["epoch"] for r in rows]
