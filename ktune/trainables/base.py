@@ -156,6 +156,7 @@ class ReportEpoch(keras.callbacks.Callback):
         self._checkpoint = checkpoint
         self._epoch = epoch
         self._optimizer = optimizer
+        self._start_epoch = int(epoch.numpy())  # > 0: this run of the trial was restored
         import ray
 
         self._node_id = ray.get_runtime_context().get_node_id()
@@ -170,6 +171,7 @@ class ReportEpoch(keras.callbacks.Callback):
         metrics["step"] = int(self._optimizer.iterations.numpy())
         # Which Ray node ran this epoch: trials move between nodes on retries and restores.
         metrics["node_id"] = self._node_id
+        metrics["resumed_from_epoch"] = self._start_epoch
         with tempfile.TemporaryDirectory(prefix="ktune-ckpt-") as d:
             self._checkpoint.write(os.path.join(d, CHECKPOINT_PREFIX))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -194,7 +196,9 @@ def run_trial(
     optimizer = compile_model(model, config, training, len(payload.train_labels))
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
-    resume_from = tune.get_checkpoint()
+    # A driver killed between a trial's checkpoint and Ray's next snapshot of the experiment
+    # resumes the trial without that checkpoint: then take the newest one from storage.
+    resume_from = tune.get_checkpoint() or latest_stored_checkpoint()
     if resume_from is not None:
         with resume_from.as_directory() as d:
             checkpoint.read(os.path.join(d, CHECKPOINT_PREFIX)).assert_consumed()
@@ -212,6 +216,25 @@ def run_trial(
         verbose=0,
         callbacks=[ReportEpoch(checkpoint, epoch, optimizer), *callbacks],
     )
+
+
+def latest_stored_checkpoint():
+    """The newest complete checkpoint in this trial's folder on the storage, or None."""
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    storage = tune.get_context().get_storage()
+    fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
+    infos = fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+    folders = sorted(
+        (i.path for i in infos
+         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")),
+        reverse=True,
+    )
+    for folder in folders:  # a folder without the index file was cut off mid-write
+        if fs.get_file_info(f"{folder}/{CHECKPOINT_PREFIX}.index").type == pafs.FileType.File:
+            return tune.Checkpoint(folder, filesystem=fs)
+    return None
 
 
 def restore_model(

@@ -1,0 +1,130 @@
+"""`ktune resume` after the driver is killed with SIGKILL mid-search (a machine restart)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, subprocess_env, tiny_experiment
+
+
+def ktune_cli(*args: str, env: dict | None = None, timeout: int = 600):
+    return subprocess.run([sys.executable, "-m", "ktune", *args], capture_output=True,
+                          text=True, env=env or subprocess_env(), cwd=REPO, timeout=timeout)
+
+
+def epochs_by_trial(exp_dir: Path) -> dict[str, list[dict]]:
+    out = {}
+    for trial in sorted(exp_dir.glob("trial_*")):
+        path = trial / "result.json"
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            out[trial.name] = rows
+    return out
+
+
+def last_checkpoints(exp_dir: Path) -> dict[str, int]:
+    """trial -> index of its newest checkpoint on disk (epoch - 1)."""
+    return {
+        t.name: max(int(c.name.split("_")[1]) for c in t.glob("checkpoint_*"))
+        for t in exp_dir.glob("trial_*") if any(t.glob("checkpoint_*/ckpt.index"))
+    }
+
+
+def kill_ray_under(temp_dir: str) -> None:
+    """Ends every process of the Ray instance whose session lives under ``temp_dir``."""
+    done = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if temp_dir in args:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_trials_and_study(tmp_path):
+    raw = tiny_experiment(tmp_path)
+    raw["name"] = "crashy"
+    raw["search"].update(num_samples=3, max_concurrent_trials=1, scheduler="fifo")
+    raw["training"]["epochs"] = 3
+    raw["data"]["train_size"] = 4000  # epochs of a few seconds: a window to kill in
+    exp = tmp_path / "crashy.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    exp_dir = Path(raw["storage"]) / "crashy"
+
+    ray_tmp = tempfile.mkdtemp(prefix="ktr-", dir="/tmp")
+    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp}
+    run = subprocess.Popen([sys.executable, "-m", "ktune", "run", str(exp)], cwd=REPO, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    # Kill once one trial has finished and the next one is part-way through.
+    deadline, before = time.time() + 420, {}
+    while time.time() < deadline:
+        # checkpoints are on disk as soon as reported (result.json is written lazily)
+        before = last_checkpoints(exp_dir)
+        if 2 in before.values() and 0 in before.values():  # one done, one after epoch 1
+            break
+        assert run.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"never saw a finished and a part-way trial: {before}")
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    kill_ray_under(ray_tmp)
+    killed_at = time.time()
+    time.sleep(1)
+    before = last_checkpoints(exp_dir)  # what survived the kill
+    finished = [t for t, last in before.items() if last == 2]
+    interrupted = [t for t, last in before.items() if last < 2]
+    assert finished and interrupted
+    assert not (exp_dir / "best.json").exists()
+
+    resumed = ktune_cli("resume", str(exp_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    after = epochs_by_trial(exp_dir)
+    assert len(after) == 3, sorted(after)  # the total stays num_samples
+    assert set(before) <= set(after)  # nothing lost
+    for trial, rows in after.items():
+        assert rows[-1]["epoch"] == 3, (trial, [r["epoch"] for r in rows])
+    for trial in finished:  # completed trials are kept, not run again
+        assert after[trial][-1]["resumed_from_epoch"] == 0
+        assert all(r["timestamp"] <= killed_at for r in after[trial])
+    for trial in interrupted:
+        # it continued from its last checkpoint (epoch = index + 1), not from epoch 0
+        last = after[trial][-1]
+        assert last["resumed_from_epoch"] == before[trial] + 1, (trial, last)
+        assert last["timestamp"] >= int(killed_at)
+
+    import optuna
+
+    study = optuna.load_study(
+        study_name="crashy",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
+        ),
+    )
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    best = json.loads((exp_dir / "best.json").read_text())
+    assert (Path(best["export"]) / "saved_model.pb").is_file()
+
+
+def test_resume_refuses_what_it_cannot_resume(tmp_path):
+    missing = ktune_cli("resume", str(tmp_path / "nope"), timeout=120)
+    assert missing.returncode == 2 and "no such experiment directory" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = ktune_cli("resume", str(tmp_path / "empty"), timeout=120)
+    assert empty.returncode == 2
+    assert empty.stderr.strip().splitlines()[-1].endswith("not a ktune experiment directory (no ktune.json)")
