@@ -1,0 +1,125 @@
+"""Failing trials and lost nodes: retried from checkpoints, reported, never silently dropped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ktune.config import parse_config
+
+from conftest import REPO, subprocess_env, tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_trial_that_keeps_failing_is_reported_and_the_search_goes_on(tmp_path, ray_session):
+    import os
+
+    import tf_keras as keras
+
+    from ktune.experiment import run_experiment
+
+    claim = tmp_path / "doomed-trial"
+
+    class AlwaysFailOneTrial(keras.callbacks.Callback):
+        """The first trial to get here fails at every epoch end, also when retried."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            from ray import tune
+
+            me = tune.get_context().get_trial_id()
+            try:
+                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, me.encode())
+                os.close(fd)
+            except FileExistsError:
+                pass
+            if claim.read_text() == me:
+                raise RuntimeError(f"injected failure in {me}")
+
+    raw = tiny_experiment(tmp_path, search__num_samples=3, search__scheduler="fifo",
+                          search__max_failures=1, export={"enabled": False})
+    raw["name"] = "flaky"
+    best = run_experiment(parse_config(raw), callbacks=[AlwaysFailOneTrial()])
+    results = pd.read_csv(Path(raw["storage"]) / "flaky" / "results.csv")
+    doomed = claim.read_text()
+    assert len(results) == 3
+    failed = results[results["status"] == "ERROR"]
+    assert list(failed["trial"]) == [f"trial_{doomed}"]
+    assert "injected failure" in failed["error"].iloc[0]
+    assert (results["status"] == "TERMINATED").sum() == 2
+    # (its epoch-1 checkpoint was reported before it failed, so it may still be the best)
+    assert best["metrics"]["epoch"] >= 1
+    # retried once from its checkpoint: two runs of the trial, the second restored
+    rows = [json.loads(line) for line in
+            (Path(raw["storage"]) / "flaky" / f"trial_{doomed}" / "result.json").read_text().splitlines()]
+    assert rows and rows[-1]["resumed_from_epoch"] == 1
+
+
+LOST_NODE = r"""
+import json, sys, threading, time, yaml
+from pathlib import Path
+import ktune, ray
+from ray.cluster_utils import Cluster
+from ktune.config import parse_config
+from ktune.experiment import run_experiment
+
+raw = yaml.safe_load(open(sys.argv[1]))
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False,
+         runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}})
+cfg = parse_config(raw)
+lost = {}
+
+def remove_a_busy_node():
+    exp = Path(cfg.experiment_dir)
+    while not list(exp.glob("trial_*/checkpoint_*")):
+        time.sleep(0.2)
+    node = workers[0]
+    lost["node_id"] = node.node_id
+    lost["at"] = time.time()
+    cluster.remove_node(node)
+
+threading.Thread(target=remove_a_busy_node, daemon=True).start()
+best = run_experiment(cfg)
+trials = {}
+for d in Path(cfg.experiment_dir).glob("trial_*"):
+    rows = [json.loads(l) for l in open(d / "result.json")]
+    trials[d.name] = {"nodes": [r["node_id"] for r in rows], "epoch": rows[-1]["epoch"],
+                      "resumed_from": rows[-1]["resumed_from_epoch"]}
+print("RESULT " + json.dumps({"lost": lost, "trials": trials, "best": best["trial"]}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_trials_of_a_lost_node_are_rescheduled(tmp_path):
+    raw = tiny_experiment(tmp_path)
+    raw["name"] = "lost_node"
+    raw["search"].update(num_samples=3, max_concurrent_trials=2, scheduler="fifo",
+                         max_failures=2)
+    raw["training"]["epochs"] = 3
+    raw["export"] = {"enabled": False}
+    exp = tmp_path / "lost_node.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-c", LOST_NODE, str(exp)], capture_output=True,
+                          text=True, env=subprocess_env(), cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    results = pd.read_csv(Path(raw["storage"]) / "lost_node" / "results.csv")
+    assert list(results["status"]) == ["TERMINATED"] * 3, results.to_dict("records")
+    assert all(t["epoch"] == 3 for t in out["trials"].values())
+    assert out["lost"], "the node was never removed"
+    lost_node = out["lost"]["node_id"]
+    # every trial finished on a surviving node ...
+    assert all(t["nodes"][-1] != lost_node for t in out["trials"].values()), out
+    # ... and the ones that were on the lost node went on from their checkpoints
+    assert any(t["resumed_from"] >= 1 for t in out["trials"].values()), out
