@@ -99,6 +99,7 @@ def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False
     module = ServingModule(family.string_encoder(artefacts, training), model, class_names)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -137,6 +138,14 @@ def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _remove_stale_siblings(out: Path) -> None:
+    """Temporary folders left by an export that was killed (its process is gone)."""
+    for path in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load_export(export_dir: str | Path):

@@ -143,3 +143,35 @@ def test_export_cli_on_missing_experiment(tmp_path):
     done = ktune_cli("export", str(tmp_path / "nope"))
     assert done.returncode == 2
     assert "no such experiment directory" in done.stderr
+
+
+def test_an_export_killed_midway_leaves_the_previous_one_untouched(finished, tmp_path):
+    import os
+    import signal
+    import time
+
+    cfg, _, _ = finished
+    out = tmp_path / "model"
+    first = ktune_cli("export", str(cfg.experiment_dir), "--out", str(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ktune", "export", str(cfg.experiment_dir), "--out", str(out),
+         "--force"], cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".model.tmp-*/saved_model.pb")):
+        assert proc.poll() is None, "the export finished before it could be interrupted"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-way: written, not yet verified and moved
+    proc.wait()
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    from ktune.export import predict
+
+    assert len(predict(out, ["still works"])) == 1
+    # the next export clears what the killed one left behind
+    again = ktune_cli("export", str(cfg.experiment_dir), "--out", str(out), "--force")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
