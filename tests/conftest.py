@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -71,3 +74,36 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
+
+
+_RELOAD = (
+    "import json, sys, tensorflow as tf\n"
+    "try:\n"
+    "    import tensorflow_text  # BERT exports tokenize with its ops\n"
+    "except ImportError:\n"
+    "    pass\n"
+    "fn = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+    "out = fn(tf.constant(json.loads(sys.argv[2])))\n"
+    "assert 'ktune' not in sys.modules\n"
+    "print(json.dumps({'probabilities': out['probabilities'].numpy().tolist(),"
+    " 'label': [x.decode() for x in out['label'].numpy()]}))\n"
+)
+
+
+def reload_in_fresh_process(export_dir: str | Path, texts: list[str]) -> dict:
+    """Calls an export's serving_default from a new Python process that never imports ktune."""
+    done = subprocess.run(
+        [sys.executable, "-c", _RELOAD, str(export_dir), json.dumps(texts)],
+        capture_output=True, text=True, env=subprocess_env(), timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_script_for_result(script: str, *args: str, timeout: int = 600) -> dict:
+    """Runs ``script`` in its own Python process; returns the JSON it printed after 'RESULT '."""
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                          text=True, env=subprocess_env(), cwd=REPO, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))

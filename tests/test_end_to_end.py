@@ -13,7 +13,7 @@ import yaml
 
 from ktune.config import parse_config
 
-from conftest import REPO, subprocess_env, tiny_experiment
+from conftest import REPO, reload_in_fresh_process, subprocess_env, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -79,21 +79,8 @@ def test_saved_model_loads_without_ktune_in_a_fresh_process(finished):
     from ktune.export import predict
 
     ours = np.array([list(r["probabilities"].values()) for r in predict(best["export"], TEXTS)])
-    script = (
-        "import json, sys, tensorflow as tf\n"
-        "fn = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-        "out = fn(tf.constant(json.loads(sys.argv[2])))\n"
-        "print(json.dumps({'p': out['probabilities'].numpy().tolist(),"
-        " 'label': [x.decode() for x in out['label'].numpy()]}))\n"
-        "assert 'ktune' not in sys.modules\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, best["export"], json.dumps(TEXTS)],
-        capture_output=True, text=True, env=subprocess_env(), timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(np.array(got["p"]), ours, atol=1e-6)
+    got = reload_in_fresh_process(best["export"], TEXTS)
+    np.testing.assert_allclose(np.array(got["probabilities"]), ours, atol=1e-6)
     assert len(got["label"]) == len(TEXTS)
     assert all(lbl in ("World", "Sports", "Business", "Sci/Tech") for lbl in got["label"])
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +11,7 @@ import yaml
 
 from ktune.config import parse_config
 
-from conftest import REPO, subprocess_env, tiny_experiment
+from conftest import run_script_for_result, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +79,8 @@ lost = {}
 
 def remove_a_busy_node():
     exp = Path(cfg.experiment_dir)
-    while not list(exp.glob("trial_*/checkpoint_*")):
+    # both running trials (one per worker) have a checkpoint: the lost one has one to resume
+    while len({p.parent for p in exp.glob("trial_*/checkpoint_*/ckpt.index")}) < 2:
         time.sleep(0.2)
     node = workers[0]
     lost["node_id"] = node.node_id
@@ -110,10 +109,7 @@ def test_trials_of_a_lost_node_are_rescheduled(tmp_path):
     raw["export"] = {"enabled": False}
     exp = tmp_path / "lost_node.yaml"
     exp.write_text(yaml.safe_dump(raw))
-    done = subprocess.run([sys.executable, "-c", LOST_NODE, str(exp)], capture_output=True,
-                          text=True, env=subprocess_env(), cwd=REPO, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    out = run_script_for_result(LOST_NODE, str(exp))
     results = pd.read_csv(Path(raw["storage"]) / "lost_node" / "results.csv")
     assert list(results["status"]) == ["TERMINATED"] * 3, results.to_dict("records")
     assert all(t["epoch"] == 3 for t in out["trials"].values())

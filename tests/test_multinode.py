@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 import yaml
 
-from conftest import REPO, subprocess_env, tiny_experiment
+from conftest import run_script_for_result, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -64,10 +61,7 @@ def test_fractional_gpu_trials_spread_over_gpu_nodes(tmp_path):
     raw["export"] = {"enabled": False}
     exp = tmp_path / "multinode.yaml"
     exp.write_text(yaml.safe_dump(raw))
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(exp)], capture_output=True,
-                          text=True, env=subprocess_env(), cwd=REPO, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    out = run_script_for_result(SCRIPT, str(exp))
     trials = out["trials"]
     assert len(trials) == 4 and all(t["epochs"] == 1 for t in trials.values())
     nodes = Counter(t["nodes"][0] for t in trials.values())

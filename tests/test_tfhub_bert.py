@@ -17,7 +17,7 @@ from ktune.errors import ConfigError
 from ktune.search_spaces import get_space
 from ktune.search_spaces.bert import format_handle
 
-from conftest import REPO, subprocess_env, tiny_experiment
+from conftest import REPO, reload_in_fresh_process, subprocess_env, tiny_experiment
 
 TEMPLATE = "bert_en_uncased_L-{L}_H-{H}_A-{A}"
 
@@ -134,19 +134,7 @@ def test_search_export_and_reload(tiny_hub, tmp_path, ray_session):
 
     texts = ["Shares fell after the bank cut its profit forecast", "", "Ünïcödé café"]
     ours = np.array([list(r["probabilities"].values()) for r in predict(best["export"], texts)])
-    script = (
-        "import json, sys, tensorflow as tf, tensorflow_text\n"
-        "fn = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-        "out = fn(tf.constant(json.loads(sys.argv[2])))\n"
-        "print(json.dumps(out['probabilities'].numpy().tolist()))\n"
-        "assert 'ktune' not in sys.modules\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, best["export"], json.dumps(texts)],
-        capture_output=True, text=True, env=subprocess_env(), timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+    got = np.array(reload_in_fresh_process(best["export"], texts)["probabilities"])
     np.testing.assert_allclose(got, ours, atol=1e-6)
 
 
