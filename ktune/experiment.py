@@ -7,14 +7,21 @@ Files in the experiment directory ``<storage>/<name>`` besides Ray's own:
 - ``experiment.yaml``: the experiment file as run;
 - ``ktune.json``: what export needs to rebuild a trial's model (family, training sizes,
   class names, artefacts such as the vocabulary, texts to verify an export on);
-- ``results.csv``: one row per trial; ``best.json``: the best trial.
+- ``results.csv``: one row per trial; ``best.json``: the best trial, with its test
+  accuracy and confusion matrix (``ktune report`` draws it).
+
+The driver is quiet by default: Ray's own tables and the workers' log lines are off and
+:class:`ktune.progress.SearchProgress` prints a compact table instead; ``verbose=True``
+(``--verbose``) brings Ray's output back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -77,13 +84,22 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, verbose: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
         return
     env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    context = ray.init(address=address, runtime_env={"env_vars": env})
+    # Quiet by default: the workers' log lines (TensorFlow's, Ray's) stay in Ray's log
+    # files; the progress table is the driver's output. Through Ray Client (ray://) the
+    # trials' driver runs on the cluster, so its output reaches us only as worker logs.
+    to_driver = verbose or str(address or "").startswith("ray://")
+    context = ray.init(
+        address=address,
+        runtime_env={"env_vars": env},
+        log_to_driver=to_driver,
+        logging_level=logging.INFO if verbose else logging.WARNING,
+    )
     if getattr(context, "dashboard_url", None):
         log.info("Ray dashboard: http://%s", context.dashboard_url)
 
@@ -103,6 +119,47 @@ def format_results_table(rows: Sequence[dict], metric: str, keys: Sequence[str])
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(cols))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)
+
+
+@contextlib.contextmanager
+def _tune_output(verbose: bool):
+    """Ray Tune's console output for one ``fit``: its own (verbose) or none at all.
+
+    At ``verbose=0`` Tune's default output engine still prints a configuration box and
+    a TensorBoard hint pointing at a temporary folder; its legacy engine prints nothing.
+    Optuna announces its study at INFO level. Both are restored afterwards.
+    """
+    if verbose:
+        yield
+        return
+    import optuna
+
+    saved_env = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    saved_level = optuna.logging.get_verbosity()
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(saved_level)
+        if saved_env is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved_env
+
+
+def _progress_callbacks(cfg: ExperimentConfig, verbose: bool) -> list:
+    """The driver's live progress table, unless Ray's own output was asked for."""
+    if verbose:
+        return []
+    from ktune.progress import SearchProgress
+    from ktune.search_spaces.base import searched_keys
+
+    return [SearchProgress(
+        name=cfg.name, metric=cfg.search.metric, mode=cfg.search.mode,
+        num_samples=cfg.search.num_samples, epochs=cfg.training.epochs,
+        keys=searched_keys(cfg.search.space),
+    )]
 
 
 def _prepare(cfg: ExperimentConfig):
@@ -137,12 +194,14 @@ def _prepare(cfg: ExperimentConfig):
 
 
 def run_experiment(
-    cfg: ExperimentConfig, *, export: bool | None = None, callbacks: Sequence = ()
+    cfg: ExperimentConfig, *, export: bool | None = None, callbacks: Sequence = (),
+    verbose: bool = False,
 ) -> dict:
     """Runs ``cfg`` end to end and returns the contents of ``best.json``.
 
     Raises a :class:`~ktune.errors.KtuneUserError` for bad input before Ray starts.
     ``callbacks`` are extra Keras callbacks for every trial (tests inject failures).
+    ``verbose`` shows Ray Tune's own output instead of ktune's progress table.
     """
     from ktune.tuner import build_tuner
 
@@ -169,14 +228,18 @@ def run_experiment(
             "data": asdict(cfg.data),
         },
     )
-    _init_ray(cfg.address)
-    grid = build_tuner(cfg, payload, callbacks=callbacks).fit()
+    _init_ray(cfg.address, verbose)
+    with _tune_output(verbose):  # the searcher announces its Optuna study when built
+        grid = build_tuner(
+            cfg, payload, callbacks=callbacks,
+            tune_callbacks=_progress_callbacks(cfg, verbose), verbose=1 if verbose else 0,
+        ).fit()
     return _finish(cfg, grid, data, prepared, started, export)
 
 
 def resume_experiment(
     exp_dir: str | Path, *, address: str | None = None, export: bool | None = None,
-    callbacks: Sequence = (),
+    callbacks: Sequence = (), verbose: bool = False,
 ) -> dict:
     """Continues the search of ``exp_dir`` whose driver died; returns ``best.json``'s contents.
 
@@ -212,12 +275,20 @@ def resume_experiment(
             f"{d}: the data or model changed since the search started (its prepared "
             "artefacts differ); start a new experiment instead"
         )
-    _init_ray(cfg.address)
+    _init_ray(cfg.address, verbose)
     log.info("resuming %s", d)
-    tuner = tune.Tuner.restore(
-        str(d), trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
-    )
-    grid = tuner.fit()
+    with _tune_output(verbose):
+        tuner = tune.Tuner.restore(
+            str(d), trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
+        )
+        # The restored run config is the one pickled by the first run (its callbacks and
+        # verbosity); this run's choice wins. Tune has no public setter for it.
+        local = getattr(tuner, "_local_tuner", None)
+        if local is not None:
+            run_config = local.get_run_config()
+            run_config.callbacks = _progress_callbacks(cfg, verbose)
+            run_config.verbose = 1 if verbose else 0
+        grid = tuner.fit()
     if export is None and cfg.export.enabled and cfg.export_dir.exists():
         log.info("%s: already exported; `ktune export --force` replaces it", cfg.export_dir)
         export = False
@@ -244,6 +315,8 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
             "status": "ERROR" if result.error else "TERMINATED",
             **{k: config.get(k) for k in keys},
             "epochs": int((result.metrics or {}).get("epoch", 0)),
+            # > 0: the trial's last run was restored from that epoch (retry, lost node, resume)
+            "resumed_from_epoch": int((result.metrics or {}).get("resumed_from_epoch", 0)),
             cfg.search.metric: best_value if best_value is not None else float("nan"),
             "error": _last_line(result.error) if result.error else "",
         }
@@ -282,6 +355,8 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
         },
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
+        # rows: true class, columns: predicted class, both in ktune.json's class_names order
+        "test_confusion_matrix": test["confusion_matrix"],
         "checkpoint": checkpoint.path,
         "num_trials": len(rows),
         "wall_time_s": round(time.time() - started, 1),
@@ -311,7 +386,12 @@ def evaluate_checkpoint(
     training: TrainingConfig,
     checkpoint_dir: str,
 ) -> dict:
-    """Loss and accuracy of a trial's checkpoint on the test split (never seen in search)."""
+    """Loss, accuracy and confusion matrix of a trial's checkpoint on the test split
+    (never seen in the search).
+
+    ``confusion_matrix`` is a list of rows of counts: row i holds the test texts of class
+    i, column j those predicted as class j (classes in ``data.class_names`` order).
+    """
     import numpy as np
 
     from ktune.trainables import get_family
@@ -325,4 +405,11 @@ def evaluate_checkpoint(
     labels = np.asarray(data.test_labels)
     eps = 1e-7
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
-    return {"accuracy": float(np.mean(np.argmax(probs, -1) == labels)), "loss": loss}
+    predicted = np.argmax(probs, -1)
+    n = int(data.num_classes)
+    matrix = np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "loss": loss,
+        "confusion_matrix": matrix.tolist(),
+    }

@@ -21,6 +21,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a new Ray, never one another process started on this machine
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,
