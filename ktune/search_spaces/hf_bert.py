@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ktune.search_spaces.base import positive_int
 from ktune.search_spaces.bert import (
     BERT_DEFAULT_SPACE,
     BertSizeSpace,
     format_handle,
     has_size_placeholders,
 )
-from ktune.search_spaces.base import positive_int
 
 __all__ = ["HfBertSpace", "DEFAULT_NAME", "DEFAULT_TOKENIZER", "ALIASES", "model_name"]
 
