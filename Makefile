@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# One storage folder for both steps (DEMO_STORAGE's date would be re-evaluated per use).
 demo: $(STAMP)
-	$(BIN)/ktune run examples/quickstart.yaml --storage $(DEMO_STORAGE)
+	@storage="$(DEMO_STORAGE)"; set -e; \
+	$(BIN)/ktune run examples/quickstart.yaml --storage "$$storage"; \
+	$(BIN)/ktune report "$$storage/quickstart"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

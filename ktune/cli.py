@@ -1,7 +1,9 @@
 """``ktune``: the command line.
 
     ktune run EXP.yaml [--num-samples N] [--storage PATH] [--address ADDR] [--no-export]
-    ktune resume EXPERIMENT_DIR [--address ADDR] [--no-export]
+                       [--verbose]
+    ktune resume EXPERIMENT_DIR [--address ADDR] [--no-export] [--verbose]
+    ktune report EXPERIMENT_DIR [EXPERIMENT_DIR ...] [--out PATH]
     ktune export EXPERIMENT_DIR [--out DIR] [--force]
     ktune predict EXPORT_DIR TEXT [TEXT ...] [--json]
     ktune submit EXP.yaml --address http://HEAD:8265 [--follow] [--with-project]
@@ -41,6 +43,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_VERBOSE_HELP = (
+    "show Ray Tune's own tables and the workers' log lines instead of ktune's progress table"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ktune",
@@ -55,11 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="override storage (results go to <storage>/<name>)")
     run.add_argument("--address", help="Ray address to join (auto, ray://host:10001)")
     run.add_argument("--no-export", action="store_true", help="skip the export at the end")
+    run.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
 
     res = sub.add_parser("resume", help="continue a search whose driver died")
     res.add_argument("experiment_dir", help="the experiment directory, <storage>/<name>")
     res.add_argument("--address", help="Ray address to join (auto, ray://host:10001)")
     res.add_argument("--no-export", action="store_true", help="skip the export at the end")
+    res.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+
+    rep = sub.add_parser(
+        "report", help="write an HTML report of an experiment, or compare several"
+    )
+    rep.add_argument("experiment_dirs", nargs="+", metavar="EXPERIMENT_DIR",
+                     help="experiment directories, <storage>/<name> (finished or running)")
+    rep.add_argument("--out", help="the HTML file to write (default: EXPERIMENT_DIR/report.html "
+                     "for one experiment, ./ktune-compare.html for several)")
 
     exp = sub.add_parser("export", help="export the best trial of an experiment")
     exp.add_argument("experiment_dir", help="the experiment directory, <storage>/<name>")
@@ -80,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also ship this ktune checkout (py_modules) to the cluster")
     sb.add_argument("--num-samples", type=_positive_int, help="override search.num_samples")
     sb.add_argument("--storage", help="override storage: an absolute path all nodes share")
+    sb.add_argument("--verbose", action="store_true",
+                    help="the job prints Ray's own tables and worker logs too")
 
     jb = sub.add_parser("jobs", help="list the Ray Jobs of a cluster")
     jb.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
@@ -123,7 +142,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     job_id, url = submit(
         args.experiment, args.address, with_project=args.with_project,
-        num_samples=args.num_samples, storage=args.storage,
+        num_samples=args.num_samples, storage=args.storage, verbose=args.verbose,
     )
     print(f"submitted job {job_id}\ndashboard: {url}")
     if not args.follow:
@@ -162,7 +181,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(
         args.experiment, num_samples=args.num_samples, storage=args.storage, address=args.address
     )
-    run_experiment(cfg, export=False if args.no_export else None)
+    run_experiment(cfg, export=False if args.no_export else None, verbose=args.verbose)
     return 0
 
 
@@ -170,8 +189,22 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from ktune.experiment import resume_experiment
 
     resume_experiment(
-        args.experiment_dir, address=args.address, export=False if args.no_export else None
+        args.experiment_dir, address=args.address, export=False if args.no_export else None,
+        verbose=args.verbose,
     )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ktune.report import compare_experiments, load_experiment, write_report
+
+    # Every directory is checked before anything is written.
+    records = [load_experiment(d) for d in args.experiment_dirs]
+    if len(records) == 1:
+        out = Path(args.out) if args.out else records[0].path / "report.html"
+        write_report(records[0], out)
+    else:
+        compare_experiments(records, Path(args.out or "ktune-compare.html"))
     return 0
 
 
@@ -206,6 +239,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "run": _cmd_run,
     "resume": _cmd_resume,
+    "report": _cmd_report,
     "export": _cmd_export,
     "predict": _cmd_predict,
     "models": _cmd_models,

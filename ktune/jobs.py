@@ -111,6 +111,7 @@ def submit(
     num_samples: int | None = None,
     storage: str | None = None,
     submission_id: str | None = None,
+    verbose: bool = False,
 ) -> tuple[str, str]:
     """Validates the experiment locally, submits it; returns (job id, dashboard URL)."""
     cfg = load_config(experiment, num_samples=num_samples, storage=storage)
@@ -128,6 +129,8 @@ def submit(
     if num_samples is not None:
         entrypoint += ["--num-samples", str(num_samples)]
     entrypoint += ["--storage", cfg.storage]
+    if verbose:
+        entrypoint.append("--verbose")
     with tempfile.TemporaryDirectory(prefix="ktune-job-") as tmp:
         runtime_env = job_runtime_env(cfg, Path(tmp), with_project)
         job_id = client.submit_job(

@@ -71,9 +71,20 @@ def build_trainable(cfg: ExperimentConfig, payload: TrialPayload, callbacks: Seq
 
 
 def build_tuner(
-    cfg: ExperimentConfig, payload: TrialPayload, callbacks: Sequence = ()
+    cfg: ExperimentConfig,
+    payload: TrialPayload,
+    callbacks: Sequence = (),
+    *,
+    tune_callbacks: Sequence[tune.Callback] = (),
+    verbose: int = 1,
 ) -> tune.Tuner:
-    """The Tuner for ``cfg``; ``payload`` reaches every trial once, through the object store."""
+    """The Tuner for ``cfg``; ``payload`` reaches every trial once, through the object store.
+
+    Args:
+        callbacks: Keras callbacks added to every trial's ``fit``.
+        tune_callbacks: ``ray.tune.Callback`` objects run in the driver (live progress).
+        verbose: Ray Tune's own console output, 0 (silent) to 2. Defaults to 1.
+    """
     return tune.Tuner(
         build_trainable(cfg, payload, callbacks),
         tune_config=tune.TuneConfig(
@@ -93,6 +104,7 @@ def build_tuner(
                 checkpoint_score_order=cfg.search.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-            verbose=1,
+            callbacks=list(tune_callbacks),
+            verbose=verbose,
         ),
     )

@@ -1,0 +1,290 @@
+"""``ktune report`` on a real small search: every file, valid images, self-contained HTML,
+the confusion matrix, running and resumed experiments, the comparison, bad directories."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from ktune.cli import main
+from ktune.report import PLOTS, load_experiment, read_history
+
+from test_progress import small_search
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOT_FILES = [f"report-{suffix}.png" for suffix, _, _ in PLOTS.values()]
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["report", *args])
+    return code, out.getvalue()
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("src", "href") and value:
+                self.refs.append((tag, value))
+
+
+def references(html_text: str) -> list[tuple[str, str]]:
+    parser = Links()
+    parser.feed(html_text)
+    return parser.refs
+
+
+def assert_png(data: bytes, what: str) -> None:
+    from PIL import Image
+
+    assert data[:8] == PNG_SIGNATURE, what
+    assert len(data) > 5 * 1024, (what, len(data))
+    image = Image.open(io.BytesIO(data))
+    image.verify()
+    assert image.size[0] >= 300 and image.size[1] >= 200, (what, image.size)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, ray_session) -> Path:
+    exp_dir, _ = small_search(tmp_path_factory)
+    return exp_dir
+
+
+@pytest.fixture(scope="module")
+def report(experiment) -> tuple[Path, str]:
+    code, out = run_cli(str(experiment))
+    assert code == 0
+    return experiment / "report.html", out
+
+
+@pytest.mark.slow
+def test_the_report_writes_every_file(report):
+    html_path, _ = report
+    assert html_path.is_file()
+    for name in PLOT_FILES:
+        path = html_path.parent / name
+        assert path.is_file(), name
+        assert_png(path.read_bytes(), name)
+
+
+@pytest.mark.slow
+def test_the_html_embeds_its_images_and_links_nothing_missing(report, experiment):
+    html_path, _ = report
+    text = html_path.read_text(encoding="utf-8")
+    refs = references(text)
+    images = [v for tag, v in refs if tag == "img"]
+    assert len(images) == len(PLOT_FILES)
+    for ref in (v for _, v in refs):
+        if ref.startswith("data:"):
+            assert ref.startswith("data:image/png;base64,")
+            assert_png(base64.b64decode(ref.split(",", 1)[1]), ref[:40])
+        else:  # a relative link must name a file that exists
+            assert (html_path.parent / ref).exists(), ref
+    for trial in experiment.glob("trial_*"):
+        assert trial.name in text
+    for name in ("World", "Sports", "Business", "Sci/Tech"):
+        assert name in text
+    best = json.loads((experiment / "best.json").read_text())
+    assert f"{best['test_accuracy']:.4f}" in text
+
+
+@pytest.mark.slow
+def test_the_confusion_matrix_counts_the_test_split(experiment):
+    best = json.loads((experiment / "best.json").read_text())
+    spec = json.loads((experiment / "ktune.json").read_text())
+    matrix = best["test_confusion_matrix"]
+    assert len(matrix) == len(spec["class_names"]) == 4
+    assert all(len(row) == 4 for row in matrix)
+    total = sum(map(sum, matrix))
+    assert total == spec["data"]["test_size"] == 120
+    correct = sum(matrix[i][i] for i in range(4))
+    assert correct / total == pytest.approx(best["test_accuracy"])
+
+
+@pytest.mark.slow
+def test_the_terminal_summary(report, experiment):
+    _, out = report
+    assert "experiment tiny (transformer)" in out and "finished: 4/4 trials finished" in out
+    for trial in experiment.glob("trial_*"):
+        assert trial.name in out
+    best = json.loads((experiment / "best.json").read_text())
+    assert f"best trial {best['trial']}:" in out
+    assert out.strip().splitlines()[-1].startswith(f"report: {experiment / 'report.html'}")
+
+
+@pytest.mark.slow
+def test_the_report_reads_every_epoch_and_the_study(experiment):
+    record = load_experiment(experiment)
+    results = {r["trial"]: r for r in csv.DictReader((experiment / "results.csv").open())}
+    assert sorted(t.trial for t in record.trials) == sorted(results)
+    for t in record.trials:
+        assert t.epochs == int(results[t.trial]["epochs"])
+        assert t.status == ("DONE" if t.epochs == 2 else "STOPPED")
+        assert t.best("val_accuracy", "max")[1] == pytest.approx(
+            float(results[t.trial]["val_accuracy"]))
+    assert record.keys[:2] == ["embed_dim", "heads"]
+    from ktune.report import build_study, param_importances
+
+    study = build_study(record)
+    assert len(study.trials) == 4
+    assert all("heads" in t.params and not any(k.startswith("heads_for") for k in t.params)
+               for t in study.trials)
+    importances, why = param_importances(study, record.keys)
+    assert importances and not why
+    assert sum(importances.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_have_a_scalar_per_epoch(experiment):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for trial in experiment.glob("trial_*"):
+        events = sorted(trial.glob("events.out.tfevents.*"))
+        assert events, trial.name
+        acc = EventAccumulator(str(events[-1]))
+        acc.Reload()
+        steps = [e.step for e in acc.Scalars("ray/tune/val_accuracy")]
+        assert steps == list(range(1, len(read_history(trial)) + 1))
+
+
+@pytest.mark.slow
+def test_a_restored_trial_with_a_rewritten_result_json(experiment, tmp_path):
+    """Ray rewrites result.json when it restores a trial; progress.csv still has every
+    epoch, and half a line at the end of a file being written is skipped."""
+    trial = max(experiment.glob("trial_*"), key=lambda p: len(read_history(p)))
+    copy = tmp_path / trial.name
+    shutil.copytree(trial, copy, ignore=shutil.ignore_patterns("checkpoint_*"))
+    before = read_history(copy)
+    lines = (copy / "result.json").read_text().splitlines()
+    (copy / "result.json").write_text(lines[-1] + "\n" + '{"epoch": 3, "val_acc')
+    with (copy / "progress.csv").open("a") as f:
+        f.write("0.5,0.6,")
+    after = read_history(copy)
+    assert [r["epoch"] for r in after] == [r["epoch"] for r in before]
+    assert [r["val_accuracy"] for r in after] == pytest.approx(
+        [r["val_accuracy"] for r in before])
+    assert isinstance(after[-1]["config"], dict)  # the JSON row wins where both have it
+
+
+@pytest.fixture
+def running_copy(experiment, tmp_path) -> Path:
+    """The small search as if it were still running: no best.json or results.csv yet, and
+    one finished trial cut back to its first epoch and RUNNING in Ray's snapshot."""
+    copy = tmp_path / "tiny-running"
+    shutil.copytree(experiment, copy,
+                    ignore=shutil.ignore_patterns("checkpoint_*", "report*", "export"))
+    for name in ("best.json", "results.csv"):
+        (copy / name).unlink()
+    trial = max(copy.glob("trial_*"), key=lambda p: len(read_history(p)))
+    for name in ("result.json", "progress.csv"):
+        lines = (trial / name).read_text().splitlines(keepends=True)
+        keep = 1 if name == "result.json" else 2  # progress.csv has a header
+        (trial / name).write_text("".join(lines[:keep]))
+    for state in copy.glob("experiment_state-*.json"):
+        data = json.loads(state.read_text())
+        for entry in data["trial_data"]:
+            meta = json.loads(entry[0])
+            if f"trial_{meta['trial_id']}" == trial.name:
+                entry[0] = json.dumps({**meta, "status": "RUNNING"})
+        state.write_text(json.dumps(data))
+    return copy
+
+
+@pytest.mark.slow
+def test_a_running_experiment_still_reports(running_copy):
+    code, out = run_cli(str(running_copy))
+    assert code == 0
+    assert "running (or interrupted: no best.json yet)" in out
+    assert "RUNNING" in out and "(so far)" in out
+    html_path = running_copy / "report.html"
+    text = html_path.read_text(encoding="utf-8")
+    assert "measured when the search finishes" in text
+    assert not (running_copy / "report-confusion-matrix.png").exists()
+    for name in ("report-learning-curves.png", "report-optimization-history.png"):
+        assert_png((running_copy / name).read_bytes(), name)
+    for _, ref in references(text):
+        assert ref.startswith("data:image/png;base64,") or (running_copy / ref).exists()
+
+
+@pytest.mark.slow
+def test_compare_lists_every_experiment(experiment, running_copy, tmp_path):
+    out_file = tmp_path / "compare.html"
+    code, out = run_cli(str(experiment), str(running_copy), "--out", str(out_file))
+    assert code == 0
+    text = out_file.read_text(encoding="utf-8")
+    table = out.strip().splitlines()
+    assert table[0].split()[:3] == ["experiment", "family", "status"]
+    assert table[1].split()[:3] == ["tiny", "transformer", "finished"]
+    assert table[2].split()[:3] == ["tiny-running", "transformer", "running"]
+    best = json.loads((experiment / "best.json").read_text())
+    assert f"{best['test_accuracy']:.4f}" in table[1]
+    for path in (experiment, running_copy):
+        assert str(path) in text
+    images = [v for tag, v in references(text) if tag == "img"]
+    assert len(images) == 1 and images[0].startswith("data:image/png;base64,")
+    assert table[-1] == f"comparison: {out_file}"
+
+
+@pytest.mark.slow
+def test_the_report_renders_in_headless_chromium(report, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on this machine (apt-get install -y chromium)")
+    html_path, _ = report
+    shot = tmp_path / "report.png"
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+         "--window-size=1280,4000", html_path.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shot.is_file(), done.stderr[-2000:]
+    from PIL import Image
+
+    image = Image.open(shot)
+    assert image.size == (1280, 4000)
+    # not a blank page: the rendered report has many distinct colours (plots, tables)
+    assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 500
+
+
+def test_a_new_experiment_without_trials_reports(tmp_path, capsys):
+    d = tmp_path / "fresh"
+    d.mkdir()
+    (d / "ktune.json").write_text(json.dumps({
+        "name": "fresh", "family": "transformer", "metric": "val_accuracy", "mode": "max",
+        "num_samples": 3, "training": {"epochs": 2}, "class_names": ["a", "b"],
+    }))
+    assert main(["report", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "0/3 trials finished" in out and "no trial has reported an epoch yet" in out
+    text = (d / "report.html").read_text()
+    assert "<img" not in text and "No trial has reported an epoch yet" in text
+
+
+@pytest.mark.parametrize("make", ["missing", "not-ktune", "one-bad-of-two"])
+def test_bad_directories_are_one_line_and_exit_2(tmp_path, capsys, make):
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "ktune.json").write_text(json.dumps({"name": "good", "training": {"epochs": 1}}))
+    bad = tmp_path / "bad"
+    if make == "not-ktune":
+        bad.mkdir()
+    args = [str(bad)] if make != "one-bad-of-two" else [str(good), str(bad)]
+    out_file = tmp_path / "cmp.html"
+    assert main(["report", *args, "--out", str(out_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ktune: error:") and str(bad) in err[0]
+    assert not out_file.exists() and not (good / "report.html").exists()
