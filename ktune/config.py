@@ -36,6 +36,7 @@ __all__ = [
 
 SOURCES = ("builtin", "tfds", "csv", "jsonl")
 SCHEDULERS = ("asha", "fifo")
+SAMPLERS = ("tpe", "random")
 # metric -> the mode that makes sense for it
 METRICS = {"val_accuracy": "max", "val_loss": "min"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -69,6 +70,7 @@ class SearchConfig:
     metric: str = "val_accuracy"
     mode: str = "max"
     scheduler: str = "asha"
+    sampler: str = "tpe"  # Optuna sampler: tpe (model-based) | random
     grace_period: int = 1
     reduction_factor: int = 2
     max_concurrent_trials: int = 2
@@ -285,6 +287,7 @@ def _parse_search(raw: Any, family: str) -> SearchConfig:
             "metric": lambda k, v: _one_of(k, v, tuple(METRICS)),
             "mode": lambda k, v: _one_of(k, v, ("max", "min")),
             "scheduler": lambda k, v: _one_of(k, v, SCHEDULERS),
+            "sampler": lambda k, v: _one_of(k, v, SAMPLERS),
             "grace_period": _int,
             "reduction_factor": lambda k, v: _int(k, v, minimum=2),
             "max_concurrent_trials": _int,

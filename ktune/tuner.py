@@ -24,9 +24,13 @@ def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
     import optuna
 
     space = get_space(cfg.family)
-    # TPE samples at random until it has n_startup_trials results; Optuna's default (10)
-    # would make a small search (the quickstart's 8 trials) purely random.
-    startup = min(10, max(3, cfg.search.num_samples // 3))
+    if cfg.search.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
+    else:
+        # TPE samples at random until it has n_startup_trials results; Optuna's default (10)
+        # would make a small search (the quickstart's 8 trials) purely random.
+        startup = min(10, max(3, cfg.search.num_samples // 3))
+        sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=startup)
     # The study lives in the experiment directory (Optuna's journal file), so it survives
     # the driver and optuna-dashboard can open it while the search runs.
     cfg.experiment_dir.mkdir(parents=True, exist_ok=True)
@@ -37,7 +41,7 @@ def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
         space=space.space_fn(cfg.search.space),
         metric=cfg.search.metric,
         mode=cfg.search.mode,
-        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=startup),
+        sampler=sampler,
         storage=storage,
         study_name=cfg.name,
     )

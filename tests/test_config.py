@@ -201,6 +201,22 @@ def test_mode_follows_metric_when_absent(tmp_path):
     assert cfg.search.mode == "min"
 
 
+
+def test_unknown_sampler(tmp_path):
+    msg = config_error(tmp_path, "name: x\nsearch:\n  sampler: grid\n")
+    assert msg.startswith("search.sampler:")
+    assert "tpe" in msg and "random" in msg
+
+
+@pytest.mark.parametrize("sampler, expected", [("tpe", "TPESampler"), ("random", "RandomSampler")])
+def test_sampler_reaches_optuna(tmp_path, sampler, expected):
+    from ktune.tuner import build_searcher
+
+    cfg = load_config(write(tmp_path, f"name: x\nstorage: {tmp_path}\nsearch:\n  sampler: {sampler}\n"))
+    searcher = build_searcher(cfg)
+    assert type(searcher._sampler).__name__ == expected
+    assert cfg.search.sampler == sampler
+
 # --- data -----------------------------------------------------------------------------------
 
 
