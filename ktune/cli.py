@@ -14,18 +14,27 @@
 A mistake in the input (experiment file, data files, arguments, directories) prints one
 line ``ktune: error: ...`` naming the key or file, and exits with code 2 before any work
 starts.
+
+EXPERIMENT_DIR and EXPORT_DIR may be URIs (``s3://bucket/prefix/name``): ``resume``
+continues there; ``export``, ``predict`` and ``report`` download what they read to a
+temporary folder and write their result back to the URI (``export``: default
+``<EXPERIMENT_DIR>/export``; ``report``: ``<EXPERIMENT_DIR>/report.html``) unless ``--out``
+names a local path.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import ktune
+from ktune import storage
 from ktune.errors import KtuneUserError, SearchFailed
 
 __all__ = ["main", "build_parser"]
@@ -195,44 +204,104 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _temporary():
+    """A local folder for downloads, removed afterwards."""
+    tmp = storage.temporary_dir("ktune-download-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
+    from ktune.experiment import fetch_experiment
     from ktune.report import compare_experiments, load_experiment, write_report
 
-    # Every directory is checked before anything is written.
-    records = [load_experiment(d) for d in args.experiment_dirs]
-    if len(records) == 1:
-        out = Path(args.out) if args.out else records[0].path / "report.html"
-        write_report(records[0], out)
-    else:
-        compare_experiments(records, Path(args.out or "ktune-compare.html"))
+    with _temporary() as tmp:
+        # Every directory is checked (and a URI downloaded) before anything is written.
+        local_dirs = [
+            fetch_experiment(d, tmp / str(i) / storage.basename(d), trials=True)
+            if storage.is_uri(d) else d
+            for i, d in enumerate(args.experiment_dirs)
+        ]
+        records = [load_experiment(d) for d in local_dirs]
+        if len(records) > 1:
+            compare_experiments(records, _local_out(args.out, "ktune-compare.html"))
+            return 0
+        given = args.experiment_dirs[0]
+        if args.out or not storage.is_uri(given):
+            out = Path(args.out) if args.out else records[0].path / "report.html"
+            write_report(records[0], out)
+            return 0
+        # A report of an experiment on a URI goes beside it, like a local one; the
+        # summary names the URI, not the temporary download.
+        import io
+
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            written = write_report(records[0], records[0].path / "report.html")
+        names = ["report.html", *sorted(p.name for p in written.parent.glob("report-*.png"))]
+        for name in names:
+            storage.upload_file(written.parent / name, storage.join(given, name), "EXPERIMENT_DIR")
+        shown = storage.redact(given)
+        text = buffer.getvalue().replace(str(written), storage.join(shown, "report.html"))
+        print(text.replace(str(records[0].path), shown), end="")
     return 0
 
 
+def _local_out(out: str | None, default: str) -> Path:
+    if out and storage.is_uri(out):
+        raise ktune.ExperimentError(f"--out: a report of several experiments is written "
+                                    f"locally; got the URI {storage.redact(out)}")
+    return Path(out or default)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ktune.experiment import read_experiment
+    from ktune.experiment import fetch_experiment, read_experiment
 
-    exp_dir = Path(args.experiment_dir)
-    read_experiment(exp_dir)  # one clear line before TensorFlow loads
-    out = Path(args.out) if args.out else exp_dir / "export"
-    if out.exists() and not args.force:
-        raise ktune.ExperimentError(f"{out}: export target already exists (use --force to replace it)")
-    from ktune.export import export_best
+    given = args.experiment_dir
+    with _temporary() as tmp:
+        if storage.is_uri(given):
+            exp_dir = fetch_experiment(given, tmp / storage.basename(given))
+            default_out = storage.join(given, "export")
+        else:
+            exp_dir = Path(given)
+            default_out = str(exp_dir / "export")
+        read_experiment(exp_dir)  # one clear line before TensorFlow loads
+        out = args.out or default_out
+        exists = storage.exists(out, "--out") if storage.is_uri(out) else Path(out).exists()
+        if exists and not args.force:
+            raise ktune.ExperimentError(
+                f"{storage.redact(out)}: export target already exists (use --force to replace it)"
+            )
+        from ktune.export import export_best
 
-    print(f"exported: {export_best(exp_dir, out, force=args.force)}")
+        done = export_best(exp_dir, out if storage.is_uri(out) else Path(out), force=args.force)
+        print(f"exported: {storage.redact(str(done))}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    d = Path(args.export_dir)
-    if not (d / "saved_model.pb").is_file():
-        raise ktune.ExperimentError(f"{d}: not a SavedModel export (no saved_model.pb)")
-    from ktune.export import predict
-
-    for row in predict(d, args.texts):
-        if args.json:
-            print(json.dumps(row, ensure_ascii=False))
+    with _temporary() as tmp:
+        given = args.export_dir
+        if storage.is_uri(given):
+            if not storage.exists(storage.join(given, "saved_model.pb"), "EXPORT_DIR"):
+                raise ktune.ExperimentError(
+                    f"{storage.redact(given)}: not a SavedModel export (no saved_model.pb)"
+                )
+            d = storage.download_dir(given, tmp / "export", key="EXPORT_DIR")
         else:
-            print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
+            d = Path(given)
+        if not (d / "saved_model.pb").is_file():
+            raise ktune.ExperimentError(f"{d}: not a SavedModel export (no saved_model.pb)")
+        from ktune.export import predict
+
+        for row in predict(d, args.texts):
+            if args.json:
+                print(json.dumps(row, ensure_ascii=False))
+            else:
+                print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
     return 0
 
 

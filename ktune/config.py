@@ -6,7 +6,9 @@ files. Each problem raises :class:`~ktune.errors.ConfigError` with one line that
 the key (``search.space.heads``) or the file.
 
 Paths: data files and ``data.data_dir`` are relative to the experiment file's folder;
-``storage`` and ``export.dir`` are relative to the working directory, as in Ray.
+``storage`` and ``export.dir`` are relative to the working directory, as in Ray, or cloud
+URIs (``s3://bucket/prefix``, ``gs://...``, ``file://...``; see :mod:`ktune.storage`),
+which are kept as written, query included.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from ktune import storage as _storage
 from ktune.errors import ConfigError
 from ktune.search_spaces import SPACES, Spec
 
@@ -100,7 +103,7 @@ class ResourcesConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     enabled: bool = True
-    dir: str | None = None  # default: <experiment dir>/export
+    dir: str | None = None  # default: <storage>/<name>/export; an absolute path or a URI
 
 
 @dataclass(frozen=True)
@@ -112,19 +115,45 @@ class ExperimentConfig:
     training: TrainingConfig
     resources: ResourcesConfig
     export: ExportConfig
-    storage: str
+    storage: str  # an absolute local path, or a URI such as s3://bucket/prefix?query
     model: Mapping[str, Any] = field(default_factory=dict)  # family options: handles, names
     address: str | None = None
     source_path: str | None = None  # the experiment file, for messages and metadata
+    # URI storage only: the driver's local working copy of the experiment (default:
+    # ktune.storage.staging_dir(experiment_path)); resume sets the one the run used.
+    staging_dir: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        """True when ``storage`` is a URI (``s3://...``): files are staged and uploaded."""
+        return _storage.is_uri(self.storage)
+
+    @property
+    def experiment_path(self) -> str:
+        """``<storage>/<name>``: where the experiment lives, a local path or a URI."""
+        return _storage.join(self.storage, self.name)
 
     @property
     def experiment_dir(self) -> Path:
-        """``<storage>/<name>``: Ray's run directory and ktune's results live here."""
-        return Path(self.storage) / self.name
+        """The local folder where the driver writes ktune's files (the Optuna journal,
+        ``results.csv``, ``best.json``, ...): ``experiment_path`` itself for local
+        storage; for a URI a staging folder whose files are uploaded to it."""
+        if not self.remote:
+            return Path(self.storage) / self.name
+        if self.staging_dir:
+            return Path(self.staging_dir)
+        return _storage.staging_dir(self.experiment_path)
 
     @property
-    def export_dir(self) -> Path:
-        return Path(self.export.dir) if self.export.dir else self.experiment_dir / "export"
+    def export_path(self) -> str:
+        """Where the export goes: ``export.dir`` or ``<experiment_path>/export``; a local
+        path or a URI."""
+        return self.export.dir or _storage.join(self.experiment_path, "export")
+
+    @property
+    def export_dir(self) -> Path | None:
+        """``export_path`` as a local folder; None when the export goes to a URI."""
+        return None if _storage.is_uri(self.export_path) else Path(self.export_path)
 
 
 # --- value checks: each returns the cleaned value or raises with the key ---------------
@@ -351,6 +380,13 @@ TOP_LEVEL = (
 )
 
 
+def _location(key: str, value: str) -> str:
+    """A URI stays as written (checked by pyarrow, no network); a path becomes absolute."""
+    if _storage.is_uri(value):
+        return _storage.check_uri(key, value)
+    return str(Path(value).expanduser().resolve())
+
+
 def parse_config(
     raw: Any,
     *,
@@ -376,10 +412,10 @@ def parse_config(
         search = replace(search, num_samples=_int("--num-samples", num_samples))
     storage_value = storage if storage is not None else top.get("storage", "results")
     storage_key = "--storage" if storage is not None else "storage"
-    storage_path = Path(_str(storage_key, storage_value)).expanduser().resolve()
+    storage_location = _location(storage_key, _str(storage_key, storage_value))
     export = _parse_export(top.get("export"))
     if export.dir is not None:
-        export = replace(export, dir=str(Path(export.dir).expanduser().resolve()))
+        export = replace(export, dir=_location("export.dir", export.dir))
     addr = address if address is not None else top.get("address")
     return ExperimentConfig(
         name=name,
@@ -389,7 +425,7 @@ def parse_config(
         training=_parse_training(top.get("training")),
         resources=_parse_resources(top.get("resources")),
         export=export,
-        storage=str(storage_path),
+        storage=storage_location,
         model=model,
         address=None if addr is None else _str("address", addr),
         source_path=source_path,

@@ -10,6 +10,12 @@ Files in the experiment directory ``<storage>/<name>`` besides Ray's own:
 - ``results.csv``: one row per trial; ``best.json``: the best trial, with its test
   accuracy and confusion matrix (``ktune report`` draws it).
 
+With a URI as storage (``s3://bucket/prefix``) Ray Tune writes the trials straight to
+``<uri>/<name>``; ktune writes its own files to a local staging folder
+(``cfg.experiment_dir``) and uploads them there under the same names: ``experiment.yaml``
+and ``ktune.json`` when the search starts, ``optuna.journal`` while it runs,
+``results.csv`` and then ``best.json`` when it ends, then the export.
+
 The driver is quiet by default: Ray's own tables and the workers' log lines are off and
 :class:`ktune.progress.SearchProgress` prints a compact table instead; ``verbose=True``
 (``--verbose``) brings Ray's output back.
@@ -28,12 +34,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from ktune import storage
 from ktune.config import ExperimentConfig, TrainingConfig
 from ktune.errors import ExperimentError, SearchFailed
 
 __all__ = [
     "run_experiment", "resume_experiment", "check_targets", "read_experiment",
-    "SPEC_FILE", "BEST_FILE",
+    "fetch_experiment", "SPEC_FILE", "BEST_FILE",
 ]
 
 log = logging.getLogger("ktune")
@@ -41,23 +48,67 @@ log = logging.getLogger("ktune")
 SPEC_FILE = "ktune.json"
 BEST_FILE = "best.json"
 RESULTS_FILE = "results.csv"
+EXPERIMENT_FILE = "experiment.yaml"
+JOURNAL_FILE = "optuna.journal"  # the name tuner.py gives the Optuna journal
 # Texts an export is verified on: held-out test texts plus edge cases.
 _EDGE_TEXTS = ["", "!!!", "a " * 400, "Ünïcödé — naïve café 東京 📈"]
 
 
 def check_targets(cfg: ExperimentConfig) -> None:
-    """Refuses to start when results or an export already exist where this run would write."""
-    exp_dir = cfg.experiment_dir
-    if exp_dir.exists() and any(exp_dir.iterdir()):
+    """Refuses to start when results or an export already exist where this run would write.
+
+    On a URI this is the first contact with the storage, so a bucket that cannot be
+    reached (credentials, network, no such bucket) is reported here too, naming ``storage``.
+    """
+    if cfg.remote:
+        storage.check_reachable(cfg.experiment_path, "storage")
+        taken = storage.is_nonempty_dir(cfg.experiment_path, "storage")
+        where = storage.redact(cfg.experiment_path)
+    else:
+        exp_dir = cfg.experiment_dir
+        taken, where = exp_dir.exists() and any(exp_dir.iterdir()), str(exp_dir)
+    if taken:
         raise ExperimentError(
-            f"{exp_dir}: experiment directory already exists; ktune never overwrites results "
+            f"{where}: experiment directory already exists; ktune never overwrites results "
             "(choose another name or --storage)"
         )
-    if cfg.export.enabled and cfg.export_dir.exists():
+    if cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
         raise ExperimentError(
-            f"{cfg.export_dir}: export target already exists; ktune never overwrites an export "
-            "(set export.dir or remove it)"
+            f"{storage.redact(cfg.export_path)}: export target already exists; ktune never "
+            "overwrites an export (set export.dir or remove it)"
         )
+
+
+def _exists(location: str, key: str) -> bool:
+    """A local path or a URI that holds something."""
+    if storage.is_uri(location):
+        return storage.exists(location, key)
+    return Path(location).exists()
+
+
+def fetch_experiment(uri: str, local: str | Path, *, trials: bool = False) -> Path:
+    """Downloads an experiment from a URI into the folder ``local``; returns it.
+
+    ktune's files always; with ``trials`` also the trial folders without their
+    checkpoints (what ``ktune report`` reads). One clear error when ``uri`` is not a
+    ktune experiment.
+    """
+    if not storage.exists(storage.join(uri, SPEC_FILE), "EXPERIMENT_DIR"):
+        if not storage.exists(uri, "EXPERIMENT_DIR"):
+            raise ExperimentError(f"{storage.redact(uri)}: no such experiment directory")
+        raise ExperimentError(
+            f"{storage.redact(uri)}: not a ktune experiment directory (no {SPEC_FILE})"
+        )
+    local = Path(local)
+    if trials:
+        return storage.download_dir(uri, local, exclude=["checkpoint_*", "export", ".export*"],
+                                    key="EXPERIMENT_DIR")
+    local.mkdir(parents=True, exist_ok=True)
+    for name in (SPEC_FILE, BEST_FILE, RESULTS_FILE, EXPERIMENT_FILE, JOURNAL_FILE):
+        remote = storage.join(uri, name)
+        if storage.exists(remote, "EXPERIMENT_DIR"):
+            (local / name).write_text(storage.read_text(remote, "EXPERIMENT_DIR"))
+    return local
 
 
 def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
@@ -148,6 +199,35 @@ def _tune_output(verbose: bool):
             os.environ["RAY_AIR_NEW_OUTPUT"] = saved_env
 
 
+def _upload_callbacks(cfg: ExperimentConfig) -> list:
+    """URI storage: keeps the remote Optuna journal current while the search runs."""
+    if not cfg.remote:
+        return []
+    from ktune.staging import UploadJournal
+
+    return [UploadJournal(cfg.experiment_dir, cfg.experiment_path, JOURNAL_FILE)]
+
+
+def _push(cfg: ExperimentConfig, names: Sequence[str]) -> None:
+    """URI storage: uploads the named staged files to the experiment URI."""
+    if cfg.remote:
+        from ktune.staging import push
+
+        push(cfg.experiment_dir, cfg.experiment_path, names)
+
+
+def _location(cfg: ExperimentConfig, fs_path: str) -> str:
+    """A path that Ray reports (trial folder, checkpoint) as the user can use it: itself
+    for local storage, the full URI (scheme and query) for URI storage."""
+    if not cfg.remote:
+        return fs_path
+    _, root = storage.filesystem(cfg.experiment_path)
+    root = root.rstrip("/")
+    if not fs_path.startswith(root + "/"):
+        return fs_path
+    return storage.join(cfg.experiment_path, fs_path[len(root) + 1:])
+
+
 def _progress_callbacks(cfg: ExperimentConfig, verbose: bool) -> list:
     """The driver's live progress table, unless Ray's own output was asked for."""
     if verbose:
@@ -209,9 +289,15 @@ def run_experiment(
     check_targets(cfg)
     data, prepared, payload = _prepare(cfg)
     exp_dir = cfg.experiment_dir
+    if cfg.remote:
+        # Only a working copy: the remote experiment, checked empty above, is the truth,
+        # so whatever an earlier run left in this folder goes.
+        shutil.rmtree(exp_dir, ignore_errors=True)
+        log.info("results: %s (ktune's files staged in %s)",
+                 storage.redact(cfg.experiment_path), exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if cfg.source_path:
-        shutil.copyfile(cfg.source_path, exp_dir / "experiment.yaml")
+        shutil.copyfile(cfg.source_path, exp_dir / EXPERIMENT_FILE)
     _write_json(
         exp_dir / SPEC_FILE,
         {
@@ -220,7 +306,11 @@ def run_experiment(
             "metric": cfg.search.metric,
             "mode": cfg.search.mode,
             "num_samples": cfg.search.num_samples,
-            "export_dir": str(cfg.export_dir),
+            "export_dir": cfg.export_path,
+            "experiment_path": cfg.experiment_path,
+            # URI storage: the local working copy; resume stages into the same folder,
+            # where the Optuna searcher that Ray saved expects its journal.
+            "staging_dir": str(exp_dir) if cfg.remote else None,
             "training": asdict(cfg.training),
             "class_names": data.class_names,
             "artefacts": prepared.artefacts,
@@ -228,11 +318,14 @@ def run_experiment(
             "data": asdict(cfg.data),
         },
     )
+    if cfg.remote:  # claims the name on the storage and makes the run resumable
+        _push(cfg, [EXPERIMENT_FILE, SPEC_FILE])
     _init_ray(cfg.address, verbose)
     with _tune_output(verbose):  # the searcher announces its Optuna study when built
         grid = build_tuner(
             cfg, payload, callbacks=callbacks,
-            tune_callbacks=_progress_callbacks(cfg, verbose), verbose=1 if verbose else 0,
+            tune_callbacks=_progress_callbacks(cfg, verbose) + _upload_callbacks(cfg),
+            verbose=1 if verbose else 0,
         ).fit()
     return _finish(cfg, grid, data, prepared, started, export)
 
@@ -245,6 +338,9 @@ def resume_experiment(
 
     Completed trials are kept; trials that were running continue from their last epoch
     checkpoint; the Optuna study continues from its journal in the experiment directory.
+    ``exp_dir`` may be a URI (``s3://bucket/prefix/name``): ktune's files are downloaded
+    to the staging folder the first run used, Ray restores from the URI, and the results
+    are uploaded again.
     """
     from ray import tune
 
@@ -252,47 +348,76 @@ def resume_experiment(
     from ktune.tuner import build_trainable
 
     started = time.time()
-    d = Path(exp_dir).resolve()
-    if not d.is_dir():
-        raise ExperimentError(f"{d}: no such experiment directory")
-    if not (d / SPEC_FILE).is_file() or not (d / "experiment.yaml").is_file():
-        raise ExperimentError(f"{d}: not a ktune experiment directory (no {SPEC_FILE})")
-    if not tune.Tuner.can_restore(str(d)):
-        raise ExperimentError(f"{d}: no search state to resume (the run stopped before Ray saved any)")
+    remote = storage.is_uri(str(exp_dir))
+    if remote:
+        where = str(exp_dir)
+        shown = storage.redact(where)
+        spec_text = _remote_spec(where)
+        spec = json.loads(spec_text)
+        d = Path(spec.get("staging_dir") or storage.staging_dir(where))
+        shutil.rmtree(d, ignore_errors=True)  # a working copy; the URI is the truth
+        fetch_experiment(where, d)
+        storage_value, name = storage.parent(where), storage.basename(where)
+    else:
+        d = Path(exp_dir).resolve()
+        where = shown = str(d)
+        if not d.is_dir():
+            raise ExperimentError(f"{d}: no such experiment directory")
+        storage_value, name = str(d.parent), d.name
+    if not (d / SPEC_FILE).is_file() or not (d / EXPERIMENT_FILE).is_file():
+        raise ExperimentError(f"{shown}: not a ktune experiment directory (no {SPEC_FILE})")
+    if not tune.Tuner.can_restore(where):
+        raise ExperimentError(
+            f"{shown}: no search state to resume (the run stopped before Ray saved any)"
+        )
     spec = json.loads((d / SPEC_FILE).read_text())
     cfg = load_config(
-        d / "experiment.yaml", num_samples=spec["num_samples"], storage=str(d.parent),
+        d / EXPERIMENT_FILE, num_samples=spec["num_samples"], storage=storage_value,
         address=address,
     )
     data_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()}
     cfg = replace(
-        cfg, name=d.name, data=DataConfig(**data_cfg),
+        cfg, name=name, data=DataConfig(**data_cfg),
         export=replace(cfg.export, dir=spec["export_dir"]),
+        staging_dir=str(d) if remote else None,
     )
     data, prepared, payload = _prepare(cfg)
     if json.loads(json.dumps(prepared.artefacts)) != spec["artefacts"]:
         raise ExperimentError(
-            f"{d}: the data or model changed since the search started (its prepared "
+            f"{shown}: the data or model changed since the search started (its prepared "
             "artefacts differ); start a new experiment instead"
         )
     _init_ray(cfg.address, verbose)
-    log.info("resuming %s", d)
+    log.info("resuming %s", shown)
     with _tune_output(verbose):
         tuner = tune.Tuner.restore(
-            str(d), trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
+            where, trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
         )
         # The restored run config is the one pickled by the first run (its callbacks and
         # verbosity); this run's choice wins. Tune has no public setter for it.
         local = getattr(tuner, "_local_tuner", None)
         if local is not None:
             run_config = local.get_run_config()
-            run_config.callbacks = _progress_callbacks(cfg, verbose)
+            run_config.callbacks = _progress_callbacks(cfg, verbose) + _upload_callbacks(cfg)
             run_config.verbose = 1 if verbose else 0
         grid = tuner.fit()
-    if export is None and cfg.export.enabled and cfg.export_dir.exists():
-        log.info("%s: already exported; `ktune export --force` replaces it", cfg.export_dir)
+    if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
+        log.info("%s: already exported; `ktune export --force` replaces it",
+                 storage.redact(cfg.export_path))
         export = False
     return _finish(cfg, grid, data, prepared, started, export)
+
+
+def _remote_spec(uri: str) -> str:
+    """``ktune.json`` of the experiment at ``uri``; one clear error when there is none."""
+    spec = storage.join(uri, SPEC_FILE)
+    if not storage.exists(spec, "EXPERIMENT_DIR"):
+        if not storage.is_nonempty_dir(uri, "EXPERIMENT_DIR"):
+            raise ExperimentError(f"{storage.redact(uri)}: no such experiment directory")
+        raise ExperimentError(
+            f"{storage.redact(uri)}: not a ktune experiment directory (no {SPEC_FILE})"
+        )
+    return storage.read_text(spec, "EXPERIMENT_DIR")
 
 
 def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export) -> dict:
@@ -324,6 +449,7 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(exp_dir / RESULTS_FILE, index=False)
+    _push(cfg, [RESULTS_FILE, JOURNAL_FILE])
     print(format_results_table(rows, cfg.search.metric, keys))
     for row in rows:
         if row["error"]:
@@ -336,17 +462,20 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
     checkpoint = None if best is None else best.get_best_checkpoint(
         cfg.search.metric, cfg.search.mode
     )
+    shown = storage.redact(cfg.experiment_path)
     if checkpoint is None:
-        raise SearchFailed(f"{exp_dir}: no trial completed an epoch; see the errors above")
+        raise SearchFailed(f"{shown}: no trial completed an epoch; see the errors above")
     best_metrics = next(
         (m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics
     )
-    test = evaluate_checkpoint(
-        cfg.family, best.config, prepared.artefacts, data, cfg.training, checkpoint.path
-    )
+    # On URI storage Ray downloads the checkpoint to a temporary folder for this block.
+    with checkpoint.as_directory() as checkpoint_dir:
+        test = evaluate_checkpoint(
+            cfg.family, best.config, prepared.artefacts, data, cfg.training, checkpoint_dir
+        )
     best_info = {
         "trial": Path(best.path).name,
-        "trial_dir": best.path,
+        "trial_dir": _location(cfg, best.path),
         "config": dict(best.config),
         "metrics": {
             k: best_metrics[k]
@@ -357,24 +486,27 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
         "test_loss": test["loss"],
         # rows: true class, columns: predicted class, both in ktune.json's class_names order
         "test_confusion_matrix": test["confusion_matrix"],
-        "checkpoint": checkpoint.path,
+        "checkpoint": _location(cfg, checkpoint.path),
         "num_trials": len(rows),
         "wall_time_s": round(time.time() - started, 1),
     }
     _write_json(exp_dir / BEST_FILE, best_info)
+    _push(cfg, [BEST_FILE])  # last: a remote best.json means the search finished
     print(
         f"\nbest trial {best_info['trial']}: {cfg.search.metric}="
         f"{best_info['metrics'].get(cfg.search.metric, float('nan')):.4f} at epoch "
         f"{best_info['metrics'].get('epoch')}, test_accuracy={test['accuracy']:.4f} "
-        f"(test split, reported separately)\nresults: {exp_dir}"
+        f"(test split, reported separately)\nresults: {shown}"
     )
     if cfg.export.enabled if export is None else export:
         from ktune.export import export_best
 
-        out = export_best(exp_dir, cfg.export_dir)
-        best_info["export"] = str(out)
+        out = str(export_best(exp_dir, cfg.export_path))
+        best_info["export"] = out
         _write_json(exp_dir / BEST_FILE, best_info)
-        print(f"exported: {out}  (try: ktune predict {out} \"some text\")")
+        _push(cfg, [BEST_FILE])
+        shown_out = storage.redact(out)
+        print(f"exported: {shown_out}  (try: ktune predict {shown_out} \"some text\")")
     return best_info
 
 

@@ -8,6 +8,15 @@ load: ``tf.saved_model.load(dir).signatures["serving_default"](tf.constant([...]
 
 An export is written to a temporary sibling folder, reloaded and compared with the
 restored Keras model on held-out texts, and only then moved into place.
+
+The best checkpoint and the target may be URIs (``s3://...``). A checkpoint on a URI is
+downloaded first. For a target on a URI the export is built and verified in a local
+temporary folder and then uploaded file by file with ``saved_model.pb`` last: object
+stores have no atomic folder rename, but every object appears whole, so an export whose
+``saved_model.pb`` is there is complete. A failed upload removes what it wrote; with
+``force`` the new export is first uploaded completely to a sibling
+``.<name>.tmp-<pid>``, and only then is the old one replaced (at every moment one complete
+copy exists, in the target or in that sibling).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
+from ktune import storage
 from ktune.errors import ExperimentError
 
 __all__ = ["export_best", "load_export", "predict", "ServingModule", "EXPORT_TOLERANCE"]
@@ -72,29 +82,61 @@ def _versions() -> dict:
     return out
 
 
-def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False) -> Path:
+def export_best(
+    exp_dir: str | Path, out_dir: str | Path, *, force: bool = False
+) -> Path | str:
     """Exports the best trial of a finished experiment to ``out_dir``; returns it.
 
-    Refuses an existing ``out_dir`` unless ``force``; a previous export there is replaced
-    only after the new one is written and verified.
+    ``exp_dir`` is a local folder holding ``ktune.json`` and ``best.json``; the best
+    checkpoint they name and ``out_dir`` may be local paths or URIs. Refuses an existing
+    ``out_dir`` unless ``force``; a previous export there is replaced only after the new
+    one is written and verified (and, on a URI, uploaded).
     """
-    from ktune.config import TrainingConfig
     from ktune.experiment import read_experiment
-    from ktune.trainables import get_family
-    from ktune.trainables.base import restore_model
 
     spec, best = read_experiment(exp_dir)
-    out = Path(out_dir).resolve()
-    if out.exists() and not force:
-        raise ExperimentError(f"{out}: export target already exists (use --force to replace it)")
-    if not Path(best["checkpoint"]).is_dir():
-        raise ExperimentError(f"{best['checkpoint']}: the best trial's checkpoint is missing")
+    remote_out = storage.is_uri(str(out_dir))
+    out: Path | str = str(out_dir) if remote_out else Path(out_dir).resolve()
+    shown = storage.redact(str(out))
+    if not force and (storage.exists(out, "--out") if remote_out else Path(out).exists()):
+        raise ExperimentError(f"{shown}: export target already exists (use --force to replace it)")
+    checkpoint = best["checkpoint"]
+    remote_checkpoint = storage.is_uri(checkpoint)
+    if remote_checkpoint:
+        if not storage.exists(checkpoint, "checkpoint"):
+            raise ExperimentError(
+                f"{storage.redact(checkpoint)}: the best trial's checkpoint is missing"
+            )
+    elif not Path(checkpoint).is_dir():
+        raise ExperimentError(f"{checkpoint}: the best trial's checkpoint is missing")
+
+    work = storage.temporary_dir("ktune-export-") if remote_checkpoint or remote_out else None
+    try:
+        checkpoint_dir = (
+            storage.download_dir(checkpoint, work / "checkpoint", key="checkpoint")
+            if remote_checkpoint else Path(checkpoint)
+        )
+        if not remote_out:
+            return _export_local(spec, best, exp_dir, checkpoint_dir, Path(out))
+        built = _export_local(spec, best, exp_dir, checkpoint_dir, work / "export")
+        _publish(built, str(out), force=force)
+        return str(out)
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Path) -> Path:
+    """Builds, verifies and moves into place a SavedModel in the local folder ``out``."""
+    from ktune.config import TrainingConfig
+    from ktune.trainables import get_family
+    from ktune.trainables.base import restore_model
 
     family = get_family(spec["family"])
     training = TrainingConfig(**spec["training"])
     artefacts, class_names = spec["artefacts"], spec["class_names"]
     model = restore_model(
-        family, best["config"], artefacts, len(class_names), training, best["checkpoint"]
+        family, best["config"], artefacts, len(class_names), training, str(checkpoint_dir)
     )
     module = ServingModule(family.string_encoder(artefacts, training), model, class_names)
 
@@ -115,7 +157,7 @@ def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False
             )
         metadata = {
             "family": spec["family"],
-            "experiment": str(Path(exp_dir).resolve()),
+            "experiment": spec.get("experiment_path") or str(Path(exp_dir).resolve()),
             "trial": best["trial"],
             "config": best["config"],
             "training": spec["training"],
@@ -140,6 +182,39 @@ def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False
     return out
 
 
+# Uploaded last: a reader that finds saved_model.pb finds every other file of the export.
+_COMMIT_FILE = "saved_model.pb"
+
+
+def _publish(local: Path, uri: str, *, force: bool) -> None:
+    """Uploads the verified export ``local`` to ``uri`` without ever leaving a partial
+    export where a complete one was (see the module docstring)."""
+    if not storage.exists(uri, "--out"):
+        try:
+            storage.upload_dir(local, uri, last=[_COMMIT_FILE], key="--out")
+        except BaseException:
+            _delete_quietly(uri)  # nothing half-written claims to be an export
+            raise
+        return
+    staged = storage.sibling(uri, f".{storage.basename(uri)}.tmp-{os.getpid()}")
+    try:
+        storage.upload_dir(local, staged, last=[_COMMIT_FILE], key="--out")
+    except BaseException:
+        _delete_quietly(staged)  # the old export was not touched
+        raise
+    # A complete new copy is in `staged`; only now does the old export go.
+    storage.delete_dir(uri, "--out")
+    storage.upload_dir(local, uri, last=[_COMMIT_FILE], key="--out")
+    _delete_quietly(staged)
+
+
+def _delete_quietly(uri: str) -> None:
+    try:
+        storage.delete_dir(uri, "--out")
+    except Exception:  # best effort: the caller reports the original error
+        pass
+
+
 def _remove_stale_siblings(out: Path) -> None:
     """Temporary folders left by an export that was killed (its process is gone)."""
     for path in out.parent.glob(f".{out.name}.tmp-*"):
@@ -149,7 +224,8 @@ def _remove_stale_siblings(out: Path) -> None:
 
 
 def load_export(export_dir: str | Path):
-    """The ``serving_default`` function of an export (loads tensorflow_text ops if present)."""
+    """The ``serving_default`` function of a local export (loads tensorflow_text ops if
+    present). For an export on a URI, download it first (``ktune predict`` does)."""
     try:  # BERT exports tokenize with tensorflow_text ops, which must be registered first
         import tensorflow_text  # noqa: F401
     except ImportError:

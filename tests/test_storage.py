@@ -1,0 +1,404 @@
+"""Experiments on a cloud URI (``storage: s3://...``), against a real S3 endpoint on localhost
+(moto's server mode), plus the URI parsing and its error lines.
+
+Ray workers inherit the environment of the process that starts Ray, and the session's
+shared Ray (``ray_session``) may be started by another module before any fixture here
+runs, so the S3 credentials are put in the environment when this module is imported
+(pytest imports every test module before running any test). moto accepts any keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ktune import storage
+from ktune.config import parse_config
+from ktune.errors import ConfigError, ExperimentError
+
+from conftest import REPO, reload_in_fresh_process, subprocess_env, tiny_experiment
+
+os.environ.update(
+    AWS_ACCESS_KEY_ID="ktune-test", AWS_SECRET_ACCESS_KEY="ktune-test",
+    AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+)
+
+CLASSES = ("World", "Sports", "Business", "Sci/Tech")
+TEXTS = ["Striker scores twice as the league leaders win the cup final",
+         "Shares fell after the bank cut its profit forecast", ""]
+
+
+def _free_port() -> int:
+    """A free port outside Ray's worker ports (10002-19999)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not 10002 <= port <= 19999:
+            return port
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1: (boto3 client, endpoint 'host:port')."""
+    pytest.importorskip("moto.server")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+    yield client, f"127.0.0.1:{port}"
+    server.stop()
+
+
+def _bucket(s3, name: str) -> str:
+    """A new bucket; returns the storage URI of a prefix in it, query included."""
+    client, endpoint = s3
+    client.create_bucket(Bucket=name)
+    return f"s3://{name}/runs?endpoint_override={endpoint}&scheme=http"
+
+
+def _objects(s3, bucket: str, prefix: str = "") -> dict[str, str]:
+    """key -> ETag of every object under ``prefix`` (S3 folder markers left out)."""
+    client, _ = s3
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            if not o["Key"].endswith("/"):
+                out[o["Key"]] = o["ETag"]
+    return out
+
+
+def _get(s3, bucket: str, key: str) -> bytes:
+    return s3[0].get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def ktune_cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ktune", *args], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=cwd, timeout=timeout)
+
+
+# --- the storage value: parsing and error lines (no network, no Ray) ------------------------
+
+
+def test_a_uri_is_kept_with_its_query_and_staged_locally(tmp_path, monkeypatch):
+    monkeypatch.setenv("KTUNE_STAGING_DIR", str(tmp_path / "staging"))
+    uri = "s3://bkt/some/prefix?endpoint_override=127.0.0.1:9000&scheme=http"
+    cfg = parse_config(tiny_experiment(tmp_path, storage=uri))
+    assert cfg.storage == uri and cfg.remote
+    query = "?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert cfg.experiment_path == "s3://bkt/some/prefix/tiny" + query
+    assert cfg.export_path == "s3://bkt/some/prefix/tiny/export" + query
+    assert cfg.export_dir is None
+    # ktune's own files are written to a local folder under the staging root, named by
+    # the experiment; nothing is created by parsing
+    assert cfg.experiment_dir.parent.parent == tmp_path / "staging"
+    assert cfg.experiment_dir.name == "tiny"
+    assert not (tmp_path / "staging").exists()
+    other = parse_config(tiny_experiment(tmp_path, storage="s3://bkt/other"))
+    assert other.experiment_dir != cfg.experiment_dir  # one staging folder per location
+
+
+def test_local_storage_is_unchanged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config(tiny_experiment(tmp_path, storage="results"))
+    assert cfg.storage == str(tmp_path / "results") and not cfg.remote
+    assert cfg.experiment_dir == tmp_path / "results" / "tiny"
+    assert cfg.experiment_path == str(cfg.experiment_dir)
+    assert cfg.export_dir == cfg.experiment_dir / "export"
+
+
+def test_other_schemes_pyarrow_knows(tmp_path):
+    for uri in ("gs://bkt/prefix", f"file://{tmp_path}/results", "s3://bkt/p?region=eu-west-1"):
+        assert parse_config(tiny_experiment(tmp_path, storage=uri)).storage == uri
+
+
+@pytest.mark.parametrize(
+    ("uri", "why"),
+    [
+        ("s3://bkt/p?bogus=1", "Unexpected query parameter"),
+        ("nosuch://bkt/p", "Unrecognized filesystem type"),
+        ("s3://", "must name a bucket"),
+        ("s3:///no-bucket", "Missing bucket name"),
+    ],
+)
+def test_a_bad_uri_is_one_line_naming_the_key(tmp_path, uri, why):
+    with pytest.raises(ConfigError) as e:
+        parse_config(tiny_experiment(tmp_path, storage=uri))
+    assert str(e.value).startswith("storage: ") and why in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^--storage: "):
+        parse_config(tiny_experiment(tmp_path), storage=uri)
+    with pytest.raises(ConfigError, match=r"^export\.dir: "):
+        parse_config(tiny_experiment(tmp_path, export={"dir": uri}))
+
+
+def test_credentials_in_a_uri_are_not_printed(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        parse_config(tiny_experiment(tmp_path, storage="s3://AKIA:s3cr3t@bkt/p?bogus=1"))
+    assert "s3cr3t" not in str(e.value) and "AKIA" not in str(e.value)
+
+
+def test_cli_refuses_a_bad_storage_uri_before_any_work(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(tiny_experiment(tmp_path)))
+    done = ktune_cli("run", str(exp), "--storage", "s3://bkt/p?bogus=1", cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ktune: error: --storage: "), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]  # nothing written
+
+
+def test_uri_paths():
+    q = "?endpoint_override=h:1&scheme=http"
+    assert storage.join("s3://b/p" + q, "tiny", "export") == "s3://b/p/tiny/export" + q
+    assert storage.join("s3://b" + q, "tiny") == "s3://b/tiny" + q
+    assert storage.join("s3://b/p/", "tiny") == "s3://b/p/tiny"
+    assert storage.join("/tmp/a", "b") == "/tmp/a/b"
+    assert storage.parent("s3://b/p/tiny" + q) == "s3://b/p" + q
+    assert storage.basename("s3://b/p/tiny" + q) == "tiny"
+    assert storage.sibling("s3://b/p/export" + q, ".x") == "s3://b/p/.x" + q
+    assert storage.redact("s3://AK:SK@b/p") == "s3://***@b/p"
+    assert storage.is_uri("file:///tmp/x") and not storage.is_uri("/tmp/x")
+    assert not storage.is_uri("results")
+
+
+# --- S3 operations against a real endpoint, no Ray ---------------------------------------------
+
+
+def test_file_operations_round_trip(s3, tmp_path):
+    uri = _bucket(s3, "ops")
+    folder = tmp_path / "up"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"pb")
+    (folder / "variables" / "v.index").write_bytes(b"ix")
+    target = storage.join(uri, "exp", "export")
+    assert not storage.exists(target) and not storage.is_nonempty_dir(target)
+    storage.upload_dir(folder, target, last=["saved_model.pb"])
+    assert storage.is_nonempty_dir(storage.join(uri, "exp"))
+    assert storage.list_files(target) == ["saved_model.pb", "variables/v.index"]
+    back = storage.download_dir(target, tmp_path / "down")
+    assert (back / "variables" / "v.index").read_bytes() == b"ix"
+    storage.write_text(storage.join(uri, "exp", "a.json"), '{"a": 1}')
+    assert json.loads(storage.read_text(storage.join(uri, "exp", "a.json"))) == {"a": 1}
+    storage.delete_dir(target)
+    assert not storage.exists(target)
+    assert set(_objects(s3, "ops")) == {"runs/exp/a.json"}
+
+
+def test_an_unreachable_bucket_is_one_line_naming_storage(s3, tmp_path):
+    from ktune.experiment import check_targets
+
+    _, endpoint = s3
+    cfg = parse_config(tiny_experiment(
+        tmp_path, storage=f"s3://no-such-bucket/p?endpoint_override={endpoint}&scheme=http"))
+    with pytest.raises(ExperimentError, match=r"^storage: .*no-such-bucket"):
+        check_targets(cfg)
+
+
+def _unreadable_export(folder: Path) -> Path:
+    """A folder whose upload fails part-way: one file cannot be read (EIO), deterministic."""
+    (folder / "variables").mkdir(parents=True)
+    (folder / "fingerprint.pb").write_bytes(b"new")
+    (folder / "saved_model.pb").write_bytes(b"new")
+    (folder / "variables" / "variables.index").write_bytes(b"new")
+    (folder / "variables" / "zz.data").symlink_to("/proc/self/mem")  # reading at 0: EIO
+    return folder
+
+
+def test_a_failed_upload_never_leaves_or_replaces_an_export(s3, tmp_path):
+    from ktune.export import _publish
+
+    uri = _bucket(s3, "publish")
+    target = storage.join(uri, "exp", "export")
+    with pytest.raises(ExperimentError, match="cannot upload"):
+        _publish(_unreadable_export(tmp_path / "bad"), target, force=False)
+    assert _objects(s3, "publish") == {}  # nothing half-written claims to be an export
+
+    good = tmp_path / "good"
+    (good / "variables").mkdir(parents=True)
+    (good / "saved_model.pb").write_bytes(b"old")
+    (good / "variables" / "variables.index").write_bytes(b"old")
+    _publish(good, target, force=False)
+    before = _objects(s3, "publish")
+    assert set(before) == {"runs/exp/export/saved_model.pb",
+                           "runs/exp/export/variables/variables.index"}
+    with pytest.raises(ExperimentError, match="cannot upload"):
+        _publish(_unreadable_export(tmp_path / "bad2"), target, force=True)
+    assert _objects(s3, "publish") == before  # the old export untouched, no temp left
+    assert _get(s3, "publish", "runs/exp/export/saved_model.pb") == b"old"
+
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "saved_model.pb").write_bytes(b"newer")
+    _publish(newer, target, force=True)
+    assert set(_objects(s3, "publish")) == {"runs/exp/export/saved_model.pb"}
+    assert _get(s3, "publish", "runs/exp/export/saved_model.pb") == b"newer"
+
+
+# --- a real search into the bucket -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def remote_run(s3, tmp_path_factory, ray_session):
+    """The tiny experiment with storage on the moto S3 server, run once for this module."""
+    from ktune.experiment import run_experiment
+
+    tmp = tmp_path_factory.mktemp("s3run")
+    uri = _bucket(s3, "ktune")
+    raw = tiny_experiment(tmp, storage=uri)
+    exp_file = tmp / "tiny.yaml"
+    exp_file.write_text(yaml.safe_dump(raw))
+    saved = os.environ.get("KTUNE_STAGING_DIR")
+    os.environ["KTUNE_STAGING_DIR"] = str(tmp / "staging")
+    try:
+        cfg = parse_config(raw, source_path=str(exp_file))
+        best = run_experiment(cfg)
+        yield cfg, best, exp_file, tmp
+    finally:
+        if saved is None:
+            os.environ.pop("KTUNE_STAGING_DIR", None)
+        else:
+            os.environ["KTUNE_STAGING_DIR"] = saved
+
+
+@pytest.mark.slow
+def test_the_remote_experiment_looks_like_a_local_one(remote_run, s3):
+    cfg, best, _, _ = remote_run
+    keys = _objects(s3, "ktune", "runs/tiny/")
+    names = {k.removeprefix("runs/tiny/") for k in keys}
+    for name in ("experiment.yaml", "ktune.json", "results.csv", "best.json", "optuna.journal",
+                 "export/saved_model.pb", "export/metadata.json", "tuner.pkl"):
+        assert name in names, (name, sorted(names))
+    assert any(n.startswith("export/variables/") for n in names)
+    trials = {n.split("/")[0] for n in names if n.startswith("trial_")}
+    assert len(trials) == cfg.search.num_samples
+    for trial in trials:
+        assert f"{trial}/result.json" in names
+        assert any(n.startswith(f"{trial}/checkpoint_") and n.endswith("ckpt.index")
+                   for n in names), trial
+
+    rows = _get(s3, "ktune", "runs/tiny/results.csv").decode().strip().splitlines()
+    assert len(rows) == 1 + cfg.search.num_samples
+    remote_best = json.loads(_get(s3, "ktune", "runs/tiny/best.json"))
+    assert remote_best["export"] == cfg.export_path == best["export"]
+    assert remote_best["trial"] == best["trial"] and remote_best["metrics"]["val_accuracy"] > 0.5
+    # the best checkpoint is named by its full URI, and it is there
+    query = "?" + cfg.storage.split("?", 1)[1]
+    assert remote_best["checkpoint"].startswith("s3://ktune/runs/tiny/trial_")
+    assert remote_best["checkpoint"].endswith(query)
+    ckpt_key = remote_best["checkpoint"].removeprefix("s3://ktune/").split("?")[0]
+    assert f"{ckpt_key}/ckpt.index" in keys
+    # the local staging folder holds ktune's files only (Ray wrote the trials remotely)
+    staged = sorted(p.name for p in cfg.experiment_dir.iterdir())
+    assert "export" not in staged and not any(n.startswith("trial_") for n in staged)
+    assert (cfg.experiment_dir / "optuna.journal").read_bytes() == _get(
+        s3, "ktune", "runs/tiny/optuna.journal")
+
+
+@pytest.mark.slow
+def test_the_remote_journal_holds_the_whole_study(remote_run, s3, tmp_path):
+    import optuna
+
+    cfg, _, _, _ = remote_run
+    journal = tmp_path / "optuna.journal"
+    journal.write_bytes(_get(s3, "ktune", "runs/tiny/optuna.journal"))
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == cfg.search.num_samples
+
+
+@pytest.mark.slow
+def test_the_export_downloaded_from_the_bucket_predicts_raw_strings(remote_run, s3, tmp_path):
+    cfg, _, _, _ = remote_run
+    client, _ = s3
+    for key in _objects(s3, "ktune", "runs/tiny/export/"):
+        target = tmp_path / "export" / key.removeprefix("runs/tiny/export/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file("ktune", key, str(target))
+    meta = json.loads((tmp_path / "export" / "metadata.json").read_text())
+    assert meta["experiment"] == cfg.experiment_path and meta["verified"]["max_abs_diff"] <= 1e-5
+    got = reload_in_fresh_process(tmp_path / "export", TEXTS)
+    assert len(got["label"]) == len(TEXTS) and set(got["label"]) <= set(CLASSES)
+    # ktune predict reads the export from the URI itself
+    done = ktune_cli("predict", cfg.export_path, *TEXTS[:2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels = [line.split("\t")[0] for line in done.stdout.strip().splitlines()]
+    assert labels == got["label"][:2]
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_existing_remote_experiment_exits_2_writing_nothing(
+    remote_run, s3
+):
+    cfg, _, exp_file, tmp = remote_run
+    before = _objects(s3, "ktune")
+    staged = {p: p.stat().st_mtime_ns for p in cfg.experiment_dir.rglob("*")}
+    done = ktune_cli("run", str(exp_file), cwd=tmp)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already exists" in lines[0], done.stderr
+    assert "s3://ktune/runs/tiny" in lines[0]
+    assert _objects(s3, "ktune") == before
+    assert {p: p.stat().st_mtime_ns for p in cfg.experiment_dir.rglob("*")} == staged
+
+
+@pytest.mark.slow
+def test_export_cli_on_the_uri_refuses_then_force_replaces(remote_run, s3):
+    cfg, _, _, _ = remote_run
+    before = _objects(s3, "ktune", "runs/tiny/export/")
+    refused = ktune_cli("export", cfg.experiment_path)
+    assert refused.returncode == 2 and "already exists" in refused.stderr
+    assert _objects(s3, "ktune", "runs/tiny/export/") == before
+    forced = ktune_cli("export", cfg.experiment_path, "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    after = _objects(s3, "ktune", "runs/tiny/")
+    assert "runs/tiny/export/saved_model.pb" in after
+    assert after["runs/tiny/export/metadata.json"] != before["runs/tiny/export/metadata.json"]
+    assert not [k for k in after if "/.export" in k]  # no temporary copy left
+
+
+@pytest.mark.slow
+def test_report_on_the_uri_writes_beside_the_experiment(remote_run, s3):
+    cfg, _, _, _ = remote_run
+    done = ktune_cli("report", cfg.experiment_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "report: s3://ktune/runs/tiny/report.html" in done.stdout
+    keys = _objects(s3, "ktune", "runs/tiny/")
+    assert "runs/tiny/report.html" in keys
+    assert any(k.startswith("runs/tiny/report-") and k.endswith(".png") for k in keys)
+    assert b"tiny" in _get(s3, "ktune", "runs/tiny/report.html")
+
+
+@pytest.mark.slow
+def test_resume_from_the_uri_on_a_machine_without_the_staging_folder(remote_run, s3):
+    """The driver's machine is gone: resume downloads ktune's files, Ray restores from the
+    URI, and the results are uploaded again (the search had finished: nothing reruns)."""
+    import shutil
+
+    from ktune.experiment import resume_experiment
+
+    cfg, best, _, _ = remote_run
+    shutil.rmtree(cfg.experiment_dir)
+    trials_before = {k: v for k, v in _objects(s3, "ktune", "runs/tiny/").items()
+                     if "/trial_" in k and "/checkpoint_" in k}
+    again = resume_experiment(cfg.experiment_path)
+    assert again["trial"] == best["trial"]
+    assert again["num_trials"] == cfg.search.num_samples
+    assert (cfg.experiment_dir / "optuna.journal").is_file()  # staged where Ray expects it
+    remote_best = json.loads(_get(s3, "ktune", "runs/tiny/best.json"))
+    assert remote_best["wall_time_s"] == again["wall_time_s"]  # uploaded again
+    after = _objects(s3, "ktune", "runs/tiny/")
+    assert {k: v for k, v in after.items() if k in trials_before} == trials_before
