@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import yaml
 
 from ktune.config import ExperimentConfig, load_config
+from ktune.storage import is_uri
 from ktune.errors import ConfigError, ExperimentError
 
 __all__ = ["submit", "follow", "list_jobs", "auth_token", "job_runtime_env"]
@@ -117,12 +118,12 @@ def submit(
     cfg = load_config(experiment, num_samples=num_samples, storage=storage)
     raw = yaml.safe_load(Path(experiment).read_text(encoding="utf-8")) or {}
     given = storage if storage is not None else raw.get("storage", "results")
-    if not Path(str(given)).expanduser().is_absolute():
+    if not is_uri(str(given)) and not Path(str(given)).expanduser().is_absolute():
         key = "--storage" if storage is not None else "storage"
         raise ConfigError(
             f"{key}: '{given}' is relative, so the job's results would stay in its temporary "
             "working directory on the cluster; use an absolute path on storage every node "
-            "shares (NFS), e.g. --storage /mnt/shared/ktune"
+            "shares (NFS) or a cloud URI, e.g. --storage /mnt/shared/ktune or s3://bucket/ktune"
         )
     client = _client(address)
     entrypoint = ["python", "-m", "ktune", "run", EXPERIMENT_NAME, "--address", "auto"]
