@@ -21,13 +21,14 @@ tiny tokenizer's vocabulary (no download) and ``maxlen`` 64, in examples per sec
   (``BertStringEncoder``: tensorflow_text's C++ FastBertTokenizer, the same ids) on the
   same texts in one batch; ktune does not train on it today.
 
-Run from the repo root: ``.venv/bin/python bench/tokenization.py``. Prints the ratio
-against the target (ktune at least 20x the lesson) and writes
-``bench/results/tokenization.json``.
+Run from the repo root: ``.venv/bin/python bench/tokenization.py [--quick]`` (``--quick``:
+5,000 texts). Prints the ratio against the target (ktune at least 20x the lesson) and
+writes ``bench/results/tokenization.json``; a missed target is a result, not a failure.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -98,6 +99,12 @@ def timed(fn: Callable[[], object], repeats: int = 1) -> float:
 def main() -> int:
     from transformers import BertTokenizer, BertTokenizerFast
 
+    global N_TEXTS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5,000 texts instead of 20,000")
+    args = parser.parse_args()
+    if args.quick:
+        N_TEXTS = 5_000
     texts, labels = builtin_texts(N_TEXTS)
     with tempfile.TemporaryDirectory(prefix="ktune-bench-") as tmp:
         vocab = Path(tmp) / "vocab.txt"
@@ -144,6 +151,15 @@ def main() -> int:
     per_second = {k: N_TEXTS / v for k, v in seconds.items()}
     ratio = per_second["ktune"] / per_second["lesson"]
     result = {
+        "benchmark": "tokenization",
+        "quick": args.quick,
+        "ratios": [
+            {"name": "ktune / lesson (examples per second)", "value": round(ratio, 1),
+             "target": f">= {TARGET:g}", "met": ratio >= TARGET},
+            {"name": "cache hit / lesson (examples per second)",
+             "value": round(per_second["ktune_cache_hit"] / per_second["lesson"], 1),
+             "target": None, "met": None},
+        ],
         "texts": N_TEXTS,
         "maxlen": MAXLEN,
         "vocabulary": f"ktune tiny uncased WordPiece ({len(tiny_vocabulary())} tokens)",
@@ -180,7 +196,7 @@ def main() -> int:
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
     tmp_out.replace(OUT)
     print(f"wrote {OUT}")
-    return 0 if ratio >= TARGET else 1
+    return 0
 
 
 if __name__ == "__main__":
