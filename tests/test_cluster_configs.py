@@ -513,25 +513,33 @@ def _readme_blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), re.DOTALL)
 
 
-def test_readme_experiments_store_on_the_shared_mount(tmp_path):
+def test_readme_experiments_store_on_the_shared_mount_or_a_bucket(tmp_path):
     """Every experiment snippet of the README, applied to the quickstart, is a valid ktune
-    experiment whose storage is the shared mount: the path the launcher passes into the
-    container and the KubeRay pods mount; no snippet or command names s3:// storage."""
+    experiment whose storage is the shared mount (the path the launcher passes into the
+    container and the KubeRay pods mount) or, for the S3 alternative, an s3:// URI that
+    ktune keeps as written; every `--storage` URI of a command parses too."""
+    from ktune.storage import check_uri
+
     text = README.read_text()
-    assert not re.search(r"storage:\s*\S*://", text), "README shows cloud-URI storage"
-    assert not re.search(r"--storage\s+\S*://", text), "README shows cloud-URI storage"
-    assert "not supported yet" in text, "README does not say that cloud URIs are unsupported"
-    snippets = [b for b in _readme_blocks("yaml") if re.search(r"^storage:", b, re.MULTILINE)]
-    assert len(snippets) >= 2, "expected the AWS and the KubeRay experiment snippets"
+    snippets = [b for b in _readme_blocks("yaml") if re.search(r"^ *storage:", b, re.MULTILINE)]
+    assert len(snippets) >= 3, "expected the AWS, the S3 and the KubeRay experiment snippets"
     quickstart = (REPO / "examples" / "quickstart.yaml").read_text()
     launcher_volumes = _docker_volumes(_launcher()["docker"]["run_options"])
+    buckets = 0
     for snippet in snippets:
         overrides = yaml.safe_load(snippet)
         cfg = _load_experiment(tmp_path, quickstart, overrides)
+        assert cfg.resources.gpu > 0
+        if cfg.remote:
+            assert cfg.storage == overrides["storage"] and cfg.storage.startswith("s3://")
+            buckets += 1
+            continue
         storage = Path(cfg.storage)
         assert storage == STORAGE, f"README snippet storage {storage}"
         assert any(storage.is_relative_to(c) for c in launcher_volumes.values())
-        assert cfg.resources.gpu > 0
+    assert buckets == 1, "expected one S3 experiment snippet"
+    for uri in re.findall(r"--storage\s+(\S*://\S*)", text):
+        check_uri("--storage", uri)
 
 
 def test_readme_fetches_the_export_from_the_shared_mount():
