@@ -356,6 +356,13 @@ def resume_experiment(
         spec = json.loads(spec_text)
         d = Path(spec.get("staging_dir") or storage.staging_dir(where))
         shutil.rmtree(d, ignore_errors=True)  # a working copy; the URI is the truth
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ExperimentError(
+                f"{d}: cannot create the run's staging folder here ({e.strerror}); Ray's "
+                "saved searcher expects the Optuna journal at this path"
+            ) from None
         fetch_experiment(where, d)
         storage_value, name = storage.parent(where), storage.basename(where)
     else:
