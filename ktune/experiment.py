@@ -72,6 +72,8 @@ def check_targets(cfg: ExperimentConfig) -> None:
             f"{where}: experiment directory already exists; ktune never overwrites results "
             "(choose another name or --storage)"
         )
+    if cfg.export.enabled and storage.is_uri(cfg.export_path):
+        storage.check_reachable(cfg.export_path, "export.dir")
     if cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
         raise ExperimentError(
             f"{storage.redact(cfg.export_path)}: export target already exists; ktune never "

@@ -207,6 +207,16 @@ def test_an_unreachable_bucket_is_one_line_naming_storage(s3, tmp_path):
         check_targets(cfg)
 
 
+def test_an_unreachable_export_bucket_is_one_line_naming_export_dir(s3, tmp_path):
+    from ktune.experiment import check_targets
+
+    _, endpoint = s3
+    cfg = parse_config(tiny_experiment(
+        tmp_path, export={"dir": f"s3://no-such-bucket/e?endpoint_override={endpoint}&scheme=http"}))
+    with pytest.raises(ExperimentError, match=r"^export\.dir: .*no-such-bucket"):
+        check_targets(cfg)
+
+
 def _unreadable_export(folder: Path) -> Path:
     """A folder whose upload fails part-way: one file cannot be read (EIO), deterministic."""
     (folder / "variables").mkdir(parents=True)
@@ -402,3 +412,4 @@ def test_resume_from_the_uri_on_a_machine_without_the_staging_folder(remote_run,
     assert remote_best["wall_time_s"] == again["wall_time_s"]  # uploaded again
     after = _objects(s3, "ktune", "runs/tiny/")
     assert {k: v for k, v in after.items() if k in trials_before} == trials_before
+
