@@ -1,0 +1,453 @@
+"""ktune against KerasTuner on the same work: time to the same accuracy, accuracy in the same time.
+
+The same Transformer family, search space (embed_dim, heads among its divisors, log
+learning rate, warmup; ff_dim, dropout, blocks and weight decay fixed), builtin data,
+train / validation split and epoch budget, searched three ways, one after the other,
+each in its own fresh process:
+
+- ktune: ``python -m ktune run exp.yaml``: Optuna TPE + ASHA (grace 1, reduction 2,
+  ktune's defaults) in Ray Tune, 2 trials at a time with 1 CPU (1 TF thread) each;
+- KerasTuner ``Hyperband(max_epochs=E, factor=3)`` and ``BayesianOptimization
+  (max_trials=N)`` (bench/kerastuner_side.py): its documented API on Keras 3 with the
+  same architecture, one trial at a time with every core, as its users run it.
+
+Every epoch's ``val_accuracy`` is stamped with the wall time since its process was
+launched (start-up counts: a user waits for it too). ktune's come from each trial's
+``result.json`` (Ray's whole-second ``timestamp`` and the float ``time_total_s``,
+aligned per trial), KerasTuner's from a Keras callback.
+
+Target accuracy, per pair: the lower of the two best validation accuracies. Both tools
+reach it, so both times are finite, and it is the same accuracy for both: "time to the
+same best accuracy". (A fixed fraction of the better best, e.g. 98%, can be missed by one
+side altogether with this few trials; it is reported too, as ``near_best``, with
+``null`` for a side that never got there.) Ratio = ktune's time to target / KerasTuner's
+(target <= 0.5). Also the best accuracy each had within the shorter of the two wall
+times. Epoch budgets are matched: ktune ``num_samples x epochs`` (an upper bound; ASHA
+stops trials early) against Hyperband's budget (KerasTuner's own bracket arithmetic) and
+``max_trials x epochs``; the epochs actually trained are printed beside them.
+
+    .venv/bin/python bench/kerastuner.py [--quick]
+
+Writes bench/results/kerastuner.json. Exits 0 when it ran (a missed target is a result),
+1 when a side failed. Timings on a shared machine are noisy: compare ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+SIDE = REPO / "bench" / "kerastuner_side.py"
+
+# The searched knobs of the issue over the quickstart's ranges; the rest fixed, same for both.
+SPACE = {
+    "embed_dim": [32, 64],
+    "heads": [1, 2, 4],
+    "learning_rate": {"low": 1.0e-5, "high": 1.0e-2, "log": True},
+    "warmup": {"low": 0.0, "high": 0.2},
+    "ff_dim": 32,
+    "dropout": 0.1,
+    "num_blocks": 1,
+    "weight_decay": 0.01,
+}
+
+
+@dataclass
+class Mode:
+    train_size: int
+    maxlen: int
+    vocab_size: int
+    epochs: int
+    ktune_trials: int  # num_samples: num_samples x epochs ~ Hyperband's budget
+    hyperband_iterations: int
+    bayesian_trials: int
+    tuners: tuple = ("hyperband", "bayesian")
+
+
+# Quick: Hyperband only (KerasTuner's tutorial tuner), to stay within minutes on 2 cores.
+QUICK = Mode(
+    train_size=3000,
+    maxlen=32,
+    vocab_size=5000,
+    epochs=3,
+    ktune_trials=4,
+    hyperband_iterations=1,
+    bayesian_trials=4,
+    tuners=("hyperband",),
+)
+FULL = Mode(
+    train_size=6000,
+    maxlen=32,
+    vocab_size=5000,
+    epochs=4,
+    ktune_trials=7,
+    hyperband_iterations=1,
+    bayesian_trials=7,
+)
+
+
+def tpe_startup(num_samples: int) -> int:
+    """ktune's TPE random start-up trials (ktune/tuner.py); BO gets as many random points."""
+    return min(10, max(3, num_samples // 3))
+
+
+def hyperband_budget(max_epochs: int, factor: int, iterations: int) -> tuple[int, int]:
+    """(model fits, epochs trained) of KerasTuner's HyperbandOracle: its own arithmetic.
+
+    A fit promoted to the next round resumes from the weights of the round before, so it
+    trains only the difference in epochs.
+    """
+    brackets, e = 0, float(max_epochs)
+    while e >= 1:
+        e, brackets = e / factor, brackets + 1
+    end_size = math.ceil(1 + math.log(max_epochs, factor))
+    fits = epochs = 0
+    for b in range(brackets - 1, -1, -1):
+        done = 0
+        for r in range(b + 1):
+            size = math.ceil(end_size / (b + 1) * factor ** (b - r))
+            upto = math.ceil(max_epochs / factor ** (b - r))
+            fits, epochs, done = fits + size, epochs + size * (upto - done), upto
+    return fits * iterations, epochs * iterations
+
+
+def experiment(mode: Mode, storage: str) -> dict:
+    return {
+        "name": "kerastuner",
+        "family": "transformer",
+        "data": {
+            "source": "builtin",
+            "train_size": mode.train_size,
+            "test_size": 500,
+            "validation_fraction": 0.1,
+            "seed": 0,
+        },
+        "search": {
+            "num_samples": mode.ktune_trials,
+            "metric": "val_accuracy",
+            "mode": "max",
+            "scheduler": "asha",
+            "sampler": "tpe",
+            "grace_period": 1,
+            "reduction_factor": 2,
+            "max_concurrent_trials": 2,
+            "seed": 0,
+            "space": dict(SPACE),
+        },
+        "training": {
+            "epochs": mode.epochs,
+            "batch_size": 64,
+            "maxlen": mode.maxlen,
+            "vocab_size": mode.vocab_size,
+        },
+        "resources": {"cpu": 1, "gpu": 0},
+        "storage": storage,
+        "export": {"enabled": False},
+    }
+
+
+@dataclass
+class Run:
+    """One search: every epoch as (seconds since launch, val_accuracy, fit), and its profile."""
+
+    name: str
+    wall_s: float
+    epochs: list = field(default_factory=list)  # (t, val_accuracy, fit id), sorted by t
+    first_epoch_s: list = field(default_factory=list)  # per fit: start of fit -> 1st epoch
+    steady_epoch_s: list = field(default_factory=list)  # later epochs, one by one
+    fits: int = 0
+    stopped_early: int | None = None
+    startup_s: float | None = None  # launch -> first fit begins (ktune) / first epoch (KT)
+    failed: list | None = None  # ktune: trials that ended in an error, with its last line
+    phases: dict = field(default_factory=dict)  # start-up milestones, seconds since launch
+    summary: dict = field(default_factory=dict)  # KerasTuner's own view of its search
+
+    @property
+    def curve(self) -> list[tuple[float, float]]:
+        return [(t, a) for t, a, _ in self.epochs]
+
+    def best(self, within: float = math.inf) -> float | None:
+        seen = [a for t, a in self.curve if t <= within]
+        return max(seen) if seen else None
+
+    def time_to(self, accuracy: float) -> float | None:
+        return next((t for t, a in self.curve if a >= accuracy - 1e-9), None)
+
+    def profile(self) -> dict:
+        med = lambda xs: round(statistics.median(xs), 2) if xs else None
+        return {
+            "wall_s": round(self.wall_s, 2),
+            "fits": self.fits,
+            "epochs_trained": len(self.epochs),
+            "stopped_early": self.stopped_early,
+            "failed": self.failed,
+            "startup_s": None if self.startup_s is None else round(self.startup_s, 2),
+            "first_epoch_at_s": round(self.epochs[0][0], 2) if self.epochs else None,
+            "median_first_epoch_of_fit_s": med(self.first_epoch_s),
+            "median_later_epoch_s": med(self.steady_epoch_s),
+            "best_val_accuracy": self.best(),
+            "time_to_best_s": round(self.time_to(self.best()), 2) if self.epochs else None,
+            "phases": self.phases,
+        }
+
+
+def launch(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """Runs ``cmd``; (launch time, wall seconds). Exits 1 with the log's tail on failure.
+
+    Each output line is logged with the seconds since launch: the start-up profile.
+    """
+    start = time.time()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        errors="replace",
+    )
+    with log.open("w") as f:
+        for line in proc.stdout:
+            f.write(f"{time.time() - start:8.2f} {line}")
+    rc = proc.wait()
+    wall = time.time() - start
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        print(f"FAILED ({rc}): {' '.join(cmd)}\n{tail}", file=sys.stderr)
+        sys.exit(1)
+    return start, wall
+
+
+def logged_at(log: Path, marker: str) -> float | None:
+    """Seconds since launch of the first log line containing ``marker``."""
+    for line in log.read_text(errors="replace").splitlines():
+        if marker in line:
+            return float(line[:8])
+    return None
+
+
+def trial_epochs(trial_dir: Path, launched: float) -> tuple[list[tuple[float, float]], list]:
+    """A Ray trial's epochs as (seconds since launch, val_accuracy), and its rows.
+
+    ``timestamp`` is whole seconds; ``time_total_s`` is exact since the trial began, so the
+    trial's start lies in every row's [timestamp - total, timestamp + 1 - total): intersect.
+    """
+    result = trial_dir / "result.json"
+    rows = [json.loads(x) for x in result.read_text().splitlines() if x] if result.exists() else []
+    if not rows:  # the trial failed before its first epoch (its error.txt says why)
+        return [], rows
+    lo = max(r["timestamp"] - r["time_total_s"] for r in rows)
+    hi = min(r["timestamp"] + 1 - r["time_total_s"] for r in rows)
+    begin = (lo + hi) / 2 if lo <= hi else lo
+    return [(begin + r["time_total_s"] - launched, r["val_accuracy"]) for r in rows], rows
+
+
+def run_ktune(exp_file: Path, storage: Path, epochs: int, logs: Path) -> Run:
+    env = {**os.environ}
+    env.pop("TF_USE_LEGACY_KERAS", None)  # ktune sets its own (Keras 2)
+    launched, wall = launch(
+        [sys.executable, "-m", "ktune", "run", str(exp_file)], env, logs / "ktune.log"
+    )
+    run = Run("ktune", wall, stopped_early=0, failed=[])
+    starts = []
+    for trial in sorted((storage / "kerastuner").glob("trial_*")):
+        points, rows = trial_epochs(trial, launched)
+        if (trial / "error.txt").exists():
+            lines = (trial / "error.txt").read_text(errors="replace").strip().splitlines()
+            run.failed.append(f"{trial.name}: {lines[-1] if lines else '?'}"[:300])
+        if not rows:
+            continue
+        run.fits += 1
+        run.stopped_early += rows[-1]["training_iteration"] < epochs
+        run.epochs += [(t, a, trial.name) for t, a in points]
+        run.first_epoch_s.append(rows[0]["time_this_iter_s"])
+        run.steady_epoch_s += [r["time_this_iter_s"] for r in rows[1:]]
+        starts.append(points[0][0] - rows[0]["time_total_s"])
+    run.epochs.sort()
+    run.startup_s = min(starts) if starts else None
+    log = logs / "ktune.log"
+    # Where ktune's start-up goes: driver imports + data + vocabulary, then Ray, then trials.
+    run.phases = {
+        "data_loaded_s": logged_at(log, "ktune: data:"),
+        "ray_started_s": logged_at(log, "Ray dashboard"),
+        "search_started_s": logged_at(log, "trials 0/"),
+        "first_trial_began_s": run.startup_s,
+    }
+    return run
+
+
+def run_kerastuner(exp_file: Path, tuner: str, mode: Mode, out: Path, logs: Path) -> Run:
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "0"}  # Keras 3, as KerasTuner 1.4 needs
+    cmd = [
+        sys.executable,
+        str(SIDE),
+        str(exp_file),
+        tuner,
+        str(out),
+        "--hyperband-iterations",
+        str(mode.hyperband_iterations),
+        "--max-trials",
+        str(mode.bayesian_trials),
+        "--initial-points",
+        str(tpe_startup(mode.ktune_trials)),
+    ]
+    launched, wall = launch(cmd, env, logs / f"{tuner}.log")
+    rows = [json.loads(x) for x in (out / "epochs.jsonl").read_text().splitlines() if x]
+    run = Run(tuner, wall)
+    previous, fit = 0.0, None
+    for r in rows:
+        t = r["t"] - launched
+        run.epochs.append((t, r["val_accuracy"], r["execution"]))
+        if r["execution"] != fit:  # a new fit (a Hyperband promotion starts past epoch 1)
+            run.fits += 1
+            if fit is not None:  # its first epoch carries the trial set-up, build, tracing
+                run.first_epoch_s.append(t - previous)
+            fit = r["execution"]
+        else:
+            run.steady_epoch_s.append(t - previous)
+        previous = t
+    run.startup_s = run.epochs[0][0] if run.epochs else None
+    run.summary = json.loads((out / "summary.json").read_text())
+    # Before the search: TensorFlow + Keras 3 + KerasTuner imports, data and vocabulary.
+    run.phases = {"search_started_s": round(run.summary["search_started"] - launched, 2)}
+    return run
+
+
+def compare(ours: Run, theirs: Run) -> dict:
+    target = min(ours.best(), theirs.best())
+    t_ours, t_theirs = ours.time_to(target), theirs.time_to(target)
+    same_time = min(ours.wall_s, theirs.wall_s)
+    near = 0.98 * max(ours.best(), theirs.best())
+    rnd = lambda x: None if x is None else round(x, 2)
+    return {
+        "target_accuracy": round(target, 4),
+        "ktune_time_to_target_s": rnd(t_ours),
+        "kerastuner_time_to_target_s": rnd(t_theirs),
+        "ratio": round(t_ours / t_theirs, 3),
+        "same_wall_time_s": rnd(same_time),
+        "ktune_best_within_same_time": ours.best(same_time),
+        "kerastuner_best_within_same_time": theirs.best(same_time),
+        "near_best": {
+            "accuracy": round(near, 4),
+            "ktune_time_s": rnd(ours.time_to(near)),
+            "kerastuner_time_s": rnd(theirs.time_to(near)),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller data, fewer trials")
+    parser.add_argument("--keep", type=Path, help="keep every run's files in this folder")
+    args = parser.parse_args()
+    mode = QUICK if args.quick else FULL
+    load_before = os.getloadavg()
+    began = time.time()
+    with tempfile.TemporaryDirectory(prefix="ktune-bench-kt-") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        storage = work / "results"
+        exp_file = work / "kerastuner.yaml"
+        exp_file.write_text(yaml.safe_dump(experiment(mode, str(storage)), sort_keys=False))
+        runs = {"ktune": run_ktune(exp_file, storage, mode.epochs, work)}
+        for tuner in mode.tuners:
+            runs[tuner] = run_kerastuner(exp_file, tuner, mode, work / tuner, work)
+    total = time.time() - began
+
+    hb_fits, hb_epochs = hyperband_budget(mode.epochs, 3, mode.hyperband_iterations)
+    budgets = {
+        "ktune": {"trials": mode.ktune_trials, "epoch_budget": mode.ktune_trials * mode.epochs},
+        "hyperband": {
+            "fits": hb_fits,
+            "epoch_budget": hb_epochs,
+            "max_epochs": mode.epochs,
+            "factor": 3,
+            "hyperband_iterations": mode.hyperband_iterations,
+        },
+        "bayesian": {
+            "trials": mode.bayesian_trials,
+            "epoch_budget": mode.bayesian_trials * mode.epochs,
+            "num_initial_points": tpe_startup(mode.ktune_trials),
+        },
+    }
+    for name, run in runs.items():
+        budgets[name]["epochs_trained"] = len(run.epochs)
+    comparisons = {t: compare(runs["ktune"], runs[t]) for t in mode.tuners}
+    ratios = [
+        {
+            "name": f"time_to_target_ktune_over_{t}",
+            "value": c["ratio"],
+            "target": "<= 0.5",
+            "met": c["ratio"] <= 0.5,
+        }
+        for t, c in comparisons.items()
+    ]
+    result = {
+        "benchmark": "kerastuner",
+        "quick": args.quick,
+        "machine": f"{os.cpu_count()} cores, shared; load average "
+        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after",
+        "ratios": ratios,
+        "settings": {
+            "train_size": mode.train_size,
+            "validation_fraction": 0.1,
+            "maxlen": mode.maxlen,
+            "vocab_size": mode.vocab_size,
+            "epochs": mode.epochs,
+            "batch_size": 64,
+            "space": SPACE,
+            "ktune": "TPE + ASHA (grace 1, reduction 2), 2 trials at a time, 1 CPU each",
+            "kerastuner": "one trial at a time, every core (TF default threads), Keras 3",
+        },
+        "budgets": budgets,
+        "runs": {name: run.profile() for name, run in runs.items()},
+        "comparisons": comparisons,
+        "curves": {
+            name: [[round(t, 2), round(a, 4), str(f)] for t, a, f in run.epochs]
+            for name, run in runs.items()
+        },
+        "kerastuner_best": {t: runs[t].summary for t in mode.tuners},
+        "total_wall_s": round(total, 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "kerastuner.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    print(
+        f"kerastuner bench ({'quick' if args.quick else 'full'}): {mode.train_size} texts, "
+        f"maxlen {mode.maxlen}, up to {mode.epochs} epochs; {result['machine']}"
+    )
+    for name, run in runs.items():
+        p, b = run.profile(), budgets[name]
+        print(
+            f"  {name:9s} wall {p['wall_s']:6.1f}s  epochs {b['epochs_trained']:3d} "
+            f"of budget {b['epoch_budget']:3d}  fits {p['fits']:2d}  best "
+            f"{p['best_val_accuracy']:.4f} at {p['time_to_best_s']}s  first epoch at "
+            f"{p['first_epoch_at_s']}s  fit's 1st epoch {p['median_first_epoch_of_fit_s']}s"
+            f"  later epochs {p['median_later_epoch_s']}s"
+        )
+    for (t, c), r in zip(comparisons.items(), ratios):
+        print(
+            f"  vs {t}: to val_accuracy {c['target_accuracy']:.4f}: ktune "
+            f"{c['ktune_time_to_target_s']}s / KerasTuner {c['kerastuner_time_to_target_s']}s"
+            f" = {c['ratio']} (target <= 0.5: {'met' if r['met'] else 'MISSED'}); within "
+            f"{c['same_wall_time_s']}s: ktune {c['ktune_best_within_same_time']:.4f}, "
+            f"KerasTuner {c['kerastuner_best_within_same_time']:.4f}"
+        )
+    print(f"total {total:.0f}s; wrote {RESULTS / 'kerastuner.json'}")
+
+
+if __name__ == "__main__":
+    main()
