@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with Python 3.11:
 #   make demo   set up .venv and run the quickstart search (builtin data, transformer family)
 #   make test   set up .venv with the test extras and run the test suite
+#   make bench  (not needed for the two above) the side-by-side benchmarks, see bench/README.md
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEMO_STORAGE ?= results/demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-all bench bench-quick venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,14 @@ test: $(STAMP)
 # Also the tests that download real models and data sets (needs network).
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+# Side-by-side benchmarks (bench/README.md): all of them, about 45 min on 2 cores; run
+# alone on the machine. bench-quick: the same in their quick modes, under 10 min.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -63,6 +63,18 @@ def test_search_results(finished):
     assert saved["metrics"]["val_accuracy"] > 0.5
 
 
+def test_trials_reuse_workers(finished):
+    """3 trials, 2 at a time: the third runs in a finished trial's worker (reuse_actors),
+    so TensorFlow is imported and configured twice, not three times."""
+    cfg, _, _ = finished
+    pids = set()
+    for trial in cfg.experiment_dir.glob("trial_*"):
+        rows = [json.loads(x) for x in (trial / "result.json").read_text().splitlines()]
+        pids |= {r["pid"] for r in rows}
+    assert cfg.search.num_samples == 3
+    assert 1 <= len(pids) <= 2, pids
+
+
 def test_export_is_verified_and_described(finished):
     cfg, best, _ = finished
     export = Path(best["export"])

@@ -187,6 +187,8 @@ def run_trial(
 
     # First, before TensorFlow runs any op in this process.
     configure_devices(payload.cpu, payload.gpu, payload.gpu_memory_mb)
+    # A reused worker (Ray's reuse_actors) still holds the previous trial's Keras state.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(payload.seed)
     family = get_family(payload.family)
     training = payload.training

@@ -74,10 +74,21 @@ def gpu_total_memory_mb() -> int | None:
         return None
 
 
+# The plan applied in this process. Ray reuses a trial's worker for the next trial with
+# the same resources (``reuse_actors``): TensorFlow is configured once per process.
+_applied: DevicePlan | None = None
+
+
 def apply_device_plan(plan: DevicePlan) -> bool:
-    """Applies ``plan``; False (and a warning) if TensorFlow had already initialized."""
+    """Applies ``plan``; False (and a warning) if TensorFlow had already initialized.
+
+    True without touching TensorFlow when this process already applied the same plan.
+    """
     import tensorflow as tf
 
+    global _applied
+    if plan == _applied:
+        return True
     try:
         tf.config.threading.set_intra_op_parallelism_threads(plan.intra_op_threads)
         tf.config.threading.set_inter_op_parallelism_threads(plan.inter_op_threads)
@@ -94,6 +105,7 @@ def apply_device_plan(plan: DevicePlan) -> bool:
     except RuntimeError as e:  # TensorFlow already ran an op in this process
         log.warning("device set-up skipped, TensorFlow already initialized: %s", e)
         return False
+    _applied = plan
     return True
 
 
