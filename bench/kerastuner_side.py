@@ -113,9 +113,12 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 class TransformerHyperModel(kt.HyperModel):
     """The ``transformer`` family's classifier over the experiment's space, for KerasTuner."""
 
-    def __init__(self, space: dict, training, num_classes: int, n_train: int, seed: int):
+    def __init__(
+        self, space: dict, training, vocab_size: int, num_classes: int, n_train: int, seed: int
+    ):
         super().__init__()
         self.space, self.training, self.num_classes, self.seed = space, training, num_classes, seed
+        self.vocab_size = vocab_size  # the adapted vocabulary's size, as ktune's embedding
         steps_per_epoch = math.ceil(n_train / training.batch_size)
         self.total_steps = steps_per_epoch * training.epochs  # the whole run, as ktune
 
@@ -151,7 +154,7 @@ class TransformerHyperModel(kt.HyperModel):
         t = self.training
 
         inputs = keras.Input(shape=(t.maxlen,), dtype="int32")
-        x = TokenAndPositionEmbedding(t.maxlen, t.vocab_size, embed_dim)(inputs)
+        x = TokenAndPositionEmbedding(t.maxlen, self.vocab_size, embed_dim)(inputs)
         for _ in range(num_blocks):
             x = TransformerBlock(embed_dim, heads, ff_dim, dropout)(x)
         x = layers.GlobalAveragePooling1D()(x)
@@ -241,8 +244,9 @@ def main() -> None:
 
     x_train, x_val = ids(data.train_texts), ids(data.val_texts)
     space = space_of(cfg)
+    vocabulary_size = len(vectorizer.get_vocabulary())
     hypermodel = TransformerHyperModel(
-        space, t, data.num_classes, len(data.train_labels), cfg.search.seed
+        space, t, vocabulary_size, data.num_classes, len(data.train_labels), cfg.search.seed
     )
     common = {
         "objective": "val_accuracy",
@@ -284,7 +288,7 @@ def main() -> None:
         "trials": len(tuner.oracle.trials),
         "best_score": best.score,
         "best_hyperparameters": {k: v for k, v in best.hyperparameters.values.items()},
-        "vocabulary_size": len(vectorizer.get_vocabulary()),
+        "vocabulary_size": vocabulary_size,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
