@@ -1,0 +1,192 @@
+"""One `ktune run` in a subprocess, and the timeline it leaves, for the benchmarks.
+
+`run_ktune` writes an experiment file, runs `python -m ktune run` on it in a fresh process
+(Ray started and stopped by ktune, as a user sees it) and reads every reported epoch of
+every trial back from the experiment folder as a time since the subprocess started.
+
+Where the time of a report comes from: Ray's `result.json` has `timestamp` in whole
+seconds and `time_total_s` (float) relative to the trial's own start, so neither places
+a report precisely on the wall clock. Ray's TensorBoard logger writes every result into
+the trial's `events.out.tfevents.*` with the driver's `time.time()` as a double: the
+moment the search knew the result. That is the time used; when a trial has no event
+file, the report is placed at the trial's start (the intersection of every row's
+`[timestamp - time_total_s, timestamp + 1 - time_total_s)`) plus `time_total_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Epoch:
+    """One reported epoch: when the driver got it (s since the subprocess started)."""
+
+    trial: str
+    epoch: int
+    at_s: float
+    iter_s: float  # Ray's time_this_iter_s: the epoch, its checkpoint and report
+    val_accuracy: float
+
+
+@dataclass
+class KtuneRun:
+    wall_s: float
+    epochs: list[Epoch]
+    trials: list[dict]  # results.csv rows
+    trial_spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # start, end
+
+    @property
+    def first_trial_start_s(self) -> float:
+        return min(s for s, _ in self.trial_spans.values())
+
+    @property
+    def last_report_s(self) -> float:
+        return max(e for _, e in self.trial_spans.values())
+
+    @property
+    def trial_seconds(self) -> float:
+        """Seconds spent inside trials, summed over trials (Ray's time_total_s)."""
+        return sum(e.iter_s for e in self.epochs)
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return max(e.val_accuracy for e in self.epochs)
+
+
+def run_ktune(exp: dict, workdir: Path) -> KtuneRun:
+    """Runs `exp` (a parsed experiment file; storage inside `workdir`) and reads it back.
+
+    Raises RuntimeError with the end of ktune's output when the run fails or a trial
+    errored: a benchmark over failed trials would measure the failure.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp_file = workdir / f"{exp['name']}.yaml"
+    exp_file.write_text(yaml.safe_dump(exp))
+    log_file = workdir / f"{exp['name']}.log"
+    with log_file.open("w") as log:
+        start = time.time()
+        rc = subprocess.run([sys.executable, "-m", "ktune", "run", str(exp_file)], cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT).returncode
+        wall = time.time() - start
+    exp_dir = Path(exp["storage"]) / exp["name"]
+    if rc != 0:
+        raise RuntimeError(f"ktune run {exp['name']} exited {rc}:\n{_tail(log_file)}")
+    import csv
+
+    with (exp_dir / "results.csv").open() as f:
+        trials = list(csv.DictReader(f))
+    errors = [t for t in trials if t.get("status") == "ERROR"]
+    if errors:
+        raise RuntimeError(f"ktune run {exp['name']}: {len(errors)} trial(s) failed, first: "
+                           f"{errors[0]['trial']}: {errors[0].get('error')}\n{_tail(log_file)}")
+    epochs, spans = [], {}
+    for trial_dir in sorted(exp_dir.glob("trial_*")):
+        rows = read_results(trial_dir)
+        if not rows:
+            continue
+        times = report_times(trial_dir, rows)
+        for row, at in zip(rows, times):
+            epochs.append(Epoch(trial_dir.name, int(row["training_iteration"]), at - start,
+                                float(row["time_this_iter_s"]), float(row["val_accuracy"])))
+        spans[trial_dir.name] = (times[0] - float(rows[0]["time_this_iter_s"]) - start,
+                                 times[-1] - start)
+    epochs.sort(key=lambda e: e.at_s)
+    return KtuneRun(wall_s=wall, epochs=epochs, trials=trials, trial_spans=spans)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def read_results(trial_dir: Path) -> list[dict]:
+    """Ray's result.json rows, one per training_iteration (the last row wins)."""
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    by_iter = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_iter[int(row["training_iteration"])] = row
+    return [by_iter[i] for i in sorted(by_iter)]
+
+
+def report_times(trial_dir: Path, rows: list[dict]) -> list[float]:
+    """Wall-clock time (epoch seconds) at which the driver got each row."""
+    events = {}
+    for path in sorted(trial_dir.glob("events.out.tfevents.*")):
+        for wall_time, step, tag in _scalar_events(path):
+            if tag.endswith("val_accuracy"):
+                events[step] = wall_time  # the last write of a step wins, as for rows
+    steps = [int(r["training_iteration"]) for r in rows]
+    if all(s in events for s in steps):
+        return [events[s] for s in steps]
+    low = max(float(r["timestamp"]) - float(r["time_total_s"]) for r in rows)
+    high = min(float(r["timestamp"]) + 1 - float(r["time_total_s"]) for r in rows)
+    trial_start = (low + high) / 2 if low <= high else low
+    return [trial_start + float(r["time_total_s"]) for r in rows]
+
+
+# --- a minimal reader of TensorBoard event files (TFRecord of Event protos) -----------
+# Event: 1 wall_time (double), 2 step (int64), 5 summary; Summary: 1 value (repeated);
+# Value: 1 tag (string), 2 simple_value (float). Nothing else is needed here.
+
+
+def _scalar_events(path: Path):
+    data = path.read_bytes()
+    i = 0
+    while i + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, i)
+        i += 12  # length, its CRC
+        record = data[i:i + length]
+        i += length + 4  # the record, its CRC
+        fields = dict(_fields(record))
+        if 5 not in fields or 1 not in fields:
+            continue
+        wall_time = struct.unpack("<d", fields[1])[0]
+        step = fields.get(2, 0)
+        for number, value in _fields(fields[5]):
+            if number == 1:
+                tag = dict(_fields(value)).get(1, b"").decode("utf-8", "replace")
+                yield wall_time, step, tag
+
+
+def _fields(buf: bytes):
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 2:
+            length, i = _varint(buf, i)
+            value, i = buf[i:i + length], i + length
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        else:
+            return
+        yield number, value
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result, i
