@@ -8,8 +8,9 @@ each in its own fresh process:
 - ktune: ``python -m ktune run exp.yaml``: Optuna TPE + ASHA (grace 1, reduction 2,
   ktune's defaults) in Ray Tune, 2 trials at a time with 1 CPU (1 TF thread) each;
 - KerasTuner ``Hyperband(max_epochs=E, factor=3)`` and ``BayesianOptimization
-  (max_trials=N)`` (bench/kerastuner_side.py): its documented API on Keras 3 with the
-  same architecture, one trial at a time with every core, as its users run it.
+  (max_trials=N, num_initial_points=ktune's TPE start-up count)`` (bench/kerastuner_side.py):
+  its documented API on Keras 3 with the same architecture, one trial at a time with every
+  core (TensorFlow's default threads), as its users run it. ``--quick`` runs Hyperband only.
 
 Every epoch's ``val_accuracy`` is stamped with the wall time since its process was
 launched (start-up counts: a user waits for it too). ktune's come from each trial's
