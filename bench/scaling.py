@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ktune_runs import REPO, KtuneRun, run_ktune  # noqa: E402
+from _ktune_runs import REPO, KtuneRun, run_ktune
 
 RESULTS = REPO / "bench" / "results"
 # One fixed configuration (bench/orchestration.py's): every trial trains the same model.

@@ -48,7 +48,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ktune_runs import REPO, KtuneRun, run_ktune  # noqa: E402
+from _ktune_runs import REPO, KtuneRun, run_ktune
 
 RESULTS = REPO / "bench" / "results"
 SEEDS = (0, 1, 2)
@@ -87,6 +87,9 @@ def time_to(run: KtuneRun, target: float, since: float = 0.0) -> float | None:
 
 def summary(run: KtuneRun, epochs: int) -> dict:
     stopped = sum(1 for t in run.trials if int(t["epochs"] or 0) < epochs)
+    first = [e.iter_s for e in run.epochs if e.epoch == 1]
+    later = [e.iter_s for e in run.epochs if e.epoch > 1]
+    span = run.last_report_s - run.first_trial_start_s
     return {
         "wall_s": round(run.wall_s, 2),
         "first_trial_start_s": round(run.first_trial_start_s, 2),
@@ -96,6 +99,12 @@ def summary(run: KtuneRun, epochs: int) -> dict:
         "trials_stopped_early": stopped,
         "epochs_trained": len(run.epochs),
         "trial_seconds": round(run.trial_seconds, 1),
+        # where the time goes: a trial's first epoch also builds and traces the model
+        "median_first_epoch_s": round(statistics.median(first), 2),
+        "median_later_epoch_s": round(statistics.median(later), 2) if later else None,
+        # slot-seconds (2 trial slots) between the first start and the last report spent
+        # outside any trial's epochs: worker start-up, scheduling, trial set-up
+        "idle_slot_s": round(2 * span - run.trial_seconds, 1),
     }
 
 
@@ -196,7 +205,9 @@ def main() -> int:
             r = s[name]
             print(f"    {name:6s} best {r['best_val_accuracy']:.4f}, {r['trials']} trials "
                   f"({r['trials_stopped_early']} stopped early), {r['epochs_trained']} epochs, "
-                  f"{r['trial_seconds']}s in trials, first trial at {r['first_trial_start_s']}s, "
+                  f"{r['trial_seconds']}s in trials (epoch 1: {r['median_first_epoch_s']}s, "
+                  f"later: {r['median_later_epoch_s']}s median), {r['idle_slot_s']} slot-s idle "
+                  f"between trials, first trial at {r['first_trial_start_s']}s, "
                   f"wall {r['wall_s']}s")
     for r in result["ratios"]:
         target = f"target {r['target']}, {'met' if r['met'] else 'missed'}" if r["target"] else "no target"
