@@ -20,6 +20,25 @@ from ktune.trainables.base import TrialPayload, run_trial
 __all__ = ["build_tuner", "build_trainable", "build_searcher", "build_scheduler", "OPTUNA_JOURNAL"]
 
 
+class DurableOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` whose study may be ahead of the searcher's own snapshot.
+
+    The study is a journal file that records every ``tell`` at once; Ray snapshots the
+    searcher (and which trials it saw complete) only now and then. After a driver is
+    killed in between, ``ktune resume`` restores a searcher that still counts a trial as
+    running which the study already has finished: its next result is ignored here
+    instead of failing the search with Optuna's ``UpdateFinishedTrialError``.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
+
+
 def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
     import optuna
 
@@ -37,7 +56,7 @@ def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(cfg.experiment_dir / OPTUNA_JOURNAL))
     )
-    return OptunaSearch(
+    return DurableOptunaSearch(
         space=space.space_fn(cfg.search.space),
         metric=cfg.search.metric,
         mode=cfg.search.mode,

@@ -199,8 +199,9 @@ def run_trial(
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
     # A driver killed between a trial's checkpoint and Ray's next snapshot of the experiment
-    # resumes the trial without that checkpoint: then take the newest one from storage.
-    resume_from = tune.get_checkpoint() or latest_stored_checkpoint()
+    # resumes the trial from an older checkpoint than its newest (or none): the newest
+    # complete one on storage is the trial's real state.
+    resume_from = latest_stored_checkpoint() or tune.get_checkpoint()
     if resume_from is not None:
         with resume_from.as_directory() as d:
             checkpoint.read(os.path.join(d, CHECKPOINT_PREFIX)).assert_consumed()
