@@ -75,6 +75,40 @@ def test_trials_reuse_workers(finished):
     assert 1 <= len(pids) <= 2, pids
 
 
+def _csv_rows(exp_dir: Path) -> list[dict]:
+    import csv
+
+    with open(exp_dir / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_asha_stopped_trials_hand_their_workers_on(tmp_path, ray_session):
+    """ASHA stops trials mid-search; the next trials run in their workers, with their own
+    configs, and none fails (Ray fails a reused worker whose stopped trial lingers)."""
+    from ktune.experiment import run_experiment
+
+    raw = tiny_experiment(tmp_path, name="asha", search__num_samples=6,
+                          export={"enabled": False})
+    raw["search"]["space"]["learning_rate"] = {"low": 1e-4, "high": 2e-2, "log": True}
+    raw["training"]["epochs"] = 3
+    cfg = parse_config(raw)
+    run_experiment(cfg)
+    rows = _csv_rows(cfg.experiment_dir)
+    assert len(rows) == 6
+    assert {r["status"] for r in rows} == {"TERMINATED"}, [(r["trial"], r["error"]) for r in rows]
+    assert any(int(r["epochs"]) < 3 for r in rows)  # ASHA stopped some
+    pids = set()
+    for r in rows:
+        trial = cfg.experiment_dir / r["trial"]
+        params = json.loads((trial / "params.json").read_text())
+        assert float(r["learning_rate"]) == pytest.approx(params["learning_rate"])
+        assert int(r["embed_dim"]) == params["embed_dim"]
+        results = [json.loads(x) for x in (trial / "result.json").read_text().splitlines()]
+        assert [x["epoch"] for x in results] == list(range(1, len(results) + 1))
+        pids |= {x["pid"] for x in results}
+    assert len(pids) < 6, pids
+
+
 def test_export_is_verified_and_described(finished):
     cfg, best, _ = finished
     export = Path(best["export"])

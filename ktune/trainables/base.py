@@ -185,6 +185,11 @@ def run_trial(
 
     from ktune.trainables import get_family
 
+    # This worker may run the next trial (reuse_actors). When ASHA stops this one, Ray
+    # waits TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for its thread to leave ``fit``
+    # and fails the next trial if it has not: on a loaded machine unwinding TensorFlow
+    # takes longer. Read by Ray in this process at the reset.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     # First, before TensorFlow runs any op in this process.
     configure_devices(payload.cpu, payload.gpu, payload.gpu_memory_mb)
     # A reused worker (Ray's reuse_actors) still holds the previous trial's Keras state.
