@@ -15,13 +15,16 @@ file, the report is placed at the trial's start (the intersection of every row's
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -64,8 +67,52 @@ class KtuneRun:
         return max(e.val_accuracy for e in self.epochs)
 
 
-def run_ktune(exp: dict, workdir: Path) -> KtuneRun:
+# A Ray head kept up by a small driver process for a series of runs (see shared_ray).
+_HOLDER = r"""
+import sys, ray
+ctx = ray.init(num_cpus=int(sys.argv[1]), runtime_env={"env_vars": {
+    "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}})
+print(ctx.address_info["gcs_address"], flush=True)
+sys.stdin.read()  # until the benchmark closes stdin; ray.shutdown at exit stops the head
+"""
+
+
+@contextlib.contextmanager
+def shared_ray(num_cpus: int | None = None) -> Iterator[str]:
+    """One local Ray head for a series of `ktune run --address ADDR`; yields ADDR.
+
+    A benchmark that compares many short searches (every one the same) pays Ray's
+    start-up and shutdown once instead of per run; each run still starts its own driver,
+    imports TensorFlow, prepares its data and starts its own trial workers.
+    """
+    import shutil
+    import tempfile
+
+    # Its own Ray temp folder: a `ray.init()` elsewhere on the machine does not find and
+    # join this head (Ray looks for running clusters under its default /tmp/ray).
+    ray_tmp = tempfile.mkdtemp(prefix="kb-ray-", dir="/tmp")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(num_cpus or os.cpu_count())], cwd=REPO,
+        env={**os.environ, "RAY_TMPDIR": ray_tmp},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = holder.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the shared Ray head did not start")
+        yield address
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def run_ktune(exp: dict, workdir: Path, address: str | None = None) -> KtuneRun:
     """Runs `exp` (a parsed experiment file; storage inside `workdir`) and reads it back.
+
+    With `address`, the run joins that Ray (see `shared_ray`) instead of starting its own.
 
     Raises RuntimeError with the end of ktune's output when the run fails or a trial
     errored: a benchmark over failed trials would measure the failure.
@@ -76,8 +123,10 @@ def run_ktune(exp: dict, workdir: Path) -> KtuneRun:
     log_file = workdir / f"{exp['name']}.log"
     with log_file.open("w") as log:
         start = time.time()
-        rc = subprocess.run([sys.executable, "-m", "ktune", "run", str(exp_file)], check=False,
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        cmd = [sys.executable, "-m", "ktune", "run", str(exp_file)]
+        cmd += ["--address", address] if address else []
+        rc = subprocess.run(cmd, check=False, cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
         wall = time.time() - start
     exp_dir = Path(exp["storage"]) / exp["name"]
     if rc != 0:

@@ -132,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 short trials instead of 8")
     args = parser.parse_args()
-    n, epochs, size = (4, 2, 4000) if args.quick else (8, 3, 12000)
+    n, epochs, size = (4, 2, 3000) if args.quick else (8, 3, 12000)
     concurrency = 2
     with tempfile.TemporaryDirectory(prefix="ktune-bench-") as tmp:
         storage = Path(tmp) / "results"

@@ -2,7 +2,9 @@
 
 Fixed configuration (FIFO, every trial the same model as in bench/orchestration.py, so
 no search randomness matters), 1-epoch trials, 2 at a time, 1 CPU each, through
-`ktune run` in a subprocess (Ray started and stopped by ktune, as a user sees it).
+`ktune run` in a subprocess; all runs join one local Ray head that the benchmark starts
+once (`--address`): the growth is the search's, not Ray's start-up (each run still
+starts its driver, TensorFlow, data preparation and trial workers).
 
 1. Trials: num_samples N, 2N, 4N on the base data; growth factors wall(2N)/wall(N) and
    wall(4N)/wall(N) against the ideal 2x and 4x (work grows linearly with trials).
@@ -10,10 +12,10 @@ no search randomness matters), 1-epoch trials, 2 at a time, 1 CPU each, through
    ideal 4x and 16x (an epoch's work grows linearly with the texts).
 
 Full mode: N = 8 (8, 16, 32 trials) and 1x/4x/16x of 1,250 texts (16x = 20,000, the
-builtin default); quick mode: N = 4 (4, 8, 16) and 1x/2x/4x. The 1x run is shared by
+builtin default); quick mode: N = 2 (2, 4, 8) and 1x/2x/4x. The 1x run is shared by
 both sweeps. Beside each wall time: the time before the first trial starts (Python,
-data, vocabulary, Ray, worker start-up), the span in which trials run, the time after the
-last report (results, test evaluation of the best trial, Ray shutdown) and the median
+data, vocabulary, joining Ray, worker start-up), the span in which trials run, the time after the
+last report (results, test evaluation of the best trial, disconnecting) and the median
 seconds per trial (Ray's time_total_s: build, one epoch, checkpoint, report). The
 growth of the trials' span is printed too: it is what the ideal describes, while the
 wall time also carries the fixed start-up.
@@ -35,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ktune_runs import REPO, KtuneRun, run_ktune
+from _ktune_runs import REPO, KtuneRun, run_ktune, shared_ray
 
 RESULTS = REPO / "bench" / "results"
 # One fixed configuration (bench/orchestration.py's): every trial trains the same model.
@@ -43,7 +45,7 @@ CONFIG = {"embed_dim": 32, "heads": 2, "ff_dim": 32, "learning_rate": 1e-3, "war
           "dropout": 0.1, "num_blocks": 1, "weight_decay": 0.01}
 BASE_TRAIN_SIZE = 1250
 # trials N and data multiples per mode
-PLANS = {"quick": (4, (1, 2, 4)), "full": (8, (1, 4, 16))}
+PLANS = {"quick": (2, (1, 2, 4)), "full": (8, (1, 4, 16))}
 
 
 def experiment(name: str, trials: int, train_size: int, storage: str) -> dict:
@@ -88,7 +90,7 @@ def growth(runs: list[dict], base: dict, ideal: list[float], label: str) -> list
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4/8/16 trials, 1x/2x/4x data")
+    parser.add_argument("--quick", action="store_true", help="2/4/8 trials, 1x/2x/4x data")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     n, multiples = PLANS[mode]
@@ -97,11 +99,12 @@ def main() -> int:
     plan = [(f"trials{n * k}", n * k, BASE_TRAIN_SIZE) for k in (1, 2, 4)]
     plan += [(f"data{m}x", n, BASE_TRAIN_SIZE * m) for m in multiples[1:]]
     measured = {}
-    with tempfile.TemporaryDirectory(prefix="ktune-bench-scaling-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ktune-bench-scaling-") as tmp, \
+            shared_ray() as address:
         for name, trials, size in plan:
             exp = experiment(name, trials, size, str(Path(tmp) / "results"))
             try:
-                run = run_ktune(exp, Path(tmp))
+                run = run_ktune(exp, Path(tmp), address)
             except RuntimeError as e:
                 print(f"FAILED: {e}", file=sys.stderr)
                 return 1
@@ -133,7 +136,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"\nscaling ({mode}{': 4/8/16 trials, 1x/2x/4x data, not the full sweep' if args.quick else ''}; "
+    print(f"\nscaling ({mode}{': 2/4/8 trials, 1x/2x/4x data, not the full sweep' if args.quick else ''}; "
           f"base {BASE_TRAIN_SIZE} texts, 1 epoch per trial; {machine})")
     for r in ratios:
         print(f"{r['name']}: {r['value']}x (ideal {r['ideal']}x); trials' span alone "
