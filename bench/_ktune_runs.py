@@ -90,11 +90,18 @@ def shared_ray(num_cpus: int | None = None) -> Iterator[str]:
 
     # Its own Ray temp folder: a `ray.init()` elsewhere on the machine does not find and
     # join this head (Ray looks for running clusters under its default /tmp/ray).
+    import secrets
+
     ray_tmp = tempfile.mkdtemp(prefix="kb-ray-", dir="/tmp")
+    # Ray 2.60 protects the head with a token; the runs (children of this process) get it
+    # through the environment, as `ktune run --address` users do.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {k: os.environ.get(k) for k in auth}
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(num_cpus or os.cpu_count())], cwd=REPO,
-        env={**os.environ, "RAY_TMPDIR": ray_tmp},
+        env={**os.environ, **auth, "RAY_TMPDIR": ray_tmp},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    os.environ.update(auth)
     try:
         address = holder.stdout.readline().strip()
         if not address:
@@ -107,6 +114,11 @@ def shared_ray(num_cpus: int | None = None) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             holder.kill()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_ktune(exp: dict, workdir: Path, address: str | None = None) -> KtuneRun:

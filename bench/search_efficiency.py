@@ -29,7 +29,7 @@ chosen for this benchmark: learning rate log-uniform 1e-5 .. 1e-2, so a fair sha
 random draws train too slowly to be useful in a few epochs (the bad trials that early
 stopping and TPE exist for), width, heads, warmup, feed-forward width and dropout.
 The data, epochs and trial budget are scaled down from the quickstart to fit the time
-(full: 5,000 texts, 12 trials, up to 4 epochs; quick: 1,500 texts, 4 trials, up to 2).
+(full: 5,000 texts, 12 trials, up to 4 epochs; quick: 1,000 texts, 4 trials, up to 2).
 
     .venv/bin/python bench/search_efficiency.py [--quick]
 
@@ -61,7 +61,7 @@ FRACTIONS = (0.95, 0.98, 0.99, 0.995)
 METHODS = {"ktune": {"sampler": "tpe", "scheduler": "asha"},
            "random": {"sampler": "random", "scheduler": "fifo"}}
 # train texts, trials, epochs
-SIZES = {"quick": (1500, 4, 2), "full": (5000, 12, 4)}
+SIZES = {"quick": (1000, 4, 2), "full": (5000, 12, 4)}
 
 
 def quickstart_space() -> dict:

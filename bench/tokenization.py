@@ -22,7 +22,7 @@ tiny tokenizer's vocabulary (no download) and ``maxlen`` 64, in examples per sec
   same texts in one batch; ktune does not train on it today.
 
 Run from the repo root: ``.venv/bin/python bench/tokenization.py [--quick]`` (``--quick``:
-5,000 texts). Prints the ratio against the target (ktune at least 20x the lesson) and
+3,000 texts). Prints the ratio against the target (ktune at least 20x the lesson) and
 writes ``bench/results/tokenization.json``; a missed target is a result, not a failure.
 """
 
@@ -101,10 +101,10 @@ def main() -> int:
 
     global N_TEXTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5,000 texts instead of 20,000")
+    parser.add_argument("--quick", action="store_true", help="3,000 texts instead of 20,000")
     args = parser.parse_args()
     if args.quick:
-        N_TEXTS = 5_000
+        N_TEXTS = 3_000
     texts, labels = builtin_texts(N_TEXTS)
     with tempfile.TemporaryDirectory(prefix="ktune-bench-") as tmp:
         vocab = Path(tmp) / "vocab.txt"
