@@ -7,7 +7,9 @@ alone on the machine (nothing else of ours runs beside it), and writes
 ``bench/results/<name>.json`` with a ``ratios`` list: ``{name, value, target, met}``.
 This runner records the machine, prints every ratio with its target, writes
 ``bench/results/summary[-quick].json`` and replaces that mode's table between the
-markers in ``bench/README.md``. A missed target is a result, not a failure: the exit status is
+markers in ``bench/README.md``. A quick run's per-benchmark files go to
+``bench/results/quick/``; the full run's stay in ``bench/results/``. A missed target is a
+result, not a failure: the exit status is
 non-zero only when a benchmark itself failed.
 """
 
@@ -124,6 +126,8 @@ def main() -> int:
     for name in names:
         print(f"\n== {name}{' (quick)' if args.quick else ''} ==", flush=True)
         out = RESULTS / f"{name}.json"
+        # A quick run's numbers go to results/quick/; the full run's file stays as it was.
+        full = out.read_bytes() if args.quick and out.exists() else None
         before = out.stat().st_mtime if out.exists() else None
         t0 = time.perf_counter()
         cmd = [sys.executable, str(BENCH / f"{name}.py")] + (["--quick"] if args.quick else [])
@@ -136,6 +140,11 @@ def main() -> int:
             entry["status"] = "failed (no results written)"
         else:
             entry["ratios"] = json.loads(out.read_text()).get("ratios", [])
+        if args.quick and out.exists() and out.stat().st_mtime != before:
+            (RESULTS / "quick").mkdir(parents=True, exist_ok=True)
+            out.replace(RESULTS / "quick" / out.name)
+            if full is not None:
+                out.write_bytes(full)
         summary["benchmarks"][name] = entry
     summary["total_minutes"] = round((time.perf_counter() - started) / 60, 1)
 
