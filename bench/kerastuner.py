@@ -49,6 +49,9 @@ from pathlib import Path
 
 import yaml
 
+# ktune's TPE random start-up trials; BayesianOptimization gets as many random points.
+from ktune.search_spaces.base import tpe_startup_trials
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SIDE = REPO / "bench" / "kerastuner_side.py"
@@ -100,11 +103,6 @@ FULL = Mode(
     hyperband_iterations=1,
     bayesian_trials=7,
 )
-
-
-def tpe_startup(num_samples: int) -> int:
-    """ktune's TPE random start-up trials (ktune/tuner.py); BO gets as many random points."""
-    return min(10, max(3, num_samples // 3))
 
 
 def hyperband_budget(max_epochs: int, factor: int, iterations: int) -> tuple[int, int]:
@@ -305,7 +303,7 @@ def run_kerastuner(exp_file: Path, tuner: str, mode: Mode, out: Path, logs: Path
         "--max-trials",
         str(mode.bayesian_trials),
         "--initial-points",
-        str(tpe_startup(mode.ktune_trials)),
+        str(tpe_startup_trials(mode.ktune_trials)),
     ]
     launched, wall = launch(cmd, env, logs / f"{tuner}.log")
     rows = [json.loads(x) for x in (out / "epochs.jsonl").read_text().splitlines() if x]
@@ -395,7 +393,7 @@ def main() -> None:
         "bayesian": {
             "trials": mode.bayesian_trials,
             "epoch_budget": mode.bayesian_trials * mode.epochs,
-            "num_initial_points": tpe_startup(mode.ktune_trials),
+            "num_initial_points": tpe_startup_trials(mode.ktune_trials),
         },
     }
     for name, run in runs.items():

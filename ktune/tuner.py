@@ -15,6 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ktune.config import ExperimentConfig
 from ktune.search_spaces import get_space
+from ktune.search_spaces.base import tpe_startup_trials
 from ktune.trainables.base import TrialPayload, run_trial
 
 __all__ = ["build_tuner", "build_trainable", "build_searcher", "build_scheduler", "OPTUNA_JOURNAL"]
@@ -46,10 +47,9 @@ def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
     if cfg.search.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
     else:
-        # TPE samples at random until it has n_startup_trials results; Optuna's default (10)
-        # would make a small search (the quickstart's 8 trials) purely random.
-        startup = min(10, max(3, cfg.search.num_samples // 3))
-        sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=startup)
+        sampler = optuna.samplers.TPESampler(
+            seed=cfg.search.seed, n_startup_trials=tpe_startup_trials(cfg.search.num_samples)
+        )
     # The study lives in the experiment directory (Optuna's journal file), so it survives
     # the driver and optuna-dashboard can open it while the search runs.
     cfg.experiment_dir.mkdir(parents=True, exist_ok=True)
