@@ -65,6 +65,10 @@ class DataConfig:
     label: str = "label"
     label_names: tuple[str, ...] | None = None
     test_fraction: float = 0.1
+    # csv without a header row: the names of its columns, in order
+    columns: tuple[str, ...] | None = None
+    # csv / jsonl: a backslash in a text column reads as a space (AG News: a line break)
+    unescape_backslash: bool = False
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,8 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
             "text": _str_list,
             "label": _str,
             "label_names": _optional(_str_list),
+            "columns": _optional(_str_list),
+            "unescape_backslash": _bool,
         },
     )
     if cfg.source in ("csv", "jsonl"):
@@ -291,8 +297,24 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
         cfg = replace(cfg, **paths)
         if cfg.label_names is not None and len(set(cfg.label_names)) != len(cfg.label_names):
             raise ConfigError(f"data.label_names: names must be unique, got {list(cfg.label_names)}")
+        if cfg.columns is not None:
+            if cfg.source != "csv":
+                raise ConfigError(
+                    f"data.columns: names the columns of a csv file without a header row; "
+                    f"a {cfg.source} row names its own"
+                )
+            if len(set(cfg.columns)) != len(cfg.columns):
+                raise ConfigError(f"data.columns: names must be unique, got {list(cfg.columns)}")
+            for key, names in (("text", cfg.text), ("label", (cfg.label,))):
+                missing = [n for n in names if n not in cfg.columns]
+                if missing:
+                    raise ConfigError(
+                        f"data.{key}: {', '.join(repr(n) for n in missing)} not in "
+                        f"data.columns {list(cfg.columns)}"
+                    )
     else:
-        for name in ("train", "test", "text", "label", "label_names"):
+        for name in ("train", "test", "text", "label", "label_names", "columns",
+                     "unescape_backslash"):
             if name in d:
                 raise ConfigError(
                     f"data.{name}: only used with source csv or jsonl, not '{cfg.source}'"
@@ -435,10 +457,17 @@ def parse_config(
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     """Reads and validates an experiment file. Raises ConfigError naming the key or file."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"{path}: experiment file not found")
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a directory, not an experiment file")
+    if not p.is_file():  # /dev/null, a pipe, a socket: nothing a run could be repeated from
+        raise ConfigError(f"{path}: not a regular file")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = _load_yaml(p.read_text(encoding="utf-8"))
+    except _DuplicateKey as e:
+        lines = f"line {e.first}" if e.first == e.second else f"lines {e.first} and {e.second}"
+        raise ConfigError(f"{path}: duplicate key {e.key} ({lines})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -446,8 +475,67 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the experiment file: {e.strerror or e}") from None
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the experiment file must be a YAML mapping of keys")
     return parse_config(
         raw, base_dir=p.resolve().parent, source_path=str(p.resolve()), **overrides
     )
+
+
+# --- reading the YAML: a key written twice is an error, not "the last one wins" ------------
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a mapping may not hold the same key twice.
+
+    PyYAML keeps the last value of a repeated key, so ``epochs: 3`` ... ``epochs: 30``
+    would silently run 30 epochs. Keys are compared as constructed (``epochs`` and
+    ``"epochs"`` are one key); keys merged in with ``<<: *anchor`` may be overridden, as
+    YAML intends.
+    """
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._check_unique_keys(node, "", set())
+        return self.construct_document(node)
+
+    def _check_unique_keys(self, node: yaml.Node, where: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias of a node already checked (or a recursive anchor)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique_keys(item, f"{where}[{i}]", seen)
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self._check_unique_keys(value_node, where, seen)
+                    continue
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                path = f"{where}.{name}" if where else str(name)
+                if isinstance(key_node, yaml.ScalarNode):
+                    key = self.construct_object(key_node)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        if key in lines:
+                            raise _DuplicateKey(path, lines[key], line)
+                        lines[key] = line
+                    except TypeError:  # unhashable: the constructor reports it
+                        pass
+                self._check_unique_keys(value_node, path, seen)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that raises _DuplicateKey for a key written twice in a mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)

@@ -9,7 +9,12 @@ only the best trial is evaluated on it, at the end.
   default: it needs no download.
 - ``tfds``: ``tfds.load('ag_news_subset')``; text = title + ' ' + description.
 - ``csv`` / ``jsonl``: one or more text columns (joined with a space), a label column
-  holding class names or integer ids.
+  holding class names or integer ids. A csv file without a header row (AG News as
+  distributed) is read with ``data.columns`` naming its columns; ``data.unescape_backslash``
+  reads a backslash in the text (AG News' line break) as a space.
+
+Held-out splits (the test split cut from the training file, and validation) are stratified
+by class and seeded.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -231,7 +237,9 @@ def _load_tfds(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.nd
 # --- csv / jsonl -------------------------------------------------------------------------
 
 
-def _read_rows(path: str, source: str) -> Iterable[tuple[int, dict]]:
+def _read_rows(
+    path: str, source: str, columns: Sequence[str] | None = None
+) -> Iterable[tuple[int, dict]]:
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -244,7 +252,9 @@ def _read_rows(path: str, source: str) -> Iterable[tuple[int, dict]]:
         raise DataError(f"{path}: line {line}: not UTF-8 text (save the file as UTF-8)") from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
-    if source == "csv":
+    if source == "csv" and columns:
+        yield from _read_headerless(path, text, list(columns))
+    elif source == "csv":
         # newline="": quoted fields keep their line breaks (and \x0c, U+2028 stay text).
         reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames:
@@ -265,9 +275,39 @@ def _read_rows(path: str, source: str) -> Iterable[tuple[int, dict]]:
             yield i, row
 
 
+def _read_headerless(path: str, text: str, columns: list[str]) -> Iterable[tuple[int, dict]]:
+    """Rows of a csv file without a header row, keyed by ``data.columns``; (first line, row)."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    end = 0  # the last line of the previous record
+    for fields in reader:
+        line, end = end + 1, reader.line_num
+        if not fields:  # a blank line
+            continue
+        if len(fields) != len(columns):
+            raise DataError(
+                f"{path}: line {line}: {len(fields)} field{'s' * (len(fields) != 1)}, "
+                f"data.columns names {len(columns)} ({', '.join(columns)})"
+            )
+        if line == 1 and [f.strip() for f in fields] == columns:
+            raise DataError(
+                f"{path}: line 1 is a header row ({', '.join(columns)}); data.columns is for "
+                "files without one: remove data.columns"
+            )
+        yield line, dict(zip(columns, fields))
+
+
+# A run of backslashes, with the spaces around it: AG News' line break (`\` or `\\`).
+_BACKSLASHES = re.compile(r"[ \t]*\\+[ \t]*")
+
+
+def _text_value(value: Any, unescape: bool) -> str:
+    text = str(value)
+    return (_BACKSLASHES.sub(" ", text) if unescape else text).strip()
+
+
 def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
     texts, labels, empty, rows = [], [], 0, 0
-    for line, row in _read_rows(path, cfg.source):
+    for line, row in _read_rows(path, cfg.source, cfg.columns):
         rows += 1
         for column in (*cfg.text, cfg.label):
             if column not in row:
@@ -275,7 +315,9 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
                     f"{path}: line {line}: no column '{column}' "
                     f"(has: {', '.join(map(str, row))}); set data.text / data.label"
                 )
-        text = " ".join(str(row[c]).strip() for c in cfg.text if row[c] is not None).strip()
+        text = " ".join(
+            _text_value(row[c], cfg.unescape_backslash) for c in cfg.text if row[c] is not None
+        ).strip()
         label = row[cfg.label]
         if label is None or (isinstance(label, str) and not label.strip()):
             raise DataError(f"{path}: line {line}: empty label in column '{cfg.label}'")
@@ -306,9 +348,29 @@ def _as_int(v: Any) -> int | None:
 def _encode_labels(
     raw: Sequence[Any], names: list[str] | None, path: str
 ) -> tuple[np.ndarray, list[str]]:
-    """Maps class names or integer ids to 0..C-1; ``names`` fixes the order when given."""
+    """Maps class names or integer ids to 0..C-1; ``names`` fixes the order when given.
+
+    With ``names``: a label equal to a name is that class. Labels that are all integers
+    take the names in sorted numeric order when there are as many distinct values as
+    names (AG News' 1..4 -> World, Sports, Business, Sci/Tech); otherwise they must be
+    0-based ids below the number of names. Without ``names`` the classes are the labels
+    sorted (numerically when they are all integers).
+    """
     if names is not None:
         index = {n: i for i, n in enumerate(names)}
+        ints = [_as_int(v) for v in raw]
+        if not all(str(v) in index for v in raw) and all(i is not None for i in ints):
+            distinct = sorted(set(ints))
+            if len(distinct) == len(names):
+                rank = {c: i for i, c in enumerate(distinct)}
+                return np.asarray([rank[i] for i in ints], np.int32), list(names)
+            if distinct[0] < 0 or distinct[-1] >= len(names):
+                shown = ", ".join(map(str, distinct[:8])) + (", ..." if len(distinct) > 8 else "")
+                raise DataError(
+                    f"{path}: the labels are {len(distinct)} distinct integers ({shown}) but "
+                    f"data.label_names names {len(names)} classes {list(names)}: give one "
+                    "name per label value (they are matched in sorted numeric order)"
+                )
         out, bad = [], set()
         for v in raw:
             if str(v) in index:
@@ -343,7 +405,7 @@ def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.n
         y, yt = y_all[: len(x)], y_all[len(x) :]
     else:
         y, names = _encode_labels(raw_y, names, cfg.train)
-        test_idx, train_idx = _split_indices(len(x), cfg.test_fraction, cfg.seed + 7919)
+        test_idx, train_idx = _split_indices(y, cfg.test_fraction, cfg.seed + 7919)
         xt, yt = [x[i] for i in test_idx], y[test_idx]
         x, y = [x[i] for i in train_idx], y[train_idx]
     present = np.unique(y)
@@ -353,13 +415,33 @@ def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.n
     return x, y, xt, yt, names
 
 
-def _split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded (held-out, rest) split of range(n); each side keeps at least one item."""
+def _split_indices(
+    labels: Sequence[int] | np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded (held-out, rest) split of the items, stratified by class.
+
+    ``round(n * fraction)`` items are held out (each side keeps at least one); each class
+    gives its share of them, the remainders going to the classes with the largest
+    fractional shares (ties drawn with the seed).
+    """
+    y = np.asarray(labels)
+    n = len(y)
     if n < 2:
         raise DataError(f"only {n} example(s): too few to split")
-    order = np.random.default_rng(seed).permutation(n)
+    rng = np.random.default_rng(seed)
     k = min(max(1, round(n * fraction)), n - 1)
-    return np.sort(order[:k]), np.sort(order[k:])
+    classes, counts = np.unique(y, return_counts=True)
+    share = counts * k / n
+    quota = np.floor(share).astype(int)
+    left = k - int(quota.sum())
+    if left:
+        ties = rng.random(len(classes))
+        order = np.lexsort((ties, -(share - quota)))
+        quota[order[:left]] += 1
+    held = [rng.permutation(np.flatnonzero(y == c))[:q] for c, q in zip(classes, quota)]
+    mask = np.zeros(n, bool)
+    mask[np.concatenate(held)] = True
+    return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
 _LOADERS = {"builtin": _load_builtin, "tfds": _load_tfds, "csv": _load_files, "jsonl": _load_files}
@@ -368,7 +450,7 @@ _LOADERS = {"builtin": _load_builtin, "tfds": _load_tfds, "csv": _load_files, "j
 def load_data(cfg: DataConfig) -> TextDataset:
     """Loads a source and splits its training part into train / validation (seeded)."""
     x, y, xt, yt, names = _LOADERS[cfg.source](cfg)
-    val_idx, train_idx = _split_indices(len(x), cfg.validation_fraction, cfg.seed)
+    val_idx, train_idx = _split_indices(y, cfg.validation_fraction, cfg.seed)
     texts = np.asarray(x, dtype=object)
     return TextDataset(
         class_names=[str(n) for n in names],

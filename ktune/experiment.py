@@ -59,7 +59,14 @@ def check_targets(cfg: ExperimentConfig) -> None:
 
     On a URI this is the first contact with the storage, so a bucket that cannot be
     reached (credentials, network, no such bucket) is reported here too, naming ``storage``.
+    A local storage or ``export.dir`` that could not be written (a file in the way, no
+    permission, a full disk) is refused here, before any data loads.
     """
+    if not cfg.remote:
+        storage.check_local_writable(cfg.experiment_dir, "storage")
+    if cfg.export.enabled and cfg.export.dir is not None and not storage.is_uri(cfg.export.dir):
+        if not os.path.exists(cfg.export.dir):  # an existing target is refused below
+            storage.check_local_writable(cfg.export.dir, "export.dir")
     if cfg.remote:
         storage.check_reachable(cfg.experiment_path, "storage")
         taken = storage.is_nonempty_dir(cfg.experiment_path, "storage")

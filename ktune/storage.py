@@ -37,6 +37,7 @@ from ktune.errors import ConfigError, ExperimentError
 __all__ = [
     "is_uri",
     "check_reachable",
+    "check_local_writable",
     "check_uri",
     "join",
     "basename",
@@ -166,6 +167,49 @@ def check_reachable(uri: str, key: str = "storage") -> None:
         raise ExperimentError(f"{key}: cannot reach {redact(uri)}: {_last_line(e)}") from None
     if info.type == pyarrow.fs.FileType.NotFound:
         raise ExperimentError(f"{key}: no bucket {bucket!r} at {redact(uri)} (or no access to it)")
+
+
+# Below this, a run would stop at its first checkpoint or leave a half-written export.
+MIN_FREE_BYTES = 50 * 2**20
+
+
+def check_local_writable(path: str | Path, key: str = "storage") -> None:
+    """Raises one line naming ``key`` unless a run can create and fill the local folder
+    ``path``; touches nothing.
+
+    Walks up to the nearest part of ``path`` that exists: it must be a folder (not a
+    file, a device or a broken link), ktune must be allowed to create entries in it, and
+    its disk must have at least :data:`MIN_FREE_BYTES` free. Found here, before any data
+    loads, these would otherwise surface as a traceback part-way through a run.
+
+    Raises:
+        ExperimentError: ``storage: /runs/results is a file, not a folder``, and the like.
+    """
+    target = Path(path)
+    here = target
+    while not os.path.exists(here):
+        if os.path.lexists(here):
+            raise ExperimentError(f"{key}: {here} is a broken symbolic link")
+        if here.parent == here:
+            return  # nothing of it exists, not even a root: leave it to the OS
+        here = here.parent
+    if not os.path.isdir(here):
+        what = "a file" if os.path.isfile(here) else "not a file or folder"
+        if here == target:
+            raise ExperimentError(f"{key}: {here} is {what}, not a folder")
+        raise ExperimentError(f"{key}: cannot create {target}: {here} is {what}, not a folder")
+    need = os.W_OK | os.X_OK | (os.R_OK if here == target else 0)
+    if not os.access(here, need):
+        raise ExperimentError(f"{key}: cannot write in {here} (permission denied)")
+    try:
+        free = shutil.disk_usage(here).free
+    except OSError:
+        return
+    if free < MIN_FREE_BYTES:
+        raise ExperimentError(
+            f"{key}: only {free / 2**20:.0f} MB free on the disk of {here}; a run needs at "
+            f"least {MIN_FREE_BYTES // 2**20} MB (free some space or choose another {key})"
+        )
 
 
 def exists(uri: str, key: str = "storage") -> bool:

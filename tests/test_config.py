@@ -62,6 +62,85 @@ def test_non_mapping_document_names_the_file(tmp_path):
     assert str(p) in str(info.value)
 
 
+def test_dev_null_is_not_a_regular_file():
+    with pytest.raises(ConfigError, match=r"^/dev/null: not a regular file$"):
+        load_config("/dev/null")
+
+
+def test_a_directory_is_not_an_experiment_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path}: is a directory")
+
+
+# --- a key written twice: an error, not "the last one wins" --------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, key, lines",
+    [
+        ("name: a\nfamily: transformer\nname: b\n", "name", "lines 1 and 3"),
+        (
+            """\
+            name: x
+            training:
+              epochs: 3
+              batch_size: 8
+              epochs: 30
+            """,
+            "training.epochs",
+            "lines 3 and 5",
+        ),
+        (
+            """\
+            name: x
+            search:
+              space:
+                heads: [1, 2]
+                embed_dim: [8]
+                "heads": [4]
+            """,
+            "search.space.heads",
+            "lines 4 and 6",
+        ),
+        (
+            """\
+            name: x
+            search:
+              space:
+                learning_rate: {low: 0.001, high: 0.1, low: 0.01}
+            """,
+            "search.space.learning_rate.low",
+            "line 4",
+        ),
+        (
+            """\
+            name: x
+            data:
+              source: csv
+              text: [{a: 1}, {b: 2, b: 3}]
+            """,
+            "data.text[1].b",
+            "line 4",
+        ),
+    ],
+)
+def test_a_duplicate_key_names_its_path_and_both_lines(tmp_path, text, key, lines):
+    msg = config_error(tmp_path, text)
+    assert msg == f"{tmp_path / 'exp.yaml'}: duplicate key {key} ({lines})"
+
+
+def test_keys_merged_from_an_anchor_may_be_overridden(tmp_path):
+    p = write(tmp_path, """\
+        name: x
+        training:
+          <<: {epochs: 1, batch_size: 8}
+          epochs: 2
+    """)
+    cfg = load_config(p)
+    assert (cfg.training.epochs, cfg.training.batch_size) == (2, 8)
+
+
 def test_missing_name(tmp_path):
     msg = config_error(tmp_path, "family: transformer\n")
     assert msg.startswith("name:")

@@ -274,6 +274,249 @@ def test_csv_test_split_from_train(tmp_path):
     assert list(other_seed.test_texts) != list(ds.test_texts)
 
 
+# --- csv without a header row (AG News as distributed): data.columns ----------------------
+
+AG_COLUMNS = ("label", "title", "description")
+
+
+def write_headerless(path: Path, rows: list[list]) -> Path:
+    """Every field quoted, no header row: the layout of AG News' train.csv / test.csv."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerows(rows)
+    return path
+
+
+def ag_cfg(train: Path, **kw) -> DataConfig:
+    kw.setdefault("columns", AG_COLUMNS)
+    kw.setdefault("text", ("title", "description"))
+    return csv_cfg(train, **kw)
+
+
+def ag_rows(n: int = 40) -> list[list]:
+    # class index 1..4, a title, a description with AG News' backslash line breaks
+    return [
+        [str(i % 4 + 1), f"Title {i}", f"first part {i}\\second part \\\\third part"]
+        for i in range(n)
+    ]
+
+
+def test_headerless_csv_columns_name_the_fields(tmp_path):
+    p = write_headerless(tmp_path / "train.csv", ag_rows())
+    ds = load_data(ag_cfg(p, unescape_backslash=True, label_names=AG_NEWS_CLASSES))
+    assert ds.class_names == list(AG_NEWS_CLASSES)
+    # 1..4 -> World, Sports, Business, Sci/Tech (sorted numeric order onto label_names)
+    truth = {
+        f"Title {i} first part {i} second part third part": AG_NEWS_CLASSES[i % 4]
+        for i in range(40)
+    }
+    _check_consistent(ds, truth)
+    everything = [*ds.train_texts, *ds.val_texts, *ds.test_texts]
+    assert sorted(everything) == sorted(truth)
+    assert not any("\\" in t for t in everything)
+
+
+def test_headerless_csv_keeps_backslashes_unless_asked(tmp_path):
+    p = write_headerless(tmp_path / "train.csv", ag_rows(12))
+    ds = load_data(ag_cfg(p))
+    everything = {*ds.train_texts, *ds.val_texts, *ds.test_texts}
+    assert "Title 0 first part 0\\second part \\\\third part" in everything
+    # without label_names the classes are the label strings
+    assert ds.class_names == ["1", "2", "3", "4"]
+
+
+def test_headerless_csv_quoted_newlines_and_blank_lines(tmp_path):
+    p = tmp_path / "train.csv"
+    p.write_text(
+        '"1","a title","two\nlines"\n\n"2","b title","plain"\n"1","c","d"\n"2","e","f"\n',
+        encoding="utf-8",
+    )
+    ds = load_data(ag_cfg(p, test_fraction=0.25, validation_fraction=0.34))
+    everything = sorted([*ds.train_texts, *ds.val_texts, *ds.test_texts])
+    assert everything == ["a title two\nlines", "b title plain", "c d", "e f"]
+
+
+def test_headerless_csv_wrong_field_count_names_file_and_line(tmp_path):
+    p = tmp_path / "train.csv"
+    # line 1-2: one record over two lines; line 3 fine; line 4 has two fields
+    p.write_text('"1","t","a\nb"\n"2","t","c"\n"3","only a title"\n"4","t","d"\n')
+    with pytest.raises(DataError) as info:
+        load_data(ag_cfg(p))
+    msg = str(info.value)
+    assert str(p) in msg and "line 4" in msg
+    assert "2 fields, data.columns names 3" in msg
+    p.write_text('"1","t","a","extra"\n')
+    with pytest.raises(DataError, match="line 1: 4 fields, data.columns names 3"):
+        load_data(ag_cfg(p))
+
+
+def test_headerless_csv_refuses_a_header_row(tmp_path):
+    p = write_headerless(tmp_path / "train.csv", [list(AG_COLUMNS), *ag_rows(8)])
+    with pytest.raises(DataError, match="header row") as info:
+        load_data(ag_cfg(p))
+    assert str(p) in str(info.value)
+
+
+def test_headerless_csv_test_file_shares_the_columns(tmp_path):
+    train = write_headerless(tmp_path / "train.csv", ag_rows(20))
+    test = write_headerless(tmp_path / "test.csv", [["3", "held", "out"], ["1", "also", "out"]])
+    ds = load_data(ag_cfg(train, test=str(test), label_names=AG_NEWS_CLASSES))
+    assert list(ds.test_texts) == ["held out", "also out"]
+    assert [ds.class_names[i] for i in ds.test_labels] == ["Business", "World"]
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    rows = [[["1", "2", "9", "10"][i % 4], f"t{i}", "x"] for i in range(40)]
+    p = write_headerless(tmp_path / "train.csv", rows)
+    ds = load_data(ag_cfg(p))
+    assert ds.class_names == ["1", "2", "9", "10"]
+    named = load_data(ag_cfg(p, label_names=("a", "b", "c", "d")))
+    truth = {f"t{i} x": "abcd"[i % 4] for i in range(40)}
+    _check_consistent(named, truth)
+
+
+def test_integer_labels_count_must_match_label_names(tmp_path):
+    p = write_headerless(tmp_path / "train.csv", ag_rows(20))
+    with pytest.raises(DataError, match="data.label_names") as info:
+        load_data(ag_cfg(p, label_names=("World", "Sports", "Business")))
+    msg = str(info.value)
+    assert str(p) in msg and "4 distinct integers" in msg and "names 3" in msg
+
+
+def test_zero_based_ids_may_leave_a_class_out(tmp_path):
+    # ids below len(label_names) index the names, as before, even with a class absent
+    rows = [[f"t{i}", [0, 2][i % 2]] for i in range(20)]
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], rows)
+    ds = load_data(csv_cfg(p, label_names=("neg", "neutral", "pos")))
+    assert ds.class_names == ["neg", "neutral", "pos"]
+    _check_consistent(ds, {f"t{i}": ["neg", "pos"][i % 2] for i in range(20)})
+
+
+def test_jsonl_unescape_backslash(tmp_path):
+    rows = [{"text": f"line one\\line two {i}", "label": i % 2} for i in range(10)]
+    p = write_jsonl(tmp_path / "t.jsonl", rows)
+    ds = load_data(DataConfig(source="jsonl", train=str(p), unescape_backslash=True))
+    everything = sorted([*ds.train_texts, *ds.val_texts, *ds.test_texts])
+    assert everything == sorted(f"line one line two {i}" for i in range(10))
+
+
+def _data_config_error(tmp_path: Path, **data) -> str:
+    from ktune.config import parse_config
+    from ktune.errors import ConfigError
+
+    (tmp_path / "train.csv").write_text('"1","t","d"\n"2","t","d"\n')
+    data = {"source": "csv", **data}
+    if data["source"] in ("csv", "jsonl"):
+        data.setdefault("train", "train.csv")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"name": "x", "data": data}, base_dir=tmp_path)
+    return str(info.value)
+
+
+def test_columns_config_errors_name_the_key(tmp_path):
+    cols = list(AG_COLUMNS)
+    msg = _data_config_error(tmp_path, columns=cols, text=["title", "body"])
+    assert msg.startswith("data.text:") and "'body'" in msg and "data.columns" in msg
+    msg = _data_config_error(tmp_path, columns=cols, text=["title"], label="class")
+    assert msg.startswith("data.label:") and "'class'" in msg
+    # the default text column 'text' is not among the names either
+    assert _data_config_error(tmp_path, columns=cols).startswith("data.text:")
+    assert _data_config_error(tmp_path, columns=["label", "label"]).startswith("data.columns:")
+    assert _data_config_error(tmp_path, columns=["label", ""]).startswith("data.columns:")
+    assert _data_config_error(tmp_path, columns=[]).startswith("data.columns:")
+    msg = _data_config_error(tmp_path, source="jsonl", columns=cols, text=["title"])
+    assert msg.startswith("data.columns:") and "jsonl" in msg
+    assert _data_config_error(tmp_path, unescape_backslash="yes").startswith(
+        "data.unescape_backslash:"
+    )
+    for source in ("builtin", "tfds"):
+        for key, value in (("columns", cols), ("unescape_backslash", True)):
+            msg = _data_config_error(tmp_path, source=source, **{key: value})
+            assert msg.startswith(f"data.{key}:") and source in msg
+
+
+def test_columns_config_parses(tmp_path):
+    from ktune.config import parse_config
+
+    (tmp_path / "train.csv").write_text('"1","t","d"\n')
+    cfg = parse_config(
+        {
+            "name": "x",
+            "data": {
+                "source": "csv", "train": "train.csv", "columns": list(AG_COLUMNS),
+                "text": ["title", "description"], "label": "label",
+                "unescape_backslash": True,
+            },
+        },
+        base_dir=tmp_path,
+    )
+    assert cfg.data.columns == AG_COLUMNS and cfg.data.unescape_backslash is True
+    assert parse_config({"name": "x"}).data.unescape_backslash is False
+
+
+# --- stratified splits ------------------------------------------------------------------------
+
+
+def test_test_and_validation_splits_are_stratified(tmp_path):
+    labels = ["a"] * 60 + ["b"] * 30 + ["c"] * 10
+    rows = [[f"t{i}", y] for i, y in enumerate(labels)]
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], rows)
+    ds = load_data(csv_cfg(p, test_fraction=0.2, validation_fraction=0.25))
+    assert np.bincount(ds.test_labels).tolist() == [12, 6, 2]
+    assert np.bincount(ds.val_labels).tolist() == [12, 6, 2]
+    assert np.bincount(ds.train_labels).tolist() == [36, 18, 6]
+    again = load_data(csv_cfg(p, test_fraction=0.2, validation_fraction=0.25))
+    assert list(again.test_texts) == list(ds.test_texts)
+    assert list(again.val_texts) == list(ds.val_texts)
+    other = load_data(csv_cfg(p, test_fraction=0.2, validation_fraction=0.25, seed=4))
+    assert list(other.test_texts) != list(ds.test_texts)
+    assert np.bincount(other.test_labels).tolist() == [12, 6, 2]
+
+
+def test_stratified_split_rounds_to_the_requested_size(tmp_path):
+    # 7 / 5 / 3 items, 30% held out: round(4.5) = 4 in all, each class its share or one more
+    labels = ["a"] * 7 + ["b"] * 5 + ["c"] * 3
+    rows = [[f"t{i}", y] for i, y in enumerate(labels)]
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], rows)
+    for seed in range(5):
+        ds = load_data(csv_cfg(p, test_fraction=0.3, validation_fraction=0.1, seed=seed))
+        counts = np.bincount(ds.test_labels, minlength=3)
+        assert counts.sum() == round(15 * 0.3)
+        assert all(int(s) <= c <= int(s) + 1 for c, s in zip(counts, [2.1, 1.5, 0.9]))
+        assert len(ds.train_texts) + len(ds.val_texts) + len(ds.test_texts) == 15
+
+
+# --- the real AG News sample (../shared/data beside the checkout) -----------------------------
+
+AG_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ag_news_sample.csv"
+
+
+@pytest.mark.skipif(
+    not AG_SAMPLE.is_file(), reason=f"{AG_SAMPLE} is missing (the shared AG News sample)"
+)
+def test_real_ag_news_sample_through_the_example_file():
+    from ktune.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "agnews_sample.yaml")
+    assert Path(cfg.data.train) == AG_SAMPLE.resolve()
+    ds = load_data(cfg.data)
+    assert ds.class_names == ["World", "Sports", "Business", "Sci/Tech"]
+    labels = np.concatenate([ds.train_labels, ds.val_labels, ds.test_labels])
+    assert len(labels) == 3800
+    # the file's class counts (its README says 950 each; the file holds these)
+    assert np.bincount(labels).tolist() == [949, 949, 947, 955]
+    assert len(ds.test_labels) == 760  # 20%, stratified
+    assert np.bincount(ds.test_labels).tolist() == [190, 190, 189, 191]
+    texts = [*ds.train_texts, *ds.val_texts, *ds.test_texts]
+    assert not any("\\" in t for t in texts)
+    # the file's first row (class 3, Business) keeps its label through the split
+    first = [i for i, t in enumerate(texts) if t.startswith("Fears for T N pension after talks")]
+    assert len(first) == 1
+    assert texts[first[0]].startswith("Fears for T N pension after talks Unions representing")
+    assert ds.class_names[labels[first[0]]] == "Business"
+
+
 # --- jsonl ----------------------------------------------------------------------------------
 
 

@@ -11,10 +11,15 @@ from ktune.config import load_config
 from conftest import REPO
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+# Real AG News texts, kept out of the repository: ../shared/data beside the checkout.
+AG_SAMPLE = REPO.parent / "shared" / "data" / "ag_news_sample.csv"
+NEEDS_SAMPLE = {"agnews_sample.yaml"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_is_valid(path: Path):
+    if path.name in NEEDS_SAMPLE and not AG_SAMPLE.is_file():
+        pytest.skip(f"{AG_SAMPLE} is missing (the shared AG News sample this example reads)")
     cfg = load_config(path)
     assert cfg.name == path.stem
     assert cfg.search.num_samples >= 1
@@ -36,3 +41,17 @@ def test_agnews_loads_from_tfds():
     assert data.class_names == ["World", "Sports", "Business", "Sci/Tech"]
     assert len(data.train_labels) + len(data.val_labels) == 120_000
     assert len(data.test_labels) == 7_600
+
+
+@pytest.mark.skipif(not AG_SAMPLE.is_file(), reason=f"{AG_SAMPLE} is missing")
+def test_agnews_sample_reads_the_shared_file_as_distributed():
+    cfg = load_config(REPO / "examples" / "agnews_sample.yaml")
+    d = cfg.data
+    assert cfg.family == "transformer" and d.source == "csv"
+    assert Path(d.train) == AG_SAMPLE.resolve() and d.test is None
+    assert d.columns == ("label", "title", "description")
+    assert d.text == ("title", "description") and d.label == "label"
+    assert d.label_names == ("World", "Sports", "Business", "Sci/Tech")
+    assert d.unescape_backslash is True and d.test_fraction == 0.2
+    assert cfg.search.num_samples == 12 and cfg.training.epochs == 6
+    assert 64 <= cfg.training.maxlen <= 96 and cfg.training.vocab_size == 20000

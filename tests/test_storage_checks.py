@@ -1,0 +1,170 @@
+"""A local storage or export.dir that cannot be written is one line before any work starts.
+
+``check_targets`` runs before the data loads and before Ray starts, so none of these
+tests starts Ray: each asserts it is still not running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
+import pytest
+import yaml
+
+from ktune import storage
+from ktune.cli import main
+from ktune.config import parse_config
+from ktune.errors import ExperimentError
+from ktune.experiment import check_targets
+
+from conftest import tiny_experiment
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes | None]]:
+    """Every entry under ``root``: (mode, mtime_ns, contents of a file)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (
+            st.st_mode, st.st_mtime_ns, p.read_bytes() if p.is_file() else None
+        )
+    return out
+
+
+def _ray_started() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def _refused(cfg_dict: dict, match: str) -> str:
+    with pytest.raises(ExperimentError, match=match) as info:
+        check_targets(parse_config(cfg_dict))
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert not _ray_started()
+    return message
+
+
+def test_storage_that_is_a_file_names_storage(tmp_path):
+    (tmp_path / "results").write_text("not a folder")
+    msg = _refused(tiny_experiment(tmp_path), r"^storage: ")
+    assert str(tmp_path / "results") in msg
+    assert "is a file, not a folder" in msg
+    assert (tmp_path / "results").read_text() == "not a folder"
+
+
+def test_storage_under_a_file_names_the_file(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    cfg = tiny_experiment(tmp_path, storage=str(tmp_path / "plain" / "deeper" / "results"))
+    msg = _refused(cfg, r"^storage: cannot create ")
+    assert f"{tmp_path / 'plain'} is a file, not a folder" in msg
+
+
+def test_experiment_folder_that_is_a_file_names_storage(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "tiny").write_text("x")  # <storage>/<name>
+    msg = _refused(tiny_experiment(tmp_path), r"^storage: ")
+    assert f"{tmp_path / 'results' / 'tiny'} is a file, not a folder" in msg
+
+
+def test_storage_on_a_device_is_not_a_folder(tmp_path):
+    msg = _refused(tiny_experiment(tmp_path, storage="/dev/null"), r"^storage: ")
+    assert "/dev/null is not a file or folder, not a folder" in msg
+
+
+def test_export_dir_under_a_file_names_export_dir(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    cfg = tiny_experiment(tmp_path, export={"dir": str(tmp_path / "plain" / "export")})
+    msg = _refused(cfg, r"^export\.dir: cannot create ")
+    assert f"{tmp_path / 'plain'} is a file" in msg
+
+
+def test_export_dir_that_exists_is_still_refused_as_taken(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    cfg = tiny_experiment(tmp_path, export={"dir": str(tmp_path / "plain")})
+    _refused(cfg, r"export target already exists")
+
+
+def test_export_dir_under_a_file_is_ignored_when_export_is_off(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    cfg = tiny_experiment(
+        tmp_path, export={"enabled": False, "dir": str(tmp_path / "plain" / "export")}
+    )
+    check_targets(parse_config(cfg))  # nothing to write there
+
+
+def test_a_full_disk_names_storage_and_the_free_space(tmp_path, monkeypatch):
+    # No full disk to hand: ask for more than any disk has instead.
+    monkeypatch.setattr(storage, "MIN_FREE_BYTES", 2**62)
+    msg = _refused(tiny_experiment(tmp_path), r"^storage: only \d+ MB free on the disk of ")
+    assert str(tmp_path) in msg
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any folder")
+def test_a_folder_without_write_permission_names_storage(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        cfg = tiny_experiment(tmp_path, storage=str(locked / "results"))
+        msg = _refused(cfg, r"^storage: cannot write in ")
+        assert "permission denied" in msg
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_usable_storage_passes_and_touches_nothing(tmp_path):
+    check_targets(parse_config(tiny_experiment(tmp_path, storage=str(tmp_path / "a" / "b"))))
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- through the CLI: exit code 2, one line, nothing written ----------------------------
+
+
+def _write_experiment(tmp_path: Path, **over) -> Path:
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(tiny_experiment(tmp_path, **over)), encoding="utf-8")
+    return exp
+
+
+def test_cli_run_with_storage_a_file_exits_2_and_writes_nothing(tmp_path, capsys):
+    exp = _write_experiment(tmp_path)
+    (tmp_path / "results").write_text("keep me")
+    before = _snapshot(tmp_path)
+    assert main(["run", str(exp)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("ktune: error: storage: ")
+    assert "is a file, not a folder" in err[0]
+    assert _snapshot(tmp_path) == before
+    assert not _ray_started()
+
+
+def test_cli_run_with_storage_flag_under_a_file_exits_2(tmp_path, capsys):
+    exp = _write_experiment(tmp_path)
+    (tmp_path / "plain").write_text("x")
+    before = _snapshot(tmp_path)
+    assert main(["run", str(exp), "--storage", str(tmp_path / "plain" / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "storage: cannot create " in err and "is a file" in err
+    assert _snapshot(tmp_path) == before
+    assert not _ray_started()
+
+
+def test_cli_run_never_touches_an_existing_folder_of_results(tmp_path, capsys):
+    exp = _write_experiment(tmp_path)
+    done = tmp_path / "results" / "tiny"
+    (done / "trial_0").mkdir(parents=True)
+    (done / "best.json").write_text('{"best": 1}')
+    (done / "results.csv").write_text("trial,val_accuracy\n0,0.9\n")
+    (done / "trial_0" / "result.json").write_text("{}")
+    before = _snapshot(tmp_path)
+    assert main(["run", str(exp)]) == 2
+    err = capsys.readouterr().err
+    assert "experiment directory already exists" in err
+    assert _snapshot(tmp_path) == before
+    assert not _ray_started()
+
