@@ -1,6 +1,9 @@
 """ktune: a Keras plugin for Ray Tune.
 
-Write one YAML experiment file, run ``ktune run exp.yaml``: ktune searches a Keras text
+Write one YAML experiment file and run ``ktune run exp.yaml``, or from Python
+``ktune.run("exp.yaml")``; or put ktune's pieces into your own ``tune.Tuner``:
+``ktune.trainable``, ``ktune.search_space``, ``ktune.export_result``, and
+``ktune.keras.ReportCheckpoint`` for your own Tune function. ktune searches a Keras text
 classifier family with Optuna inside Ray Tune and exports the best trial as a
 TensorFlow SavedModel that takes raw strings.
 """
@@ -20,8 +23,15 @@ __version__ = "0.1.0"
 from ktune.config import ExperimentConfig, load_config  # noqa: E402
 from ktune.errors import ConfigError, DataError, ExperimentError, KtuneUserError  # noqa: E402
 
+# The public API (ktune.api), loaded on first use: ``import ktune`` stays cheap, and a
+# trial worker, which imports ktune only for the environment above, never loads the
+# experiment runner or Ray Tune's driver side.
+_API = ("run", "resume", "load", "trainable", "search_space", "export_result", "load_model",
+        "ExperimentResult")
+
 __all__ = [
     "__version__",
+    *_API,
     "ExperimentConfig",
     "load_config",
     "ConfigError",
@@ -29,3 +39,19 @@ __all__ = [
     "ExperimentError",
     "KtuneUserError",
 ]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from ktune import api
+
+        return getattr(api, name)
+    if name == "keras":
+        import importlib
+
+        return importlib.import_module("ktune.keras")
+    raise AttributeError(f"module 'ktune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API, "keras"])

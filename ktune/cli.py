@@ -184,23 +184,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ktune.config import load_config
-    from ktune.experiment import run_experiment
+    from ktune import api
 
-    cfg = load_config(
-        args.experiment, num_samples=args.num_samples, storage=args.storage, address=args.address
+    overrides = {"num_samples": args.num_samples, "storage": args.storage,
+                 "address": args.address}
+    result = api.run(
+        args.experiment, export=False if args.no_export else None, verbose=args.verbose,
+        progress=True, **{k: v for k, v in overrides.items() if v is not None},
     )
-    run_experiment(cfg, export=False if args.no_export else None, verbose=args.verbose)
+    print(result.summary())
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from ktune.experiment import resume_experiment
+    from ktune import api
 
-    resume_experiment(
+    result = api.resume(
         args.experiment_dir, address=args.address, export=False if args.no_export else None,
-        verbose=args.verbose,
+        verbose=args.verbose, progress=True,
     )
+    print(result.summary())
     return 0
 
 

@@ -34,11 +34,12 @@ __all__ = [
     "ExportConfig",
     "load_config",
     "parse_config",
+    "read_experiment_file",
     "METRICS",
 ]
 
 SOURCES = ("builtin", "tfds", "csv", "jsonl")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "fifo", "pbt", "pb2")
 SAMPLERS = ("tpe", "random")
 # metric -> the mode that makes sense for it
 METRICS = {"val_accuracy": "max", "val_loss": "min"}
@@ -84,6 +85,10 @@ class SearchConfig:
     seed: int = 0
     max_failures: int = 0  # retries of a failing trial, each from its last checkpoint
     space: Mapping[str, Spec] = field(default_factory=dict)
+    # PBT / PB2: epochs between exploit/explore steps, and the keys that may mutate
+    # (default: every searched key that keeps the model's shape).
+    perturbation_interval: int = 1
+    mutations: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -324,7 +329,7 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
     return cfg
 
 
-def _parse_search(raw: Any, family: str) -> SearchConfig:
+def _parse_search(raw: Any, family: str, model: Mapping[str, Any] | None = None) -> SearchConfig:
     d = _section(raw, "search", _fields(SearchConfig))
     space_raw = d.pop("space", None)
     if space_raw is not None and not isinstance(space_raw, Mapping):
@@ -344,6 +349,8 @@ def _parse_search(raw: Any, family: str) -> SearchConfig:
             "max_concurrent_trials": _int,
             "seed": lambda k, v: _int(k, v, minimum=0),
             "max_failures": lambda k, v: _int(k, v, minimum=-1),
+            "perturbation_interval": _int,
+            "mutations": _optional(_str_list),
         },
     )
     if "mode" not in d:
@@ -353,7 +360,56 @@ def _parse_search(raw: Any, family: str) -> SearchConfig:
             f"search.mode: {cfg.metric} is optimized with mode '{METRICS[cfg.metric]}', "
             f"got '{cfg.mode}'"
         )
-    return replace(cfg, space=SPACES[family].resolve(space_raw))
+    cfg = replace(cfg, space=space_of(family, model).resolve(space_raw))
+    return replace(cfg, mutations=_mutations(cfg, d))
+
+
+def space_of(family: str, model: Mapping[str, Any] | None = None):
+    """The family's search space; a user's own model (``model.build``) has an open one."""
+    if model and model.get("build"):
+        from ktune.search_spaces.custom import CustomModelSpace
+
+        return CustomModelSpace()
+    return SPACES[family]
+
+
+def _mutations(cfg: SearchConfig, given: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """PBT/PB2: the hyperparameters that may mutate; only those that keep the model's shape."""
+    from ktune.search_spaces.base import MUTABLE_KEYS, Range, searched_keys
+
+    if cfg.scheduler not in ("pbt", "pb2"):
+        for name in ("mutations", "perturbation_interval"):
+            if name in given:
+                raise ConfigError(f"search.{name}: only used with scheduler pbt or pb2")
+        return None
+    searched = searched_keys(cfg.space)
+    if cfg.mutations is None:
+        keys = tuple(k for k in searched if k in MUTABLE_KEYS)
+        if not keys:
+            raise ConfigError(
+                f"search.scheduler: {cfg.scheduler} mutates {', '.join(MUTABLE_KEYS)}, and the "
+                "space searches none of them (give one a range)"
+            )
+    else:
+        keys = cfg.mutations
+        for name in keys:
+            if name not in MUTABLE_KEYS:
+                raise ConfigError(
+                    f"search.mutations: {name} cannot mutate: an exploited trial loads the "
+                    f"donor's weights, so only {', '.join(MUTABLE_KEYS)} (which keep the "
+                    "model's shape) may"
+                )
+            if name not in searched:
+                raise ConfigError(f"search.mutations: {name} is not searched (give it a range "
+                                  "or choices in search.space)")
+    if cfg.scheduler == "pb2":
+        for name in keys:
+            if not isinstance(cfg.space[name], Range):
+                raise ConfigError(
+                    f"search.space.{name}: PB2 mutates continuous ranges only "
+                    f"({{low, high}}), got {cfg.space[name].describe()}"
+                )
+    return keys
 
 
 def _parse_training(raw: Any) -> TrainingConfig:
@@ -428,8 +484,8 @@ def parse_config(
         raise _fail("name", "must be letters, digits, '.', '_' or '-' (it names a folder)", name)
     family = _one_of("family", top.get("family", "transformer"), tuple(SPACES))
     model = SPACES[family].resolve_model(top.get("model"))
-    search = _parse_search(top.get("search"), family)
-    SPACES[family].check_model(model, search.space)
+    search = _parse_search(top.get("search"), family, model)
+    space_of(family, model).check_model(model, search.space)
     if num_samples is not None:
         search = replace(search, num_samples=_int("--num-samples", num_samples))
     storage_value = storage if storage is not None else top.get("storage", "results")
@@ -456,6 +512,15 @@ def parse_config(
 
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     """Reads and validates an experiment file. Raises ConfigError naming the key or file."""
+    raw = read_experiment_file(path)
+    p = Path(path)
+    return parse_config(
+        raw, base_dir=p.resolve().parent, source_path=str(p.resolve()), **overrides
+    )
+
+
+def read_experiment_file(path: str | Path) -> dict | None:
+    """The parsed YAML of an experiment file, not yet validated; ConfigError naming the file."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{path}: experiment file not found")
@@ -479,9 +544,7 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
         raise ConfigError(f"{path}: cannot read the experiment file: {e.strerror or e}") from None
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the experiment file must be a YAML mapping of keys")
-    return parse_config(
-        raw, base_dir=p.resolve().parent, source_path=str(p.resolve()), **overrides
-    )
+    return raw
 
 
 # --- reading the YAML: a key written twice is an error, not "the last one wins" ------------

@@ -40,7 +40,7 @@ from ktune.errors import ExperimentError, SearchFailed
 
 __all__ = [
     "run_experiment", "resume_experiment", "check_targets", "read_experiment",
-    "fetch_experiment", "SPEC_FILE", "BEST_FILE",
+    "fetch_experiment", "run_search", "resume_search", "family_for", "SPEC_FILE", "BEST_FILE",
 ]
 
 log = logging.getLogger("ktune")
@@ -237,9 +237,9 @@ def _location(cfg: ExperimentConfig, fs_path: str) -> str:
     return storage.join(cfg.experiment_path, fs_path[len(root) + 1:])
 
 
-def _progress_callbacks(cfg: ExperimentConfig, verbose: bool) -> list:
+def _progress_callbacks(cfg: ExperimentConfig, verbose: bool, progress: bool = True) -> list:
     """The driver's live progress table, unless Ray's own output was asked for."""
-    if verbose:
+    if verbose or not progress:
         return []
     from ktune.progress import SearchProgress
     from ktune.search_spaces.base import searched_keys
@@ -251,14 +251,19 @@ def _progress_callbacks(cfg: ExperimentConfig, verbose: bool) -> list:
     )]
 
 
-def _prepare(cfg: ExperimentConfig):
-    """Checks the models, loads the data once, lets the family prepare; builds the payload."""
+def _prepare(cfg: ExperimentConfig, check_models: bool = True):
+    """Checks the models, loads the data once, lets the family prepare; builds the payload.
+
+    ``check_models``: load every handle the space can draw first (``ktune run``); a
+    user's own Tuner draws its own sizes, checked one by one as they are drawn."""
     from ktune.data import load_data
     from ktune.trainables import get_family
     from ktune.trainables.base import TrialPayload
 
+    build_model = user_build_model(cfg)
     family = get_family(cfg.family)
-    family.check_model(cfg.model, cfg.search.space)
+    if check_models:
+        family.check_model(cfg.model, cfg.search.space)
     data = load_data(cfg.data)
     log.info(
         "data: %d train / %d validation / %d test texts, %d classes",
@@ -278,8 +283,36 @@ def _prepare(cfg: ExperimentConfig):
         gpu=cfg.resources.gpu,
         seed=cfg.search.seed,
         gpu_memory_mb=cfg.resources.gpu_memory_mb,
+        class_names=list(data.class_names),
+        verify_texts=verify_texts(data),
+        build_model=build_model,
     )
     return data, prepared, payload
+
+
+def verify_texts(data) -> list[str]:
+    """Texts an export is checked on: held-out test texts plus edge cases."""
+    return [str(t) for t in data.test_texts[:60]] + _EDGE_TEXTS
+
+
+def user_build_model(cfg: ExperimentConfig):
+    """``model.build: module:function``, imported in the driver (one ConfigError naming
+    ``model.build``); shipped to the trials by value, so their workers need not find it."""
+    reference = (cfg.model or {}).get("build")
+    if not reference:
+        return None
+    import sys
+
+    from ray import cloudpickle
+
+    from ktune.trainables.custom import import_build_model
+
+    base = Path(cfg.source_path).parent if cfg.source_path else Path.cwd()
+    fn = import_build_model(reference, base_dir=base)
+    module = sys.modules.get(getattr(fn, "__module__", ""))
+    if module is not None and not module.__name__.startswith("ktune"):
+        cloudpickle.register_pickle_by_value(module)
+    return fn
 
 
 def run_experiment(
@@ -291,6 +324,20 @@ def run_experiment(
     Raises a :class:`~ktune.errors.KtuneUserError` for bad input before Ray starts.
     ``callbacks`` are extra Keras callbacks for every trial (tests inject failures).
     ``verbose`` shows Ray Tune's own output instead of ktune's progress table.
+    """
+    return run_search(cfg, export=export, callbacks=callbacks, verbose=verbose)[0]
+
+
+def run_search(
+    cfg: ExperimentConfig, *, export: bool | None = None, callbacks: Sequence = (),
+    verbose: bool = False, progress: bool = True, scheduler=None, search_alg=None,
+    tune_callbacks: Sequence = (),
+):
+    """:func:`run_experiment`, returning ``(best.json's contents, Ray's ResultGrid)``.
+
+    ``scheduler`` / ``search_alg`` replace what ``search`` names; ``tune_callbacks``
+    (``ray.tune.Callback``) run in the driver beside ktune's own; ``progress`` prints the
+    live table of trials.
     """
     from ktune.tuner import build_tuner
 
@@ -323,8 +370,11 @@ def run_experiment(
             "training": asdict(cfg.training),
             "class_names": data.class_names,
             "artefacts": prepared.artefacts,
-            "verify_texts": [str(t) for t in data.test_texts[:60]] + _EDGE_TEXTS,
+            "verify_texts": payload.verify_texts,
             "data": asdict(cfg.data),
+            "build_model": (cfg.model or {}).get("build") or None,
+            # where model.build's module is found again (the experiment file's folder)
+            "build_base_dir": str(Path(cfg.source_path).parent) if cfg.source_path else None,
         },
     )
     if cfg.remote:  # claims the name on the storage and makes the run resumable
@@ -333,16 +383,27 @@ def run_experiment(
     with _tune_output(verbose):  # the searcher announces its Optuna study when built
         grid = build_tuner(
             cfg, payload, callbacks=callbacks,
-            tune_callbacks=_progress_callbacks(cfg, verbose) + _upload_callbacks(cfg),
-            verbose=1 if verbose else 0,
+            tune_callbacks=_progress_callbacks(cfg, verbose, progress)
+            + _upload_callbacks(cfg) + list(tune_callbacks),
+            verbose=1 if verbose else 0, scheduler=scheduler, search_alg=search_alg,
         ).fit()
-    return _finish(cfg, grid, data, prepared, started, export)
+    return _finish(cfg, grid, data, prepared, started, export), grid
 
 
 def resume_experiment(
     exp_dir: str | Path, *, address: str | None = None, export: bool | None = None,
     callbacks: Sequence = (), verbose: bool = False,
 ) -> dict:
+    """:func:`resume_search`, returning the contents of ``best.json``."""
+    return resume_search(exp_dir, address=address, export=export, callbacks=callbacks,
+                         verbose=verbose)[0]
+
+
+def resume_search(
+    exp_dir: str | Path, *, address: str | None = None, export: bool | None = None,
+    callbacks: Sequence = (), verbose: bool = False, progress: bool = True,
+    tune_callbacks: Sequence = (),
+):
     """Continues the search of ``exp_dir`` whose driver died; returns ``best.json``'s contents.
 
     Completed trials are kept; trials that were running continue from their last epoch
@@ -414,14 +475,15 @@ def resume_experiment(
         local = getattr(tuner, "_local_tuner", None)
         if local is not None:
             run_config = local.get_run_config()
-            run_config.callbacks = _progress_callbacks(cfg, verbose) + _upload_callbacks(cfg)
+            run_config.callbacks = (_progress_callbacks(cfg, verbose, progress)
+                                    + _upload_callbacks(cfg) + list(tune_callbacks))
             run_config.verbose = 1 if verbose else 0
         grid = tuner.fit()
     if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
         log.info("%s: already exported; `ktune export --force` replaces it",
                  storage.redact(cfg.export_path))
         export = False
-    return _finish(cfg, grid, data, prepared, started, export)
+    return _finish(cfg, grid, data, prepared, started, export), grid
 
 
 def _remote_spec(uri: str) -> str:
@@ -466,7 +528,6 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
 
     pd.DataFrame(rows).to_csv(exp_dir / RESULTS_FILE, index=False)
     _push(cfg, [RESULTS_FILE, JOURNAL_FILE])
-    print(format_results_table(rows, cfg.search.metric, keys))
     for row in rows:
         if row["error"]:
             log.error("trial %s failed: %s", row["trial"], row["error"])
@@ -478,8 +539,8 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
     checkpoint = None if best is None else best.get_best_checkpoint(
         cfg.search.metric, cfg.search.mode
     )
-    shown = storage.redact(cfg.experiment_path)
     if checkpoint is None:
+        shown = storage.redact(cfg.experiment_path)
         raise SearchFailed(f"{shown}: no trial completed an epoch; see the errors above")
     best_metrics = next(
         (m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics
@@ -487,7 +548,8 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
     # On URI storage Ray downloads the checkpoint to a temporary folder for this block.
     with checkpoint.as_directory() as checkpoint_dir:
         test = evaluate_checkpoint(
-            cfg.family, best.config, prepared.artefacts, data, cfg.training, checkpoint_dir
+            family_for(cfg.family, (cfg.model or {}).get("build"), cfg.source_path),
+            best.config, prepared.artefacts, data, cfg.training, checkpoint_dir,
         )
     best_info = {
         "trial": Path(best.path).name,
@@ -508,12 +570,6 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
     }
     _write_json(exp_dir / BEST_FILE, best_info)
     _push(cfg, [BEST_FILE])  # last: a remote best.json means the search finished
-    print(
-        f"\nbest trial {best_info['trial']}: {cfg.search.metric}="
-        f"{best_info['metrics'].get(cfg.search.metric, float('nan')):.4f} at epoch "
-        f"{best_info['metrics'].get('epoch')}, test_accuracy={test['accuracy']:.4f} "
-        f"(test split, reported separately)\nresults: {shown}"
-    )
     if cfg.export.enabled if export is None else export:
         from ktune.export import export_best
 
@@ -521,13 +577,23 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
         best_info["export"] = out
         _write_json(exp_dir / BEST_FILE, best_info)
         _push(cfg, [BEST_FILE])
-        shown_out = storage.redact(out)
-        print(f"exported: {shown_out}  (try: ktune predict {shown_out} \"some text\")")
     return best_info
 
 
+def family_for(name: str, build: str | None = None, source_path: str | None = None):
+    """The family a trial trained: a registered one, or the user's ``model.build``."""
+    from ktune.trainables import get_family
+
+    if not build:
+        return get_family(name)
+    from ktune.trainables.custom import CustomModelFamily, import_build_model
+
+    base = Path(source_path).parent if source_path else Path.cwd()
+    return CustomModelFamily(import_build_model(build, base_dir=base))
+
+
 def evaluate_checkpoint(
-    family_name: str,
+    family,
     config: dict,
     artefacts: dict,
     data,
@@ -542,10 +608,8 @@ def evaluate_checkpoint(
     """
     import numpy as np
 
-    from ktune.trainables import get_family
     from ktune.trainables.base import restore_model
 
-    family = get_family(family_name)
     model = restore_model(family, config, artefacts, data.num_classes, training, checkpoint_dir)
     probs = model.predict(
         family.encode(artefacts, training, data.test_texts), batch_size=256, verbose=0

@@ -35,7 +35,10 @@ import tensorflow as tf
 from ktune import storage
 from ktune.errors import ExperimentError
 
-__all__ = ["export_best", "load_export", "predict", "ServingModule", "EXPORT_TOLERANCE"]
+__all__ = [
+    "export_best", "export_checkpoint", "load_export", "predict", "ServingModule",
+    "EXPORT_TOLERANCE",
+]
 
 EXPORT_TOLERANCE = 1e-5
 METADATA_FILE = "metadata.json"
@@ -129,15 +132,52 @@ def export_best(
 def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Path) -> Path:
     """Builds, verifies and moves into place a SavedModel in the local folder ``out``."""
     from ktune.config import TrainingConfig
-    from ktune.trainables import get_family
+    from ktune.experiment import family_for
+
+    family = family_for(spec["family"], spec.get("build_model"), _source_of(spec))
+    metadata = {
+        "family": spec["family"],
+        "experiment": spec.get("experiment_path") or str(Path(exp_dir).resolve()),
+        "trial": best["trial"],
+        "metrics": best["metrics"],
+        "test_accuracy": best.get("test_accuracy"),
+        "checkpoint": best["checkpoint"],
+    }
+    return export_checkpoint(
+        family, best["config"], spec["artefacts"], spec["class_names"],
+        TrainingConfig(**spec["training"]), checkpoint_dir, out,
+        verify_texts=spec["verify_texts"], metadata=metadata,
+    )
+
+
+def _source_of(spec: dict) -> str | None:
+    base = spec.get("build_base_dir")
+    return str(Path(base) / "experiment.yaml") if base else None
+
+
+def export_checkpoint(
+    family: Any,
+    config: dict,
+    artefacts: dict,
+    class_names: Sequence[str],
+    training: Any,
+    checkpoint_dir: str | Path,
+    out: Path,
+    *,
+    verify_texts: Sequence[str],
+    metadata: dict | None = None,
+) -> Path:
+    """A verified raw-string SavedModel of one trial's checkpoint, moved into ``out``.
+
+    The model is rebuilt from ``config`` and the checkpoint, wrapped with the family's
+    in-graph tokenizer, saved to a temporary sibling, reloaded and compared with the
+    restored model on ``verify_texts`` (max abs difference <= :data:`EXPORT_TOLERANCE`),
+    and only then moved into place; an existing ``out`` is replaced only at that moment.
+    """
     from ktune.trainables.base import restore_model
 
-    family = get_family(spec["family"])
-    training = TrainingConfig(**spec["training"])
-    artefacts, class_names = spec["artefacts"], spec["class_names"]
-    model = restore_model(
-        family, best["config"], artefacts, len(class_names), training, str(checkpoint_dir)
-    )
+    model = restore_model(family, config, artefacts, len(class_names), training,
+                          str(checkpoint_dir))
     module = ServingModule(family.string_encoder(artefacts, training), model, class_names)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +186,7 @@ def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Pa
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
-        texts = spec["verify_texts"]
+        texts = list(verify_texts)
         expected = model.predict(family.encode(artefacts, training, texts), verbose=0)
         got = load_export(tmp)(tf.constant(texts, tf.string))["probabilities"].numpy()
         diff = float(np.max(np.abs(got - expected)))
@@ -155,16 +195,13 @@ def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Pa
                 f"export check failed: reloaded SavedModel differs from the restored model "
                 f"by {diff:.3g} > {EXPORT_TOLERANCE}"
             )
+        from dataclasses import asdict, is_dataclass
+
         metadata = {
-            "family": spec["family"],
-            "experiment": spec.get("experiment_path") or str(Path(exp_dir).resolve()),
-            "trial": best["trial"],
-            "config": best["config"],
-            "training": spec["training"],
-            "metrics": best["metrics"],
-            "test_accuracy": best.get("test_accuracy"),
-            "class_names": class_names,
-            "checkpoint": best["checkpoint"],
+            **(metadata or {}),
+            "config": config,
+            "training": asdict(training) if is_dataclass(training) else dict(training),
+            "class_names": list(class_names),
             "verified": {"texts": len(texts), "max_abs_diff": diff},
             "versions": _versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

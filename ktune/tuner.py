@@ -1,4 +1,5 @@
-"""Builds the ``ray.tune.Tuner`` of an experiment: Optuna TPE search, ASHA, resources, storage.
+"""Builds the ``ray.tune.Tuner`` of an experiment: Optuna TPE search, ASHA or PBT/PB2,
+resources, storage.
 
 The metric and mode are given to the searcher and the scheduler themselves: with
 ``max_concurrent_trials`` Tune wraps the searcher in a ``ConcurrencyLimiter`` that does not
@@ -7,18 +8,21 @@ pass ``TuneConfig``'s metric on (seen in Ray 2.60), and setting both is an error
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from ktune.config import ExperimentConfig
-from ktune.search_spaces import get_space
-from ktune.search_spaces.base import tpe_startup_trials
+from ktune.config import ExperimentConfig, space_of
+from ktune.search_spaces.base import Choice, Spec, tpe_startup_trials, tune_domain
 from ktune.trainables.base import TrialPayload, run_trial
 
-__all__ = ["build_tuner", "build_trainable", "build_searcher", "build_scheduler", "OPTUNA_JOURNAL"]
+__all__ = [
+    "build_tuner", "build_trainable", "build_searcher", "build_scheduler",
+    "build_population_scheduler", "param_space", "TrialResources", "OPTUNA_JOURNAL",
+]
 
 
 class DurableOptunaSearch(OptunaSearch):
@@ -40,10 +44,15 @@ class DurableOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
 
 
-def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
+def build_searcher(cfg: ExperimentConfig):
+    """Optuna (TPE or random) over the family's define-by-run space; under PBT/PB2 Ray's
+    BasicVariantGenerator draws the first population from the Tune form of the space
+    (PBT then moves the population itself; a model-based searcher would not see that)."""
     import optuna
 
-    space = get_space(cfg.family)
+    space = space_of(cfg.family, cfg.model)
+    if cfg.search.scheduler in ("pbt", "pb2"):
+        return BasicVariantGenerator(random_state=cfg.search.seed)
     if cfg.search.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
     else:
@@ -66,17 +75,58 @@ def build_searcher(cfg: ExperimentConfig) -> OptunaSearch:
     )
 
 
+def param_space(cfg: ExperimentConfig) -> dict | None:
+    """The Tune ``param_space`` for searchers that take one (PBT/PB2's first draw)."""
+    if cfg.search.scheduler not in ("pbt", "pb2"):
+        return None
+    return space_of(cfg.family, cfg.model).tune_space(cfg.search.space)
+
+
 def build_scheduler(cfg: ExperimentConfig):
-    if cfg.search.scheduler == "fifo":
+    search = cfg.search
+    if search.scheduler == "fifo":
         return FIFOScheduler()
+    if search.scheduler in ("pbt", "pb2"):
+        return build_population_scheduler(
+            search.scheduler, {k: search.space[k] for k in search.mutations or ()},
+            metric=search.metric, mode=search.mode, interval=search.perturbation_interval,
+        )
     epochs = cfg.training.epochs
     return ASHAScheduler(
         time_attr="training_iteration",
-        metric=cfg.search.metric,
-        mode=cfg.search.mode,
+        metric=search.metric,
+        mode=search.mode,
         max_t=epochs,
-        grace_period=min(cfg.search.grace_period, epochs),
-        reduction_factor=cfg.search.reduction_factor,
+        grace_period=min(search.grace_period, epochs),
+        reduction_factor=search.reduction_factor,
+    )
+
+
+def build_population_scheduler(
+    kind: str, mutations: Mapping[str, Spec], *, metric: str, mode: str, interval: int = 1
+):
+    """PBT or PB2 over ``mutations`` (specs of shape-keeping keys), every ``interval`` epochs.
+
+    An exploited trial restarts from the donor's checkpoint with the mutated config
+    (``ktune.trainables.base.starting_checkpoint``): the donor's weights and optimizer
+    state, the new learning rate, warmup, dropout or weight decay.
+    """
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pb2 import PB2
+
+    if kind == "pb2":
+        return PB2(
+            time_attr="training_iteration", metric=metric, mode=mode,
+            perturbation_interval=interval,
+            hyperparam_bounds={k: [spec.low, spec.high] for k, spec in mutations.items()},
+        )
+    return PopulationBasedTraining(
+        time_attr="training_iteration", metric=metric, mode=mode,
+        perturbation_interval=interval,
+        hyperparam_mutations={
+            k: list(spec.values) if isinstance(spec, Choice) else tune_domain(spec)
+            for k, spec in mutations.items()
+        },
     )
 
 
@@ -87,10 +137,52 @@ def trial_dirname(trial) -> str:
 OPTUNA_JOURNAL = "optuna.journal"
 
 
-def build_trainable(cfg: ExperimentConfig, payload: TrialPayload, callbacks: Sequence = ()):
-    """``run_trial`` with its payload (put in the object store once) and its resources."""
+class TrialResources:
+    """The resources of a trial, asked for by Ray in the driver as each trial is created:
+    the place where a drawn config is checked before it reaches a worker.
+
+    A config that misses a key or breaks a rule (``heads`` not dividing ``embed_dim``)
+    stops ``Tuner.fit()`` in the driver with one :class:`~ktune.errors.ConfigError`.
+    With ``model`` set (a user's own Tuner over a BERT family), each size drawn is also
+    checked to load, once per size.
+    """
+
+    def __init__(self, space, cpu: float, gpu: float, family: str = "",
+                 model: Mapping[str, Any] | None = None):
+        self.space, self.cpu, self.gpu = space, cpu, gpu
+        self.family, self.model = family, dict(model) if model else None
+        self._checked: set = set()
+
+    def __call__(self, config: dict):
+        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+        checked = self.space.check_config(config)
+        if self.model is not None and "layers" in checked:
+            size = (checked["layers"], checked["embed_dim"], checked["head_size"])
+            if size not in self._checked:
+                from ktune.search_spaces.base import Fixed
+                from ktune.trainables import get_family
+
+                layers, embed_dim, head_size = size
+                get_family(self.family).check_model(self.model, {
+                    "layers": Fixed(layers), "embed_dim": Fixed(embed_dim),
+                    "head_size": Fixed(head_size),
+                })
+                self._checked.add(size)
+        return resource_dict_to_pg_factory({"CPU": self.cpu, "GPU": self.gpu})
+
+
+def build_trainable(
+    cfg: ExperimentConfig, payload: TrialPayload, callbacks: Sequence = (), *,
+    check_models: bool = False,
+):
+    """``run_trial`` with its payload (put in the object store once) and its resources;
+    every drawn config is checked in the driver (see :class:`TrialResources`)."""
     trainable = tune.with_parameters(run_trial, payload=payload, callbacks=list(callbacks))
-    return tune.with_resources(trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+    return tune.with_resources(trainable, TrialResources(
+        space_of(cfg.family, cfg.model), cfg.resources.cpu, cfg.resources.gpu,
+        cfg.family, cfg.model if check_models else None,
+    ))
 
 
 def build_tuner(
@@ -100,6 +192,8 @@ def build_tuner(
     *,
     tune_callbacks: Sequence[tune.Callback] = (),
     verbose: int = 1,
+    scheduler=None,
+    search_alg=None,
 ) -> tune.Tuner:
     """The Tuner for ``cfg``; ``payload`` reaches every trial once, through the object store.
 
@@ -107,12 +201,27 @@ def build_tuner(
         callbacks: Keras callbacks added to every trial's ``fit``.
         tune_callbacks: ``ray.tune.Callback`` objects run in the driver (live progress).
         verbose: Ray Tune's own console output, 0 (silent) to 2. Defaults to 1.
+        scheduler: a Ray Tune scheduler instead of the one ``search.scheduler`` names.
+        search_alg: a Ray Tune searcher instead of Optuna (or PBT's first draw). One
+            without a space of its own searches the Tune form of ``search.space``.
     """
+    space = param_space(cfg)
+    if search_alg is not None:
+        _set_metric(search_alg, cfg)
+        space = None if _has_space(search_alg) else space_of(cfg.family, cfg.model).tune_space(
+            cfg.search.space)
+    else:
+        search_alg = build_searcher(cfg)
+    if scheduler is not None:
+        _set_metric(scheduler, cfg)
+    else:
+        scheduler = build_scheduler(cfg)
     return tune.Tuner(
         build_trainable(cfg, payload, callbacks),
+        param_space=space,
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(cfg),
-            scheduler=build_scheduler(cfg),
+            search_alg=search_alg,
+            scheduler=scheduler,
             num_samples=cfg.search.num_samples,
             max_concurrent_trials=cfg.search.max_concurrent_trials,
             # Short folder names: the hyperparameters are in each trial's params.json.
@@ -134,3 +243,18 @@ def build_tuner(
             verbose=verbose,
         ),
     )
+
+
+def _has_space(search_alg) -> bool:
+    inner = getattr(search_alg, "searcher", search_alg)  # a ConcurrencyLimiter's searcher
+    return bool(getattr(inner, "_space", None))
+
+
+def _set_metric(obj, cfg: ExperimentConfig) -> None:
+    """A user's searcher or scheduler without a metric optimizes the experiment's: Tune's
+    own way (``TuneConfig(metric=...)``) clashes with ktune's searchers (module docstring)."""
+    if getattr(obj, "metric", None) is None and getattr(obj, "_metric", None) is None:
+        if isinstance(obj, TrialScheduler):
+            obj.set_search_properties(cfg.search.metric, cfg.search.mode)
+        else:
+            obj.set_search_properties(cfg.search.metric, cfg.search.mode, {})

@@ -19,10 +19,17 @@ from ktune.errors import ConfigError
 
 __all__ = [
     "Choice", "Range", "Fixed", "Spec", "FamilySpace", "DefineByRun", "parse_spec", "candidates",
-    "searched_keys", "tpe_startup_trials",
+    "searched_keys", "tpe_startup_trials", "TRIAL_DEFAULTS", "MUTABLE_KEYS", "tune_domain",
 ]
 
 _SCALAR = (bool, int, float, str)
+
+# What a trial uses when its config lacks the key: the one place these defaults live.
+TRIAL_DEFAULTS: Mapping[str, Any] = {"warmup": 0.1, "weight_decay": 0.01, "dropout": 0.1}
+
+# Hyperparameters that keep a model's shape: the only ones PBT/PB2 may mutate, since an
+# exploited trial loads the donor's weights into a model built from its own config.
+MUTABLE_KEYS = ("learning_rate", "warmup", "dropout", "weight_decay")
 
 
 def tpe_startup_trials(num_samples: int) -> int:
@@ -171,6 +178,10 @@ class FamilySpace:
     rules: Mapping[str, Rule] = {}
     # The experiment file's ``model:`` section for this family (handles, names), as data.
     model_defaults: Mapping[str, Any] = {}
+    # ``model:`` keys a family accepts without a default (``build`` of the transformer).
+    optional_model_keys: tuple[str, ...] = ()
+    # True: a space may name keys beyond ``defaults`` (a user's own model reads them).
+    open_keys: bool = False
 
     def resolve_model(self, raw: Any, key: str = "model") -> dict:
         """Validates the ``model:`` section: known keys, non-empty strings; fills defaults."""
@@ -178,10 +189,11 @@ class FamilySpace:
             raw = {}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{key}: must be a mapping, got {raw!r}")
+        allowed = [*self.model_defaults, *self.optional_model_keys]
         for name, value in raw.items():
-            if name not in self.model_defaults:
-                known = ", ".join(self.model_defaults) or "none"
-                close = difflib.get_close_matches(str(name), list(self.model_defaults), n=1)
+            if name not in allowed:
+                known = ", ".join(allowed) or "none"
+                close = difflib.get_close_matches(str(name), allowed, n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"known keys: {known}"
                 raise ConfigError(
                     f"{key}.{name}: unknown key for family '{self.family}'; {hint}"
@@ -194,7 +206,7 @@ class FamilySpace:
         """Merges YAML overrides into the defaults; validates everything; returns specs."""
         overrides = dict(overrides or {})
         for name in overrides:
-            if name not in self.defaults:
+            if name not in self.defaults and not self.open_keys:
                 close = difflib.get_close_matches(str(name), list(self.defaults), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(
@@ -228,6 +240,60 @@ class FamilySpace:
         """The define-by-run function that ``OptunaSearch(space=...)`` calls per trial."""
         return DefineByRun(self, dict(space))
 
+    # Keys a trial's config must hold; the others fall back on TRIAL_DEFAULTS or the
+    # family's own ``trial_defaults``.
+    required: tuple[str, ...] = ("learning_rate",)
+    trial_defaults: Mapping[str, Any] = {}
+    # Keys a config may carry besides the space's own (a searched training knob).
+    extra_keys: Mapping[str, Rule] = {}
+
+    def check_config(self, config: Mapping[str, Any], key: str = "config") -> dict:
+        """One drawn configuration, checked as a trial will use it; returns it completed.
+
+        Called in the driver for every trial of a ktune trainable (before it is placed),
+        so a Tuner's ``param_space`` that misses a key or breaks a rule fails there with
+        one :class:`ConfigError` naming the key, not inside the trial.
+        """
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"{key}: must be a mapping of hyperparameters, got {config!r}")
+        known = {**self.rules, **self.extra_keys}
+        config = {k: v for k, v in config.items() if not self.is_draw_name(k)}
+        for name in config:
+            if name not in known:
+                close = difflib.get_close_matches(str(name), list(known), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(
+                    f"{key}.{name}: unknown hyperparameter for family '{self.family}'{hint} "
+                    f"(known: {', '.join(known)})"
+                )
+        missing = [name for name in self.required if name not in config]
+        if missing:
+            raise ConfigError(
+                f"{key}.{missing[0]}: required by family '{self.family}' (a trial's config "
+                f"needs {', '.join(self.required)})"
+            )
+        out = {**TRIAL_DEFAULTS, **self.trial_defaults, **config}
+        out = {name: value for name, value in out.items() if name in known}
+        for name, value in out.items():
+            problem = known[name](value) if known[name] else None
+            if problem:
+                raise ConfigError(f"{key}.{name}: {problem}, got {value!r}")
+        self.check_combination(out, key)
+        return out
+
+    def check_combination(self, config: dict, key: str) -> None:
+        """Completes ``config`` in place and raises ConfigError on values that clash."""
+
+    def is_draw_name(self, name: str) -> bool:
+        """True for the name of an Optuna draw that is not itself a config key (Ray's
+        OptunaSearch puts every draw into the config beside the returned values)."""
+        return False
+
+    def tune_space(self, space: Mapping[str, Spec]) -> dict:
+        """The space as a Ray Tune ``param_space`` (``tune.choice``, ``tune.loguniform``...),
+        for Ray's own searchers and schedulers."""
+        return {name: tune_domain(spec) for name, spec in space.items()}
+
 
 @dataclass(frozen=True)
 class DefineByRun:
@@ -253,6 +319,25 @@ def suggest(trial: Any, name: str, spec: Spec) -> Any:
     if spec.integer:
         return trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log)
     return trial.suggest_float(name, float(spec.low), float(spec.high), log=spec.log)
+
+
+def tune_domain(spec: Spec) -> Any:
+    """One spec as a Ray Tune domain: a choice, a (log-)uniform float or an integer range."""
+    from ray import tune
+
+    if isinstance(spec, Fixed):
+        return spec.value
+    if isinstance(spec, Choice):
+        return spec.values[0] if len(spec.values) == 1 else tune.choice(list(spec.values))
+    if spec.low == spec.high:
+        return spec.low
+    if spec.integer:  # Tune's integer upper bounds are exclusive
+        upper = int(spec.high) + 1
+        return tune.lograndint(int(spec.low), upper) if spec.log else tune.randint(
+            int(spec.low), upper)
+    if spec.log:
+        return tune.loguniform(float(spec.low), float(spec.high))
+    return tune.uniform(float(spec.low), float(spec.high))
 
 
 def searched_keys(space: Mapping[str, Spec]) -> list[str]:

@@ -93,6 +93,23 @@ class BertSizeSpace(FamilySpace):
                         f"search.space.{size} must be a single value"
                     )
 
+    required = ("embed_dim", "layers", "learning_rate")
+    trial_defaults = {"head_size": 64, "trainable": False}
+    extra_keys = {"heads": positive_int}
+
+    def check_combination(self, config: dict, key: str) -> None:
+        heads, rest = divmod(config["embed_dim"], config["head_size"])
+        if rest:
+            raise ConfigError(
+                f"{key}.embed_dim: {config['embed_dim']} not divisible by head_size "
+                f"{config['head_size']} (heads A = H / head_size)"
+            )
+        if config.setdefault("heads", heads) != heads:
+            raise ConfigError(
+                f"{key}.heads: {config['heads']} != embed_dim / head_size = {heads}; "
+                "leave heads out (it is derived) or set head_size"
+            )
+
     def sample(self, trial: Any, space: Mapping[str, Spec]) -> dict:
         config = {name: suggest(trial, name, spec) for name, spec in space.items()}
         config["heads"] = config["embed_dim"] // config["head_size"]

@@ -51,6 +51,8 @@ class HfBertSpace(BertSizeSpace):
     defaults = {**BERT_DEFAULT_SPACE, "batch_size": [16, 32]}
     rules = {**BertSizeSpace.rules, "batch_size": positive_int}
     model_defaults = {"name": DEFAULT_NAME, "tokenizer": DEFAULT_TOKENIZER}
+    # The lesson fine-tunes the whole Hugging Face model unless told otherwise.
+    trial_defaults = {**BertSizeSpace.trial_defaults, "trainable": True}
     template_keys = ("name",)
 
     def resolve_model(self, raw: Any, key: str = "model") -> dict:

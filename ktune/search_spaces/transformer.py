@@ -8,6 +8,7 @@ returned to the trial as ``heads``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ktune.errors import ConfigError
@@ -79,6 +80,47 @@ class TransformerSpace(FamilySpace):
             if name not in config:
                 config[name] = suggest(trial, name, spec)
         return config
+
+
+    # model.build: module:function, the user's own Keras model on this family's data.
+    optional_model_keys = ("build",)
+    required = ("embed_dim", "heads", "ff_dim", "learning_rate")
+    trial_defaults = {"num_blocks": 1}
+
+    def is_draw_name(self, name: str) -> bool:
+        return name.startswith("heads_for_embed_dim_")
+
+    def check_combination(self, config: dict, key: str) -> None:
+        if config["embed_dim"] % config["heads"]:
+            raise ConfigError(
+                f"{key}.heads: {config['heads']} does not divide embed_dim "
+                f"{config['embed_dim']} (each head is embed_dim // heads wide)"
+            )
+
+    def tune_space(self, space: Mapping[str, Spec]) -> dict:
+        """``heads`` is drawn after ``embed_dim``, among its divisors (``tune.sample_from``,
+        resolved by Ray's BasicVariantGenerator, random or grid over the other keys)."""
+        from ray import tune
+
+        out = super().tune_space(space)
+        out["heads"] = tune.sample_from(DivisorHeads(tuple(candidates(space["heads"]))))
+        return out
+
+
+@dataclass(frozen=True)
+class DivisorHeads:
+    """A ``tune.sample_from`` function: one of ``choices`` that divides the drawn embed_dim."""
+
+    choices: tuple[int, ...]
+
+    def __call__(self, spec: Any) -> int:
+        import random
+
+        embed_dim = int(spec.config["embed_dim"])
+        valid = [h for h in self.choices if embed_dim % h == 0]
+        if not valid:
+            raise ConfigError(f"heads: no choice in {list(self.choices)} divides embed_dim {embed_dim}")
+        return random.choice(valid)
 
 
 def heads_choices(space: Mapping[str, Spec], embed_dim: int) -> list[int]:

@@ -14,11 +14,11 @@ The data and the family's artefacts arrive through the object store
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import tempfile
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,9 +29,11 @@ import tf_keras as keras
 
 from ktune.config import TrainingConfig
 from ktune.data import TextDataset
+from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, restore
 from ktune.optim import create_optimizer
-from ktune.trainables.devices import configure_devices
 from ktune.search_spaces import FamilySpace
+from ktune.search_spaces.base import TRIAL_DEFAULTS
+from ktune.trainables.devices import configure_devices
 
 __all__ = [
     "Family",
@@ -42,9 +44,10 @@ __all__ = [
     "compile_model",
     "restore_model",
     "CHECKPOINT_PREFIX",
+    "TRIAL_FILE",
+    "family_of",
+    "starting_checkpoint",
 ]
-
-CHECKPOINT_PREFIX = "ckpt"
 
 
 @dataclass
@@ -118,6 +121,12 @@ class TrialPayload:
     gpu: float
     seed: int
     gpu_memory_mb: int | None = None
+    # Names of the probability columns, and texts an export of a checkpoint is verified
+    # on: written into every checkpoint, so a ray.tune.Result exports on its own.
+    class_names: Sequence[str] = ()
+    verify_texts: Sequence[str] = ()
+    # The user's own model: ``fn(config, info) -> keras.Model`` (see ktune.trainables.custom).
+    build_model: Any = None
 
 
 def batch_size_of(config: Mapping[str, Any], training: TrainingConfig) -> int:
@@ -132,8 +141,8 @@ def compile_model(
     optimizer = create_optimizer(
         learning_rate=float(config["learning_rate"]),
         total_steps=steps_per_epoch * training.epochs,
-        warmup=float(config.get("warmup", 0.1)),
-        weight_decay=float(config.get("weight_decay", 0.01)),
+        warmup=float(config.get("warmup", TRIAL_DEFAULTS["warmup"])),
+        weight_decay=float(config.get("weight_decay", TRIAL_DEFAULTS["weight_decay"])),
     )
     model.compile(
         optimizer=optimizer,
@@ -146,35 +155,55 @@ def compile_model(
     return optimizer
 
 
-class ReportEpoch(keras.callbacks.Callback):
-    """After every epoch: write a TF object checkpoint, report it with the metrics to Tune."""
+TRIAL_FILE = "ktune_trial.json"
 
-    def __init__(
-        self, checkpoint: tf.train.Checkpoint, epoch: tf.Variable, optimizer: Any
-    ):
-        super().__init__()
-        self._checkpoint = checkpoint
-        self._epoch = epoch
-        self._optimizer = optimizer
-        self._start_epoch = int(epoch.numpy())  # > 0: this run of the trial was restored
+
+class ReportEpoch(ReportCheckpoint):
+    """ktune's report after every epoch: the metrics, the optimizer's step, the node, and
+    beside the TF checkpoint a ``ktune_trial.json`` (family, config, training sizes,
+    class names, artefacts) from which :func:`ktune.export_result` rebuilds the model."""
+
+    def __init__(self, optimizer: Any, start_epoch: int, trial_info: Mapping[str, Any]):
         import ray
 
-        self._node_id = ray.get_runtime_context().get_node_id()
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        from ray import tune
-
-        self._epoch.assign(epoch + 1)
-        metrics = {k: float(v) for k, v in (logs or {}).items()}
-        metrics["epoch"] = epoch + 1
-        # The optimizer's step drives the learning-rate schedule: a resumed trial continues it.
-        metrics["step"] = int(self._optimizer.iterations.numpy())
+        self._optimizer = optimizer
+        self._start_epoch = start_epoch  # > 0: this run of the trial was restored
         # Which Ray node ran this epoch: trials move between nodes on retries and restores.
-        metrics["node_id"] = self._node_id
-        metrics["resumed_from_epoch"] = self._start_epoch
-        with tempfile.TemporaryDirectory(prefix="ktune-ckpt-") as d:
-            self._checkpoint.write(os.path.join(d, CHECKPOINT_PREFIX))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        self._node_id = ray.get_runtime_context().get_node_id()
+        self._trial_json = json.dumps(dict(trial_info), default=str)
+        super().__init__(extra_metrics=self._extra, write_files=self._write)
+
+    def _extra(self, epoch: int) -> dict:
+        return {
+            # The optimizer's step drives the learning-rate schedule: a resumed trial continues it.
+            "step": int(self._optimizer.iterations.numpy()),
+            # The rate of the step just taken: after a PBT mutation, the new schedule's.
+            "learning_rate_now": current_learning_rate(self._optimizer),
+            "node_id": self._node_id,
+            "resumed_from_epoch": self._start_epoch,
+        }
+
+    def _write(self, folder: str) -> None:
+        Path(folder, TRIAL_FILE).write_text(self._trial_json)
+
+
+def current_learning_rate(optimizer: Any) -> float:
+    """The learning rate an optimizer applies at its current step."""
+    rate = optimizer._learning_rate if hasattr(optimizer, "_learning_rate") else optimizer.lr
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        rate = rate(optimizer.iterations)
+    return float(tf.convert_to_tensor(rate).numpy())
+
+
+def family_of(payload: TrialPayload) -> Family:
+    """The payload's family; with the user's ``build_model``, the custom-model family."""
+    from ktune.trainables import get_family
+
+    if payload.build_model is not None:
+        from ktune.trainables.custom import CustomModelFamily
+
+        return CustomModelFamily(payload.build_model)
+    return get_family(payload.family)
 
 
 def run_trial(
@@ -182,8 +211,6 @@ def run_trial(
 ) -> None:
     """The Ray Tune function trainable (wrapped with ``tune.with_parameters``)."""
     from ray import tune
-
-    from ktune.trainables import get_family
 
     # This worker may run the next trial (reuse_actors). When ASHA stops this one, Ray
     # waits TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for its thread to leave ``fit``
@@ -195,24 +222,25 @@ def run_trial(
     # A reused worker (Ray's reuse_actors) still holds the previous trial's Keras state.
     keras.backend.clear_session()
     keras.utils.set_random_seed(payload.seed)
-    family = get_family(payload.family)
+    family = family_of(payload)
+    config = family.space.check_config(config)
     training = payload.training
     if training.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = family.build_model(config, payload.artefacts, payload.num_classes, training)
     optimizer = compile_model(model, config, training, len(payload.train_labels))
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
-    # A driver killed between a trial's checkpoint and Ray's next snapshot of the experiment
-    # resumes the trial from an older checkpoint than its newest (or none): the newest
-    # complete one on storage is the trial's real state.
-    resume_from = latest_stored_checkpoint() or tune.get_checkpoint()
-    if resume_from is not None:
-        with resume_from.as_directory() as d:
-            checkpoint.read(os.path.join(d, CHECKPOINT_PREFIX)).assert_consumed()
-    start = int(epoch.numpy())
+    start = restore(model, starting_checkpoint())
     if start >= training.epochs:
         return
+    trial_info = {
+        "family": payload.family,
+        "config": config,
+        "training": asdict(training),
+        "class_names": list(payload.class_names),
+        "artefacts": payload.artefacts,
+        "verify_texts": list(payload.verify_texts),
+        "build_model": callable_reference(payload.build_model),
+    }
     model.fit(
         payload.train_inputs,
         payload.train_labels,
@@ -222,8 +250,41 @@ def run_trial(
         initial_epoch=start,
         shuffle=True,
         verbose=0,
-        callbacks=[ReportEpoch(checkpoint, epoch, optimizer), *callbacks],
+        callbacks=[ReportEpoch(optimizer, start, trial_info), *callbacks],
     )
+
+
+def callable_reference(fn: Any) -> str | None:
+    """``module:qualname`` of a function that can be imported again, else None."""
+    if fn is None:
+        return None
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<" in name:
+        return None
+    return f"{module}:{name}"
+
+
+def starting_checkpoint():
+    """The checkpoint a trial starts from.
+
+    Ray hands a trial the checkpoint to start from (``ray.tune.get_checkpoint()``). When
+    it is another trial's, this is a PBT exploit: the trial continues from the donor's
+    state with its own (mutated) hyperparameters. When it is the trial's own, or none, the
+    trial was retried or resumed: a driver killed between a trial's checkpoint and Ray's
+    next snapshot of the experiment hands back an older checkpoint than its newest (or
+    none), so the newest complete one on storage is the trial's real state.
+    """
+    from ray import tune
+
+    handed = tune.get_checkpoint()
+    storage = tune.get_context().get_storage()
+    if handed is not None and not _inside(handed.path, storage.trial_fs_path):
+        return handed
+    return latest_stored_checkpoint() or handed
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.rstrip("/").startswith(folder.rstrip("/") + "/")
 
 
 def latest_stored_checkpoint():
@@ -254,9 +315,6 @@ def restore_model(
     checkpoint_dir: str | Path,
 ) -> keras.Model:
     """Rebuilds a trial's model and loads its weights from a ktune checkpoint folder."""
-    model = family.build_model(config, artefacts, num_classes, training)
-    status = tf.train.Checkpoint(model=model).read(
-        os.path.join(str(checkpoint_dir), CHECKPOINT_PREFIX)
-    )
-    status.expect_partial().assert_existing_objects_matched()
+    model = family.build_model(family.space.check_config(config), artefacts, num_classes, training)
+    restore(model, str(checkpoint_dir))
     return model

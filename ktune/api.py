@@ -1,0 +1,594 @@
+"""ktune's public face: run a search from Python, or put ktune into your own ``tune.Tuner``.
+
+Two ways in, one code path (``ktune run`` on the command line calls :func:`run`):
+
+- **An experiment**: :func:`run` takes an experiment file (or a dict, or an
+  :class:`~ktune.config.ExperimentConfig`), runs its search end to end and returns an
+  :class:`ExperimentResult`; :func:`resume` continues one whose driver died;
+  :func:`load` opens a finished one (a folder or a URI).
+- **A plugin**: :func:`trainable` returns a Ray Tune trainable over prepared data for
+  your own ``tune.Tuner``; :func:`search_space` returns a family's space for Optuna's
+  ``OptunaSearch(space=...)`` or as a Ray Tune ``param_space``; :func:`export_result`
+  and :func:`load_model` turn any resulting ``ray.tune.Result`` into a verified
+  SavedModel or a Keras model.
+
+Nothing here prints unless asked (``progress=True`` prints the live table of trials).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ktune import storage
+from ktune.config import ExperimentConfig, parse_config, read_experiment_file
+from ktune.errors import ConfigError, ExperimentError
+
+__all__ = [
+    "run", "resume", "load", "trainable", "search_space", "export_result", "load_model",
+    "ExperimentResult",
+]
+
+# Keyword overrides of run() that are not sections of the experiment file.
+_FLAT = ("num_samples", "storage", "address")
+
+
+@dataclass
+class ExperimentResult:
+    """A finished (or resumed) ktune experiment: its best trial, all trials, its files.
+
+    Returned by :func:`run`, :func:`resume` and :func:`load`, in the spirit of an Optuna
+    ``Study``: ``best_config``, ``best_metrics``, ``test_accuracy``, ``trials`` (a pandas
+    DataFrame), ``grid`` (Ray's ``ResultGrid``), ``export()``, ``predict()``.
+
+    Args:
+        path: str. The experiment's location, ``<storage>/<name>``: a folder or a URI.
+        dir: Path. The local folder holding ktune's files (for a URI: a working copy).
+        spec: dict. ``ktune.json``: family, training sizes, class names, artefacts.
+        best: dict. ``best.json``: the best trial, its metrics and test accuracy.
+    """
+
+    path: str
+    dir: Path
+    spec: dict
+    best: dict
+    _grid: Any = field(default=None, repr=False)
+
+    @property
+    def best_trial(self) -> str:
+        """The best trial's id (its folder name, ``trial_<id>``)."""
+        return self.best["trial"]
+
+    @property
+    def best_config(self) -> dict:
+        """The hyperparameters of the best trial."""
+        return dict(self.best["config"])
+
+    @property
+    def best_metrics(self) -> dict:
+        """The best trial's metrics at its best epoch (``val_accuracy``, ``epoch``, ...)."""
+        return dict(self.best["metrics"])
+
+    @property
+    def test_accuracy(self) -> float:
+        """The best trial's accuracy on the test split, which never guided the search."""
+        return float(self.best["test_accuracy"])
+
+    @property
+    def best_checkpoint(self):
+        """The best trial's best checkpoint, a ``ray.tune.Checkpoint`` (local or URI)."""
+        from ray import tune
+
+        location = self.best["checkpoint"]
+        if storage.is_uri(location):
+            fs, path = storage.filesystem(location)
+            return tune.Checkpoint(path, filesystem=fs)
+        return tune.Checkpoint(location)
+
+    @property
+    def export_dir(self) -> str | None:
+        """Where the best trial was exported, if it was."""
+        return self.best.get("export")
+
+    @property
+    def trials(self):
+        """A pandas DataFrame, one row a trial: status, searched hyperparameters, epochs,
+        best metric, error (``results.csv``)."""
+        import pandas as pd
+
+        from ktune.experiment import RESULTS_FILE
+
+        return pd.read_csv(self.dir / RESULTS_FILE)
+
+    @property
+    def grid(self):
+        """Ray Tune's ``ResultGrid`` of the search: every trial's ``ray.tune.Result``."""
+        if self._grid is None:
+            from ray.tune import ExperimentAnalysis, ResultGrid
+
+            self._grid = ResultGrid(ExperimentAnalysis(
+                self.path, default_metric=self.spec["metric"], default_mode=self.spec["mode"],
+            ))
+        return self._grid
+
+    def export(self, out: str | Path | None = None, *, force: bool = False) -> str:
+        """Exports the best trial as a verified SavedModel that takes raw strings.
+
+        Args:
+            out: str or Path. Target folder or URI. Defaults to ``<path>/export``.
+            force: bool. Replace an existing export (only once the new one is verified).
+                Defaults to False.
+
+        Returns:
+            str: where the export is.
+        """
+        from ktune.export import export_best
+
+        target = str(out) if out is not None else storage.join(self.path, "export")
+        done = export_best(self.dir, target if storage.is_uri(target) else Path(target),
+                           force=force)
+        self.best["export"] = str(done)
+        return str(done)
+
+    def load_model(self):
+        """The best trial's Keras model, rebuilt and restored from its checkpoint."""
+        from ktune.config import TrainingConfig
+        from ktune.experiment import family_for
+        from ktune.export import _source_of
+        from ktune.trainables.base import restore_model
+
+        family = family_for(self.spec["family"], self.spec.get("build_model"),
+                            _source_of(self.spec))
+        with self.best_checkpoint.as_directory() as d:
+            return restore_model(
+                family, self.best_config, self.spec["artefacts"],
+                len(self.spec["class_names"]), TrainingConfig(**self.spec["training"]), d,
+            )
+
+    def predict(self, texts: Sequence[str]) -> list[dict]:
+        """Label, score and per-class probabilities of each text, from the export when
+        there is a local one, else from the best checkpoint (the same model)."""
+        from ktune.export import predict
+
+        exported = self.export_dir
+        if exported and not storage.is_uri(exported) and Path(exported, "saved_model.pb").is_file():
+            return predict(exported, texts)
+        from ktune.config import TrainingConfig
+        from ktune.experiment import family_for
+        from ktune.export import _source_of
+
+        family = family_for(self.spec["family"], self.spec.get("build_model"),
+                            _source_of(self.spec))
+        training = TrainingConfig(**self.spec["training"])
+        model = self.load_model()
+        texts = list(texts)
+        probs = model.predict(family.encode(self.spec["artefacts"], training, texts), verbose=0)
+        names = list(self.spec["class_names"])
+        return [
+            {"text": t, "label": names[int(p.argmax())], "score": float(p.max()),
+             "probabilities": dict(zip(names, map(float, p)))}
+            for t, p in zip(texts, probs)
+        ]
+
+    def summary(self) -> str:
+        """The results table, the best trial and where its results and export are."""
+        from ktune.experiment import format_results_table
+
+        metric = self.spec["metric"]
+        frame = self.trials
+        columns = list(frame.columns)
+        keys = columns[columns.index("status") + 1:columns.index("epochs")]
+        rows = [{k: (None if _is_nan(v) and k in keys else v) for k, v in row.items()}
+                for row in frame.to_dict("records")]
+        value = self.best_metrics.get(metric, float("nan"))
+        lines = [
+            format_results_table(rows, metric, keys), "",
+            f"best trial {self.best_trial}: {metric}={value:.4f} at epoch "
+            f"{self.best_metrics.get('epoch')}, test_accuracy={self.test_accuracy:.4f} "
+            "(test split, reported separately)",
+            f"results: {storage.redact(self.path)}",
+        ]
+        if self.export_dir:
+            shown = storage.redact(self.export_dir)
+            lines.append(f"exported: {shown}  (try: ktune predict {shown} \"some text\")")
+        return "\n".join(lines)
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def _experiment_config(experiment: Any, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """An ExperimentConfig from a YAML path, a dict or a config, with ``overrides``.
+
+    Overrides are the CLI's (``num_samples``, ``storage``, ``address``) or whole sections
+    of the experiment file merged key by key (``training={"epochs": 1}``).
+    """
+    from ktune.config import TOP_LEVEL
+
+    flat = {k: overrides[k] for k in _FLAT if k in overrides}
+    sections = {k: v for k, v in overrides.items() if k not in _FLAT}
+    for name in sections:
+        if name not in TOP_LEVEL:
+            raise ConfigError(f"{name}: unknown override; give {', '.join(_FLAT)} or a "
+                              f"section of the experiment file ({', '.join(TOP_LEVEL)})")
+    if isinstance(experiment, ExperimentConfig):
+        if sections:
+            raise ConfigError(f"{next(iter(sections))}: a parsed ExperimentConfig takes only "
+                              f"the overrides {', '.join(_FLAT)}; pass the YAML file or a dict")
+        cfg = experiment
+        if "num_samples" in flat:
+            cfg = replace(cfg, search=replace(cfg.search, num_samples=flat["num_samples"]))
+        if "address" in flat:
+            cfg = replace(cfg, address=flat["address"])
+        if "storage" in flat:
+            cfg = replace(cfg, storage=str(Path(flat["storage"]).expanduser().resolve())
+                          if not storage.is_uri(flat["storage"]) else flat["storage"])
+        return cfg
+    if isinstance(experiment, Mapping):
+        raw, base, source = dict(experiment), Path.cwd(), None
+    elif isinstance(experiment, (str, Path)):
+        path = Path(experiment)
+        raw = dict(read_experiment_file(path) or {})
+        base, source = path.resolve().parent, str(path.resolve())
+    else:
+        raise ConfigError(f"experiment: expected a YAML file, a dict or an ExperimentConfig, "
+                          f"got {type(experiment).__name__}")
+    for name, value in sections.items():
+        if isinstance(value, Mapping) and isinstance(raw.get(name), Mapping):
+            raw[name] = {**raw[name], **value}
+        else:
+            raw[name] = value
+    return parse_config(raw, base_dir=base, source_path=source, **flat)
+
+
+def run(
+    experiment: Any,
+    *,
+    scheduler: Any = None,
+    search_alg: Any = None,
+    callbacks: Sequence[Any] = (),
+    export: bool | None = None,
+    progress: bool = False,
+    verbose: bool = False,
+    **overrides: Any,
+) -> ExperimentResult:
+    """Runs an experiment's search end to end: data, search, test accuracy, export.
+
+    Args:
+        experiment: str, Path, dict or ExperimentConfig. An experiment file, its parsed
+            contents, or a validated config.
+        scheduler: a Ray Tune scheduler (``HyperBandScheduler()``, ``PopulationBasedTraining
+            (...)``) instead of the one ``search.scheduler`` names. Defaults to None.
+        search_alg: a Ray Tune searcher instead of ktune's Optuna TPE. Defaults to None.
+        callbacks: ``ray.tune.Callback`` objects (loggers) run beside ktune's own.
+        export: bool or None. Export the best trial; None follows ``export.enabled``.
+        progress: bool. Print the live table of trials. Defaults to False.
+        verbose: bool. Ray Tune's own output instead. Defaults to False.
+        **overrides: ``num_samples``, ``storage``, ``address``, or sections of the
+            experiment file merged key by key (``training={"epochs": 1}``).
+
+    Returns:
+        ExperimentResult: the best trial, every trial, and the experiment's files.
+
+    Raises:
+        KtuneUserError: a bad experiment, data file or target, before Ray starts.
+
+    Example::
+
+        import ktune
+        result = ktune.run("examples/quickstart.yaml", num_samples=4, storage="/tmp/runs")
+        print(result.best_config, result.test_accuracy)
+        result.predict(["Striker scores twice in the cup final"])
+    """
+    from ktune.experiment import run_search
+
+    cfg = _experiment_config(experiment, overrides)
+    best, grid = run_search(
+        cfg, export=export, verbose=verbose, progress=progress, scheduler=scheduler,
+        search_alg=search_alg, tune_callbacks=callbacks,
+    )
+    return _result(cfg.experiment_path, cfg.experiment_dir, best, grid)
+
+
+def resume(
+    experiment_dir: str | Path, *, address: str | None = None, export: bool | None = None,
+    callbacks: Sequence[Any] = (), progress: bool = False, verbose: bool = False,
+) -> ExperimentResult:
+    """Continues the search of an experiment whose driver died (``ktune resume``).
+
+    Finished trials are kept; trials that were running continue from their newest
+    checkpoint; the Optuna study continues from its journal.
+
+    Args:
+        experiment_dir: str or Path. ``<storage>/<name>``, a folder or a URI.
+        address: str or None. A Ray cluster to join. Defaults to a local Ray.
+        export: bool or None. Export the best trial; None follows the experiment file.
+        callbacks: ``ray.tune.Callback`` objects run in the driver.
+        progress, verbose: as in :func:`run`.
+
+    Returns:
+        ExperimentResult.
+    """
+    from ktune.experiment import resume_search
+
+    best, grid = resume_search(experiment_dir, address=address, export=export,
+                               verbose=verbose, progress=progress, tune_callbacks=callbacks)
+    where = str(experiment_dir) if storage.is_uri(str(experiment_dir)) else str(
+        Path(experiment_dir).resolve())
+    local = _staging(where) if storage.is_uri(where) else Path(where)
+    return _result(where, local, best, grid)
+
+
+def _staging(uri: str) -> Path:
+    from ktune.experiment import SPEC_FILE
+
+    spec = json.loads(storage.read_text(storage.join(uri, SPEC_FILE), "EXPERIMENT_DIR"))
+    return Path(spec.get("staging_dir") or storage.staging_dir(uri))
+
+
+def _result(path: str, local: Path, best: dict, grid: Any) -> ExperimentResult:
+    from ktune.experiment import SPEC_FILE
+
+    spec = json.loads((Path(local) / SPEC_FILE).read_text())
+    return ExperimentResult(path=str(path), dir=Path(local), spec=spec, best=best, _grid=grid)
+
+
+def load(experiment_dir: str | Path) -> ExperimentResult:
+    """Opens a finished experiment: a folder ``<storage>/<name>`` or a URI.
+
+    A URI's ktune files are downloaded to a temporary folder; checkpoints stay where they
+    are and are read from there when needed (``load_model``, ``export``).
+
+    Example::
+
+        result = ktune.load("results/quickstart")
+        result.trials.sort_values("val_accuracy").tail(3)
+    """
+    from ktune.experiment import fetch_experiment, read_experiment
+
+    given = str(experiment_dir)
+    if storage.is_uri(given):
+        local = fetch_experiment(given, storage.temporary_dir("ktune-load-") / storage.basename(given))
+        path = given
+    else:
+        local = Path(given).resolve()
+        path = str(local)
+    spec, best = read_experiment(local)
+    return ExperimentResult(path=path, dir=Path(local), spec=spec, best=best)
+
+
+# --- the plugin: ktune's pieces in your own Tuner ----------------------------------------
+
+
+def search_space(
+    family: str = "transformer",
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    backend: str = "optuna",
+):
+    """A family's search space with your overrides, for your own searcher.
+
+    Args:
+        family: str. ``transformer``, ``tfhub_bert`` or ``hf_bert``. Defaults to
+            ``transformer``.
+        overrides: mapping or None. As ``search.space`` in the experiment file: a list is
+            a choice, ``{low, high, log}`` a range, a scalar fixed.
+        backend: str. ``optuna``: the define-by-run function for
+            ``OptunaSearch(space=...)``, ``heads`` drawn among divisors of the drawn
+            ``embed_dim``. ``tune``: a Ray Tune ``param_space`` (``tune.choice``,
+            ``tune.loguniform``, ...; ``heads`` a ``tune.sample_from`` over the divisors)
+            for Ray's BasicVariantGenerator (random or grid) and any scheduler.
+
+    Returns:
+        A picklable callable (optuna) or a dict (tune).
+
+    Example::
+
+        space = ktune.search_space("transformer", {"embed_dim": [32, 64]}, backend="tune")
+        tune.Tuner(ktune.trainable("transformer"), param_space=space, ...).fit()
+    """
+    from ktune.search_spaces import SPACES
+
+    if family not in SPACES:
+        raise ConfigError(f"family: must be one of {', '.join(SPACES)}, got {family!r}")
+    space = SPACES[family]
+    resolved = space.resolve(overrides, key="overrides")
+    if backend == "optuna":
+        return space.space_fn(resolved)
+    if backend == "tune":
+        return space.tune_space(resolved)
+    raise ConfigError(f"backend: must be 'optuna' or 'tune', got {backend!r}")
+
+
+def trainable(
+    family: str = "transformer",
+    *,
+    data: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    build_model: Callable | None = None,
+    seed: int = 0,
+    callbacks: Sequence[Any] = (),
+):
+    """A Ray Tune trainable of a ktune family, for your own ``tune.Tuner``.
+
+    The data is loaded and prepared once, here in the driver (vocabulary, token ids or
+    the BERT tokenizer's ids), and reaches the trials through Ray's object store. Each
+    trial builds the family's model for its config, trains it with AdamW + warmup,
+    reports ``val_accuracy``, ``val_loss``, ... after every epoch with a resumable
+    checkpoint (PBT exploits load the donor's), and :func:`export_result` turns any of its
+    results into a SavedModel. Every config Ray draws is checked in the driver before the
+    trial is placed: a missing key or a ``heads`` that does not divide ``embed_dim`` stops
+    ``Tuner.fit()`` with one :class:`~ktune.errors.ConfigError`.
+
+    Args:
+        family: str. ``transformer``, ``tfhub_bert`` or ``hf_bert``. Defaults to
+            ``transformer``.
+        data: mapping or None. As ``data:`` in the experiment file (source builtin, tfds,
+            csv, jsonl; relative paths from the working directory). Defaults to builtin.
+        training: mapping or None. As ``training:`` (epochs, batch_size, maxlen, ...).
+        model: mapping or None. As ``model:`` (handles, model names, templates).
+        resources: mapping or None. As ``resources:`` per trial (cpu, gpu, gpu_memory_mb).
+        build_model: callable or None. Your own Keras model, ``fn(config, info)`` ->
+            an uncompiled model from token ids ``(batch, info.maxlen)`` to softmax
+            probabilities over ``info.num_classes`` (``info.vocab_size`` tokens); the
+            config is yours, with ``learning_rate`` (and optional ``warmup``,
+            ``weight_decay``) for ktune's optimizer. Uses the transformer family's data.
+        seed: int. Seeds Keras in every trial. Defaults to 0.
+        callbacks: Keras callbacks added to every trial's ``fit``.
+
+    Returns:
+        A trainable for ``tune.Tuner(trainable, ...)``, with its resources set.
+
+    Example::
+
+        from ray import tune
+        from ray.tune.search.optuna import OptunaSearch
+        import ktune
+
+        tuner = tune.Tuner(
+            ktune.trainable("transformer", training={"epochs": 3}),
+            tune_config=tune.TuneConfig(
+                search_alg=OptunaSearch(space=ktune.search_space("transformer"),
+                                        metric="val_accuracy", mode="max"),
+                scheduler=tune.schedulers.ASHAScheduler(metric="val_accuracy", mode="max",
+                                                        max_t=3),
+                num_samples=8),
+        )
+        best = tuner.fit().get_best_result("val_accuracy", "max")
+        ktune.export_result(best, "exported/")
+    """
+    from ray import tune
+
+    from ktune.experiment import _prepare
+    from ktune.trainables.base import run_trial
+    from ktune.tuner import TrialResources
+
+    if build_model is not None and not callable(build_model):
+        raise ConfigError(f"build_model: must be a function (config, info) -> keras.Model, "
+                          f"got {build_model!r}")
+    if build_model is not None and family != "transformer":
+        raise ConfigError("build_model: your own model trains on the transformer family's "
+                          f"token ids; family must be 'transformer', got {family!r}")
+    raw = {
+        "name": "trainable", "family": family, "data": data, "training": training,
+        "model": model, "resources": resources, "search": {"seed": seed}, "export": False,
+    }
+    cfg = parse_config({k: v for k, v in raw.items() if v is not None})
+    # The handles of the default space's sizes are not checked here: the user's own
+    # param_space decides which sizes are drawn, and each is checked as it is drawn.
+    data_set, prepared, payload = _prepare(cfg, check_models=False)
+    payload = replace(payload, build_model=build_model)
+    space = _space_for(family, build_model)
+    fn = tune.with_parameters(run_trial, payload=payload, callbacks=list(callbacks))
+    return tune.with_resources(fn, TrialResources(
+        space, cfg.resources.cpu, cfg.resources.gpu, family,
+        cfg.model if family in ("tfhub_bert", "hf_bert") else None,
+    ))
+
+
+def _space_for(family: str, build_model: Callable | None):
+    from ktune.search_spaces import SPACES
+    from ktune.search_spaces.custom import CustomModelSpace
+
+    return CustomModelSpace() if build_model is not None else SPACES[family]
+
+
+def _trial_info(result_or_checkpoint: Any) -> tuple[Any, dict]:
+    """(checkpoint, ktune_trial.json) of a ray.tune.Result or Checkpoint of a ktune trial."""
+    from ray import tune
+
+    from ktune.trainables.base import TRIAL_FILE
+
+    checkpoint = result_or_checkpoint
+    if isinstance(result_or_checkpoint, tune.Result):
+        checkpoint = result_or_checkpoint.checkpoint
+        if checkpoint is None:
+            raise ExperimentError("result: this trial reported no checkpoint (did it finish an epoch?)")
+    elif isinstance(result_or_checkpoint, (str, Path)):
+        checkpoint = tune.Checkpoint(str(result_or_checkpoint))
+    if not isinstance(checkpoint, tune.Checkpoint):
+        raise ExperimentError(f"result: expected a ray.tune.Result or Checkpoint, got "
+                              f"{type(result_or_checkpoint).__name__}")
+    with checkpoint.as_directory() as d:
+        info_file = Path(d, TRIAL_FILE)
+        if not info_file.is_file():
+            raise ExperimentError(
+                f"{checkpoint.path}: not a checkpoint of a ktune trainable (no {TRIAL_FILE})")
+        return checkpoint, json.loads(info_file.read_text())
+
+
+def _family_of_info(info: dict, build_model: Callable | None):
+    from ktune.trainables import get_family
+    from ktune.trainables.custom import CustomModelFamily, import_build_model
+
+    if build_model is not None:
+        return CustomModelFamily(build_model)
+    if info.get("build_model"):
+        return CustomModelFamily(import_build_model(info["build_model"], key="build_model"))
+    return get_family(info["family"])
+
+
+def load_model(result_or_checkpoint: Any, *, build_model: Callable | None = None):
+    """The Keras model of a ktune trial's checkpoint (like KerasTuner's ``get_best_models``).
+
+    Args:
+        result_or_checkpoint: a ``ray.tune.Result``, ``ray.tune.Checkpoint`` or folder.
+        build_model: callable or None. Your ``build_model`` when the trial used one that
+            cannot be imported by name (defined in ``__main__``).
+
+    Returns:
+        keras.Model: rebuilt for the trial's config, weights restored.
+    """
+    from ktune.config import TrainingConfig
+    from ktune.trainables.base import restore_model
+
+    checkpoint, info = _trial_info(result_or_checkpoint)
+    family = _family_of_info(info, build_model)
+    with checkpoint.as_directory() as d:
+        return restore_model(family, info["config"], info["artefacts"], len(info["class_names"]),
+                             TrainingConfig(**info["training"]), d)
+
+
+def export_result(
+    result_or_checkpoint: Any,
+    out: str | Path,
+    *,
+    force: bool = False,
+    build_model: Callable | None = None,
+) -> Path:
+    """A verified SavedModel that takes raw strings, from any ktune trial's result.
+
+    Works on the ``ray.tune.Result`` (or ``Checkpoint``) of a trial of
+    :func:`trainable` in your own Tuner, no experiment folder needed: the checkpoint
+    carries the family, config, vocabulary and class names. The export is reloaded and
+    compared with the restored model before it is moved into place.
+
+    Args:
+        result_or_checkpoint: a ``ray.tune.Result``, ``ray.tune.Checkpoint`` or folder.
+        out: str or Path. A local folder that must not exist (unless ``force``).
+        force: bool. Replace an existing export once the new one is verified.
+        build_model: callable or None. As in :func:`load_model`.
+
+    Returns:
+        Path: the export folder.
+    """
+    from ktune.config import TrainingConfig
+    from ktune.export import export_checkpoint
+
+    target = Path(out).resolve()
+    if target.exists() and not force:
+        raise ExperimentError(f"{target}: export target already exists (use force=True to replace it)")
+    checkpoint, info = _trial_info(result_or_checkpoint)
+    family = _family_of_info(info, build_model)
+    with checkpoint.as_directory() as d:
+        return export_checkpoint(
+            family, info["config"], info["artefacts"], info["class_names"],
+            TrainingConfig(**info["training"]), d, target,
+            verify_texts=info["verify_texts"] or ["a text", ""],
+            metadata={"family": info["family"], "checkpoint": checkpoint.path},
+        )

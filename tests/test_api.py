@@ -1,0 +1,159 @@
+"""The Python face: ``ktune.run`` / ``resume`` / ``load`` and their result object."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ktune
+from conftest import reload_in_fresh_process, tiny_experiment
+
+TEXTS = ["Striker scores twice in the cup final", "Stocks fall as oil prices climb", ""]
+
+
+def test_import_ktune_is_cheap_and_names_the_api():
+    import subprocess
+    import sys
+
+    code = ("import sys, ktune; assert callable(ktune.run) and callable(ktune.trainable); "
+            "print(sorted(m for m in ('tensorflow', 'ray', 'optuna') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"  # the API loads lazily: no TF, Ray or Optuna yet
+    for name in ("run", "resume", "load", "trainable", "search_space", "export_result",
+                 "load_model", "ExperimentResult"):
+        assert name in ktune.__all__
+
+
+@pytest.mark.parametrize(("experiment", "overrides", "match"), [
+    (123, {}, "experiment: expected a YAML file"),
+    ({"name": "x"}, {"bogus": {"a": 1}}, "bogus: unknown override"),
+    ({"name": "x"}, {"training": {"epochz": 1}}, "training.epochz: unknown key"),
+    ("/nonexistent/exp.yaml", {}, "experiment file not found"),
+])
+def test_bad_calls_are_one_clear_error_before_ray(experiment, overrides, match):
+    import ray
+
+    was = ray.is_initialized()
+    with pytest.raises(ktune.ConfigError, match=match):
+        ktune.run(experiment, **overrides)
+    assert ray.is_initialized() == was
+
+
+def test_a_parsed_config_takes_only_flat_overrides(tmp_path):
+    cfg = ktune.load_config(_write(tmp_path, tiny_experiment(tmp_path)))
+    with pytest.raises(ktune.ConfigError, match="training: a parsed ExperimentConfig"):
+        ktune.run(cfg, training={"epochs": 1})
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    import yaml
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(ray_session, tmp_path_factory):
+    """One real search through ``ktune.run`` (YAML file + section overrides)."""
+    tmp = tmp_path_factory.mktemp("api")
+    raw = tiny_experiment(tmp)
+    raw["training"]["epochs"] = 3  # overridden below
+    path = _write(tmp, raw)
+    result = ktune.run(path, num_samples=2, training={"epochs": 2})
+    return result
+
+
+@pytest.mark.slow
+def test_run_returns_the_result_object(finished):
+    r = finished
+    assert isinstance(r, ktune.ExperimentResult)
+    assert r.dir.is_dir() and r.path == str(r.dir)
+    best = json.loads((r.dir / "best.json").read_text())
+    assert r.best_trial == best["trial"] and r.best_config == best["config"]
+    assert r.best_metrics["val_accuracy"] == best["metrics"]["val_accuracy"]
+    assert r.best_metrics["epoch"] <= 2  # the override of training.epochs took effect
+    assert 0.0 <= r.test_accuracy <= 1.0 and r.test_accuracy == best["test_accuracy"]
+    frame = r.trials
+    assert len(frame) == 2 and set(frame["status"]) == {"TERMINATED"}
+    assert frame["epochs"].max() == 2
+    assert r.best_config["embed_dim"] % r.best_config["heads"] == 0
+    # Ray's own ResultGrid, the same trials
+    assert len(r.grid) == 2 and not r.grid.errors
+    assert {Path(x.path).name for x in r.grid} == set(frame["trial"])
+    assert r.best_checkpoint.path == best["checkpoint"]
+    assert Path(r.export_dir, "saved_model.pb").is_file()
+    text = r.summary()
+    assert f"best trial {r.best_trial}:" in text and "exported:" in text
+
+
+@pytest.mark.slow
+def test_predict_export_and_model_agree(finished, tmp_path):
+    import numpy as np
+
+    r = finished
+    from_export = r.predict(TEXTS)
+    names = r.spec["class_names"]
+    assert [p["label"] for p in from_export] == [
+        max(p["probabilities"], key=p["probabilities"].get) for p in from_export]
+    assert all(p["label"] in names for p in from_export)
+    # the same trial from its checkpoint, without the export
+    loaded = ktune.load(r.dir)
+    loaded.best.pop("export")
+    from_model = loaded.predict(TEXTS)
+    for a, b in zip(from_export, from_model):
+        assert a["label"] == b["label"]
+        np.testing.assert_allclose(list(a["probabilities"].values()),
+                                   list(b["probabilities"].values()), atol=1e-5)
+    out = loaded.export(tmp_path / "again")
+    fresh = reload_in_fresh_process(out, TEXTS)
+    np.testing.assert_allclose(
+        fresh["probabilities"], [list(p["probabilities"].values()) for p in from_export],
+        atol=1e-5)
+    with pytest.raises(ktune.ExperimentError, match="already exists"):
+        loaded.export(tmp_path / "again")
+
+
+@pytest.mark.slow
+def test_load_reads_a_finished_experiment_the_same_way(finished):
+    r = ktune.load(str(finished.dir))
+    assert r.best == json.loads((finished.dir / "best.json").read_text())
+    assert r.test_accuracy == finished.test_accuracy
+    assert len(r.grid) == 2  # from Ray's saved experiment state
+    assert r.load_model().count_params() > 0
+    with pytest.raises(ktune.ExperimentError, match="no such experiment directory"):
+        ktune.load(finished.dir.parent / "nothing-here")
+
+
+@pytest.mark.slow
+def test_scheduler_searcher_and_callbacks_replace_the_yaml(ray_session, tmp_path):
+    """FIFO instead of the file's ASHA (every trial trains every epoch), Ray's
+    BasicVariantGenerator instead of Optuna, and a Tune callback that sees every result."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    class Count(tune.Callback):
+        def __init__(self):
+            self.results = []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.results.append((trial.trial_id, result["epoch"]))
+
+    raw = tiny_experiment(tmp_path, export={"enabled": False})
+    raw["search"]["num_samples"] = 3
+    raw["search"]["space"]["learning_rate"] = {"low": 1e-5, "high": 2e-5, "log": True}
+    count = Count()
+    r = ktune.run(raw, scheduler=FIFOScheduler(), search_alg=BasicVariantGenerator(random_state=1),
+                  callbacks=[count])
+    frame = r.trials
+    assert len(frame) == 3 and list(frame["epochs"]) == [2, 2, 2]  # no early stopping
+    assert len(count.results) == 6
+    assert not (r.dir / "optuna.journal").exists()  # Optuna was replaced
+    for config in (x.config for x in r.grid):
+        assert config["embed_dim"] % config["heads"] == 0
+        assert 1e-5 <= config["learning_rate"] <= 2e-5

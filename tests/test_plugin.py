@@ -1,0 +1,155 @@
+"""ktune's trainable and search space in a user's own ``tune.Tuner`` (the plugin)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ktune
+from conftest import reload_in_fresh_process
+
+DATA = {"source": "builtin", "train_size": 1500, "test_size": 100, "seed": 3}
+TRAINING = {"epochs": 2, "batch_size": 32, "maxlen": 24, "vocab_size": 400}
+SMALL = {"embed_dim": [8, 16], "heads": [1, 2, 4, 8], "ff_dim": [8], "num_blocks": [1],
+         "learning_rate": {"low": 8e-3, "high": 2e-2, "log": True}}
+
+
+@pytest.fixture(scope="module")
+def transformer(ray_session):
+    """The trainable, prepared once in the driver (vocabulary, token ids)."""
+    return ktune.trainable("transformer", data=DATA, training=TRAINING)
+
+
+def run_config(tmp_path: Path, name: str):
+    from ray import tune
+
+    return tune.RunConfig(storage_path=str(tmp_path / "runs"), name=name, verbose=0)
+
+
+def test_search_space_has_both_forms():
+    from ray.tune.search.sample import Categorical, Float, Function
+
+    fn = ktune.search_space("transformer", {"embed_dim": [8, 16]})
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        config = fn(study.ask())
+        assert config["embed_dim"] in (8, 16) and config["embed_dim"] % config["heads"] == 0
+    space = ktune.search_space("transformer", {"embed_dim": [8, 16]}, backend="tune")
+    assert isinstance(space["embed_dim"], Categorical) and space["embed_dim"].categories == [8, 16]
+    assert isinstance(space["learning_rate"], Float) and isinstance(space["heads"], Function)
+    assert space["weight_decay"] == 0.01  # fixed values stay plain
+    with pytest.raises(ktune.ConfigError, match="overrides.heads: no choice in"):
+        ktune.search_space("transformer", {"embed_dim": [12], "heads": [5]})
+    with pytest.raises(ktune.ConfigError, match="backend"):
+        ktune.search_space("transformer", backend="hyperopt")
+
+
+def test_tune_form_keeps_heads_dividing_embed_dim():
+    """BasicVariantGenerator resolves ``heads`` after ``embed_dim``, among its divisors."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = ktune.search_space("transformer", {"embed_dim": [12, 16], "heads": [1, 3, 4, 8]},
+                               backend="tune")
+    seen = set()
+    for _ in range(40):
+        for _, config in generate_variants(space):
+            assert config["embed_dim"] % config["heads"] == 0
+            seen.add((config["embed_dim"], config["heads"]))
+    assert seen == {(12, 1), (12, 3), (12, 4), (16, 1), (16, 4), (16, 8)}
+
+
+@pytest.mark.slow
+def test_own_tuner_with_optuna_and_asha_then_export(transformer, tmp_path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    tuner = tune.Tuner(
+        transformer,
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearch(space=ktune.search_space("transformer", SMALL),
+                                    metric="val_accuracy", mode="max"),
+            scheduler=ASHAScheduler(metric="val_accuracy", mode="max", max_t=2),
+            num_samples=3, max_concurrent_trials=2,
+        ),
+        run_config=run_config(tmp_path, "own"),
+    )
+    grid = tuner.fit()
+    assert len(grid) == 3 and not grid.errors
+    for result in grid:
+        assert result.config["embed_dim"] % result.config["heads"] == 0
+        assert 1 <= result.metrics["epoch"] <= 2 and "val_accuracy" in result.metrics
+    best = grid.get_best_result("val_accuracy", "max")
+    out = ktune.export_result(best, tmp_path / "export")
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["verified"]["max_abs_diff"] <= 1e-5 and meta["config"]["embed_dim"] == best.config["embed_dim"]
+    assert meta["class_names"] == ["World", "Sports", "Business", "Sci/Tech"]
+    texts = ["Striker scores twice in the cup final", "Stocks fall as oil prices climb"]
+    fresh = reload_in_fresh_process(out, texts)
+    model = ktune.load_model(best)  # like KerasTuner's get_best_models
+    from ktune.trainables import get_family
+    from ktune.config import TrainingConfig
+
+    family = get_family("transformer")
+    info = json.loads(Path(best.checkpoint.path, "ktune_trial.json").read_text())
+    ids = family.encode(info["artefacts"], TrainingConfig(**TRAINING), texts)
+    import numpy as np
+
+    np.testing.assert_allclose(fresh["probabilities"], model.predict(ids, verbose=0), atol=1e-5)
+    with pytest.raises(ktune.ExperimentError, match="already exists"):
+        ktune.export_result(best, out)
+
+
+@pytest.mark.slow
+def test_ray_param_space_with_basic_variant_grid_and_median_stopping(transformer, tmp_path):
+    from ray import tune
+    from ray.tune.schedulers import MedianStoppingRule
+
+    space = ktune.search_space("transformer", SMALL, backend="tune")
+    space["embed_dim"] = tune.grid_search([8, 16])
+    grid = tune.Tuner(
+        transformer, param_space=space,
+        tune_config=tune.TuneConfig(
+            num_samples=1, metric="val_accuracy", mode="max",
+            scheduler=MedianStoppingRule(grace_period=1, min_samples_required=2)),
+        run_config=run_config(tmp_path, "grid"),
+    ).fit()
+    assert not grid.errors
+    assert sorted(r.config["embed_dim"] for r in grid) == [8, 16]
+    assert all(r.config["embed_dim"] % r.config["heads"] == 0 for r in grid)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("param_space", "match"), [
+    ({"embed_dim": 16, "heads": 3, "ff_dim": 8, "learning_rate": 1e-3},
+     r"config\.heads: 3 does not divide embed_dim 16"),
+    ({"embed_dim": 16, "heads": 2, "ff_dim": 8}, r"config\.learning_rate: required"),
+    ({"embed_dim": 16, "heads": 2, "ff_dim": 8, "learning_rat": 1e-3},
+     r"config\.learning_rat: unknown hyperparameter .*did you mean 'learning_rate'"),
+    ({"embed_dim": 16, "heads": 2, "ff_dim": 8, "learning_rate": 1e-3, "dropout": 1.5},
+     r"config\.dropout: must be a number in \[0, 1\)"),
+])
+def test_a_bad_config_stops_the_tuner_in_the_driver(transformer, tmp_path, param_space, match):
+    from ray import tune
+
+    with pytest.raises(ktune.ConfigError, match=match):
+        tune.Tuner(transformer, param_space=param_space,
+                   run_config=run_config(tmp_path, "bad")).fit()
+    # the trial never ran: no checkpoint, no result
+    assert not list((tmp_path / "runs" / "bad").glob("*/checkpoint_*"))
+
+
+def test_trainable_checks_its_arguments_before_any_work(ray_session):
+    with pytest.raises(ktune.ConfigError, match="family"):
+        ktune.trainable("gpt")
+    with pytest.raises(ktune.ConfigError, match="training.epochs: must be >= 1"):
+        ktune.trainable("transformer", training={"epochs": 0})
+    with pytest.raises(ktune.ConfigError, match="data.train: file not found"):
+        ktune.trainable("transformer", data={"source": "csv", "train": "/nonexistent.csv"})
+    with pytest.raises(ktune.ConfigError, match="model.preprocess"):
+        ktune.trainable("tfhub_bert", model={"preprocess": "/nonexistent/preprocess",
+                                             "encoder": "/nonexistent/L-{L}_H-{H}_A-{A}"})
