@@ -52,6 +52,8 @@ def build_searcher(cfg: ExperimentConfig):
 
     space = space_of(cfg.family, cfg.model)
     if cfg.search.scheduler in ("pbt", "pb2"):
+        # The whole population runs at once (no concurrency limit): PBT compares and
+        # clones live trials, and Ray pauses and resumes them as the resources allow.
         return BasicVariantGenerator(random_state=cfg.search.seed)
     if cfg.search.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
@@ -223,7 +225,9 @@ def build_tuner(
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=cfg.search.num_samples,
-            max_concurrent_trials=cfg.search.max_concurrent_trials,
+            # Tune applies this limit to Searchers only; a BasicVariantGenerator has its own.
+            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator)
+            else cfg.search.max_concurrent_trials,
             # Short folder names: the hyperparameters are in each trial's params.json.
             trial_dirname_creator=trial_dirname,
             # The next trial runs in the finished trial's worker: TensorFlow, the payload
@@ -234,7 +238,9 @@ def build_tuner(
             name=cfg.name,
             storage_path=cfg.storage,
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2,
+                # PBT clones a donor's latest checkpoint some time after it is written:
+                # keeping only 2 lets Ray delete it first (Ray warns of this).
+                num_to_keep=4 if cfg.search.scheduler in ("pbt", "pb2") else 2,
                 checkpoint_score_attribute=cfg.search.metric,
                 checkpoint_score_order=cfg.search.mode,
             ),
