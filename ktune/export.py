@@ -188,6 +188,13 @@ def export_checkpoint(
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         texts = list(verify_texts)
         expected = model.predict(family.encode(artefacts, training, texts), verbose=0)
+        bad = [t for t, row in zip(texts, expected) if not np.all(np.isfinite(row))]
+        if bad:
+            raise ExperimentError(
+                f"export check failed: the model outputs NaN or inf for {len(bad)} of "
+                f"{len(texts)} check texts, e.g. {bad[0][:40]!r} (an all-padding input "
+                "masked away entirely?); fix the model before exporting it"
+            )
         got = load_export(tmp)(tf.constant(texts, tf.string))["probabilities"].numpy()
         diff = float(np.max(np.abs(got - expected)))
         if not diff <= EXPORT_TOLERANCE:

@@ -418,3 +418,42 @@ def test_export_takes_raw_strings_in_a_process_without_ktune(finished):
     got = json.loads(done.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(np.array(got["p"]), ours, atol=1e-6)
     assert all(label in CLASSES for label in got["label"])
+
+
+# --- the plugin: the hf_bert trainable in a user's own Tuner ---------------------------
+
+
+@pytest.mark.slow
+def test_own_tuner_over_hf_bert_checks_each_drawn_size_and_exports(tiny, ray_session,
+                                                                    tmp_path, cache_dir):
+    import ktune
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = ktune.trainable(
+        "hf_bert", model=_model(tiny),
+        data={"source": "builtin", "train_size": 400, "test_size": 40, "seed": 3},
+        training={"epochs": 1, "batch_size": 32, "maxlen": 32},
+    )
+    space = ktune.search_space("hf_bert", {
+        "embed_dim": [32, 64], "layers": [2], "head_size": 16, "trainable": [True],
+        "learning_rate": {"low": 2e-3, "high": 4e-3, "log": True}, "batch_size": [32],
+    }, backend="tune")
+    grid = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(num_samples=2, scheduler=ASHAScheduler(
+            metric="val_accuracy", mode="max", max_t=1)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="hf", verbose=0),
+    ).fit()
+    assert not grid.errors and len(grid) == 2
+    best = grid.get_best_result("val_accuracy", "max")
+    assert best.config["embed_dim"] in (32, 64)
+    out = ktune.export_result(best, tmp_path / "export")
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["family"] == "hf_bert" and meta["verified"]["max_abs_diff"] <= 1e-5
+    # a size no model exists for is refused in the driver, before any trial runs
+    bad = {**space, "embed_dim": 48}
+    with pytest.raises(ktune.ConfigError, match="model.name"):
+        tune.Tuner(trainable, param_space=bad, run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "runs"), name="hf-bad", verbose=0)).fit()
+    assert not list((tmp_path / "runs" / "hf-bad").glob("*/checkpoint_*"))

@@ -40,8 +40,13 @@ def test_search_space_has_both_forms():
         assert config["embed_dim"] in (8, 16) and config["embed_dim"] % config["heads"] == 0
     space = ktune.search_space("transformer", {"embed_dim": [8, 16]}, backend="tune")
     assert isinstance(space["embed_dim"], Categorical) and space["embed_dim"].categories == [8, 16]
-    assert isinstance(space["learning_rate"], Float) and isinstance(space["heads"], Function)
+    assert isinstance(space["learning_rate"], Float)
+    # every heads choice (1, 2, 4, 8) divides 8 and 16: a plain choice, for any searcher
+    assert isinstance(space["heads"], Categorical) and space["heads"].categories == [1, 2, 4, 8]
     assert space["weight_decay"] == 0.01  # fixed values stay plain
+    space = ktune.search_space("transformer", {"embed_dim": [12, 16], "heads": [3, 4]},
+                               backend="tune")
+    assert isinstance(space["heads"], Function)  # 3 does not divide 16: drawn per embed_dim
     with pytest.raises(ktune.ConfigError, match="overrides.heads: no choice in"):
         ktune.search_space("transformer", {"embed_dim": [12], "heads": [5]})
     with pytest.raises(ktune.ConfigError, match="backend"):
@@ -141,6 +146,27 @@ def test_a_bad_config_stops_the_tuner_in_the_driver(transformer, tmp_path, param
                    run_config=run_config(tmp_path, "bad")).fit()
     # the trial never ran: no checkpoint, no result
     assert not list((tmp_path / "runs" / "bad").glob("*/checkpoint_*"))
+
+
+@pytest.mark.slow
+def test_hyperopt_searches_the_tune_form(transformer, tmp_path):
+    """Ray's other searchers take the Tune form too (HyperOpt: its package is in the
+    test extra)."""
+    from ray import tune
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    space = ktune.search_space("transformer", {**SMALL, "heads": [1, 2]}, backend="tune")
+    grid = tune.Tuner(
+        transformer, param_space=space,
+        tune_config=tune.TuneConfig(
+            search_alg=HyperOptSearch(metric="val_accuracy", mode="max", random_state_seed=0),
+            num_samples=2),
+        run_config=run_config(tmp_path, "hyperopt"),
+    ).fit()
+    assert not grid.errors and len(grid) == 2
+    for r in grid:
+        assert r.config["embed_dim"] in (8, 16) and r.config["heads"] in (1, 2)
+        assert 8e-3 <= r.config["learning_rate"] <= 2e-2
 
 
 def test_trainable_checks_its_arguments_before_any_work(ray_session):

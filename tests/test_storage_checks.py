@@ -39,12 +39,27 @@ def _ray_started() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
+# In the whole suite another module's tests may have started the shared Ray already:
+# what counts is that these refusals do not start it.
+_RAY_BEFORE = {"started": None}
+
+
+@pytest.fixture(autouse=True)
+def _ray_state():
+    _RAY_BEFORE["started"] = _ray_started()
+    yield
+
+
+def _ray_untouched() -> bool:
+    return _ray_started() == _RAY_BEFORE["started"]
+
+
 def _refused(cfg_dict: dict, match: str) -> str:
     with pytest.raises(ExperimentError, match=match) as info:
         check_targets(parse_config(cfg_dict))
     message = str(info.value)
     assert "\n" not in message, message
-    assert not _ray_started()
+    assert _ray_untouched()
     return message
 
 
@@ -140,7 +155,7 @@ def test_cli_run_with_storage_a_file_exits_2_and_writes_nothing(tmp_path, capsys
     assert err[0].startswith("ktune: error: storage: ")
     assert "is a file, not a folder" in err[0]
     assert _snapshot(tmp_path) == before
-    assert not _ray_started()
+    assert _ray_untouched()
 
 
 def test_cli_run_with_storage_flag_under_a_file_exits_2(tmp_path, capsys):
@@ -151,7 +166,7 @@ def test_cli_run_with_storage_flag_under_a_file_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "storage: cannot create " in err and "is a file" in err
     assert _snapshot(tmp_path) == before
-    assert not _ray_started()
+    assert _ray_untouched()
 
 
 def test_cli_run_never_touches_an_existing_folder_of_results(tmp_path, capsys):
@@ -166,5 +181,5 @@ def test_cli_run_never_touches_an_existing_folder_of_results(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "experiment directory already exists" in err
     assert _snapshot(tmp_path) == before
-    assert not _ray_started()
+    assert _ray_untouched()
 

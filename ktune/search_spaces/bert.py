@@ -94,10 +94,14 @@ class BertSizeSpace(FamilySpace):
                     )
 
     required = ("embed_dim", "layers", "learning_rate")
-    trial_defaults = {"head_size": 64, "trainable": False}
+    trial_defaults = {"trainable": False}
     extra_keys = {"heads": positive_int}
 
     def check_combination(self, config: dict, key: str) -> None:
+        if "head_size" not in config:  # given heads fix it; else the BERT miniatures' 64
+            given = config.get("heads")
+            config["head_size"] = (config["embed_dim"] // given
+                                   if given and config["embed_dim"] % given == 0 else 64)
         heads, rest = divmod(config["embed_dim"], config["head_size"])
         if rest:
             raise ConfigError(

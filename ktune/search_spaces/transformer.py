@@ -98,12 +98,16 @@ class TransformerSpace(FamilySpace):
             )
 
     def tune_space(self, space: Mapping[str, Spec]) -> dict:
-        """``heads`` is drawn after ``embed_dim``, among its divisors (``tune.sample_from``,
+        """When every ``heads`` choice divides every ``embed_dim`` (the default space),
+        both are plain choices, for any Ray searcher (HyperOpt, BOHB, ...). Otherwise
+        ``heads`` is drawn after ``embed_dim`` among its divisors (``tune.sample_from``,
         resolved by Ray's BasicVariantGenerator, random or grid over the other keys)."""
         from ray import tune
 
         out = super().tune_space(space)
-        out["heads"] = tune.sample_from(DivisorHeads(tuple(candidates(space["heads"]))))
+        heads = tuple(candidates(space["heads"]))
+        if any(e % h for e in candidates(space["embed_dim"]) for h in heads):
+            out["heads"] = tune.sample_from(DivisorHeads(heads))
         return out
 
 
