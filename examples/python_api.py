@@ -1,7 +1,7 @@
 """ktune from Python, offline on the builtin data: every pattern of the README's
-"Using ktune from Python" section, small enough for a 2-core laptop (about 3 minutes).
+"Using ktune from Python" section, small enough for a 2-core laptop (under 2 minutes).
 
-    .venv/bin/python examples/python_api.py [--storage DIR]
+    .venv/bin/python examples/python_api.py [--storage DIR] [--quick]
 
 1. ``ktune.run``: an experiment (here a dict) end to end, with its result object.
 2. The plugin: ktune's trainable and search space in your own ``tune.Tuner`` (Optuna +
@@ -40,7 +40,13 @@ def build_bag_of_embeddings(config, info):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", help="results folder (default: a new temporary folder)")
-    storage = Path(parser.parse_args().storage or tempfile.mkdtemp(prefix="ktune-api-"))
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer texts and trials (the test suite runs it so)")
+    args = parser.parse_args()
+    storage = Path(args.storage or tempfile.mkdtemp(prefix="ktune-api-"))
+    trials = 2 if args.quick else 4
+    if args.quick:
+        DATA["train_size"] = 1200
     started = time.time()
 
     import ray
@@ -53,7 +59,7 @@ def main() -> None:
     # 1. An experiment end to end: the same as `ktune run`, returning a result object.
     result = ktune.run(
         {"name": "api-demo", "data": DATA, "training": TRAINING,
-         "search": {"num_samples": 4, "space": SPACE}},
+         "search": {"num_samples": trials, "space": SPACE}},
         storage=str(storage),
     )
     print(f"1. ktune.run: best {result.best_config['embed_dim']}d/"
@@ -70,7 +76,7 @@ def main() -> None:
             search_alg=OptunaSearch(space=ktune.search_space("transformer", SPACE),
                                     metric="val_accuracy", mode="max"),
             scheduler=ASHAScheduler(metric="val_accuracy", mode="max", max_t=2),
-            num_samples=4, max_concurrent_trials=2,
+            num_samples=trials, max_concurrent_trials=2,
         ),
         run_config=tune.RunConfig(storage_path=str(storage), name="own-tuner", verbose=0),
     ).fit()
@@ -89,7 +95,7 @@ def main() -> None:
     )
     grid = tune.Tuner(
         trainable, param_space=space,
-        tune_config=tune.TuneConfig(scheduler=pbt, num_samples=4, reuse_actors=True),
+        tune_config=tune.TuneConfig(scheduler=pbt, num_samples=trials, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(storage), name="pbt", verbose=0),
     ).fit()
     best = grid.get_best_result("val_accuracy", "max")

@@ -55,3 +55,23 @@ def test_agnews_sample_reads_the_shared_file_as_distributed():
     assert d.unescape_backslash is True and d.test_fraction == 0.2
     assert cfg.search.num_samples == 12 and cfg.training.epochs == 6
     assert 64 <= cfg.training.maxlen <= 96 and cfg.training.vocab_size == 20000
+
+
+@pytest.mark.slow
+def test_the_python_api_example_runs_offline(tmp_path):
+    """examples/python_api.py: every pattern of the README's Python section, end to end."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "python_api.py"), "--quick",
+         "--storage", str(tmp_path)],
+        capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [ln for ln in done.stdout.splitlines() if ln[:2] in ("1.", "2.", "3.", "4.")]
+    assert [ln[:2] for ln in lines] == ["1.", "2.", "3.", "4."], done.stdout[-2000:]
+    for name in ("api-demo/export", "own-tuner-export", "own-model-export"):
+        assert (tmp_path / name / "saved_model.pb").is_file()
