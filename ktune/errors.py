@@ -6,7 +6,10 @@ at fault and what to do; the CLI prints it and exits with code 2.
 
 from __future__ import annotations
 
-__all__ = ["KtuneUserError", "ConfigError", "DataError", "ExperimentError", "SearchFailed"]
+__all__ = [
+    "KtuneUserError", "ConfigError", "DataError", "ExperimentError", "RayStartError",
+    "SearchFailed",
+]
 
 
 class KtuneUserError(Exception):
@@ -23,6 +26,11 @@ class DataError(KtuneUserError, ValueError):
 
 class ExperimentError(KtuneUserError):
     """An experiment directory or export target cannot be used as asked."""
+
+
+class RayStartError(KtuneUserError):
+    """Ray could not be started or reached (environment, ports, address); nothing was
+    written, so the same run can simply be started again once it is fixed."""
 
 
 class SearchFailed(Exception):

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 from ktune import storage
 from ktune.config import ExperimentConfig, TrainingConfig
-from ktune.errors import ExperimentError, SearchFailed
+from ktune.errors import ExperimentError, RayStartError, SearchFailed
 
 __all__ = [
     "run_experiment", "resume_experiment", "check_targets", "read_experiment",
@@ -154,14 +154,39 @@ def _init_ray(address: str | None, verbose: bool = False) -> None:
     # files; the progress table is the driver's output. Through Ray Client (ray://) the
     # trials' driver runs on the cluster, so its output reaches us only as worker logs.
     to_driver = verbose or str(address or "").startswith("ray://")
-    context = ray.init(
-        address=address,
-        runtime_env={"env_vars": env},
-        log_to_driver=to_driver,
-        logging_level=logging.INFO if verbose else logging.WARNING,
-    )
+    try:
+        context = ray.init(
+            # No address: a Ray of this run's own (free ports, its own dashboard), never
+            # one that another search or `ray start` runs on this machine (--address auto);
+            # inside a Ray Job, RAY_ADDRESS names the job's cluster.
+            address=address or os.environ.get("RAY_ADDRESS") or "local",
+            runtime_env={"env_vars": env},
+            log_to_driver=to_driver,
+            logging_level=logging.INFO if verbose else logging.WARNING,
+        )
+    except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # whatever half of it started
+        raise RayStartError(_ray_start_problem(e, address)) from None
     if getattr(context, "dashboard_url", None):
         log.info("Ray dashboard: http://%s", context.dashboard_url)
+
+
+def _ray_start_problem(error: Exception, address: str | None) -> str:
+    """One line: why Ray did not start, and what to do."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(error).__name__
+    if "AF_UNIX path length" in text:
+        tmp = os.environ.get("RAY_TMPDIR", "/tmp")
+        return (f"Ray could not start: its socket paths under RAY_TMPDIR ({tmp[:60]}...) "
+                "would exceed 107 bytes; set RAY_TMPDIR to a shorter folder, e.g. /tmp")
+    if "in use" in text.lower():
+        return (f"Ray could not start: a port it needs is in use ({text[:160]}); stop the "
+                "other Ray (`ray stop`) or join it with --address auto")
+    if address:
+        return (f"--address {address}: cannot connect to the Ray cluster ({text[:160]}); "
+                "check the address and that the cluster is up")
+    return f"Ray could not start: {text[:200]} (see /tmp/ray/session_latest/logs)"
 
 
 def format_results_table(rows: Sequence[dict], metric: str, keys: Sequence[str]) -> str:
@@ -344,6 +369,8 @@ def run_search(
     started = time.time()
     check_targets(cfg)
     data, prepared, payload = _prepare(cfg)
+    # Ray first: when it cannot start, nothing has been written that blocks a re-run.
+    _init_ray(cfg.address, verbose)
     exp_dir = cfg.experiment_dir
     if cfg.remote:
         # Only a working copy: the remote experiment, checked empty above, is the truth,
@@ -379,7 +406,6 @@ def run_search(
     )
     if cfg.remote:  # claims the name on the storage and makes the run resumable
         _push(cfg, [EXPERIMENT_FILE, SPEC_FILE])
-    _init_ray(cfg.address, verbose)
     with _tune_output(verbose):  # the searcher announces its Optuna study when built
         grid = build_tuner(
             cfg, payload, callbacks=callbacks,

@@ -24,18 +24,22 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import time
 from typing import Any, Callable, Mapping
 
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 import tf_keras as keras
 
-__all__ = ["ReportCheckpoint", "restore", "CHECKPOINT_PREFIX"]
+__all__ = ["ReportCheckpoint", "restore", "CHECKPOINT_PREFIX", "METRICS_FILE"]
 
 # The checkpoint's file prefix inside a Ray checkpoint folder: <folder>/ckpt.index, ...
 CHECKPOINT_PREFIX = "ckpt"
+# The metrics reported with a checkpoint, beside it.
+METRICS_FILE = "metrics.json"
 
 
 def _tracked(model: keras.Model, epoch: tf.Variable) -> tf.train.Checkpoint:
@@ -138,6 +142,11 @@ class ReportCheckpoint(keras.callbacks.Callback):
             self._checkpoint = _tracked(self.model, self._epoch)
         with tempfile.TemporaryDirectory(prefix="ktune-ckpt-") as d:
             self._checkpoint.write(os.path.join(d, CHECKPOINT_PREFIX))
+            # What was reported with it: a trial resumed after a crash re-reports the
+            # epochs that reached storage but not Ray's snapshot (ktune.trainables.base).
+            # (with the time of this report, which Ray then keeps for the re-report)
+            with open(os.path.join(d, METRICS_FILE), "w") as f:
+                json.dump({**metrics, "timestamp": int(time.time())}, f, default=str)
             if self._write_files is not None:
                 self._write_files(d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

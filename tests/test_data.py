@@ -649,3 +649,23 @@ def test_tfds_unknown_dataset_is_one_line_data_error():
         with pytest.raises(DataError, match="data.name") as info:
             load_data(DataConfig(source="tfds", name="no_such_dataset_xyz"))
     assert "\n" not in str(info.value)
+
+
+def test_tfds_real_load_without_network_fails_at_the_download(tmp_path, monkeypatch):
+    """The real ``tfds.load('ag_news_subset')``, no mock: in this fresh install it gets as
+    far as the download (no import is missing), and offline that is one DataError naming
+    ``data.name``. On a machine with network it downloads the real data instead."""
+    from tensorflow_datasets.core.download import downloader
+
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # one try, not minutes of retries
+    try:
+        ds = load_data(DataConfig(source="tfds", data_dir=str(tmp_path), train_size=100,
+                                  test_size=20))
+    except DataError as e:
+        message = str(e)
+        assert message.startswith("data.name: cannot load TFDS dataset 'ag_news_subset'")
+        assert "No module named" not in message and "ImportError" not in message
+        assert any(w in message for w in ("Connection", "Resolution", "Max retries", "network"))
+        assert len(message.splitlines()) == 1
+    else:
+        assert ds.class_names == ["World", "Sports", "Business", "Sci/Tech"]

@@ -183,3 +183,53 @@ def test_cli_run_never_touches_an_existing_folder_of_results(tmp_path, capsys):
     assert _snapshot(tmp_path) == before
     assert _ray_untouched()
 
+
+
+def test_ray_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    """A RAY_TMPDIR too long for Ray's socket paths: one line saying what to do, exit 2,
+    and no half-made experiment folder blocks the re-run (it then starts normally)."""
+    import subprocess
+
+    from conftest import REPO, subprocess_env
+
+    exp = _write_experiment(tmp_path)
+    long_tmp = Path("/tmp") / ("k" * 110)
+    long_tmp.mkdir(exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ktune", "run", str(exp)], capture_output=True, text=True,
+        env={**subprocess_env(), "RAY_TMPDIR": str(long_tmp)}, cwd=REPO, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ktune: error:")]
+    assert len(errors) == 1 and "RAY_TMPDIR" in errors[0] and "107 bytes" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "results" / "tiny").exists()  # nothing blocks the same name
+
+
+@pytest.mark.slow
+def test_two_local_searches_at_once_each_get_their_own_ray(tmp_path):
+    """Two `ktune run` on one machine at the same time: each starts its own Ray (its own
+    dashboard port), both finish, neither prints a traceback."""
+    import subprocess
+
+    from conftest import REPO, subprocess_env
+
+    runs = []
+    for name in ("first", "second"):
+        raw = tiny_experiment(tmp_path, export={"enabled": False})
+        raw["name"] = name
+        raw["search"].update(num_samples=1, max_concurrent_trials=1)
+        raw["resources"]["cpu"] = 1
+        exp = tmp_path / f"{name}.yaml"
+        exp.write_text(yaml.safe_dump(raw))
+        runs.append(subprocess.Popen(
+            [sys.executable, "-m", "ktune", "run", str(exp)], cwd=REPO, env=subprocess_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    urls = [ln.split("Ray dashboard: ")[1].strip() for out in outputs
+            for ln in out.splitlines() if "Ray dashboard: " in ln]
+    assert len(urls) == 2 and urls[0] != urls[1]
+    for out in outputs:
+        assert "Traceback" not in out and "failed to start" not in out
+    assert (tmp_path / "results" / "first" / "best.json").is_file()
+    assert (tmp_path / "results" / "second" / "best.json").is_file()

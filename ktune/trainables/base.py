@@ -280,15 +280,18 @@ def starting_checkpoint():
     storage = tune.get_context().get_storage()
     if handed is not None and not _inside(handed.path, storage.trial_fs_path):
         return handed
-    return latest_stored_checkpoint() or handed
+    newest = latest_stored_checkpoint()
+    if newest is not None and (handed is None or _index(newest.path) > _index(handed.path)):
+        report_missed_epochs(handed)
+    return newest or handed
 
 
 def _inside(path: str, folder: str) -> bool:
     return path.rstrip("/").startswith(folder.rstrip("/") + "/")
 
 
-def latest_stored_checkpoint():
-    """The newest complete checkpoint in this trial's folder on the storage, or None."""
+def stored_checkpoints() -> list:
+    """This trial's complete checkpoints on the storage, oldest first."""
     import pyarrow.fs as pafs
     from ray import tune
 
@@ -296,14 +299,55 @@ def latest_stored_checkpoint():
     fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
     infos = fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
     folders = sorted(
-        (i.path for i in infos
-         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")),
-        reverse=True,
+        i.path for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
     )
-    for folder in folders:  # a folder without the index file was cut off mid-write
-        if fs.get_file_info(f"{folder}/{CHECKPOINT_PREFIX}.index").type == pafs.FileType.File:
-            return tune.Checkpoint(folder, filesystem=fs)
-    return None
+    return [  # a folder without the index file was cut off mid-write
+        tune.Checkpoint(folder, filesystem=fs) for folder in folders
+        if fs.get_file_info(f"{folder}/{CHECKPOINT_PREFIX}.index").type == pafs.FileType.File
+    ]
+
+
+def latest_stored_checkpoint():
+    """The newest complete checkpoint in this trial's folder on the storage, or None."""
+    stored = stored_checkpoints()
+    return stored[-1] if stored else None
+
+
+def _index(path: str) -> int:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return int(name.split("_", 1)[1]) if name.startswith("checkpoint_") else -1
+
+
+def report_missed_epochs(handed) -> None:
+    """Re-reports the epochs whose checkpoints reached storage after Ray's last snapshot.
+
+    A driver killed between a trial's report and Ray's next snapshot of the experiment
+    restores the trial at an older epoch: the results of the epochs after it would be
+    lost (from ``results.csv``, the trial's history, ASHA's rungs), and a trial that had
+    finished would come back as stopped early. Each such checkpoint carries the metrics
+    it was reported with (``metrics.json``): they are reported again, in order, with the
+    checkpoint, before the trial continues from the newest.
+    """
+    import shutil
+    import tempfile
+
+    from ray import tune
+
+    from ktune.keras import METRICS_FILE
+
+    known = _index(handed.path) if handed is not None else -1
+    for checkpoint in stored_checkpoints():
+        if _index(checkpoint.path) <= known:
+            continue
+        with checkpoint.as_directory() as d:
+            metrics_file = Path(d, METRICS_FILE)
+            if not metrics_file.is_file():
+                return  # written before metrics were kept with checkpoints
+            metrics = json.loads(metrics_file.read_text())
+            with tempfile.TemporaryDirectory(prefix="ktune-ckpt-") as copy:
+                shutil.copytree(d, copy, dirs_exist_ok=True)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(copy))
 
 
 def restore_model(
