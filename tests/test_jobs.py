@@ -118,6 +118,20 @@ def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):
     assert jobs[job_id]["metadata"]["ktune_experiment"] == "tiny_job"
     assert http_get(f"{address}/api/jobs/", None)[0] == 401  # no token, no answer
 
+    # What the dashboard shows, through its own HTTP API: the job's driver log (the
+    # search's progress and results) and, in the state API, the trials' actors.
+    status, logs = http_get(f"{address}/api/jobs/{job_id}/logs", token)
+    assert status == 200 and "best trial" in json.loads(logs)["logs"]
+    status, body = http_get(f"{address}/api/v0/actors?limit=1000&detail=true", token)
+    assert status == 200, body[:500]
+    actors = json.loads(body)["data"]["result"]["result"]
+    trials = [a for a in actors if a.get("class_name") == "ImplicitFunc"]
+    assert trials and all(a.get("job_id") for a in trials)  # one actor per trial worker
+    assert http_get(f"{address}/api/v0/actors?limit=10", None)[0] == 401
+    status, body = http_get(f"{address}/nodes?view=summary", token)
+    assert status == 200 and "summary" in json.loads(body)["data"]
+    assert http_get(f"{address}/nodes?view=summary", None)[0] == 401
+
     listed = ktune("jobs", "--address", address, token=token, timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert any(job_id in line and "SUCCEEDED" in line and "tiny_job" in line

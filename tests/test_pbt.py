@@ -170,13 +170,18 @@ def test_an_exploited_trial_starts_from_the_donors_weights_with_its_new_rate(
         assert r["step"] == donor_step(r["handed"]) > 0
         # ... and its own (mutated) learning rate, applied to the restored optimizer
         assert r["lr_now"] == pytest.approx(r["peak_lr"] * (total - r["step"]) / total, rel=1e-4)
-        # it trained on from there, with its new rate: an epoch end, or its next start
-        # from its own checkpoint one epoch later (PBT pauses trials right after a report)
-        after = [x for x in lines if x["trial"] == r["trial"]
-                 and x["step"] == r["step"] + steps_per_epoch]
-        if after:  # (none when the clone came at the last epoch)
-            trained += 1
-            assert after[0]["peak_lr"] == r["peak_lr"]
+        # It trained on from there with its new rate: the checkpoint of its next epoch
+        # holds the metrics reported with it, the rate at that step on the new schedule.
+        # (PBT may clone it again right after, so that checkpoint can be gone; and a
+        # clone at the last epoch trains no further.)
+        step = r["step"] + steps_per_epoch
+        for folder in (tmp_path / "results" / scheduler / f"trial_{r['trial']}").glob(
+                "checkpoint_*"):
+            reported = json.loads((folder / "metrics.json").read_text())
+            if reported["step"] == step and reported["learning_rate_now"] == pytest.approx(
+                    r["peak_lr"] * (total - step) / total, rel=1e-4):
+                trained += 1
+                break
         assert any(r["peak_lr"] == pytest.approx(lr, rel=1e-12) for lr in chosen)
         assert 1e-4 * 0.8 <= r["peak_lr"] <= 3e-2 * 1.2
         mutated += r["peak_lr"] != pytest.approx(donor["config"]["learning_rate"], rel=1e-6)

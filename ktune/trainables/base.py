@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -210,8 +211,6 @@ def run_trial(
     config: dict, payload: TrialPayload, callbacks: Sequence[keras.callbacks.Callback] = ()
 ) -> None:
     """The Ray Tune function trainable (wrapped with ``tune.with_parameters``)."""
-    from ray import tune
-
     # This worker may run the next trial (reuse_actors). When ASHA stops this one, Ray
     # waits TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for its thread to leave ``fit``
     # and fails the next trial if it has not: on a loaded machine unwinding TensorFlow
@@ -229,7 +228,8 @@ def run_trial(
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = family.build_model(config, payload.artefacts, payload.num_classes, training)
     optimizer = compile_model(model, config, training, len(payload.train_labels))
-    start = restore(model, starting_checkpoint())
+    checkpoint, parent = starting_checkpoint()
+    start = restore(model, checkpoint)
     if start >= training.epochs:
         return
     trial_info = {
@@ -240,6 +240,10 @@ def run_trial(
         "artefacts": payload.artefacts,
         "verify_texts": list(payload.verify_texts),
         "build_model": callable_reference(payload.build_model),
+        # This run of the trial and the checkpoint it started from: which of the
+        # trial's checkpoints continue which (PBT rewrites a trial's folders).
+        "run": uuid.uuid4().hex,
+        "parent": parent,
     }
     model.fit(
         payload.train_inputs,
@@ -265,25 +269,84 @@ def callable_reference(fn: Any) -> str | None:
 
 
 def starting_checkpoint():
-    """The checkpoint a trial starts from.
+    """The checkpoint a trial starts from, and its lineage (``{"run", "epoch"}`` or None).
 
     Ray hands a trial the checkpoint to start from (``ray.tune.get_checkpoint()``). When
     it is another trial's, this is a PBT exploit: the trial continues from the donor's
     state with its own (mutated) hyperparameters. When it is the trial's own, or none, the
     trial was retried or resumed: a driver killed between a trial's checkpoint and Ray's
     next snapshot of the experiment hands back an older checkpoint than its newest (or
-    none), so the newest complete one on storage is the trial's real state.
+    none). The trial then continues from the newest checkpoint on storage that continues
+    the handed one (written by the same run after it, or by a run started from it):
+    never from a folder of an earlier life of the trial that PBT has since replaced. The
+    epochs in between are reported again first (:func:`report_missed_epochs`).
     """
     from ray import tune
 
     handed = tune.get_checkpoint()
     storage = tune.get_context().get_storage()
     if handed is not None and not _inside(handed.path, storage.trial_fs_path):
-        return handed
-    newest = latest_stored_checkpoint()
-    if newest is not None and (handed is None or _index(newest.path) > _index(handed.path)):
-        report_missed_epochs(handed)
-    return newest or handed
+        return handed, _lineage(_read_info(handed))
+    stored = [(c, _read_info(c)) for c in stored_checkpoints()]
+    origin = None
+    if handed is not None:
+        origin = _read_info(handed)
+        if origin is None:  # a checkpoint without lineage: start from it as handed
+            return handed, None
+    missed = _continuations(origin, stored)
+    if missed:
+        report_missed_epochs(missed)
+        newest, info = missed[-1]
+        return newest, _lineage(info)
+    return handed, _lineage(origin)
+
+
+def _lineage(info: dict | None) -> dict | None:
+    return None if info is None else {"run": info.get("run"), "epoch": info.get("epoch")}
+
+
+def _read_info(checkpoint) -> dict | None:
+    """A ktune checkpoint's run, parent and epoch (small files, read where they lie)."""
+    from ktune.keras import METRICS_FILE
+
+    fs = checkpoint.filesystem
+    try:
+        with fs.open_input_stream(f"{checkpoint.path}/{TRIAL_FILE}") as f:
+            info = json.loads(f.read())
+        with fs.open_input_stream(f"{checkpoint.path}/{METRICS_FILE}") as f:
+            metrics = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return {"run": info.get("run"), "parent": info.get("parent"), "epoch": metrics.get("epoch"),
+            "metrics": metrics}
+
+
+def _continuations(origin: dict | None, stored: list) -> list:
+    """The stored checkpoints that continue ``origin`` (None: a fresh start), one per
+    epoch after it, oldest first, ending at the newest."""
+    start_epoch = origin["epoch"] if origin else 0
+    runs = {origin["run"]} if origin else set()
+    links = {(origin["run"], origin["epoch"])} if origin else set()
+    valid: dict = {}
+    changed = True
+    while changed:  # runs started from a valid checkpoint are valid too
+        changed = False
+        for checkpoint, info in stored:
+            if info is None or info.get("epoch") is None or id(checkpoint) in valid:
+                continue
+            parent = info.get("parent")
+            continues = (info["run"] in runs and info["epoch"] > start_epoch) or (
+                parent is None if origin is None else
+                parent is not None and (parent.get("run"), parent.get("epoch")) in links)
+            if continues and info["epoch"] > start_epoch:
+                valid[id(checkpoint)] = (checkpoint, info)
+                runs.add(info["run"])
+                links.add((info["run"], info["epoch"]))
+                changed = True
+    by_epoch: dict = {}
+    for checkpoint, info in sorted(valid.values(), key=lambda ci: _index(ci[0].path)):
+        by_epoch[info["epoch"]] = (checkpoint, info)  # the later folder wins a tie
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -308,46 +371,31 @@ def stored_checkpoints() -> list:
     ]
 
 
-def latest_stored_checkpoint():
-    """The newest complete checkpoint in this trial's folder on the storage, or None."""
-    stored = stored_checkpoints()
-    return stored[-1] if stored else None
-
-
 def _index(path: str) -> int:
     name = path.rstrip("/").rsplit("/", 1)[-1]
     return int(name.split("_", 1)[1]) if name.startswith("checkpoint_") else -1
 
 
-def report_missed_epochs(handed) -> None:
-    """Re-reports the epochs whose checkpoints reached storage after Ray's last snapshot.
+def report_missed_epochs(missed: list) -> None:
+    """Reports again the epochs whose checkpoints reached storage after Ray's snapshot.
 
     A driver killed between a trial's report and Ray's next snapshot of the experiment
     restores the trial at an older epoch: the results of the epochs after it would be
     lost (from ``results.csv``, the trial's history, ASHA's rungs), and a trial that had
-    finished would come back as stopped early. Each such checkpoint carries the metrics
-    it was reported with (``metrics.json``): they are reported again, in order, with the
-    checkpoint, before the trial continues from the newest.
+    finished would come back as stopped early. Each checkpoint carries the metrics it
+    was reported with (``metrics.json``): they are reported again, in order, each with
+    its checkpoint, before the trial continues from the newest.
     """
     import shutil
     import tempfile
 
     from ray import tune
 
-    from ktune.keras import METRICS_FILE
-
-    known = _index(handed.path) if handed is not None else -1
-    for checkpoint in stored_checkpoints():
-        if _index(checkpoint.path) <= known:
-            continue
-        with checkpoint.as_directory() as d:
-            metrics_file = Path(d, METRICS_FILE)
-            if not metrics_file.is_file():
-                return  # written before metrics were kept with checkpoints
-            metrics = json.loads(metrics_file.read_text())
-            with tempfile.TemporaryDirectory(prefix="ktune-ckpt-") as copy:
-                shutil.copytree(d, copy, dirs_exist_ok=True)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(copy))
+    for checkpoint, info in missed:
+        with checkpoint.as_directory() as d, tempfile.TemporaryDirectory(
+                prefix="ktune-ckpt-") as copy:
+            shutil.copytree(d, copy, dirs_exist_ok=True)
+            tune.report(dict(info["metrics"]), checkpoint=tune.Checkpoint.from_directory(copy))
 
 
 def restore_model(
