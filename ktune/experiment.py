@@ -154,6 +154,7 @@ def _init_ray(address: str | None, verbose: bool = False) -> None:
     # files; the progress table is the driver's output. Through Ray Client (ray://) the
     # trials' driver runs on the cluster, so its output reaches us only as worker logs.
     to_driver = verbose or str(address or "").startswith("ray://")
+    check_address(address)
     try:
         context = ray.init(
             # No address: a Ray of this run's own (free ports, its own dashboard), never
@@ -170,6 +171,40 @@ def _init_ray(address: str | None, verbose: bool = False) -> None:
         raise RayStartError(_ray_start_problem(e, address)) from None
     if getattr(context, "dashboard_url", None):
         log.info("Ray dashboard: http://%s", context.dashboard_url)
+
+
+def check_address(address: str | None) -> None:
+    """Before any work: the cluster named by ``address`` (or ``RAY_ADDRESS``) answers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    problem = _unreachable(address) if address else _unreachable(
+        os.environ.get("RAY_ADDRESS"), name="RAY_ADDRESS")
+    if problem:
+        raise RayStartError(problem)
+
+
+def _unreachable(address: str | None, timeout: float = 5.0,
+                 name: str = "--address") -> str | None:
+    """One line when ``address`` (``host:port`` or ``ray://host:port``) does not accept a
+    connection: ``ray.init`` would otherwise retry it for minutes, printing as it goes."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return None
+    hostport = address.split("://", 1)[-1].split("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return (f"{name} {address}: not an address of a Ray cluster (host:port, "
+                "ray://host:port, or auto)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        return (f"{name} {address}: cannot connect to the Ray cluster ({why}); check the "
+                "address and that the cluster is up")
 
 
 def _ray_start_problem(error: Exception, address: str | None) -> str:
@@ -233,10 +268,14 @@ def _tune_output(verbose: bool):
             os.environ["RAY_AIR_NEW_OUTPUT"] = saved_env
 
 
-def _upload_callbacks(cfg: ExperimentConfig) -> list:
-    """URI storage: keeps the remote Optuna journal current while the search runs."""
+def _storage_callbacks(cfg: ExperimentConfig) -> list:
+    """Local storage: keeps a whole copy of Ray's snapshot beside Ray's own (a crash
+    while Ray copies its files leaves them cut short). URI storage: keeps the remote
+    Optuna journal current while the search runs."""
     if not cfg.remote:
-        return []
+        from ktune.ray_state import SnapshotKeeper
+
+        return [SnapshotKeeper(cfg.experiment_dir, cfg.name)]
     from ktune.staging import UploadJournal
 
     return [UploadJournal(cfg.experiment_dir, cfg.experiment_path, JOURNAL_FILE)]
@@ -368,6 +407,7 @@ def run_search(
 
     started = time.time()
     check_targets(cfg)
+    check_address(cfg.address)
     data, prepared, payload = _prepare(cfg)
     # Ray first: when it cannot start, nothing has been written that blocks a re-run.
     _init_ray(cfg.address, verbose)
@@ -410,7 +450,7 @@ def run_search(
         grid = build_tuner(
             cfg, payload, callbacks=callbacks,
             tune_callbacks=_progress_callbacks(cfg, verbose, progress)
-            + _upload_callbacks(cfg) + list(tune_callbacks),
+            + _storage_callbacks(cfg) + list(tune_callbacks),
             verbose=1 if verbose else 0, scheduler=scheduler, search_alg=search_alg,
         ).fit()
     return _finish(cfg, grid, data, prepared, started, export), grid
@@ -469,11 +509,28 @@ def resume_search(
         storage_value, name = str(d.parent), d.name
     if not (d / SPEC_FILE).is_file() or not (d / EXPERIMENT_FILE).is_file():
         raise ExperimentError(f"{shown}: not a ktune experiment directory (no {SPEC_FILE})")
+    if not remote:
+        from ktune.ray_state import SET_ASIDE_DIR, repair, searcher_lost
+
+        for note in repair(d):
+            log.info("%s", note)
+        if searcher_lost(d):
+            raise ExperimentError(
+                f"{shown}: Ray's searcher snapshot was cut short when the run died and no "
+                f"whole copy is left (set aside in {d / SET_ASIDE_DIR}); a resume would end "
+                "the search at once: start it again under a new name"
+            )
     if not tune.Tuner.can_restore(where):
         raise ExperimentError(
             f"{shown}: no search state to resume (the run stopped before Ray saved any)"
         )
-    spec = json.loads((d / SPEC_FILE).read_text())
+    try:
+        spec = json.loads((d / SPEC_FILE).read_text())
+    except ValueError:
+        raise ExperimentError(
+            f"{shown}: {SPEC_FILE} is cut short (the run died while Ray copied it) and no "
+            "whole copy is left; the experiment cannot be resumed"
+        ) from None
     cfg = load_config(
         d / EXPERIMENT_FILE, num_samples=spec["num_samples"], storage=storage_value,
         address=address,
@@ -484,6 +541,7 @@ def resume_search(
         export=replace(cfg.export, dir=spec["export_dir"]),
         staging_dir=str(d) if remote else None,
     )
+    check_address(cfg.address)
     data, prepared, payload = _prepare(cfg)
     if json.loads(json.dumps(prepared.artefacts)) != spec["artefacts"]:
         raise ExperimentError(
@@ -502,7 +560,7 @@ def resume_search(
         if local is not None:
             run_config = local.get_run_config()
             run_config.callbacks = (_progress_callbacks(cfg, verbose, progress)
-                                    + _upload_callbacks(cfg) + list(tune_callbacks))
+                                    + _storage_callbacks(cfg) + list(tune_callbacks))
             run_config.verbose = 1 if verbose else 0
         grid = tuner.fit()
     if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):

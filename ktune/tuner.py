@@ -8,6 +8,7 @@ pass ``TuneConfig``'s metric on (seen in Ray 2.60), and setting both is an error
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 from ray import tune
@@ -18,6 +19,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ktune.config import ExperimentConfig, space_of
 from ktune.search_spaces.base import Choice, Spec, tpe_startup_trials, tune_domain
 from ktune.trainables.base import TrialPayload, run_trial
+
+log = logging.getLogger("ktune")
 
 __all__ = [
     "build_tuner", "build_trainable", "build_searcher", "build_scheduler",
@@ -32,12 +35,31 @@ class DurableOptunaSearch(OptunaSearch):
     searcher (and which trials it saw complete) only now and then. After a driver is
     killed in between, ``ktune resume`` restores a searcher that still counts a trial as
     running which the study already has finished: its next result is ignored here
-    instead of failing the search with Optuna's ``UpdateFinishedTrialError``.
+    instead of failing the search with Optuna's ``UpdateFinishedTrialError``. The other
+    way round (Ray's experiment state newer than the searcher's, a kill between Ray's
+    copies of the two without ktune's whole copy to put back), a trial the searcher never
+    asked for is run and reported by Ray but not told to the study, with a warning.
     """
+
+    def _knows(self, trial_id: str) -> bool:
+        if trial_id in self._ot_trials:
+            return True
+        if trial_id not in self._completed_trials:
+            self._completed_trials.add(trial_id)
+            log.warning("trial_%s is not in the restored searcher's snapshot: its results "
+                        "are kept but not told to the Optuna study", trial_id)
+        return False
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials or self._knows(trial_id):
+            super().on_trial_complete(trial_id, result=result, error=error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         import optuna
 
+        if not self._knows(trial_id):
+            return
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:

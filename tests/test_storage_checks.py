@@ -205,6 +205,40 @@ def test_ray_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, capsys):
     assert not (tmp_path / "results" / "tiny").exists()  # nothing blocks the same name
 
 
+@pytest.mark.parametrize("how", ["--address", "RAY_ADDRESS", "not an address"])
+def test_a_cluster_that_does_not_answer_is_one_line_before_any_work(tmp_path, how):
+    """An address nobody listens on: ray.init would retry it for minutes, printing as it
+    goes; ktune says so in one line, exit 2, before loading data or writing anything."""
+    import socket
+    import subprocess
+    import time
+
+    from conftest import REPO, subprocess_env
+
+    exp = _write_experiment(tmp_path)
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args, env = ["run", str(exp)], subprocess_env()
+    if how == "--address":
+        args += ["--address", f"127.0.0.1:{port}"]
+    elif how == "RAY_ADDRESS":
+        env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    else:
+        args += ["--address", "head-node"]
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "ktune", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ktune: error:")]
+    name = "RAY_ADDRESS" if how == "RAY_ADDRESS" else "--address"
+    assert len(errors) == 1 and errors[0].startswith(f"ktune: error: {name} "), done.stderr
+    assert ("not an address" if how == "not an address" else "cannot connect") in errors[0]
+    assert "data:" not in done.stderr and "Traceback" not in done.stderr
+    assert time.time() - started < 60
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.slow
 def test_two_local_searches_at_once_each_get_their_own_ray(tmp_path):
     """Two `ktune run` on one machine at the same time: each starts its own Ray (its own

@@ -293,12 +293,28 @@ def starting_checkpoint():
         origin = _read_info(handed)
         if origin is None:  # a checkpoint without lineage: start from it as handed
             return handed, None
+        reported = _unreported(handed)
+        if reported is not None:  # named by `ktune resume` for one Ray had deleted
+            origin = {**origin, "epoch": reported}
     missed = _continuations(origin, stored)
     if missed:
         report_missed_epochs(missed)
         newest, info = missed[-1]
         return newest, _lineage(info)
     return handed, _lineage(origin)
+
+
+def _unreported(checkpoint) -> int | None:
+    """The epoch Ray last recorded, when ``ktune resume`` handed this checkpoint in place
+    of a deleted one (:func:`ktune.ray_state.relink_deleted_checkpoints`)."""
+    from ktune.ray_state import UNREPORTED_FILE
+
+    try:
+        with checkpoint.filesystem.open_input_stream(
+                f"{checkpoint.path}/{UNREPORTED_FILE}") as f:
+            return int(json.loads(f.read())["reported_epoch"] or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _lineage(info: dict | None) -> dict | None:
@@ -391,10 +407,13 @@ def report_missed_epochs(missed: list) -> None:
 
     from ray import tune
 
+    from ktune.ray_state import UNREPORTED_FILE
+
     for checkpoint, info in missed:
         with checkpoint.as_directory() as d, tempfile.TemporaryDirectory(
                 prefix="ktune-ckpt-") as copy:
-            shutil.copytree(d, copy, dirs_exist_ok=True)
+            shutil.copytree(d, copy, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(UNREPORTED_FILE))
             tune.report(dict(info["metrics"]), checkpoint=tune.Checkpoint.from_directory(copy))
 
 

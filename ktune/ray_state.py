@@ -1,0 +1,399 @@
+"""Ray's experiment snapshot, kept whole across a crash.
+
+Ray Tune saves its view of a search (``experiment_state-<session>.json``, the searcher's
+``searcher-state-<session>.pkl``, ...) into a staging folder on the driver and then copies
+the files to the experiment directory, one after another, each overwritten in place. A
+driver killed during that copy leaves a file cut short, often empty; the next
+``Tuner.restore`` then logs "Failed to restore the run state" and quietly starts a new,
+empty search in the same folder, or fails on the searcher's pickle.
+
+Two parts close that window (local storage; object stores write whole objects):
+
+* :class:`SnapshotKeeper`, a driver callback: Ray asks callbacks for their state in the
+  middle of its snapshot, after the experiment state and the searcher were written to
+  the staging folder and before the copy starts. It stores those files in one bundle
+  (``.ktune-ray-snapshot``, written to a temporary file and renamed over the old).
+  The same copy runs through every trial's folder: Ray's driver keeps each trial's
+  ``result.json`` and ``progress.csv`` in the staging folder too and rewrites them in
+  storage at every snapshot, so a kill can cut short the history of a trial that ended
+  long before. Each changed file gets a whole copy in ``<trial>/.ktune-copy/``.
+* :func:`repair`, before a resume: Ray's newest whole snapshot and every trial's longest
+  whole history are put back; whatever is replaced moves to ``.ktune-set-aside/<time>/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import fnmatch
+import io
+import json
+import logging
+import os
+import pickletools
+import shutil
+import time
+from pathlib import Path
+
+from ray import tune
+
+log = logging.getLogger("ktune")
+
+# No .json/.pkl suffix: Ray copies those of the folder's top level back and forth itself.
+BUNDLE_FILE = ".ktune-ray-snapshot"
+SET_ASIDE_DIR = ".ktune-set-aside"
+TRIAL_COPY_DIR = ".ktune-copy"
+# What Ray's driver writes into each trial's folder (JsonLoggerCallback, CSVLoggerCallback)
+TRIAL_FILES = ("result.json", "progress.csv", "params.json", "params.pkl", "error.txt",
+               "error.pkl")
+# In a checkpoint Ray's snapshot now names in place of a deleted older one: the last epoch
+# Ray had recorded, so the trial reports this checkpoint's epoch again before going on.
+UNREPORTED_FILE = ".ktune-unreported.json"
+# The files Ray restores an experiment from (TuneController, SearchGenerator, Searcher,
+# BasicVariantGenerator, CallbackList, Tuner); each but the last is one per session.
+STATE_PATTERNS = (
+    "experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
+    "basic-variant-state-*.json", "callback-states-*.pkl", "tuner.pkl",
+)
+
+
+def is_state_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in STATE_PATTERNS)
+
+
+def is_carried(name: str) -> bool:
+    """Whether Ray copies this top-level file to staging on a restore and back to storage
+    at every snapshot: every ``.json`` and ``.pkl``, ktune's own ``ktune.json`` and
+    ``best.json`` too."""
+    return name.endswith((".json", ".pkl"))
+
+
+def is_whole(data: bytes, name: str = "") -> bool:
+    """Whether ``data`` is a complete JSON document or pickle (read, not executed).
+
+    Either form for any name: Ray writes ``search_gen_state-*.json`` as a pickle."""
+    if not data:
+        return False
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        pass
+    try:
+        for _ in pickletools.genops(data):  # ends at STOP; raises on a cut-short stream
+            pass
+    except Exception:  # noqa: BLE001 - any malformed stream is not whole
+        return False
+    return True
+
+
+def _staging_dir(experiment_name: str) -> Path | None:
+    """The driver staging folder Ray snapshots ``experiment_name`` into (the newest)."""
+    try:
+        from ray.train.constants import _get_ray_train_session_dir
+
+        root = Path(_get_ray_train_session_dir())
+    except Exception:  # noqa: BLE001 - Ray not started here, or its layout changed
+        return None
+    found = [p for p in root.glob(f"*/{experiment_name}/driver_artifacts")
+             if any(p.glob("experiment_state-*.json"))]
+    if not found:
+        return None
+    return max(found, key=lambda p: max(f.stat().st_mtime_ns
+                                        for f in p.glob("experiment_state-*.json")))
+
+
+def write_bundle(exp_dir: Path, staging: Path) -> int:
+    """Copies the whole state files of ``staging`` into ``exp_dir``'s bundle; returns
+    how many it holds."""
+    files = {}
+    for f in sorted(staging.iterdir()):
+        if not f.is_file() or not is_carried(f.name):
+            continue
+        data = f.read_bytes()
+        if is_whole(data, f.name):
+            files[f.name] = base64.b64encode(data).decode("ascii")
+    if not files:
+        return 0
+    target = exp_dir / BUNDLE_FILE
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as out:
+        json.dump({"written": time.time(), "staging": str(staging), "files": files}, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, target)
+    return len(files)
+
+
+def read_bundle(exp_dir: Path) -> dict[str, bytes]:
+    """The bundle's files by name; empty when there is none or it is not whole."""
+    try:
+        raw = json.loads((exp_dir / BUNDLE_FILE).read_text())
+        return {name: base64.b64decode(text) for name, text in raw["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+class SnapshotKeeper(tune.Callback):
+    """Keeps a whole copy of Ray's newest experiment snapshot in the experiment folder.
+
+    ``get_state`` is the one hook Ray calls during its snapshot, after writing the state
+    files to its staging folder and before copying them to storage; it returns ``None``
+    so that Ray saves no callback state of its own for it.
+    """
+
+    def __init__(self, exp_dir: str | Path, experiment_name: str):
+        self.exp_dir = Path(exp_dir)
+        self.experiment_name = experiment_name
+        self._staging: Path | None = None
+        self._copied: dict[Path, tuple[int, int]] = {}
+
+    def _copy_trial_files(self) -> None:
+        """Whole copies of the trial files that changed since the last snapshot."""
+        for folder in self._staging.iterdir():
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            for name in TRIAL_FILES:
+                source = folder / name
+                try:
+                    stat = source.stat()
+                except OSError:
+                    continue
+                if self._copied.get(source) == (stat.st_size, stat.st_mtime_ns):
+                    continue
+                target = self.exp_dir / folder.name / TRIAL_COPY_DIR / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
+                tmp.write_bytes(source.read_bytes())
+                os.replace(tmp, target)
+                self._copied[source] = (stat.st_size, stat.st_mtime_ns)
+
+    def get_state(self):
+        try:
+            if self._staging is None or not self._staging.is_dir():
+                self._staging = _staging_dir(self.experiment_name)
+            if self._staging is not None and self.exp_dir.is_dir():
+                write_bundle(self.exp_dir, self._staging)
+                self._copy_trial_files()
+        except OSError as e:  # a full disk must not stop the search; Ray's copy may still land
+            log.warning("could not keep a copy of Ray's snapshot in %s: %s", self.exp_dir, e)
+        return None
+
+
+def history_rows(data: bytes, name: str) -> int | None:
+    """How many whole records a trial file holds; ``None`` when it is cut short.
+
+    ``result.json``: one JSON object per line, each line ended. ``progress.csv``: a header
+    and rows of its width, the last ended. Others: one whole document."""
+    if name == "result.json":
+        if data and not data.endswith(b"\n"):
+            return None
+        try:
+            return sum(1 for line in data.splitlines() if json.loads(line) is not None)
+        except ValueError:
+            return None
+    if name == "progress.csv":
+        if data and not data.endswith(b"\n"):
+            return None
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8", "replace"))))
+        if rows and any(len(r) != len(rows[0]) for r in rows):
+            return None
+        return max(len(rows) - 1, 0)
+    return 1 if is_whole(data) else None
+
+
+def _whole_prefix(data: bytes, name: str) -> bytes:
+    """The longest whole beginning of a cut-short ``result.json`` or ``progress.csv``."""
+    lines = data.splitlines(keepends=True)
+    while lines and history_rows(b"".join(lines), name) is None:
+        lines.pop()
+    return b"".join(lines)
+
+
+def repair_trial_files(exp_dir: Path, aside: Path) -> list[str]:
+    """Per trial file, keeps whichever of storage's version and ktune's copy is whole and
+    longer; a cut-short history with no whole copy is trimmed to its whole lines."""
+    changed = []
+    for folder in sorted(exp_dir.iterdir()):
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        for name in TRIAL_FILES:
+            path, copy_path = folder / name, folder / TRIAL_COPY_DIR / name
+            if not path.is_file() and not copy_path.is_file():
+                continue
+            current = path.read_bytes() if path.is_file() else None
+            copy = copy_path.read_bytes() if copy_path.is_file() else None
+            have = history_rows(current, name) if current is not None else None
+            spare = history_rows(copy, name) if copy is not None else None
+            if have is not None and (spare is None or have >= spare):
+                continue
+            if spare is not None:
+                replacement = copy
+            elif current is not None and name in ("result.json", "progress.csv"):
+                replacement = _whole_prefix(current, name)
+            else:
+                continue
+            if current is not None:
+                (aside / folder.name).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, aside / folder.name / name)
+            tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
+            tmp.write_bytes(replacement)
+            os.replace(tmp, path)
+            changed.append(f"{folder.name}/{name}")
+    return changed
+
+
+def _newest_session(names) -> str:
+    found = [n for n in names if fnmatch.fnmatchcase(n, "experiment_state-*.json")]
+    return max(found) if found else ""
+
+
+def repair(exp_dir: str | Path) -> list[str]:
+    """Puts Ray's newest whole snapshot back in ``exp_dir`` before a resume; returns one
+    line per change (none when the folder already holds it).
+
+    The bundle is written before Ray starts each copy to storage, so it is never older
+    than what storage holds: when it covers storage's newest session, all of its files
+    are put back (a kill between two of Ray's copies leaves each file whole but the
+    experiment state and the searcher from different snapshots). Otherwise only files
+    cut short are replaced. Whatever is replaced moves to ``.ktune-set-aside/<time>/``.
+    """
+    exp_dir = Path(exp_dir)
+    bundle = {n: b for n, b in read_bundle(exp_dir).items() if is_whole(b, n)}
+    stored = {f.name: f for f in exp_dir.iterdir() if f.is_file() and is_carried(f.name)}
+    authoritative = bool(bundle) and _newest_session(bundle) >= _newest_session(stored)
+    aside = exp_dir / SET_ASIDE_DIR / time.strftime("%Y%m%d-%H%M%S")
+    restored, set_aside = [], []
+    for name in sorted(set(stored) | set(bundle)):
+        path = exp_dir / name
+        current = path.read_bytes() if name in stored else None
+        whole = current is not None and is_whole(current, name)
+        copy = bundle.get(name)
+        if not is_state_file(name) and (current is None or whole or copy is None):
+            continue  # ktune's own files: written whole by ktune, put back only if cut short
+        if copy is None or copy == current or (whole and not authoritative):
+            if current is not None and not whole:
+                aside.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), aside / name)
+                set_aside.append(name)
+            continue
+        if current is not None:
+            aside.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), aside / name)
+        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
+        tmp.write_bytes(copy)
+        os.replace(tmp, path)
+        restored.append(name)
+    trials = repair_trial_files(exp_dir, aside)
+    relinked = relink_deleted_checkpoints(exp_dir, aside)
+    notes = []
+    if relinked:
+        notes.append(
+            f"{', '.join(relinked)}: Ray's snapshot named a checkpoint it had since deleted "
+            "(a newer, better one replaced it); the trial continues from the next one on "
+            "storage, reporting its epochs again"
+        )
+    if trials:
+        notes.append(
+            f"{len(trials)} trial files cut short when the run died put back whole "
+            f"({', '.join(trials[:4])}{', ...' if len(trials) > 4 else ''})"
+            + (f"; the cut-short ones are in {aside}" if aside.is_dir() else "")
+        )
+    if restored:
+        notes.append(
+            f"Ray was saving its snapshot when the run died: {len(restored)} of its files "
+            f"put back from ktune's whole copy"
+            + (f"; the replaced ones are in {aside}" if aside.is_dir() else "")
+        )
+    if set_aside:
+        notes.append(
+            f"{', '.join(set_aside)}: cut short when the run died and no whole copy is "
+            f"left; set aside in {aside}, Ray resumes from its earlier snapshot"
+        )
+    return notes
+
+
+def searcher_lost(exp_dir: str | Path) -> bool:
+    """True when Ray saved an experiment state but no whole searcher state is left: a
+    restore would then count the search as finished and quietly end it."""
+    exp_dir = Path(exp_dir)
+
+    def whole(pattern: str) -> bool:
+        return any(is_whole(f.read_bytes()) for f in exp_dir.glob(pattern))
+
+    return whole("experiment_state-*.json") and not (
+        whole("search_gen_state-*.json") or whole("basic-variant-state-*.json"))
+
+
+def _checkpoint_index(path: Path) -> int:
+    return int(path.name.split("_", 1)[1]) if path.name.startswith("checkpoint_") else -1
+
+
+def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
+    """Ray keeps a trial's best ``num_to_keep`` checkpoints and deletes the others as soon
+    as a newer one registers, before its next snapshot: killed in between, the snapshot
+    names as the trial's latest a checkpoint that is gone, and the restored trial fails
+    ("does not exist on storage anymore"). Points such a trial at the oldest complete
+    checkpoint after the deleted one, marked with the epoch Ray last recorded so that the
+    trial reports its epochs again (:func:`ktune.trainables.base.starting_checkpoint`).
+    Returns the trials changed."""
+    states = [f for f in exp_dir.glob("experiment_state-*.json") if is_whole(f.read_bytes())]
+    if not states:
+        return []
+    newest = max(states)
+    try:
+        import cloudpickle
+        from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
+        from ray.train._internal.session import _TrainingResult
+        from ray.tune import Checkpoint
+
+        state = json.loads(newest.read_text())
+        entries = state["trial_data"]
+    except (ImportError, ValueError, KeyError):
+        return []
+    changed = []
+    for entry in entries:
+        try:
+            meta = json.loads(entry[1])
+            field = meta["checkpoint_manager"]
+            manager = cloudpickle.loads(bytes.fromhex(field["value"]))
+            latest = manager._latest_checkpoint_result
+        except Exception:  # noqa: BLE001 - not the layout this was written for: leave it
+            continue
+        if latest is None or latest.checkpoint is None:
+            continue
+        named = Path(latest.checkpoint.path)
+        if not named.is_absolute() or named.exists():
+            continue
+        later = sorted((p for p in named.parent.glob("checkpoint_*")
+                        if (p / "ckpt.index").is_file()
+                        and _checkpoint_index(p) > _checkpoint_index(named)),
+                       key=_checkpoint_index)
+        if not later:
+            continue
+        handed = later[0]
+        reported = (meta.get("last_result") or {}).get("epoch")
+        (handed / UNREPORTED_FILE).write_text(json.dumps({"reported_epoch": reported}))
+        try:
+            metrics = json.loads((handed / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        result = _TrainingResult(
+            checkpoint=Checkpoint(str(handed), filesystem=latest.checkpoint.filesystem),
+            metrics=metrics)
+        manager._checkpoint_results = [
+            r for r in manager._checkpoint_results
+            if r.checkpoint is not None and Path(r.checkpoint.path).exists()]
+        _insert_into_sorted_list(manager._checkpoint_results, result,
+                                 key=manager._get_checkpoint_score)
+        manager._latest_checkpoint_result = result
+        field["value"] = cloudpickle.dumps(manager).hex()
+        entry[1] = json.dumps(meta, indent=2)
+        changed.append(named.parent.name)
+    if changed:
+        aside.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(newest, aside / newest.name)
+        tmp = newest.with_name(f".{newest.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, newest)
+    return changed
