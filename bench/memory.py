@@ -2,7 +2,7 @@
 memory grows from trial to trial.
 
 A long search (32 short trials, 2 at a time, Ray reusing the 2 trial workers) through
-``ktune.run`` on the builtin data (and, with ``--agnews``, the shared AG News sample). A
+``ktune.run`` on the builtin data. A
 driver-side Tune callback reads each worker's ``/proc/<pid>/status`` (``VmRSS``, and the
 peak ``VmHWM``) when each of its trials completes. Target: a worker's RSS after its last
 trial <= 1.15x its RSS after its fourth (Keras sessions cleared, no graph or dataset
@@ -10,7 +10,7 @@ kept between trials).
 
     .venv/bin/python bench/memory.py [--quick]      # quick: 12 trials
 
-Writes bench/results/memory.json.
+Writes bench/results/memory.json (bench/run.py moves a quick run's to results/quick/).
 """
 
 from __future__ import annotations
@@ -96,10 +96,15 @@ def main() -> int:
         "driver_peak_mib": round(driver_peak, 1), "workers": workers,
         "growth_last_over_fourth": worst, "target": TARGET,
         "met": worst is not None and worst <= TARGET,
+        "ratios": [{
+            "name": f"worker RSS after its last trial / after its fourth ({trials} trials, "
+                    f"{len(workers)} reused workers)",
+            "value": round(worst, 3) if worst is not None else None,
+            "target": f"<= {TARGET}", "met": worst is not None and worst <= TARGET,
+        }],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "memory-quick.json" if args.quick else "memory.json"
-    (RESULTS / name).write_text(json.dumps(out, indent=2))
+    (RESULTS / "memory.json").write_text(json.dumps(out, indent=2))
     print(f"{trials} trials in {len(workers)} workers, {wall:.0f} s; driver peak RSS "
           f"{driver_peak:.0f} MiB")
     for w in workers:

@@ -32,7 +32,8 @@ README = BENCH / "README.md"
 MARKERS = {False: ("<!-- bench:full:start -->", "<!-- bench:full:end -->"),
            True: ("<!-- bench:quick:start -->", "<!-- bench:quick:end -->")}
 # In the order they run: the cheap ones first, so a quick look needs no full run.
-BENCHMARKS = ["tokenization", "orchestration", "search_efficiency", "kerastuner", "scaling"]
+BENCHMARKS = ["tokenization", "orchestration", "memory", "search_efficiency", "kerastuner",
+              "scaling"]
 
 
 def machine() -> dict:
