@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEMO_STORAGE ?= results/demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench bench-quick venv clean
+.PHONY: demo test lint test-all bench bench-quick venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff lint and format check (pyproject.toml [tool.ruff]); CI runs it before the tests.
+LINTED := ktune tests examples bench cluster
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 # Also the tests that download real models and data sets (needs network).
 test-all: $(STAMP)

@@ -85,12 +85,11 @@ def shared_ray(num_cpus: int | None = None) -> Iterator[str]:
     start-up and shutdown once instead of per run; each run still starts its own driver,
     imports TensorFlow, prepares its data and starts its own trial workers.
     """
-    import shutil
-    import tempfile
-
     # Its own Ray temp folder: a `ray.init()` elsewhere on the machine does not find and
     # join this head (Ray looks for running clusters under its default /tmp/ray).
     import secrets
+    import shutil
+    import tempfile
 
     ray_tmp = tempfile.mkdtemp(prefix="kb-ray-", dir="/tmp")
     # Ray 2.60 protects the head with a token; the runs (children of this process) get it
@@ -98,9 +97,14 @@ def shared_ray(num_cpus: int | None = None) -> Iterator[str]:
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     saved = {k: os.environ.get(k) for k in auth}
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(num_cpus or os.cpu_count())], cwd=REPO,
+        [sys.executable, "-c", _HOLDER, str(num_cpus or os.cpu_count())],
+        cwd=REPO,
         env={**os.environ, **auth, "RAY_TMPDIR": ray_tmp},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     os.environ.update(auth)
     try:
         address = holder.stdout.readline().strip()
@@ -137,8 +141,9 @@ def run_ktune(exp: dict, workdir: Path, address: str | None = None) -> KtuneRun:
         start = time.time()
         cmd = [sys.executable, "-m", "ktune", "run", str(exp_file)]
         cmd += ["--address", address] if address else []
-        rc = subprocess.run(cmd, check=False, cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            cmd, check=False, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        ).returncode
         wall = time.time() - start
     exp_dir = Path(exp["storage"]) / exp["name"]
     if rc != 0:
@@ -149,8 +154,10 @@ def run_ktune(exp: dict, workdir: Path, address: str | None = None) -> KtuneRun:
         trials = list(csv.DictReader(f))
     errors = [t for t in trials if t.get("status") == "ERROR"]
     if errors:
-        raise RuntimeError(f"ktune run {exp['name']}: {len(errors)} trial(s) failed, first: "
-                           f"{errors[0]['trial']}: {errors[0].get('error')}\n{_tail(log_file)}")
+        raise RuntimeError(
+            f"ktune run {exp['name']}: {len(errors)} trial(s) failed, first: "
+            f"{errors[0]['trial']}: {errors[0].get('error')}\n{_tail(log_file)}"
+        )
     epochs, spans = [], {}
     for trial_dir in sorted(exp_dir.glob("trial_*")):
         rows = read_results(trial_dir)
@@ -158,10 +165,19 @@ def run_ktune(exp: dict, workdir: Path, address: str | None = None) -> KtuneRun:
             continue
         times = report_times(trial_dir, rows)
         for row, at in zip(rows, times):
-            epochs.append(Epoch(trial_dir.name, int(row["training_iteration"]), at - start,
-                                float(row["time_this_iter_s"]), float(row["val_accuracy"])))
-        spans[trial_dir.name] = (times[0] - float(rows[0]["time_this_iter_s"]) - start,
-                                 times[-1] - start)
+            epochs.append(
+                Epoch(
+                    trial_dir.name,
+                    int(row["training_iteration"]),
+                    at - start,
+                    float(row["time_this_iter_s"]),
+                    float(row["val_accuracy"]),
+                )
+            )
+        spans[trial_dir.name] = (
+            times[0] - float(rows[0]["time_this_iter_s"]) - start,
+            times[-1] - start,
+        )
     epochs.sort(key=lambda e: e.at_s)
     return KtuneRun(wall_s=wall, epochs=epochs, trials=trials, trial_spans=spans)
 
@@ -210,7 +226,7 @@ def _scalar_events(path: Path):
     while i + 12 <= len(data):
         (length,) = struct.unpack_from("<Q", data, i)
         i += 12  # length, its CRC
-        record = data[i:i + length]
+        record = data[i : i + length]
         i += length + 4  # the record, its CRC
         fields = dict(_fields(record))
         if 5 not in fields or 1 not in fields:
@@ -231,12 +247,12 @@ def _fields(buf: bytes):
         if wire == 0:
             value, i = _varint(buf, i)
         elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
+            value, i = buf[i : i + 8], i + 8
         elif wire == 2:
             length, i = _varint(buf, i)
-            value, i = buf[i:i + length], i + length
+            value, i = buf[i : i + length], i + length
         elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
+            value, i = buf[i : i + 4], i + 4
         else:
             return
         yield number, value

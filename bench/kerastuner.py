@@ -188,7 +188,9 @@ class Run:
         return next((t for t, a in self.curve if a >= accuracy - 1e-9), None)
 
     def profile(self) -> dict:
-        med = lambda xs: round(statistics.median(xs), 2) if xs else None
+        def med(xs):
+            return round(statistics.median(xs), 2) if xs else None
+
         return {
             "wall_s": round(self.wall_s, 2),
             "fits": self.fits,
@@ -332,7 +334,10 @@ def compare(ours: Run, theirs: Run) -> dict:
     t_ours, t_theirs = ours.time_to(target), theirs.time_to(target)
     same_time = min(ours.wall_s, theirs.wall_s)
     near = 0.98 * max(ours.best(), theirs.best())
-    rnd = lambda x: None if x is None else round(x, 2)
+
+    def rnd(x):
+        return None if x is None else round(x, 2)
+
     ours_began = ours.phases.get("first_trial_began_s")
     theirs_began = theirs.phases.get("search_started_s")
     search_only = None

@@ -57,17 +57,22 @@ def main() -> int:
         def on_trial_complete(self, iteration, trials, trial, **info):
             pid = (trial.last_result or {}).get("pid")
             if pid:
-                samples.append({"trial": trial.trial_id, "pid": pid, "time": time.time(),
-                                **_status(int(pid))})
+                samples.append(
+                    {"trial": trial.trial_id, "pid": pid, "time": time.time(), **_status(int(pid))}
+                )
 
     storage = tempfile.mkdtemp(prefix="ktune-bench-memory-")
     experiment = {
         "name": "memory",
         "family": "transformer",
         "data": {"source": "builtin", "train_size": 1500, "test_size": 200, "seed": 0},
-        "search": {"num_samples": trials, "max_concurrent_trials": 2, "scheduler": "fifo",
-                   "seed": 0, "space": {"embed_dim": [16, 32], "heads": [1, 2],
-                                        "ff_dim": [32], "num_blocks": [1]}},
+        "search": {
+            "num_samples": trials,
+            "max_concurrent_trials": 2,
+            "scheduler": "fifo",
+            "seed": 0,
+            "space": {"embed_dim": [16, 32], "heads": [1, 2], "ff_dim": [32], "num_blocks": [1]},
+        },
         "training": {"epochs": 1, "batch_size": 64, "maxlen": 32, "vocab_size": 2000},
         "resources": {"cpu": 1, "gpu": 0},
         "storage": storage,
@@ -84,36 +89,53 @@ def main() -> int:
     workers = []
     for pid, seen in per_worker.items():
         rss = [s.get("VmRSS") for s in seen if s.get("VmRSS")]
-        row = {"pid": pid, "trials": len(seen), "rss_mib": rss,
-               "peak_mib": max((s.get("VmHWM", 0) for s in seen), default=None)}
+        row = {
+            "pid": pid,
+            "trials": len(seen),
+            "rss_mib": rss,
+            "peak_mib": max((s.get("VmHWM", 0) for s in seen), default=None),
+        }
         if len(rss) >= 5:
             row["growth"] = rss[-1] / rss[3]
         workers.append(row)
     growths = [w["growth"] for w in workers if "growth" in w]
     worst = max(growths) if growths else None
     out = {
-        "trials": trials, "completed": len(result.trials), "wall_s": round(wall, 1),
-        "driver_peak_mib": round(driver_peak, 1), "workers": workers,
-        "growth_last_over_fourth": worst, "target": TARGET,
+        "trials": trials,
+        "completed": len(result.trials),
+        "wall_s": round(wall, 1),
+        "driver_peak_mib": round(driver_peak, 1),
+        "workers": workers,
+        "growth_last_over_fourth": worst,
+        "target": TARGET,
         "met": worst is not None and worst <= TARGET,
-        "ratios": [{
-            "name": f"worker RSS after its last trial / after its fourth ({trials} trials, "
-                    f"{len(workers)} reused workers)",
-            "value": round(worst, 3) if worst is not None else None,
-            "target": f"<= {TARGET}", "met": worst is not None and worst <= TARGET,
-        }],
+        "ratios": [
+            {
+                "name": f"worker RSS after its last trial / after its fourth ({trials} trials, "
+                f"{len(workers)} reused workers)",
+                "value": round(worst, 3) if worst is not None else None,
+                "target": f"<= {TARGET}",
+                "met": worst is not None and worst <= TARGET,
+            }
+        ],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "memory.json").write_text(json.dumps(out, indent=2))
-    print(f"{trials} trials in {len(workers)} workers, {wall:.0f} s; driver peak RSS "
-          f"{driver_peak:.0f} MiB")
+    print(
+        f"{trials} trials in {len(workers)} workers, {wall:.0f} s; driver peak RSS "
+        f"{driver_peak:.0f} MiB"
+    )
     for w in workers:
-        print(f"  worker {w['pid']}: {w['trials']} trials, RSS MiB "
-              f"{' '.join(f'{r:.0f}' for r in w['rss_mib'])}; peak {w['peak_mib']:.0f}"
-              + (f"; last/fourth {w['growth']:.3f}" if "growth" in w else ""))
+        print(
+            f"  worker {w['pid']}: {w['trials']} trials, RSS MiB "
+            f"{' '.join(f'{r:.0f}' for r in w['rss_mib'])}; peak {w['peak_mib']:.0f}"
+            + (f"; last/fourth {w['growth']:.3f}" if "growth" in w else "")
+        )
     if worst is not None:
-        print(f"worker RSS after its last trial / after its fourth: {worst:.3f} "
-              f"(target <= {TARGET}) {'met' if out['met'] else 'MISSED'}")
+        print(
+            f"worker RSS after its last trial / after its fourth: {worst:.3f} "
+            f"(target <= {TARGET}) {'met' if out['met'] else 'MISSED'}"
+        )
     return 0
 
 

@@ -34,8 +34,16 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
 # One fixed configuration: every trial trains the same model, so plain and ktune compare.
-CONFIG = {"embed_dim": 32, "heads": 2, "ff_dim": 32, "learning_rate": 1e-3, "warmup": 0.1,
-          "dropout": 0.1, "num_blocks": 1, "weight_decay": 0.01}
+CONFIG = {
+    "embed_dim": 32,
+    "heads": 2,
+    "ff_dim": 32,
+    "learning_rate": 1e-3,
+    "warmup": 0.1,
+    "dropout": 0.1,
+    "num_blocks": 1,
+    "weight_decay": 0.01,
+}
 
 
 def experiment(n_trials: int, epochs: int, train_size: int, storage: str) -> dict:
@@ -43,8 +51,12 @@ def experiment(n_trials: int, epochs: int, train_size: int, storage: str) -> dic
         "name": "orchestration",
         "family": "transformer",
         "data": {"source": "builtin", "train_size": train_size, "test_size": 500},
-        "search": {"num_samples": n_trials, "max_concurrent_trials": 2, "scheduler": "fifo",
-                   "space": dict(CONFIG)},
+        "search": {
+            "num_samples": n_trials,
+            "max_concurrent_trials": 2,
+            "scheduler": "fifo",
+            "space": dict(CONFIG),
+        },
         "training": {"epochs": epochs, "batch_size": 64, "maxlen": 48, "vocab_size": 10000},
         "resources": {"cpu": 1, "gpu": 0},
         "storage": storage,
@@ -92,8 +104,13 @@ print("RESULT " + json.dumps({"trials": trials, "epochs": epochs}))
 
 
 def run_plain(exp_file: Path, n: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", PLAIN, str(exp_file), str(n), json.dumps(CONFIG)],
-                         capture_output=True, text=True, cwd=REPO, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN, str(exp_file), str(n), json.dumps(CONFIG)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[7:])
 
@@ -101,25 +118,33 @@ def run_plain(exp_file: Path, n: int) -> dict:
 def run_ktune(exp_file: Path, storage: Path) -> dict:
     """Runs ``ktune run`` in a subprocess; its wall time and each trial's timeline."""
     start = time.time()
-    subprocess.run([sys.executable, "-m", "ktune", "run", str(exp_file)], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "ktune", "run", str(exp_file)],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     end = time.time()
     trials = []
     for trial in sorted((storage / "orchestration").glob("trial_*")):
         rows = [json.loads(x) for x in (trial / "result.json").read_text().splitlines()]
-        trials.append({
-            # Ray's timestamp is whole seconds; time_total_s is precise (the trial's own clock)
-            "end": float(rows[-1]["timestamp"]),
-            "total_s": rows[-1]["time_total_s"],
-            "epochs_s": [r["time_this_iter_s"] for r in rows],
-            "pid": rows[0]["pid"],
-        })
+        trials.append(
+            {
+                # Ray's timestamp is whole seconds; time_total_s is precise (the trial's own clock)
+                "end": float(rows[-1]["timestamp"]),
+                "total_s": rows[-1]["time_total_s"],
+                "epochs_s": [r["time_this_iter_s"] for r in rows],
+                "pid": rows[0]["pid"],
+            }
+        )
     first_start = min(t["end"] - t["total_s"] for t in trials)
     last_end = max(t["end"] for t in trials)
     return {
         "wall": end - start,
         "trials": trials,
-        "epochs": [e for t in trials for e in t["epochs_s"][1:]] or [t["epochs_s"][0] for t in trials],
+        "epochs": [e for t in trials for e in t["epochs_s"][1:]]
+        or [t["epochs_s"][0] for t in trials],
         "first_epochs": [t["epochs_s"][0] for t in trials],
         "startup": first_start - start,  # process start -> first trial starts training
         "span": last_end - first_start,
@@ -160,13 +185,23 @@ def main() -> None:
     result = {
         "benchmark": "orchestration",
         "quick": args.quick,
-        "trials": n, "epochs": epochs, "train_size": size, "concurrency": concurrency,
+        "trials": n,
+        "epochs": epochs,
+        "train_size": size,
+        "concurrency": concurrency,
         "ratios": [
-            {"name": f"orchestration: ktune wall / ideal ({n} trials, C={concurrency})",
-             "value": round(ratio, 3), "target": "<= 1.10", "met": ratio <= 1.10},
-            {"name": "wrapper: seconds per epoch, one trial in ktune / plain Keras",
-             "value": round(ktune_epoch / plain_epoch, 3), "target": "<= 1.05",
-             "met": ktune_epoch / plain_epoch <= 1.05},
+            {
+                "name": f"orchestration: ktune wall / ideal ({n} trials, C={concurrency})",
+                "value": round(ratio, 3),
+                "target": "<= 1.10",
+                "met": ratio <= 1.10,
+            },
+            {
+                "name": "wrapper: seconds per epoch, one trial in ktune / plain Keras",
+                "value": round(ktune_epoch / plain_epoch, 3),
+                "target": "<= 1.05",
+                "met": ktune_epoch / plain_epoch <= 1.05,
+            },
         ],
         "orchestration": {
             "ktune_wall_s": round(ours["wall"], 2),
@@ -198,17 +233,25 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "orchestration.json").write_text(json.dumps(result, indent=2) + "\n")
     o, w = result["orchestration"], result["wrapper"]
-    print(f"orchestration: ktune {o['ktune_wall_s']}s / ideal {o['ideal_s']}s = {o['ratio']} "
-          f"(target <= {o['target']})")
-    print(f"  start-up {o['startup_s']}s (Ray, data, vocabulary, first worker), trials span "
-          f"{o['trials_span_s']}s (= {o['span_ratio']} x ideal), teardown {o['teardown_s']}s "
-          f"(test evaluation, results, Ray shutdown); {o['worker_processes']} worker processes "
-          f"for {n} trials")
-    print(f"  first epoch (incl. model build and tracing): ktune {o['ktune_first_epoch_s']}s, "
-          f"plain {o['plain_first_epoch_s']}s; later epochs with {concurrency} trials at once: "
-          f"{o['ktune_epoch_concurrent_s']}s")
-    print(f"wrapper overhead: {w['ktune_epoch_s']}s / {w['plain_epoch_s']}s per epoch = "
-          f"{w['ratio']} (target <= {w['target']})")
+    print(
+        f"orchestration: ktune {o['ktune_wall_s']}s / ideal {o['ideal_s']}s = {o['ratio']} "
+        f"(target <= {o['target']})"
+    )
+    print(
+        f"  start-up {o['startup_s']}s (Ray, data, vocabulary, first worker), trials span "
+        f"{o['trials_span_s']}s (= {o['span_ratio']} x ideal), teardown {o['teardown_s']}s "
+        f"(test evaluation, results, Ray shutdown); {o['worker_processes']} worker processes "
+        f"for {n} trials"
+    )
+    print(
+        f"  first epoch (incl. model build and tracing): ktune {o['ktune_first_epoch_s']}s, "
+        f"plain {o['plain_first_epoch_s']}s; later epochs with {concurrency} trials at once: "
+        f"{o['ktune_epoch_concurrent_s']}s"
+    )
+    print(
+        f"wrapper overhead: {w['ktune_epoch_s']}s / {w['plain_epoch_s']}s per epoch = "
+        f"{w['ratio']} (target <= {w['target']})"
+    )
 
 
 if __name__ == "__main__":

@@ -29,11 +29,19 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 README = BENCH / "README.md"
 # One table per mode: a quick run does not replace the full run's table.
-MARKERS = {False: ("<!-- bench:full:start -->", "<!-- bench:full:end -->"),
-           True: ("<!-- bench:quick:start -->", "<!-- bench:quick:end -->")}
+MARKERS = {
+    False: ("<!-- bench:full:start -->", "<!-- bench:full:end -->"),
+    True: ("<!-- bench:quick:start -->", "<!-- bench:quick:end -->"),
+}
 # In the order they run: the cheap ones first, so a quick look needs no full run.
-BENCHMARKS = ["tokenization", "orchestration", "memory", "search_efficiency", "kerastuner",
-              "scaling"]
+BENCHMARKS = [
+    "tokenization",
+    "orchestration",
+    "memory",
+    "search_efficiency",
+    "kerastuner",
+    "scaling",
+]
 
 
 def machine() -> dict:
@@ -64,8 +72,10 @@ def machine() -> dict:
 
 
 def describe(m: dict) -> str:
-    return (f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, no GPU, Python "
-            f"{m['python']}; load average {m['load_average_at_start']} at start")
+    return (
+        f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, no GPU, Python "
+        f"{m['python']}; load average {m['load_average_at_start']} at start"
+    )
 
 
 def fmt(value) -> str:
@@ -93,8 +103,9 @@ def table(summary: dict) -> str:
         for r in entry["ratios"]:
             met = {True: "yes", False: "**no**", None: "-"}[r.get("met")]
             target = r.get("target") or (f"ideal {r['ideal']}" if r.get("ideal") else "-")
-            lines.append(f"| {name} | {r['name']} | {fmt(r['value'])} | {target} | {met} "
-                         f"| {minutes} |")
+            lines.append(
+                f"| {name} | {r['name']} | {fmt(r['value'])} | {target} | {met} | {minutes} |"
+            )
             minutes = ""
     return "\n".join(lines)
 
@@ -161,7 +172,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.only:  # a partial run does not replace the table of a whole one
         (RESULTS / ("summary-quick.json" if args.quick else "summary.json")).write_text(
-            json.dumps(summary, indent=2) + "\n")
+            json.dumps(summary, indent=2) + "\n"
+        )
         update_readme(table(summary), args.quick)
         print(f"wrote {README.relative_to(BENCH.parent)}")
     failed = [n for n, e in summary["benchmarks"].items() if e["status"] != "ok"]

@@ -41,8 +41,16 @@ from _ktune_runs import REPO, KtuneRun, run_ktune, shared_ray
 
 RESULTS = REPO / "bench" / "results"
 # One fixed configuration (bench/orchestration.py's): every trial trains the same model.
-CONFIG = {"embed_dim": 32, "heads": 2, "ff_dim": 32, "learning_rate": 1e-3, "warmup": 0.1,
-          "dropout": 0.1, "num_blocks": 1, "weight_decay": 0.01}
+CONFIG = {
+    "embed_dim": 32,
+    "heads": 2,
+    "ff_dim": 32,
+    "learning_rate": 1e-3,
+    "warmup": 0.1,
+    "dropout": 0.1,
+    "num_blocks": 1,
+    "weight_decay": 0.01,
+}
 BASE_TRAIN_SIZE = 1250
 # trials N and data multiples per mode
 PLANS = {"quick": (2, (1, 4)), "full": (8, (1, 4, 16))}
@@ -53,8 +61,12 @@ def experiment(name: str, trials: int, train_size: int, storage: str) -> dict:
         "name": name,
         "family": "transformer",
         "data": {"source": "builtin", "train_size": train_size, "test_size": 200},
-        "search": {"num_samples": trials, "max_concurrent_trials": 2, "scheduler": "fifo",
-                   "space": dict(CONFIG)},
+        "search": {
+            "num_samples": trials,
+            "max_concurrent_trials": 2,
+            "scheduler": "fifo",
+            "space": dict(CONFIG),
+        },
         "training": {"epochs": 1, "batch_size": 64, "maxlen": 48, "vocab_size": 10000},
         "resources": {"cpu": 1, "gpu": 0},
         "storage": storage,
@@ -79,12 +91,16 @@ def measure(run: KtuneRun, trials: int, train_size: int) -> dict:
 def growth(runs: list[dict], base: dict, ideal: list[float], label: str) -> list[dict]:
     out = []
     for run, x in zip(runs, ideal):
-        out.append({
-            "name": f"wall time growth, {label(run)} / {label(base)}",
-            "value": round(run["wall_s"] / base["wall_s"], 3),
-            "target": None, "ideal": x, "met": None,
-            "trials_span_growth": round(run["trials_span_s"] / base["trials_span_s"], 3),
-        })
+        out.append(
+            {
+                "name": f"wall time growth, {label(run)} / {label(base)}",
+                "value": round(run["wall_s"] / base["wall_s"], 3),
+                "target": None,
+                "ideal": x,
+                "met": None,
+                "trials_span_growth": round(run["trials_span_s"] / base["trials_span_s"], 3),
+            }
+        )
     return out
 
 
@@ -99,8 +115,7 @@ def main() -> int:
     plan = [(f"trials{n * k}", n * k, BASE_TRAIN_SIZE) for k in (1, 2, 4)]
     plan += [(f"data{m}x", n, BASE_TRAIN_SIZE * m) for m in multiples[1:]]
     measured = {}
-    with tempfile.TemporaryDirectory(prefix="ktune-bench-scaling-") as tmp, \
-            shared_ray() as address:
+    with tempfile.TemporaryDirectory(prefix="ktune-bench-scaling-") as tmp, shared_ray() as address:
         for name, trials, size in plan:
             exp = experiment(name, trials, size, str(Path(tmp) / "results"))
             try:
@@ -109,38 +124,57 @@ def main() -> int:
                 print(f"FAILED: {e}", file=sys.stderr)
                 return 1
             m = measured[name] = measure(run, trials, size)
-            print(f"{trials:3d} trials x {size:6d} texts: wall {m['wall_s']:6.1f}s = "
-                  f"{m['before_first_trial_s']:.1f}s before the first trial + "
-                  f"{m['trials_span_s']:.1f}s of trials + {m['after_last_report_s']:.1f}s after; "
-                  f"median trial {m['median_trial_s']}s", flush=True)
+            print(
+                f"{trials:3d} trials x {size:6d} texts: wall {m['wall_s']:6.1f}s = "
+                f"{m['before_first_trial_s']:.1f}s before the first trial + "
+                f"{m['trials_span_s']:.1f}s of trials + {m['after_last_report_s']:.1f}s after; "
+                f"median trial {m['median_trial_s']}s",
+                flush=True,
+            )
     total = time.time() - started
 
     base = measured[f"trials{n}"]
     by_trials = [measured[f"trials{n * k}"] for k in (2, 4)]
     by_data = [measured[f"data{m}x"] for m in multiples[1:]]
     ratios = growth(by_trials, base, [2.0, 4.0], lambda r: f"{r['trials']} trials")
-    ratios += growth(by_data, base, [float(m) for m in multiples[1:]],
-                     lambda r: f"{r['train_size'] // BASE_TRAIN_SIZE}x data")
+    ratios += growth(
+        by_data,
+        base,
+        [float(m) for m in multiples[1:]],
+        lambda r: f"{r['train_size'] // BASE_TRAIN_SIZE}x data",
+    )
     result = {
         "benchmark": "scaling",
         "quick": args.quick,
         "machine": machine,
         "ratios": ratios,
-        "settings": {"base_train_size": BASE_TRAIN_SIZE, "trials": [n, 2 * n, 4 * n],
-                     "data_multiples": list(multiples), "trials_in_data_sweep": n,
-                     "epochs": 1, "max_concurrent_trials": 2, "cpu_per_trial": 1,
-                     "scheduler": "fifo", "config": CONFIG},
+        "settings": {
+            "base_train_size": BASE_TRAIN_SIZE,
+            "trials": [n, 2 * n, 4 * n],
+            "data_multiples": list(multiples),
+            "trials_in_data_sweep": n,
+            "epochs": 1,
+            "max_concurrent_trials": 2,
+            "cpu_per_trial": 1,
+            "scheduler": "fifo",
+            "config": CONFIG,
+        },
         "runs": list(measured.values()),
         "benchmark_wall_s": round(total, 1),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"\nscaling ({mode}{': 2/4/8 trials, 1x/4x data, not the full sweep' if args.quick else ''}; "
-          f"base {BASE_TRAIN_SIZE} texts, 1 epoch per trial; {machine})")
+    print(
+        f"\nscaling ({mode}"
+        f"{': 2/4/8 trials, 1x/4x data, not the full sweep' if args.quick else ''}; "
+        f"base {BASE_TRAIN_SIZE} texts, 1 epoch per trial; {machine})"
+    )
     for r in ratios:
-        print(f"{r['name']}: {r['value']}x (ideal {r['ideal']}x); trials' span alone "
-              f"{r['trials_span_growth']}x")
+        print(
+            f"{r['name']}: {r['value']}x (ideal {r['ideal']}x); trials' span alone "
+            f"{r['trials_span_growth']}x"
+        )
     print(f"benchmark wall time {total:.0f}s")
     return 0
 

@@ -58,8 +58,10 @@ RESULTS = REPO / "bench" / "results"
 SEEDS = (0, 1, 2)
 FRACTION = 0.98  # target = FRACTION x the best val_accuracy either search found
 FRACTIONS = (0.95, 0.98, 0.99, 0.995)
-METHODS = {"ktune": {"sampler": "tpe", "scheduler": "asha"},
-           "random": {"sampler": "random", "scheduler": "fifo"}}
+METHODS = {
+    "ktune": {"sampler": "tpe", "scheduler": "asha"},
+    "random": {"sampler": "random", "scheduler": "fifo"},
+}
 # train texts, trials, epochs
 SIZES = {"quick": (1000, 4, 2), "full": (5000, 12, 4)}
 
@@ -74,9 +76,15 @@ def experiment(method: str, seed: int, size: tuple[int, int, int], storage: str)
         "name": f"search-{method}-seed{seed}",
         "family": "transformer",
         "data": {"source": "builtin", "train_size": train_size, "test_size": 200, "seed": 0},
-        "search": {"num_samples": trials, "max_concurrent_trials": 2, "seed": seed,
-                   "grace_period": 1, "reduction_factor": 2, **METHODS[method],
-                   "space": quickstart_space()},
+        "search": {
+            "num_samples": trials,
+            "max_concurrent_trials": 2,
+            "seed": seed,
+            "grace_period": 1,
+            "reduction_factor": 2,
+            **METHODS[method],
+            "space": quickstart_space(),
+        },
         "training": {"epochs": epochs, "batch_size": 64, "maxlen": 48, "vocab_size": 10000},
         "resources": {"cpu": 1, "gpu": 0},
         "storage": storage,
@@ -132,16 +140,16 @@ def compare(runs: dict[str, KtuneRun], fraction: float, from_search_start: bool)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller data, fewer trials and epochs (still 3 seeds)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller data, fewer trials and epochs (still 3 seeds)"
+    )
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     size = SIZES[mode]
     machine = f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start"
     started = time.time()
     per_seed = []
-    with tempfile.TemporaryDirectory(prefix="ktune-bench-search-") as tmp, \
-            shared_ray() as address:
+    with tempfile.TemporaryDirectory(prefix="ktune-bench-search-") as tmp, shared_ray() as address:
         for i, seed in enumerate(SEEDS):
             # Alternate the order, so neither method always runs first on a warm machine.
             order = ("ktune", "random") if i % 2 == 0 else ("random", "ktune")
@@ -154,68 +162,107 @@ def main() -> int:
                     print(f"FAILED: {e}", file=sys.stderr)
                     return 1
                 s = summary(runs[method], size[2])
-                print(f"seed {seed} {method:6s}: wall {s['wall_s']:.1f}s, best val_accuracy "
-                      f"{s['best_val_accuracy']:.4f}, {s['trials']} trials, "
-                      f"{s['epochs_trained']} epochs trained", flush=True)
+                print(
+                    f"seed {seed} {method:6s}: wall {s['wall_s']:.1f}s, best val_accuracy "
+                    f"{s['best_val_accuracy']:.4f}, {s['trials']} trials, "
+                    f"{s['epochs_trained']} epochs trained",
+                    flush=True,
+                )
             runs = {"ktune": runs["ktune"], "random": runs["random"]}
-            per_seed.append({
-                "seed": seed,
-                **{name: summary(run, size[2]) for name, run in runs.items()},
-                "time_to_target": compare(runs, FRACTION, from_search_start=False),
-                "time_to_target_search_only": compare(runs, FRACTION, from_search_start=True),
-                "by_fraction": {str(f): compare(runs, f, from_search_start=False)
-                                for f in FRACTIONS},
-            })
+            per_seed.append(
+                {
+                    "seed": seed,
+                    **{name: summary(run, size[2]) for name, run in runs.items()},
+                    "time_to_target": compare(runs, FRACTION, from_search_start=False),
+                    "time_to_target_search_only": compare(runs, FRACTION, from_search_start=True),
+                    "by_fraction": {
+                        str(f): compare(runs, f, from_search_start=False) for f in FRACTIONS
+                    },
+                }
+            )
     total = time.time() - started
 
     ratio = geomean([s["time_to_target"]["ratio"] for s in per_seed])
     search_only = geomean([s["time_to_target_search_only"]["ratio"] for s in per_seed])
     wall_ratio = geomean([s["random"]["wall_s"] / s["ktune"]["wall_s"] for s in per_seed])
-    by_fraction = {str(f): round(geomean([s["by_fraction"][str(f)]["ratio"] for s in per_seed]), 3)
-                   for f in FRACTIONS}
+    by_fraction = {
+        str(f): round(geomean([s["by_fraction"][str(f)]["ratio"] for s in per_seed]), 3)
+        for f in FRACTIONS
+    }
     train_size, trials, epochs = size
     result = {
         "benchmark": "search_efficiency",
         "quick": args.quick,
         "machine": machine,
         "ratios": [
-            {"name": f"time to {FRACTION:.0%} of best, random / ktune (geometric mean)",
-             "value": round(ratio, 3), "target": ">= 3", "met": ratio >= 3},
-            {"name": "same, counted from each search's first trial start",
-             "value": round(search_only, 3), "target": None, "met": None},
-            {"name": "whole run wall time, random / ktune (geometric mean)",
-             "value": round(wall_ratio, 3), "target": None, "met": None},
+            {
+                "name": f"time to {FRACTION:.0%} of best, random / ktune (geometric mean)",
+                "value": round(ratio, 3),
+                "target": ">= 3",
+                "met": ratio >= 3,
+            },
+            {
+                "name": "same, counted from each search's first trial start",
+                "value": round(search_only, 3),
+                "target": None,
+                "met": None,
+            },
+            {
+                "name": "whole run wall time, random / ktune (geometric mean)",
+                "value": round(wall_ratio, 3),
+                "target": None,
+                "met": None,
+            },
         ],
         "ratio_by_target_fraction": by_fraction,
-        "settings": {"seeds": list(SEEDS), "train_size": train_size, "num_samples": trials,
-                     "epochs": epochs, "max_concurrent_trials": 2, "cpu_per_trial": 1,
-                     "target_fraction": FRACTION, "space": quickstart_space(),
-                     "methods": METHODS},
+        "settings": {
+            "seeds": list(SEEDS),
+            "train_size": train_size,
+            "num_samples": trials,
+            "epochs": epochs,
+            "max_concurrent_trials": 2,
+            "cpu_per_trial": 1,
+            "target_fraction": FRACTION,
+            "space": quickstart_space(),
+            "methods": METHODS,
+        },
         "seeds": per_seed,
         "benchmark_wall_s": round(total, 1),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "search_efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"\nsearch efficiency ({mode}: {train_size} texts, {trials} trials, up to {epochs} "
-          f"epochs, seeds {list(SEEDS)}; {machine})")
+    print(
+        f"\nsearch efficiency ({mode}: {train_size} texts, {trials} trials, up to {epochs} "
+        f"epochs, seeds {list(SEEDS)}; {machine})"
+    )
     for s in per_seed:
         t, o = s["time_to_target"], s["time_to_target_search_only"]
-        mark = {n: " (never reached; whole search)" if t[f"{n}_censored"] else ""
-                for n in ("ktune", "random")}
-        print(f"  seed {s['seed']}: target {t['target']:.4f}; ktune {t['ktune']}s{mark['ktune']}, "
-              f"random {t['random']}s{mark['random']} -> {t['ratio']}x "
-              f"(from first trial: {o['ratio']}x)")
+        mark = {
+            n: " (never reached; whole search)" if t[f"{n}_censored"] else ""
+            for n in ("ktune", "random")
+        }
+        print(
+            f"  seed {s['seed']}: target {t['target']:.4f}; ktune {t['ktune']}s{mark['ktune']}, "
+            f"random {t['random']}s{mark['random']} -> {t['ratio']}x "
+            f"(from first trial: {o['ratio']}x)"
+        )
         for name in ("ktune", "random"):
             r = s[name]
-            print(f"    {name:6s} best {r['best_val_accuracy']:.4f}, {r['trials']} trials "
-                  f"({r['trials_stopped_early']} stopped early), {r['epochs_trained']} epochs, "
-                  f"{r['trial_seconds']}s in trials (epoch 1: {r['median_first_epoch_s']}s, "
-                  f"later: {r['median_later_epoch_s']}s median), {r['idle_slot_s']} slot-s idle "
-                  f"between trials, first trial at {r['first_trial_start_s']}s, "
-                  f"wall {r['wall_s']}s")
+            print(
+                f"    {name:6s} best {r['best_val_accuracy']:.4f}, {r['trials']} trials "
+                f"({r['trials_stopped_early']} stopped early), {r['epochs_trained']} epochs, "
+                f"{r['trial_seconds']}s in trials (epoch 1: {r['median_first_epoch_s']}s, "
+                f"later: {r['median_later_epoch_s']}s median), {r['idle_slot_s']} slot-s idle "
+                f"between trials, first trial at {r['first_trial_start_s']}s, "
+                f"wall {r['wall_s']}s"
+            )
     for r in result["ratios"]:
-        target = f"target {r['target']}, {'met' if r['met'] else 'missed'}" if r["target"] else "no target"
+        target = (
+            f"target {r['target']}, {'met' if r['met'] else 'missed'}"
+            if r["target"]
+            else "no target"
+        )
         print(f"{r['name']}: {r['value']}x ({target})")
     print("ratio by target fraction: " + ", ".join(f"{f}: {v}x" for f, v in by_fraction.items()))
     print(f"benchmark wall time {total:.0f}s")

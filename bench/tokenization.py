@@ -39,10 +39,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.data import TextDataset, generate_builtin
 from ktune.trainables.hf_bert import (
     BertStringEncoder,
@@ -67,7 +67,9 @@ def lesson_pipeline(tokenizer, texts: list[str], labels: np.ndarray) -> int:
 
     def encode(text, label):
         ids = tokenizer.encode(
-            text.numpy().decode("utf-8"), max_length=MAXLEN, truncation=True,
+            text.numpy().decode("utf-8"),
+            max_length=MAXLEN,
+            truncation=True,
             padding="max_length",
         )
         return np.asarray(ids, np.int64), label
@@ -114,8 +116,12 @@ def main() -> int:
 
         # the same ids either way (first 200 texts), or the comparison is meaningless
         ours = encode_texts(fast, texts[:200], MAXLEN)["input_ids"]
-        theirs = np.array([slow.encode(t, max_length=MAXLEN, truncation=True,
-                                       padding="max_length") for t in texts[:200]])
+        theirs = np.array(
+            [
+                slow.encode(t, max_length=MAXLEN, truncation=True, padding="max_length")
+                for t in texts[:200]
+            ]
+        )
         assert np.array_equal(ours, theirs), "the lesson's and ktune's ids differ"
 
         lesson_pipeline(slow, texts[:256], labels[:256])  # warm up tf.data and py_function
@@ -128,9 +134,12 @@ def main() -> int:
         split = N_TEXTS * 9 // 10
         data = TextDataset(
             class_names=["World", "Sports", "Business", "Sci/Tech"],
-            train_texts=np.asarray(texts[:split], dtype=object), train_labels=labels[:split],
-            val_texts=np.asarray(texts[split:], dtype=object), val_labels=labels[split:],
-            test_texts=np.asarray([], dtype=object), test_labels=np.zeros(0, np.int32),
+            train_texts=np.asarray(texts[:split], dtype=object),
+            train_labels=labels[:split],
+            val_texts=np.asarray(texts[split:], dtype=object),
+            val_labels=labels[split:],
+            test_texts=np.asarray([], dtype=object),
+            test_labels=np.zeros(0, np.int32),
         )
         os.environ["KTUNE_CACHE_DIR"] = str(Path(tmp) / "cache")
         hits = []
@@ -154,11 +163,18 @@ def main() -> int:
         "benchmark": "tokenization",
         "quick": args.quick,
         "ratios": [
-            {"name": "ktune / lesson (examples per second)", "value": round(ratio, 1),
-             "target": f">= {TARGET:g}", "met": ratio >= TARGET},
-            {"name": "cache hit / lesson (examples per second)",
-             "value": round(per_second["ktune_cache_hit"] / per_second["lesson"], 1),
-             "target": None, "met": None},
+            {
+                "name": "ktune / lesson (examples per second)",
+                "value": round(ratio, 1),
+                "target": f">= {TARGET:g}",
+                "met": ratio >= TARGET,
+            },
+            {
+                "name": "cache hit / lesson (examples per second)",
+                "value": round(per_second["ktune_cache_hit"] / per_second["lesson"], 1),
+                "target": None,
+                "met": None,
+            },
         ],
         "texts": N_TEXTS,
         "maxlen": MAXLEN,
@@ -172,8 +188,11 @@ def main() -> int:
         "ratio_cache_hit_vs_lesson": round(per_second["ktune_cache_hit"] / per_second["lesson"], 1),
         "target_ratio": TARGET,
         "meets_target": ratio >= TARGET,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "versions": {
             "tensorflow": tf.__version__,
             "transformers": __import__("transformers").__version__,

@@ -26,8 +26,16 @@ from ktune.errors import ConfigError, DataError, ExperimentError, KtuneUserError
 # The public API (ktune.api), loaded on first use: ``import ktune`` stays cheap, and a
 # trial worker, which imports ktune only for the environment above, never loads the
 # experiment runner or Ray Tune's driver side.
-_API = ("run", "resume", "load", "trainable", "search_space", "export_result", "load_model",
-        "ExperimentResult")
+_API = (
+    "run",
+    "resume",
+    "load",
+    "trainable",
+    "search_space",
+    "export_result",
+    "load_model",
+    "ExperimentResult",
+)
 
 __all__ = [
     "__version__",

@@ -27,7 +27,13 @@ from ktune.config import ExperimentConfig, parse_config, read_experiment_file
 from ktune.errors import ConfigError, ExperimentError
 
 __all__ = [
-    "run", "resume", "load", "trainable", "search_space", "export_result", "load_model",
+    "run",
+    "resume",
+    "load",
+    "trainable",
+    "search_space",
+    "export_result",
+    "load_model",
     "ExperimentResult",
 ]
 
@@ -108,9 +114,13 @@ class ExperimentResult:
         if self._grid is None:
             from ray.tune import ExperimentAnalysis, ResultGrid
 
-            self._grid = ResultGrid(ExperimentAnalysis(
-                self.path, default_metric=self.spec["metric"], default_mode=self.spec["mode"],
-            ))
+            self._grid = ResultGrid(
+                ExperimentAnalysis(
+                    self.path,
+                    default_metric=self.spec["metric"],
+                    default_mode=self.spec["mode"],
+                )
+            )
         return self._grid
 
     def export(self, out: str | Path | None = None, *, force: bool = False) -> str:
@@ -127,8 +137,9 @@ class ExperimentResult:
         from ktune.export import export_best
 
         target = str(out) if out is not None else storage.join(self.path, "export")
-        done = export_best(self.dir, target if storage.is_uri(target) else Path(target),
-                           force=force)
+        done = export_best(
+            self.dir, target if storage.is_uri(target) else Path(target), force=force
+        )
         self.best["export"] = str(done)
         return str(done)
 
@@ -139,12 +150,17 @@ class ExperimentResult:
         from ktune.export import _source_of
         from ktune.trainables.base import restore_model
 
-        family = family_for(self.spec["family"], self.spec.get("build_model"),
-                            _source_of(self.spec))
+        family = family_for(
+            self.spec["family"], self.spec.get("build_model"), _source_of(self.spec)
+        )
         with self.best_checkpoint.as_directory() as d:
             return restore_model(
-                family, self.best_config, self.spec["artefacts"],
-                len(self.spec["class_names"]), TrainingConfig(**self.spec["training"]), d,
+                family,
+                self.best_config,
+                self.spec["artefacts"],
+                len(self.spec["class_names"]),
+                TrainingConfig(**self.spec["training"]),
+                d,
             )
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
@@ -159,16 +175,21 @@ class ExperimentResult:
         from ktune.experiment import family_for
         from ktune.export import _source_of
 
-        family = family_for(self.spec["family"], self.spec.get("build_model"),
-                            _source_of(self.spec))
+        family = family_for(
+            self.spec["family"], self.spec.get("build_model"), _source_of(self.spec)
+        )
         training = TrainingConfig(**self.spec["training"])
         model = self.load_model()
         texts = list(texts)
         probs = model.predict(family.encode(self.spec["artefacts"], training, texts), verbose=0)
         names = list(self.spec["class_names"])
         return [
-            {"text": t, "label": names[int(p.argmax())], "score": float(p.max()),
-             "probabilities": dict(zip(names, map(float, p)))}
+            {
+                "text": t,
+                "label": names[int(p.argmax())],
+                "score": float(p.max()),
+                "probabilities": dict(zip(names, map(float, p))),
+            }
             for t, p in zip(texts, probs)
         ]
 
@@ -179,12 +200,15 @@ class ExperimentResult:
         metric = self.spec["metric"]
         frame = self.trials
         columns = list(frame.columns)
-        keys = columns[columns.index("status") + 1:columns.index("epochs")]
-        rows = [{k: (None if _is_nan(v) and k in keys else v) for k, v in row.items()}
-                for row in frame.to_dict("records")]
+        keys = columns[columns.index("status") + 1 : columns.index("epochs")]
+        rows = [
+            {k: (None if _is_nan(v) and k in keys else v) for k, v in row.items()}
+            for row in frame.to_dict("records")
+        ]
         value = self.best_metrics.get(metric, float("nan"))
         lines = [
-            format_results_table(rows, metric, keys), "",
+            format_results_table(rows, metric, keys),
+            "",
             f"best trial {self.best_trial}: {metric}={value:.4f} at epoch "
             f"{self.best_metrics.get('epoch')}, test_accuracy={self.test_accuracy:.4f} "
             "(test split, reported separately)",
@@ -192,7 +216,7 @@ class ExperimentResult:
         ]
         if self.export_dir:
             shown = storage.redact(self.export_dir)
-            lines.append(f"exported: {shown}  (try: ktune predict {shown} \"some text\")")
+            lines.append(f'exported: {shown}  (try: ktune predict {shown} "some text")')
         return "\n".join(lines)
 
 
@@ -212,20 +236,28 @@ def _experiment_config(experiment: Any, overrides: Mapping[str, Any]) -> Experim
     sections = {k: v for k, v in overrides.items() if k not in _FLAT}
     for name in sections:
         if name not in TOP_LEVEL:
-            raise ConfigError(f"{name}: unknown override; give {', '.join(_FLAT)} or a "
-                              f"section of the experiment file ({', '.join(TOP_LEVEL)})")
+            raise ConfigError(
+                f"{name}: unknown override; give {', '.join(_FLAT)} or a "
+                f"section of the experiment file ({', '.join(TOP_LEVEL)})"
+            )
     if isinstance(experiment, ExperimentConfig):
         if sections:
-            raise ConfigError(f"{next(iter(sections))}: a parsed ExperimentConfig takes only "
-                              f"the overrides {', '.join(_FLAT)}; pass the YAML file or a dict")
+            raise ConfigError(
+                f"{next(iter(sections))}: a parsed ExperimentConfig takes only "
+                f"the overrides {', '.join(_FLAT)}; pass the YAML file or a dict"
+            )
         cfg = experiment
         if "num_samples" in flat:
             cfg = replace(cfg, search=replace(cfg.search, num_samples=flat["num_samples"]))
         if "address" in flat:
             cfg = replace(cfg, address=flat["address"])
         if "storage" in flat:
-            cfg = replace(cfg, storage=str(Path(flat["storage"]).expanduser().resolve())
-                          if not storage.is_uri(flat["storage"]) else flat["storage"])
+            cfg = replace(
+                cfg,
+                storage=str(Path(flat["storage"]).expanduser().resolve())
+                if not storage.is_uri(flat["storage"])
+                else flat["storage"],
+            )
         return cfg
     if isinstance(experiment, Mapping):
         raw, base, source = dict(experiment), Path.cwd(), None
@@ -234,8 +266,10 @@ def _experiment_config(experiment: Any, overrides: Mapping[str, Any]) -> Experim
         raw = dict(read_experiment_file(path) or {})
         base, source = path.resolve().parent, str(path.resolve())
     else:
-        raise ConfigError(f"experiment: expected a YAML file, a dict or an ExperimentConfig, "
-                          f"got {type(experiment).__name__}")
+        raise ConfigError(
+            f"experiment: expected a YAML file, a dict or an ExperimentConfig, "
+            f"got {type(experiment).__name__}"
+        )
     for name, value in sections.items():
         if isinstance(value, Mapping) and isinstance(raw.get(name), Mapping):
             raw[name] = {**raw[name], **value}
@@ -287,15 +321,25 @@ def run(
 
     cfg = _experiment_config(experiment, overrides)
     best, grid = run_search(
-        cfg, export=export, verbose=verbose, progress=progress, scheduler=scheduler,
-        search_alg=search_alg, tune_callbacks=callbacks,
+        cfg,
+        export=export,
+        verbose=verbose,
+        progress=progress,
+        scheduler=scheduler,
+        search_alg=search_alg,
+        tune_callbacks=callbacks,
     )
     return _result(cfg.experiment_path, cfg.experiment_dir, best, grid)
 
 
 def resume(
-    experiment_dir: str | Path, *, address: str | None = None, export: bool | None = None,
-    callbacks: Sequence[Any] = (), progress: bool = False, verbose: bool = False,
+    experiment_dir: str | Path,
+    *,
+    address: str | None = None,
+    export: bool | None = None,
+    callbacks: Sequence[Any] = (),
+    progress: bool = False,
+    verbose: bool = False,
 ) -> ExperimentResult:
     """Continues the search of an experiment whose driver died (``ktune resume``).
 
@@ -314,10 +358,19 @@ def resume(
     """
     from ktune.experiment import resume_search
 
-    best, grid = resume_search(experiment_dir, address=address, export=export,
-                               verbose=verbose, progress=progress, tune_callbacks=callbacks)
-    where = str(experiment_dir) if storage.is_uri(str(experiment_dir)) else str(
-        Path(experiment_dir).resolve())
+    best, grid = resume_search(
+        experiment_dir,
+        address=address,
+        export=export,
+        verbose=verbose,
+        progress=progress,
+        tune_callbacks=callbacks,
+    )
+    where = (
+        str(experiment_dir)
+        if storage.is_uri(str(experiment_dir))
+        else str(Path(experiment_dir).resolve())
+    )
     local = _staging(where) if storage.is_uri(where) else Path(where)
     return _result(where, local, best, grid)
 
@@ -351,7 +404,9 @@ def load(experiment_dir: str | Path) -> ExperimentResult:
 
     given = str(experiment_dir)
     if storage.is_uri(given):
-        local = fetch_experiment(given, storage.temporary_dir("ktune-load-") / storage.basename(given))
+        local = fetch_experiment(
+            given, storage.temporary_dir("ktune-load-") / storage.basename(given)
+        )
         path = given
     else:
         local = Path(given).resolve()
@@ -469,14 +524,23 @@ def trainable(
     from ktune.tuner import TrialResources
 
     if build_model is not None and not callable(build_model):
-        raise ConfigError(f"build_model: must be a function (config, info) -> keras.Model, "
-                          f"got {build_model!r}")
+        raise ConfigError(
+            f"build_model: must be a function (config, info) -> keras.Model, got {build_model!r}"
+        )
     if build_model is not None and family != "transformer":
-        raise ConfigError("build_model: your own model trains on the transformer family's "
-                          f"token ids; family must be 'transformer', got {family!r}")
+        raise ConfigError(
+            "build_model: your own model trains on the transformer family's "
+            f"token ids; family must be 'transformer', got {family!r}"
+        )
     raw = {
-        "name": "trainable", "family": family, "data": data, "training": training,
-        "model": model, "resources": resources, "search": {"seed": seed}, "export": False,
+        "name": "trainable",
+        "family": family,
+        "data": data,
+        "training": training,
+        "model": model,
+        "resources": resources,
+        "search": {"seed": seed},
+        "export": False,
     }
     cfg = parse_config({k: v for k, v in raw.items() if v is not None})
     # The handles of the default space's sizes are not checked here: the user's own
@@ -485,10 +549,16 @@ def trainable(
     payload = replace(payload, build_model=build_model)
     space = _space_for(family, build_model)
     fn = tune.with_parameters(run_trial, payload=payload, callbacks=list(callbacks))
-    return tune.with_resources(fn, TrialResources(
-        space, cfg.resources.cpu, cfg.resources.gpu, family,
-        cfg.model if family in ("tfhub_bert", "hf_bert") else None,
-    ))
+    return tune.with_resources(
+        fn,
+        TrialResources(
+            space,
+            cfg.resources.cpu,
+            cfg.resources.gpu,
+            family,
+            cfg.model if family in ("tfhub_bert", "hf_bert") else None,
+        ),
+    )
 
 
 def _space_for(family: str, build_model: Callable | None):
@@ -508,17 +578,22 @@ def _trial_info(result_or_checkpoint: Any) -> tuple[Any, dict]:
     if isinstance(result_or_checkpoint, tune.Result):
         checkpoint = result_or_checkpoint.checkpoint
         if checkpoint is None:
-            raise ExperimentError("result: this trial reported no checkpoint (did it finish an epoch?)")
+            raise ExperimentError(
+                "result: this trial reported no checkpoint (did it finish an epoch?)"
+            )
     elif isinstance(result_or_checkpoint, (str, Path)):
         checkpoint = tune.Checkpoint(str(result_or_checkpoint))
     if not isinstance(checkpoint, tune.Checkpoint):
-        raise ExperimentError(f"result: expected a ray.tune.Result or Checkpoint, got "
-                              f"{type(result_or_checkpoint).__name__}")
+        raise ExperimentError(
+            f"result: expected a ray.tune.Result or Checkpoint, got "
+            f"{type(result_or_checkpoint).__name__}"
+        )
     with checkpoint.as_directory() as d:
         info_file = Path(d, TRIAL_FILE)
         if not info_file.is_file():
             raise ExperimentError(
-                f"{checkpoint.path}: not a checkpoint of a ktune trainable (no {TRIAL_FILE})")
+                f"{checkpoint.path}: not a checkpoint of a ktune trainable (no {TRIAL_FILE})"
+            )
         return checkpoint, json.loads(info_file.read_text())
 
 
@@ -550,8 +625,14 @@ def load_model(result_or_checkpoint: Any, *, build_model: Callable | None = None
     checkpoint, info = _trial_info(result_or_checkpoint)
     family = _family_of_info(info, build_model)
     with checkpoint.as_directory() as d:
-        return restore_model(family, info["config"], info["artefacts"], len(info["class_names"]),
-                             TrainingConfig(**info["training"]), d)
+        return restore_model(
+            family,
+            info["config"],
+            info["artefacts"],
+            len(info["class_names"]),
+            TrainingConfig(**info["training"]),
+            d,
+        )
 
 
 def export_result(
@@ -582,13 +663,20 @@ def export_result(
 
     target = Path(out).resolve()
     if target.exists() and not force:
-        raise ExperimentError(f"{target}: export target already exists (use force=True to replace it)")
+        raise ExperimentError(
+            f"{target}: export target already exists (use force=True to replace it)"
+        )
     checkpoint, info = _trial_info(result_or_checkpoint)
     family = _family_of_info(info, build_model)
     with checkpoint.as_directory() as d:
         return export_checkpoint(
-            family, info["config"], info["artefacts"], info["class_names"],
-            TrainingConfig(**info["training"]), d, target,
+            family,
+            info["config"],
+            info["artefacts"],
+            info["class_names"],
+            TrainingConfig(**info["training"]),
+            d,
+            target,
             verify_texts=info["verify_texts"] or ["a text", ""],
             metadata={"family": info["family"], "checkpoint": checkpoint.path},
         )

@@ -79,13 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--no-export", action="store_true", help="skip the export at the end")
     res.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
 
-    rep = sub.add_parser(
-        "report", help="write an HTML report of an experiment, or compare several"
+    rep = sub.add_parser("report", help="write an HTML report of an experiment, or compare several")
+    rep.add_argument(
+        "experiment_dirs",
+        nargs="+",
+        metavar="EXPERIMENT_DIR",
+        help="experiment directories, <storage>/<name> (finished or running)",
     )
-    rep.add_argument("experiment_dirs", nargs="+", metavar="EXPERIMENT_DIR",
-                     help="experiment directories, <storage>/<name> (finished or running)")
-    rep.add_argument("--out", help="the HTML file to write (default: EXPERIMENT_DIR/report.html "
-                     "for one experiment, ./ktune-compare.html for several)")
+    rep.add_argument(
+        "--out",
+        help="the HTML file to write (default: EXPERIMENT_DIR/report.html "
+        "for one experiment, ./ktune-compare.html for several)",
+    )
 
     exp = sub.add_parser("export", help="export the best trial of an experiment")
     exp.add_argument("experiment_dir", help="the experiment directory, <storage>/<name>")
@@ -100,14 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job")
     sb.add_argument("experiment", help="the experiment YAML file")
     sb.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
-    sb.add_argument("--follow", action="store_true",
-                    help="stream the job's logs until it ends; exit 1 if it did not succeed")
-    sb.add_argument("--with-project", action="store_true",
-                    help="also ship this ktune checkout (py_modules) to the cluster")
+    sb.add_argument(
+        "--follow",
+        action="store_true",
+        help="stream the job's logs until it ends; exit 1 if it did not succeed",
+    )
+    sb.add_argument(
+        "--with-project",
+        action="store_true",
+        help="also ship this ktune checkout (py_modules) to the cluster",
+    )
     sb.add_argument("--num-samples", type=_positive_int, help="override search.num_samples")
     sb.add_argument("--storage", help="override storage: an absolute path all nodes share")
-    sb.add_argument("--verbose", action="store_true",
-                    help="the job prints Ray's own tables and worker logs too")
+    sb.add_argument(
+        "--verbose", action="store_true", help="the job prints Ray's own tables and worker logs too"
+    )
 
     jb = sub.add_parser("jobs", help="list the Ray Jobs of a cluster")
     jb.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
@@ -121,11 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         m = msub.add_parser(name, help=f"write {what}")
         m.add_argument("out_dir", help="folder to write (must not exist)")
         m.add_argument(
-            "--sizes", nargs="+", default=["L-2_H-32", "L-2_H-64"], metavar="L-<L>_H-<H>",
+            "--sizes",
+            nargs="+",
+            default=["L-2_H-32", "L-2_H-64"],
+            metavar="L-<L>_H-<H>",
             help="sizes to write (default: L-2_H-32 L-2_H-64)",
         )
-        m.add_argument("--head-size", type=_positive_int, default=16,
-                       help="hidden units per attention head, A = H / head_size (default 16)")
+        m.add_argument(
+            "--head-size",
+            type=_positive_int,
+            default=16,
+            help="hidden units per attention head, A = H / head_size (default 16)",
+        )
     return parser
 
 
@@ -140,7 +159,8 @@ def _parse_sizes(sizes: Sequence[str], head_size: int) -> list[tuple[int, int, i
         layers, hidden = int(m.group(1)), int(m.group(2))
         if layers < 1 or hidden < 1 or hidden % head_size:
             raise ktune.ConfigError(
-                f"--sizes: {text}: hidden size must be a positive multiple of --head-size {head_size}"
+                f"--sizes: {text}: hidden size must be a positive multiple of "
+                f"--head-size {head_size}"
             )
         out.append((layers, hidden, hidden // head_size))
     return out
@@ -150,8 +170,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from ktune.jobs import follow, submit
 
     job_id, url = submit(
-        args.experiment, args.address, with_project=args.with_project,
-        num_samples=args.num_samples, storage=args.storage, verbose=args.verbose,
+        args.experiment,
+        args.address,
+        with_project=args.with_project,
+        num_samples=args.num_samples,
+        storage=args.storage,
+        verbose=args.verbose,
     )
     print(f"submitted job {job_id}\ndashboard: {url}")
     if not args.follow:
@@ -186,11 +210,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ktune import api
 
-    overrides = {"num_samples": args.num_samples, "storage": args.storage,
-                 "address": args.address}
+    overrides = {"num_samples": args.num_samples, "storage": args.storage, "address": args.address}
     result = api.run(
-        args.experiment, export=False if args.no_export else None, verbose=args.verbose,
-        progress=True, **{k: v for k, v in overrides.items() if v is not None},
+        args.experiment,
+        export=False if args.no_export else None,
+        verbose=args.verbose,
+        progress=True,
+        **{k: v for k, v in overrides.items() if v is not None},
     )
     print(result.summary())
     return 0
@@ -200,8 +226,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from ktune import api
 
     result = api.resume(
-        args.experiment_dir, address=args.address, export=False if args.no_export else None,
-        verbose=args.verbose, progress=True,
+        args.experiment_dir,
+        address=args.address,
+        export=False if args.no_export else None,
+        verbose=args.verbose,
+        progress=True,
     )
     print(result.summary())
     return 0
@@ -225,7 +254,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         # Every directory is checked (and a URI downloaded) before anything is written.
         local_dirs = [
             fetch_experiment(d, tmp / str(i) / storage.basename(d), trials=True)
-            if storage.is_uri(d) else d
+            if storage.is_uri(d)
+            else d
             for i, d in enumerate(args.experiment_dirs)
         ]
         records = [load_experiment(d) for d in local_dirs]
@@ -255,8 +285,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _local_out(out: str | None, default: str) -> Path:
     if out and storage.is_uri(out):
-        raise ktune.ExperimentError(f"--out: a report of several experiments is written "
-                                    f"locally; got the URI {storage.redact(out)}")
+        raise ktune.ExperimentError(
+            f"--out: a report of several experiments is written "
+            f"locally; got the URI {storage.redact(out)}"
+        )
     return Path(out or default)
 
 

@@ -249,8 +249,8 @@ def _parse(
     for name, value in raw.items():
         check = checks.get(name)
         full = f"{key}.{name}"
-        values[name] = None if value is None and check is None else (
-            check(full, value) if check else value
+        values[name] = (
+            None if value is None and check is None else (check(full, value) if check else value)
         )
     return cls(**values)
 
@@ -301,7 +301,9 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
             paths[name] = str(path)
         cfg = replace(cfg, **paths)
         if cfg.label_names is not None and len(set(cfg.label_names)) != len(cfg.label_names):
-            raise ConfigError(f"data.label_names: names must be unique, got {list(cfg.label_names)}")
+            raise ConfigError(
+                f"data.label_names: names must be unique, got {list(cfg.label_names)}"
+            )
         if cfg.columns is not None:
             if cfg.source != "csv":
                 raise ConfigError(
@@ -318,8 +320,15 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
                         f"data.columns {list(cfg.columns)}"
                     )
     else:
-        for name in ("train", "test", "text", "label", "label_names", "columns",
-                     "unescape_backslash"):
+        for name in (
+            "train",
+            "test",
+            "text",
+            "label",
+            "label_names",
+            "columns",
+            "unescape_backslash",
+        ):
             if name in d:
                 raise ConfigError(
                     f"data.{name}: only used with source csv or jsonl, not '{cfg.source}'"
@@ -400,8 +409,10 @@ def _mutations(cfg: SearchConfig, given: Mapping[str, Any]) -> tuple[str, ...] |
                     "model's shape) may"
                 )
             if name not in searched:
-                raise ConfigError(f"search.mutations: {name} is not searched (give it a range "
-                                  "or choices in search.space)")
+                raise ConfigError(
+                    f"search.mutations: {name} is not searched (give it a range "
+                    "or choices in search.space)"
+                )
     if cfg.scheduler == "pb2":
         for name in keys:
             if not isinstance(cfg.space[name], Range):
@@ -514,9 +525,7 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     """Reads and validates an experiment file. Raises ConfigError naming the key or file."""
     raw = read_experiment_file(path)
     p = Path(path)
-    return parse_config(
-        raw, base_dir=p.resolve().parent, source_path=str(p.resolve()), **overrides
-    )
+    return parse_config(raw, base_dir=p.resolve().parent, source_path=str(p.resolve()), **overrides)
 
 
 def read_experiment_file(path: str | Path) -> dict | None:

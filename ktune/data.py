@@ -147,7 +147,11 @@ def builtin_words() -> list[str]:
 
 
 def generate_builtin(
-    n: int, seed: int, *, topic_rate: float = 0.16, confuser_rate: float = 0.07,
+    n: int,
+    seed: int,
+    *,
+    topic_rate: float = 0.16,
+    confuser_rate: float = 0.07,
     label_noise: float = 0.03,
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Generates ``n`` AG-News-shaped stories: (titles, descriptions, labels).
@@ -381,9 +385,7 @@ def _encode_labels(
                 bad.add(str(v))
         if bad:
             shown = ", ".join(sorted(bad)[:5])
-            raise DataError(
-                f"{path}: labels outside data.label_names {names}: {shown}"
-            )
+            raise DataError(f"{path}: labels outside data.label_names {names}: {shown}")
         return np.asarray(out, np.int32), list(names)
     ints = [_as_int(v) for v in raw]
     if all(i is not None for i in ints):

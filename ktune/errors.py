@@ -7,7 +7,11 @@ at fault and what to do; the CLI prints it and exits with code 2.
 from __future__ import annotations
 
 __all__ = [
-    "KtuneUserError", "ConfigError", "DataError", "ExperimentError", "RayStartError",
+    "KtuneUserError",
+    "ConfigError",
+    "DataError",
+    "ExperimentError",
+    "RayStartError",
     "SearchFailed",
 ]
 

@@ -39,8 +39,16 @@ from ktune.config import ExperimentConfig, TrainingConfig
 from ktune.errors import ExperimentError, RayStartError, SearchFailed
 
 __all__ = [
-    "run_experiment", "resume_experiment", "check_targets", "read_experiment",
-    "fetch_experiment", "run_search", "resume_search", "family_for", "SPEC_FILE", "BEST_FILE",
+    "run_experiment",
+    "resume_experiment",
+    "check_targets",
+    "read_experiment",
+    "fetch_experiment",
+    "run_search",
+    "resume_search",
+    "family_for",
+    "SPEC_FILE",
+    "BEST_FILE",
 ]
 
 log = logging.getLogger("ktune")
@@ -110,8 +118,9 @@ def fetch_experiment(uri: str, local: str | Path, *, trials: bool = False) -> Pa
         )
     local = Path(local)
     if trials:
-        return storage.download_dir(uri, local, exclude=["checkpoint_*", "export", ".export*"],
-                                    key="EXPERIMENT_DIR")
+        return storage.download_dir(
+            uri, local, exclude=["checkpoint_*", "export", ".export*"], key="EXPERIMENT_DIR"
+        )
     local.mkdir(parents=True, exist_ok=True)
     for name in (SPEC_FILE, BEST_FILE, RESULTS_FILE, EXPERIMENT_FILE, JOURNAL_FILE):
         remote = storage.join(uri, name)
@@ -179,14 +188,16 @@ def check_address(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    problem = _unreachable(address) if address else _unreachable(
-        os.environ.get("RAY_ADDRESS"), name="RAY_ADDRESS")
+    problem = (
+        _unreachable(address)
+        if address
+        else _unreachable(os.environ.get("RAY_ADDRESS"), name="RAY_ADDRESS")
+    )
     if problem:
         raise RayStartError(problem)
 
 
-def _unreachable(address: str | None, timeout: float = 5.0,
-                 name: str = "--address") -> str | None:
+def _unreachable(address: str | None, timeout: float = 5.0, name: str = "--address") -> str | None:
     """One line when ``address`` (``host:port`` or ``ray://host:port``) does not accept a
     connection: ``ray.init`` would otherwise retry it for minutes, printing as it goes."""
     import socket
@@ -196,15 +207,19 @@ def _unreachable(address: str | None, timeout: float = 5.0,
     hostport = address.split("://", 1)[-1].split("/", 1)[0]
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
-        return (f"{name} {address}: not an address of a Ray cluster (host:port, "
-                "ray://host:port, or auto)")
+        return (
+            f"{name} {address}: not an address of a Ray cluster (host:port, "
+            "ray://host:port, or auto)"
+        )
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return None
     except OSError as e:
         why = e.strerror or type(e).__name__
-        return (f"{name} {address}: cannot connect to the Ray cluster ({why}); check the "
-                "address and that the cluster is up")
+        return (
+            f"{name} {address}: cannot connect to the Ray cluster ({why}); check the "
+            "address and that the cluster is up"
+        )
 
 
 def _ray_start_problem(error: Exception, address: str | None) -> str:
@@ -213,14 +228,20 @@ def _ray_start_problem(error: Exception, address: str | None) -> str:
     text = lines[0] if lines else type(error).__name__
     if "AF_UNIX path length" in text:
         tmp = os.environ.get("RAY_TMPDIR", "/tmp")
-        return (f"Ray could not start: its socket paths under RAY_TMPDIR ({tmp[:60]}...) "
-                "would exceed 107 bytes; set RAY_TMPDIR to a shorter folder, e.g. /tmp")
+        return (
+            f"Ray could not start: its socket paths under RAY_TMPDIR ({tmp[:60]}...) "
+            "would exceed 107 bytes; set RAY_TMPDIR to a shorter folder, e.g. /tmp"
+        )
     if "in use" in text.lower():
-        return (f"Ray could not start: a port it needs is in use ({text[:160]}); stop the "
-                "other Ray (`ray stop`) or join it with --address auto")
+        return (
+            f"Ray could not start: a port it needs is in use ({text[:160]}); stop the "
+            "other Ray (`ray stop`) or join it with --address auto"
+        )
     if address:
-        return (f"--address {address}: cannot connect to the Ray cluster ({text[:160]}); "
-                "check the address and that the cluster is up")
+        return (
+            f"--address {address}: cannot connect to the Ray cluster ({text[:160]}); "
+            "check the address and that the cluster is up"
+        )
     return f"Ray could not start: {text[:200]} (see /tmp/ray/session_latest/logs)"
 
 
@@ -298,7 +319,7 @@ def _location(cfg: ExperimentConfig, fs_path: str) -> str:
     root = root.rstrip("/")
     if not fs_path.startswith(root + "/"):
         return fs_path
-    return storage.join(cfg.experiment_path, fs_path[len(root) + 1:])
+    return storage.join(cfg.experiment_path, fs_path[len(root) + 1 :])
 
 
 def _progress_callbacks(cfg: ExperimentConfig, verbose: bool, progress: bool = True) -> list:
@@ -308,11 +329,16 @@ def _progress_callbacks(cfg: ExperimentConfig, verbose: bool, progress: bool = T
     from ktune.progress import SearchProgress
     from ktune.search_spaces.base import searched_keys
 
-    return [SearchProgress(
-        name=cfg.name, metric=cfg.search.metric, mode=cfg.search.mode,
-        num_samples=cfg.search.num_samples, epochs=cfg.training.epochs,
-        keys=searched_keys(cfg.search.space),
-    )]
+    return [
+        SearchProgress(
+            name=cfg.name,
+            metric=cfg.search.metric,
+            mode=cfg.search.mode,
+            num_samples=cfg.search.num_samples,
+            epochs=cfg.training.epochs,
+            keys=searched_keys(cfg.search.space),
+        )
+    ]
 
 
 def _prepare(cfg: ExperimentConfig, check_models: bool = True):
@@ -331,7 +357,10 @@ def _prepare(cfg: ExperimentConfig, check_models: bool = True):
     data = load_data(cfg.data)
     log.info(
         "data: %d train / %d validation / %d test texts, %d classes",
-        len(data.train_labels), len(data.val_labels), len(data.test_labels), data.num_classes,
+        len(data.train_labels),
+        len(data.val_labels),
+        len(data.test_labels),
+        data.num_classes,
     )
     prepared = family.prepare(data, cfg.training, cfg.model)
     payload = TrialPayload(
@@ -380,7 +409,10 @@ def user_build_model(cfg: ExperimentConfig):
 
 
 def run_experiment(
-    cfg: ExperimentConfig, *, export: bool | None = None, callbacks: Sequence = (),
+    cfg: ExperimentConfig,
+    *,
+    export: bool | None = None,
+    callbacks: Sequence = (),
     verbose: bool = False,
 ) -> dict:
     """Runs ``cfg`` end to end and returns the contents of ``best.json``.
@@ -393,8 +425,14 @@ def run_experiment(
 
 
 def run_search(
-    cfg: ExperimentConfig, *, export: bool | None = None, callbacks: Sequence = (),
-    verbose: bool = False, progress: bool = True, scheduler=None, search_alg=None,
+    cfg: ExperimentConfig,
+    *,
+    export: bool | None = None,
+    callbacks: Sequence = (),
+    verbose: bool = False,
+    progress: bool = True,
+    scheduler=None,
+    search_alg=None,
     tune_callbacks: Sequence = (),
 ):
     """:func:`run_experiment`, returning ``(best.json's contents, Ray's ResultGrid)``.
@@ -416,8 +454,9 @@ def run_search(
         # Only a working copy: the remote experiment, checked empty above, is the truth,
         # so whatever an earlier run left in this folder goes.
         shutil.rmtree(exp_dir, ignore_errors=True)
-        log.info("results: %s (ktune's files staged in %s)",
-                 storage.redact(cfg.experiment_path), exp_dir)
+        log.info(
+            "results: %s (ktune's files staged in %s)", storage.redact(cfg.experiment_path), exp_dir
+        )
     exp_dir.mkdir(parents=True, exist_ok=True)
     if cfg.source_path:
         shutil.copyfile(cfg.source_path, exp_dir / EXPERIMENT_FILE)
@@ -448,26 +487,41 @@ def run_search(
         _push(cfg, [EXPERIMENT_FILE, SPEC_FILE])
     with _tune_output(verbose):  # the searcher announces its Optuna study when built
         grid = build_tuner(
-            cfg, payload, callbacks=callbacks,
+            cfg,
+            payload,
+            callbacks=callbacks,
             tune_callbacks=_progress_callbacks(cfg, verbose, progress)
-            + _storage_callbacks(cfg) + list(tune_callbacks),
-            verbose=1 if verbose else 0, scheduler=scheduler, search_alg=search_alg,
+            + _storage_callbacks(cfg)
+            + list(tune_callbacks),
+            verbose=1 if verbose else 0,
+            scheduler=scheduler,
+            search_alg=search_alg,
         ).fit()
     return _finish(cfg, grid, data, prepared, started, export), grid
 
 
 def resume_experiment(
-    exp_dir: str | Path, *, address: str | None = None, export: bool | None = None,
-    callbacks: Sequence = (), verbose: bool = False,
+    exp_dir: str | Path,
+    *,
+    address: str | None = None,
+    export: bool | None = None,
+    callbacks: Sequence = (),
+    verbose: bool = False,
 ) -> dict:
     """:func:`resume_search`, returning the contents of ``best.json``."""
-    return resume_search(exp_dir, address=address, export=export, callbacks=callbacks,
-                         verbose=verbose)[0]
+    return resume_search(
+        exp_dir, address=address, export=export, callbacks=callbacks, verbose=verbose
+    )[0]
 
 
 def resume_search(
-    exp_dir: str | Path, *, address: str | None = None, export: bool | None = None,
-    callbacks: Sequence = (), verbose: bool = False, progress: bool = True,
+    exp_dir: str | Path,
+    *,
+    address: str | None = None,
+    export: bool | None = None,
+    callbacks: Sequence = (),
+    verbose: bool = False,
+    progress: bool = True,
     tune_callbacks: Sequence = (),
 ):
     """Continues the search of ``exp_dir`` whose driver died; returns ``best.json``'s contents.
@@ -532,12 +586,16 @@ def resume_search(
             "whole copy is left; the experiment cannot be resumed"
         ) from None
     cfg = load_config(
-        d / EXPERIMENT_FILE, num_samples=spec["num_samples"], storage=storage_value,
+        d / EXPERIMENT_FILE,
+        num_samples=spec["num_samples"],
+        storage=storage_value,
         address=address,
     )
     data_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()}
     cfg = replace(
-        cfg, name=name, data=DataConfig(**data_cfg),
+        cfg,
+        name=name,
+        data=DataConfig(**data_cfg),
         export=replace(cfg.export, dir=spec["export_dir"]),
         staging_dir=str(d) if remote else None,
     )
@@ -559,13 +617,18 @@ def resume_search(
         local = getattr(tuner, "_local_tuner", None)
         if local is not None:
             run_config = local.get_run_config()
-            run_config.callbacks = (_progress_callbacks(cfg, verbose, progress)
-                                    + _storage_callbacks(cfg) + list(tune_callbacks))
+            run_config.callbacks = (
+                _progress_callbacks(cfg, verbose, progress)
+                + _storage_callbacks(cfg)
+                + list(tune_callbacks)
+            )
             run_config.verbose = 1 if verbose else 0
         grid = tuner.fit()
     if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
-        log.info("%s: already exported; `ktune export --force` replaces it",
-                 storage.redact(cfg.export_path))
+        log.info(
+            "%s: already exported; `ktune export --force` replaces it",
+            storage.redact(cfg.export_path),
+        )
         export = False
     return _finish(cfg, grid, data, prepared, started, export), grid
 
@@ -620,8 +683,8 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
         best = grid.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="all")
     except RuntimeError:
         best = None
-    checkpoint = None if best is None else best.get_best_checkpoint(
-        cfg.search.metric, cfg.search.mode
+    checkpoint = (
+        None if best is None else best.get_best_checkpoint(cfg.search.metric, cfg.search.mode)
     )
     if checkpoint is None:
         shown = storage.redact(cfg.experiment_path)
@@ -633,7 +696,11 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started: float, export)
     with checkpoint.as_directory() as checkpoint_dir:
         test = evaluate_checkpoint(
             family_for(cfg.family, (cfg.model or {}).get("build"), cfg.source_path),
-            best.config, prepared.artefacts, data, cfg.training, checkpoint_dir,
+            best.config,
+            prepared.artefacts,
+            data,
+            cfg.training,
+            checkpoint_dir,
         )
     best_info = {
         "trial": Path(best.path).name,

@@ -28,15 +28,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune import storage
 from ktune.errors import ExperimentError
 
 __all__ = [
-    "export_best", "export_checkpoint", "load_export", "predict", "ServingModule",
+    "export_best",
+    "export_checkpoint",
+    "load_export",
+    "predict",
+    "ServingModule",
     "EXPORT_TOLERANCE",
 ]
 
@@ -85,9 +89,7 @@ def _versions() -> dict:
     return out
 
 
-def export_best(
-    exp_dir: str | Path, out_dir: str | Path, *, force: bool = False
-) -> Path | str:
+def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False) -> Path | str:
     """Exports the best trial of a finished experiment to ``out_dir``; returns it.
 
     ``exp_dir`` is a local folder holding ``ktune.json`` and ``best.json``; the best
@@ -117,7 +119,8 @@ def export_best(
     try:
         checkpoint_dir = (
             storage.download_dir(checkpoint, work / "checkpoint", key="checkpoint")
-            if remote_checkpoint else Path(checkpoint)
+            if remote_checkpoint
+            else Path(checkpoint)
         )
         if not remote_out:
             return _export_local(spec, best, exp_dir, checkpoint_dir, Path(out))
@@ -144,9 +147,15 @@ def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Pa
         "checkpoint": best["checkpoint"],
     }
     return export_checkpoint(
-        family, best["config"], spec["artefacts"], spec["class_names"],
-        TrainingConfig(**spec["training"]), checkpoint_dir, out,
-        verify_texts=spec["verify_texts"], metadata=metadata,
+        family,
+        best["config"],
+        spec["artefacts"],
+        spec["class_names"],
+        TrainingConfig(**spec["training"]),
+        checkpoint_dir,
+        out,
+        verify_texts=spec["verify_texts"],
+        metadata=metadata,
     )
 
 
@@ -176,8 +185,9 @@ def export_checkpoint(
     """
     from ktune.trainables.base import restore_model
 
-    model = restore_model(family, config, artefacts, len(class_names), training,
-                          str(checkpoint_dir))
+    model = restore_model(
+        family, config, artefacts, len(class_names), training, str(checkpoint_dir)
+    )
     module = ServingModule(family.string_encoder(artefacts, training), model, class_names)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,8 @@ from urllib.parse import urlparse
 import yaml
 
 from ktune.config import ExperimentConfig, load_config
-from ktune.storage import is_uri
 from ktune.errors import ConfigError, ExperimentError
+from ktune.storage import is_uri
 
 __all__ = ["submit", "follow", "list_jobs", "auth_token", "job_runtime_env"]
 
@@ -78,7 +78,9 @@ def _client(address: str):
                 "; the cluster needs its auth token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
                 "(`ray get-auth-token` on the head prints it)"
             )
-        raise ExperimentError(f"--address {address}: cannot reach the Ray Jobs API ({text}){hint}")
+        raise ExperimentError(
+            f"--address {address}: cannot reach the Ray Jobs API ({text}){hint}"
+        ) from None
 
 
 def job_runtime_env(cfg: ExperimentConfig, workdir: Path, with_project: bool) -> dict:
@@ -169,14 +171,17 @@ def list_jobs(address: str) -> list[dict]:
     jobs = _client(address).list_jobs()
     rows = []
     for job in sorted(jobs, key=lambda j: j.start_time or 0):
-        rows.append({
-            "job": job.submission_id or job.job_id,
-            "status": str(job.status.value),
-            "experiment": (job.metadata or {}).get("ktune_experiment", ""),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
-            if job.start_time else "",
-            "entrypoint": job.entrypoint,
-        })
+        rows.append(
+            {
+                "job": job.submission_id or job.job_id,
+                "status": str(job.status.value),
+                "experiment": (job.metadata or {}).get("ktune_experiment", ""),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
+                if job.start_time
+                else "",
+                "entrypoint": job.entrypoint,
+            }
+        )
     return rows
 
 

@@ -30,9 +30,10 @@ import tempfile
 import time
 from typing import Any, Callable, Mapping
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 import tf_keras as keras
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 __all__ = ["ReportCheckpoint", "restore", "CHECKPOINT_PREFIX", "METRICS_FILE"]
 
@@ -132,7 +133,9 @@ class ReportCheckpoint(keras.callbacks.Callback):
         else:
             missing = [key for key in self._metrics.values() if key not in logs]
             if missing:
-                raise KeyError(f"ReportCheckpoint: no Keras log {missing[0]!r}; have {sorted(logs)}")
+                raise KeyError(
+                    f"ReportCheckpoint: no Keras log {missing[0]!r}; have {sorted(logs)}"
+                )
             metrics = {name: float(logs[key]) for name, key in self._metrics.items()}
         metrics["epoch"] = epoch + 1
         if self._extra_metrics is not None:

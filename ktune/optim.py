@@ -9,9 +9,10 @@ BERT, LayerNorm scales and biases get no weight decay.
 
 from __future__ import annotations
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 import tf_keras as keras
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 __all__ = ["WarmupLinearDecay", "create_optimizer"]
 

@@ -101,9 +101,7 @@ def format_progress(
         f"({counts['STOPPED']} stopped early, {counts['ERROR']} failed), "
         f"{counts['RUNNING']} running, {counts['PENDING']} pending  "
     )
-    header += (
-        f"best {metric} {_metric(best.best)} ({best.trial})" if best else f"best {metric} -"
-    )
+    header += f"best {metric} {_metric(best.best)} ({best.trial})" if best else f"best {metric} -"
     shown = list(rows)
     hidden = 0
     if len(shown) > MAX_ROWS:
@@ -119,11 +117,16 @@ def format_progress(
     table = [cols]
     for r in shown:
         mark = " *" if best is not None and r is best else ""
-        table.append([
-            r.trial, r.status, f"{r.epoch if r.epoch is not None else 0}/{epochs}",
-            *(_value(r.config.get(k)) for k in keys),
-            _metric(r.latest), _metric(r.best) + mark,
-        ])
+        table.append(
+            [
+                r.trial,
+                r.status,
+                f"{r.epoch if r.epoch is not None else 0}/{epochs}",
+                *(_value(r.config.get(k)) for k in keys),
+                _metric(r.latest),
+                _metric(r.best) + mark,
+            ]
+        )
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
     lines = [header]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
@@ -225,15 +228,19 @@ class SearchProgress(Callback):
         """Called when a trial ends without an error: ran all epochs or stopped early."""
         epoch = self._epoch(trial)
         how = "done" if (epoch or 0) >= self.epochs else "stopped early (ASHA)"
-        self._event(f"trial_{trial.trial_id} {how} after epoch {epoch or 0}: "
-                    f"best {self.metric} {_metric(self._best_of(trial))}")
+        self._event(
+            f"trial_{trial.trial_id} {how} after epoch {epoch or 0}: "
+            f"best {self.metric} {_metric(self._best_of(trial))}"
+        )
         self._trials = trials
         self._dirty = True
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         """Called when a trial failed for good (after its retries)."""
-        self._event(f"trial_{trial.trial_id} failed at epoch {self._epoch(trial) or 0}: "
-                    f"{_error_line(trial)}")
+        self._event(
+            f"trial_{trial.trial_id} failed at epoch {self._epoch(trial) or 0}: "
+            f"{_error_line(trial)}"
+        )
         self._trials = trials
         self._dirty = True
 
@@ -251,20 +258,27 @@ class SearchProgress(Callback):
         for t in self._trials if trials is None else trials:
             epoch = self._epoch(t)
             latest = self._last_result(t).get(self.metric)
-            out.append(TrialRow(
-                trial=f"trial_{t.trial_id}",
-                status=status_label(str(t.status), epoch, self.epochs),
-                epoch=epoch,
-                config=t.config or {},
-                latest=float(latest) if isinstance(latest, (int, float)) else None,
-                best=self._best_of(t),
-            ))
+            out.append(
+                TrialRow(
+                    trial=f"trial_{t.trial_id}",
+                    status=status_label(str(t.status), epoch, self.epochs),
+                    epoch=epoch,
+                    config=t.config or {},
+                    latest=float(latest) if isinstance(latest, (int, float)) else None,
+                    best=self._best_of(t),
+                )
+            )
         return out
 
     def render(self) -> str:
         return format_progress(
-            self.rows(), name=self.name, metric=self.metric, mode=self.mode, keys=self.keys,
-            epochs=self.epochs, total=max(self.total, len(self._trials)),
+            self.rows(),
+            name=self.name,
+            metric=self.metric,
+            mode=self.mode,
+            keys=self.keys,
+            epochs=self.epochs,
+            total=max(self.total, len(self._trials)),
             elapsed_s=time.monotonic() - self._started,
         )
 
@@ -283,8 +297,11 @@ class SearchProgress(Callback):
         # A trial restored by `ktune resume` reported epochs before this driver started:
         # Tune's own summary of the trial's results has them.
         analysis = (getattr(trial, "metric_analysis", None) or {}).get(self.metric) or {}
-        values = [v for v in (self._best.get(trial.trial_id), analysis.get(self.mode))
-                  if isinstance(v, (int, float)) and not math.isnan(v)]
+        values = [
+            v
+            for v in (self._best.get(trial.trial_id), analysis.get(self.mode))
+            if isinstance(v, (int, float)) and not math.isnan(v)
+        ]
         if not values:
             return None
         return float(max(values) if self.mode == "max" else min(values))

@@ -44,16 +44,19 @@ BUNDLE_FILE = ".ktune-ray-snapshot"
 SET_ASIDE_DIR = ".ktune-set-aside"
 TRIAL_COPY_DIR = ".ktune-copy"
 # What Ray's driver writes into each trial's folder (JsonLoggerCallback, CSVLoggerCallback)
-TRIAL_FILES = ("result.json", "progress.csv", "params.json", "params.pkl", "error.txt",
-               "error.pkl")
+TRIAL_FILES = ("result.json", "progress.csv", "params.json", "params.pkl", "error.txt", "error.pkl")
 # In a checkpoint Ray's snapshot now names in place of a deleted older one: the last epoch
 # Ray had recorded, so the trial reports this checkpoint's epoch again before going on.
 UNREPORTED_FILE = ".ktune-unreported.json"
 # The files Ray restores an experiment from (TuneController, SearchGenerator, Searcher,
 # BasicVariantGenerator, CallbackList, Tuner); each but the last is one per session.
 STATE_PATTERNS = (
-    "experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
-    "basic-variant-state-*.json", "callback-states-*.pkl", "tuner.pkl",
+    "experiment_state-*.json",
+    "search_gen_state-*.json",
+    "searcher-state-*.pkl",
+    "basic-variant-state-*.json",
+    "callback-states-*.pkl",
+    "tuner.pkl",
 )
 
 
@@ -95,12 +98,16 @@ def _staging_dir(experiment_name: str) -> Path | None:
         root = Path(_get_ray_train_session_dir())
     except Exception:  # noqa: BLE001 - Ray not started here, or its layout changed
         return None
-    found = [p for p in root.glob(f"*/{experiment_name}/driver_artifacts")
-             if any(p.glob("experiment_state-*.json"))]
+    found = [
+        p
+        for p in root.glob(f"*/{experiment_name}/driver_artifacts")
+        if any(p.glob("experiment_state-*.json"))
+    ]
     if not found:
         return None
-    return max(found, key=lambda p: max(f.stat().st_mtime_ns
-                                        for f in p.glob("experiment_state-*.json")))
+    return max(
+        found, key=lambda p: max(f.stat().st_mtime_ns for f in p.glob("experiment_state-*.json"))
+    )
 
 
 def write_bundle(exp_dir: Path, staging: Path) -> int:
@@ -322,7 +329,8 @@ def searcher_lost(exp_dir: str | Path) -> bool:
         return any(is_whole(f.read_bytes()) for f in exp_dir.glob(pattern))
 
     return whole("experiment_state-*.json") and not (
-        whole("search_gen_state-*.json") or whole("basic-variant-state-*.json"))
+        whole("search_gen_state-*.json") or whole("basic-variant-state-*.json")
+    )
 
 
 def _checkpoint_index(path: Path) -> int:
@@ -365,10 +373,14 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
         named = Path(latest.checkpoint.path)
         if not named.is_absolute() or named.exists():
             continue
-        later = sorted((p for p in named.parent.glob("checkpoint_*")
-                        if (p / "ckpt.index").is_file()
-                        and _checkpoint_index(p) > _checkpoint_index(named)),
-                       key=_checkpoint_index)
+        later = sorted(
+            (
+                p
+                for p in named.parent.glob("checkpoint_*")
+                if (p / "ckpt.index").is_file() and _checkpoint_index(p) > _checkpoint_index(named)
+            ),
+            key=_checkpoint_index,
+        )
         if not later:
             continue
         handed = later[0]
@@ -380,12 +392,16 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
             metrics = {}
         result = _TrainingResult(
             checkpoint=Checkpoint(str(handed), filesystem=latest.checkpoint.filesystem),
-            metrics=metrics)
+            metrics=metrics,
+        )
         manager._checkpoint_results = [
-            r for r in manager._checkpoint_results
-            if r.checkpoint is not None and Path(r.checkpoint.path).exists()]
-        _insert_into_sorted_list(manager._checkpoint_results, result,
-                                 key=manager._get_checkpoint_score)
+            r
+            for r in manager._checkpoint_results
+            if r.checkpoint is not None and Path(r.checkpoint.path).exists()
+        ]
+        _insert_into_sorted_list(
+            manager._checkpoint_results, result, key=manager._get_checkpoint_score
+        )
         manager._latest_checkpoint_result = result
         field["value"] = cloudpickle.dumps(manager).hex()
         entry[1] = json.dumps(meta, indent=2)

@@ -54,8 +54,16 @@ RESULTS_FILE = "results.csv"
 OPTUNA_JOURNAL = "optuna.journal"
 FINISHED = ("DONE", "STOPPED", "ERROR")
 # Fields of a Ray result row that are text even when they look like numbers.
-_TEXT_FIELDS = {"node_id", "trial_id", "date", "hostname", "node_ip", "checkpoint_dir_name",
-                "experiment_tag", "pid"}
+_TEXT_FIELDS = {
+    "node_id",
+    "trial_id",
+    "date",
+    "hostname",
+    "node_ip",
+    "checkpoint_dir_name",
+    "experiment_tag",
+    "pid",
+}
 _DPI = 110
 
 
@@ -317,8 +325,12 @@ def _search_space(exp_dir: Path, family: str) -> dict:
 
 
 def _trial_status(
-    name: str, history: list[dict], epochs: int, results: Mapping[str, dict],
-    ray_status: Mapping[str, str], trial_dir: Path,
+    name: str,
+    history: list[dict],
+    epochs: int,
+    results: Mapping[str, dict],
+    ray_status: Mapping[str, str],
+    trial_dir: Path,
 ) -> str:
     last = int(history[-1].get("epoch", 0)) if history else 0
     if name in results:  # the finished search's own verdict
@@ -392,7 +404,7 @@ def _searched_keys(space: Mapping, exp_dir: Path, trials: Sequence[TrialRecord])
     if path.is_file():  # trial, status, <keys>, epochs, <metric>, error
         try:
             header = next(csv.reader(path.open(encoding="utf-8")))
-            return header[2:header.index("epochs")]
+            return header[2 : header.index("epochs")]
         except (OSError, StopIteration, ValueError, csv.Error):
             pass
     names = [k for k in (trials[0].config if trials else {}) if not k.startswith("heads_for_")]
@@ -429,17 +441,24 @@ def build_study(record: ExperimentRecord):
     results do). Distributions come from the experiment's search space (log ranges stay
     log); a value outside it (the file was edited) falls back to what the trials drew.
     """
-    usable = [t for t in record.trials
-              if t.status in FINISHED and all(k in t.config for k in record.keys)]
+    usable = [
+        t for t in record.trials if t.status in FINISHED and all(k in t.config for k in record.keys)
+    ]
     try:
-        return _study_of(record, usable, {
-            k: _distribution(record.space.get(k), [t.config[k] for t in usable])
-            for k in record.keys
-        })
+        return _study_of(
+            record,
+            usable,
+            {
+                k: _distribution(record.space.get(k), [t.config[k] for t in usable])
+                for k in record.keys
+            },
+        )
     except ValueError:
-        return _study_of(record, usable, {
-            k: _distribution(None, [t.config[k] for t in usable]) for k in record.keys
-        })
+        return _study_of(
+            record,
+            usable,
+            {k: _distribution(None, [t.config[k] for t in usable]) for k in record.keys},
+        )
 
 
 def _study_of(record: ExperimentRecord, usable: Sequence[TrialRecord], dists: dict):
@@ -452,14 +471,16 @@ def _study_of(record: ExperimentRecord, usable: Sequence[TrialRecord], dists: di
     for t in usable:
         best = t.best(record.metric, record.mode)
         ok = t.status != "ERROR" and best is not None
-        study.add_trial(optuna.trial.create_trial(
-            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
-            value=best[1] if ok else None,
-            params={k: t.config[k] for k in record.keys},
-            distributions=dists,
-            intermediate_values=dict(t.curve(record.metric)),
-            user_attrs={"ray_trial": t.trial},
-        ))
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+                value=best[1] if ok else None,
+                params={k: t.config[k] for k in record.keys},
+                distributions=dists,
+                intermediate_values=dict(t.curve(record.metric)),
+                user_attrs={"ray_trial": t.trial},
+            )
+        )
     return study
 
 
@@ -470,15 +491,18 @@ def param_importances(study, keys: Sequence[str]) -> tuple[dict[str, float], str
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     varied = [k for k in keys if len({repr(t.params.get(k)) for t in complete}) > 1]
     if len(complete) < 2:
-        return {}, (f"Hyperparameter importance needs at least 2 finished trials; "
-                    f"this search has {len(complete)} so far.")
+        return {}, (
+            f"Hyperparameter importance needs at least 2 finished trials; "
+            f"this search has {len(complete)} so far."
+        )
     if not varied:
         return {}, "Hyperparameter importance needs trials that differ in their hyperparameters."
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                study,
+                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
                 params=varied,
             ), ""
     except Exception as e:  # noqa: BLE001 - the rest of the report is still worth writing
@@ -519,25 +543,42 @@ def _one_line(e: BaseException) -> str:
 
 # Each plot: (file suffix, title, caption).
 PLOTS = {
-    "history": ("optimization-history", "Optimization history",
-                "Each finished trial's best {metric} in the order the trials started, and the "
-                "best so far."),
-    "slice": ("hyperparameters", "{metric} against each searched hyperparameter",
-              "One mark per finished trial: its best {metric} against the value it drew. "
-              "Triangles: stopped early by ASHA; star: the best trial."),
-    "parallel": ("parallel-coordinates", "Parallel coordinates",
-                 "One line per finished trial through its hyperparameters to its best "
-                 "{metric}; darker lines are better."),
-    "importance": ("importance", "Hyperparameter importance",
-                   "Optuna's fANOVA evaluator over the finished trials: the share of the "
-                   "variance of {metric} each hyperparameter explains."),
-    "curves": ("learning-curves", "Learning curves",
-               "Every trial's {metric} per epoch (left) and the better half of the trials "
-               "zoomed in, each line labelled with its trial id (right). Dashed lines "
-               "ending in x: stopped early by ASHA; red: failed; thick black: the best "
-               "trial."),
-    "confusion": ("confusion-matrix", "Best trial on the test split",
-                  "Counts of test texts by true class (rows) and predicted class (columns)."),
+    "history": (
+        "optimization-history",
+        "Optimization history",
+        "Each finished trial's best {metric} in the order the trials started, and the best so far.",
+    ),
+    "slice": (
+        "hyperparameters",
+        "{metric} against each searched hyperparameter",
+        "One mark per finished trial: its best {metric} against the value it drew. "
+        "Triangles: stopped early by ASHA; star: the best trial.",
+    ),
+    "parallel": (
+        "parallel-coordinates",
+        "Parallel coordinates",
+        "One line per finished trial through its hyperparameters to its best "
+        "{metric}; darker lines are better.",
+    ),
+    "importance": (
+        "importance",
+        "Hyperparameter importance",
+        "Optuna's fANOVA evaluator over the finished trials: the share of the "
+        "variance of {metric} each hyperparameter explains.",
+    ),
+    "curves": (
+        "learning-curves",
+        "Learning curves",
+        "Every trial's {metric} per epoch (left) and the better half of the trials "
+        "zoomed in, each line labelled with its trial id (right). Dashed lines "
+        "ending in x: stopped early by ASHA; red: failed; thick black: the best "
+        "trial.",
+    ),
+    "confusion": (
+        "confusion-matrix",
+        "Best trial on the test split",
+        "Counts of test texts by true class (rows) and predicted class (columns).",
+    ),
 }
 
 
@@ -576,8 +617,7 @@ def _optuna_plot(name: str, study, record: ExperimentRecord):
             fig = ax.figure
             fig.set_size_inches(9, 4.2)
         else:
-            ax = ovm.plot_parallel_coordinate(study, params=record.keys,
-                                              target_name=record.metric)
+            ax = ovm.plot_parallel_coordinate(study, params=record.keys, target_name=record.metric)
             ax.set_title("")
             fig = ax.figure
             fig.set_size_inches(max(8.0, 1.6 * (len(record.keys) + 1)), 4.5)
@@ -597,8 +637,9 @@ def _slice_plot(study, record: ExperimentRecord):
     best = record.best_trial()
     cols = min(3, len(record.keys))
     rows = math.ceil(len(record.keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.4 * cols, 3.4 * rows), sharey=True, squeeze=False
+    )
     order = np.linspace(0.0, 0.85, max(2, len(trials)))
     cmap = plt.get_cmap("viridis")
     for ax, key in zip(axes.flat, record.keys):
@@ -607,8 +648,7 @@ def _slice_plot(study, record: ExperimentRecord):
         positions = values
         if isinstance(dist, optuna.distributions.CategoricalDistribution):
             choices = list(dist.choices)
-            numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool)
-                          for c in choices)
+            numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices)
             if not numeric:
                 positions = [choices.index(v) for v in values]
                 ax.set_xticks(range(len(choices)), [str(c) for c in choices])
@@ -620,27 +660,42 @@ def _slice_plot(study, record: ExperimentRecord):
             name = t.user_attrs.get("ray_trial")
             stopped = status.get(name) == "STOPPED"
             is_best = best is not None and name == best.trial
-            ax.scatter([x], [t.value], s=150 if is_best else 46,
-                       marker="*" if is_best else ("v" if stopped else "o"),
-                       color="black" if is_best else cmap(order[i]),
-                       edgecolors="white", linewidths=0.6, zorder=5 if is_best else 3)
+            ax.scatter(
+                [x],
+                [t.value],
+                s=150 if is_best else 46,
+                marker="*" if is_best else ("v" if stopped else "o"),
+                color="black" if is_best else cmap(order[i]),
+                edgecolors="white",
+                linewidths=0.6,
+                zorder=5 if is_best else 3,
+            )
         ax.set_xlabel(key)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(record.keys):]:
+    for ax in axes.flat[len(record.keys) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel(f"best {record.metric}")
     handles = [
         Line2D([], [], marker="o", linestyle="none", color="grey", label="ran all epochs"),
-        Line2D([], [], marker="v", linestyle="none", color="grey",
-               label="stopped early (best of its epochs)"),
-        Line2D([], [], marker="*", markersize=11, linestyle="none", color="black",
-               label="best trial"),
+        Line2D(
+            [],
+            [],
+            marker="v",
+            linestyle="none",
+            color="grey",
+            label="stopped early (best of its epochs)",
+        ),
+        Line2D(
+            [], [], marker="*", markersize=11, linestyle="none", color="black", label="best trial"
+        ),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(f"{record.name}: best {record.metric} of each trial against each searched "
-                 "hyperparameter (colour: order of start, dark to light)", fontsize=11)
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(
+        f"{record.name}: best {record.metric} of each trial against each searched "
+        "hyperparameter (colour: order of start, dark to light)",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
@@ -651,8 +706,13 @@ def _importance_plot(importances: Mapping[str, float], record: ExperimentRecord)
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.6))
     bars = ax.barh(names, [importances[n] for n in names], color="#4c72b0")
     for bar, n in zip(bars, names):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f" {importances[n]:.2f}", va="center", fontsize=9)
+        ax.text(
+            bar.get_width(),
+            bar.get_y() + bar.get_height() / 2,
+            f" {importances[n]:.2f}",
+            va="center",
+            fontsize=9,
+        )
     ax.set_xlim(0, max(1.0, max(importances.values()) * 1.15))
     ax.set_xlabel(f"importance for {record.metric} (fANOVA, sums to 1)")
     ax.set_title(f"{record.name}: hyperparameter importance", fontsize=11)
@@ -669,12 +729,16 @@ def _curves_plot(record: ExperimentRecord):
     metric, best = record.metric, record.best_trial()
     cmap = plt.get_cmap("viridis")
     n = max(1, len(record.trials) - 1)
-    colors = {t.trial: "#d62728" if t.status == "ERROR" else cmap(0.85 * i / n)
-              for i, t in enumerate(record.trials)}
-    ranked = sorted((t for t in record.trials if t.best(metric, record.mode)),
-                    key=lambda t: t.best(metric, record.mode)[1],
-                    reverse=record.mode == "max")
-    top = ranked[:max(2, math.ceil(len(ranked) / 2))]
+    colors = {
+        t.trial: "#d62728" if t.status == "ERROR" else cmap(0.85 * i / n)
+        for i, t in enumerate(record.trials)
+    }
+    ranked = sorted(
+        (t for t in record.trials if t.best(metric, record.mode)),
+        key=lambda t: t.best(metric, record.mode)[1],
+        reverse=record.mode == "max",
+    )
+    top = ranked[: max(2, math.ceil(len(ranked) / 2))]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     for ax, trials, label_ends in ((axes[0], record.trials, False), (axes[1], top, True)):
         for t in trials:
@@ -683,23 +747,49 @@ def _curves_plot(record: ExperimentRecord):
                 continue
             xs, ys = zip(*curve)
             color = colors[t.trial]
-            style = {"color": color, "linewidth": 1.4, "alpha": 0.85, "marker": "o",
-                     "markersize": 3}
+            style = {
+                "color": color,
+                "linewidth": 1.4,
+                "alpha": 0.85,
+                "marker": "o",
+                "markersize": 3,
+            }
             if t.status == "STOPPED":
                 style["linestyle"] = "--"
             if best is not None and t is best:
                 style.update(linewidth=3.2, alpha=1.0, color="black", zorder=5)
             ax.plot(xs, ys, **style)
             if t.status in ("STOPPED", "ERROR"):
-                ax.plot(xs[-1], ys[-1], marker="x", markersize=9, markeredgewidth=2,
-                        color=style["color"], linestyle="none", zorder=6)
+                ax.plot(
+                    xs[-1],
+                    ys[-1],
+                    marker="x",
+                    markersize=9,
+                    markeredgewidth=2,
+                    color=style["color"],
+                    linestyle="none",
+                    zorder=6,
+                )
             elif t.status in ("RUNNING", "PENDING", "PAUSED"):
-                ax.plot(xs[-1], ys[-1], marker=">", markersize=7, color=style["color"],
-                        linestyle="none", zorder=6)
+                ax.plot(
+                    xs[-1],
+                    ys[-1],
+                    marker=">",
+                    markersize=7,
+                    color=style["color"],
+                    linestyle="none",
+                    zorder=6,
+                )
             if label_ends and len(trials) <= 12:
-                ax.annotate(t.trial.removeprefix("trial_"), (xs[-1], ys[-1]),
-                            xytext=(6, 0), textcoords="offset points", fontsize=7,
-                            va="center", color=style["color"])
+                ax.annotate(
+                    t.trial.removeprefix("trial_"),
+                    (xs[-1], ys[-1]),
+                    xytext=(6, 0),
+                    textcoords="offset points",
+                    fontsize=7,
+                    va="center",
+                    color=style["color"],
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.set_xticks(range(1, max(record.epochs, 1) + 1))
@@ -708,8 +798,9 @@ def _curves_plot(record: ExperimentRecord):
     axes[0].set_title(f"all {len(record.trials)} trials", fontsize=10)
     axes[1].set_title(f"the best {len(top)}, zoomed in", fontsize=10)
     handles = [
-        Line2D([], [], color="black", linewidth=3.2,
-               label=f"best: {best.trial}" if best else "best"),
+        Line2D(
+            [], [], color="black", linewidth=3.2, label=f"best: {best.trial}" if best else "best"
+        ),
         Line2D([], [], color="grey", marker="o", markersize=3, label="ran all epochs"),
         Line2D([], [], color="grey", linestyle="--", marker="x", label="stopped early (ASHA)"),
     ]
@@ -735,8 +826,15 @@ def _confusion_plot(matrix: Sequence[Sequence[int]], names: Sequence[str], accur
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=10,
-                    color="white" if share[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(m[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="white" if share[i, j] > 0.6 else "black",
+            )
     ax.set_xticks(range(k), names, rotation=30, ha="right")
     ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted class")
@@ -764,15 +862,20 @@ def draw_plots(record: ExperimentRecord) -> tuple[dict[str, bytes], dict[str, fl
             with _pyplot().style.context("ggplot"):
                 pngs[name] = _png(make())
         except Exception as e:  # noqa: BLE001 - one failed plot must not cost the report
-            notes.append(f"{PLOTS[name][1].format(metric=record.metric)}: "
-                         f"could not be drawn ({_one_line(e)}).")
+            notes.append(
+                f"{PLOTS[name][1].format(metric=record.metric)}: "
+                f"could not be drawn ({_one_line(e)})."
+            )
 
     if not complete:
-        notes.append("No trial has finished yet: the optimization history, hyperparameter "
-                     "plots and importance appear once trials have.")
+        notes.append(
+            "No trial has finished yet: the optimization history, hyperparameter "
+            "plots and importance appear once trials have."
+        )
     elif not record.keys:
-        notes.append("No searched hyperparameters were found, so there is nothing to plot "
-                     "against them.")
+        notes.append(
+            "No searched hyperparameters were found, so there is nothing to plot against them."
+        )
     else:
         attempt("history", lambda: _optuna_plot("history", study, record))
         attempt("slice", lambda: _slice_plot(study, record))
@@ -792,14 +895,20 @@ def draw_plots(record: ExperimentRecord) -> tuple[dict[str, bytes], dict[str, fl
     matrix = (record.best_info or {}).get("test_confusion_matrix")
     if matrix:
         names = record.class_names or [str(i) for i in range(len(matrix))]
-        attempt("confusion", lambda: _confusion_plot(
-            matrix, names, (record.best_info or {}).get("test_accuracy")))
+        attempt(
+            "confusion",
+            lambda: _confusion_plot(matrix, names, (record.best_info or {}).get("test_accuracy")),
+        )
     elif record.finished:
-        notes.append(f"{BEST_FILE} has no test_confusion_matrix (written by an older ktune): "
-                     "no confusion matrix.")
+        notes.append(
+            f"{BEST_FILE} has no test_confusion_matrix (written by an older ktune): "
+            "no confusion matrix."
+        )
     else:
-        notes.append("The test accuracy and confusion matrix of the best trial appear when "
-                     "the search has finished (best.json).")
+        notes.append(
+            "The test accuracy and confusion matrix of the best trial appear when "
+            "the search has finished (best.json)."
+        )
     return pngs, importances, notes
 
 
@@ -820,8 +929,9 @@ def _metric_text(v: Any) -> str:
 
 def table_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
-                     for r in [header, *rows])
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]
+    )
 
 
 def trial_table(record: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
@@ -831,12 +941,16 @@ def trial_table(record: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
     rows = []
     for t in record.trials:
         b = t.best(record.metric, record.mode)
-        rows.append([
-            t.trial + (" *" if best is not None and t is best else ""), t.status,
-            *(_fmt(t.config.get(k)) for k in record.keys),
-            f"{t.epochs}/{record.epochs}", _metric_text(b[1] if b else None),
-            str(b[0]) if b else "-",
-        ])
+        rows.append(
+            [
+                t.trial + (" *" if best is not None and t is best else ""),
+                t.status,
+                *(_fmt(t.config.get(k)) for k in record.keys),
+                f"{t.epochs}/{record.epochs}",
+                _metric_text(b[1] if b else None),
+                str(b[0]) if b else "-",
+            ]
+        )
     return header, rows
 
 
@@ -876,8 +990,10 @@ def summary_text(record: ExperimentRecord, importances: Mapping[str, float]) -> 
         _best_line(record),
     ]
     if wall is not None:
-        lines.append(f"wall time {format_duration(wall)}"
-                     + (" (trial results so far)" if how == "trials" else ""))
+        lines.append(
+            f"wall time {format_duration(wall)}"
+            + (" (trial results so far)" if how == "trials" else "")
+        )
     if importances:
         lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
     header, rows = trial_table(record)
@@ -915,8 +1031,13 @@ def _kv_table(pairs: Sequence[tuple[str, Any]]) -> str:
     return f'<table class="kv">{rows}</table>'
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, best_row: int = -1,
-                status_col: int = -1) -> str:
+def _html_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    best_row: int = -1,
+    status_col: int = -1,
+) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = []
     for i, r in enumerate(rows):
@@ -940,8 +1061,7 @@ def _looks_numeric(text: str) -> bool:
         return False
 
 
-def _figure(name: str, png: bytes, metric: str, file_name: str, *,
-            heading: bool = True) -> str:
+def _figure(name: str, png: bytes, metric: str, file_name: str, *, heading: bool = True) -> str:
     title = PLOTS[name][1].format(metric=metric)
     caption = PLOTS[name][2].format(metric=metric)
     data = base64.b64encode(png).decode("ascii")
@@ -953,8 +1073,9 @@ def _figure(name: str, png: bytes, metric: str, file_name: str, *,
     )
 
 
-def _best_trial_html(record: ExperimentRecord, pngs: Mapping[str, bytes],
-                     file_names: Mapping[str, str]) -> list[str]:
+def _best_trial_html(
+    record: ExperimentRecord, pngs: Mapping[str, bytes], file_names: Mapping[str, str]
+) -> list[str]:
     best = record.best_trial()
     if best is None:
         return ["<p>No trial has reported an epoch yet.</p>"]
@@ -963,8 +1084,12 @@ def _best_trial_html(record: ExperimentRecord, pngs: Mapping[str, bytes],
     config = info.get("config") or best.config
     shown = {k: v for k, v in (config or {}).items() if not k.startswith("heads_for_")}
     pairs: list[tuple[str, Any]] = [("trial", best.trial)]
-    pairs.append((f"best {record.metric}", _metric_text(b[1] if b else None)
-                  + (f" at epoch {b[0]}" if b else "")))
+    pairs.append(
+        (
+            f"best {record.metric}",
+            _metric_text(b[1] if b else None) + (f" at epoch {b[0]}" if b else ""),
+        )
+    )
     metrics = info.get("metrics") or {}
     for k in ("val_accuracy", "val_loss", "accuracy", "loss"):
         if k in metrics and k != record.metric:
@@ -977,32 +1102,48 @@ def _best_trial_html(record: ExperimentRecord, pngs: Mapping[str, bytes],
             pairs.append(("export", info["export"]))
     else:
         pairs.append(("test accuracy", "measured when the search finishes"))
-    parts = ["<div class='row'>",
-             f"<div>{_kv_table(pairs)}</div>",
-             "<div><b>its configuration</b>"
-             + _kv_table([(k, _fmt(v)) for k, v in shown.items()]) + "</div>",
-             "</div>"]
+    parts = [
+        "<div class='row'>",
+        f"<div>{_kv_table(pairs)}</div>",
+        "<div><b>its configuration</b>"
+        + _kv_table([(k, _fmt(v)) for k, v in shown.items()])
+        + "</div>",
+        "</div>",
+    ]
     matrix = info.get("test_confusion_matrix")
     if matrix:
         names = record.class_names or [str(i) for i in range(len(matrix))]
-        rows = [[names[i], *row, sum(row),
-                 _metric_text(row[i] / sum(row) if sum(row) else None)]
-                for i, row in enumerate(matrix)]
+        rows = [
+            [names[i], *row, sum(row), _metric_text(row[i] / sum(row) if sum(row) else None)]
+            for i, row in enumerate(matrix)
+        ]
         parts.append("<h3>Confusion matrix on the test split</h3><div class='row'><div>")
         parts.append("<p>rows: true class; columns: predicted class</p>")
         parts.append(_html_table(["true \\ predicted", *names, "texts", "recall"], rows))
         parts.append("</div>")
         if "confusion" in pngs:
-            parts.append("<div class='narrow'>" + _figure(
-                "confusion", pngs["confusion"], record.metric, file_names["confusion"],
-                heading=False) + "</div>")
+            parts.append(
+                "<div class='narrow'>"
+                + _figure(
+                    "confusion",
+                    pngs["confusion"],
+                    record.metric,
+                    file_names["confusion"],
+                    heading=False,
+                )
+                + "</div>"
+            )
         parts.append("</div>")
     return parts
 
 
-def render_html(record: ExperimentRecord, pngs: Mapping[str, bytes],
-                importances: Mapping[str, float], notes: Sequence[str],
-                file_names: Mapping[str, str]) -> str:
+def render_html(
+    record: ExperimentRecord,
+    pngs: Mapping[str, bytes],
+    importances: Mapping[str, float],
+    notes: Sequence[str],
+    file_names: Mapping[str, str],
+) -> str:
     """The report page: summary, best trial, all trials, then the plots; images inline."""
     best = record.best_trial()
     wall, how = record.wall_time()
@@ -1013,17 +1154,24 @@ def render_html(record: ExperimentRecord, pngs: Mapping[str, bytes],
         f"<h1>ktune report: {_e(record.name)}</h1>",
         f"<p class='sub'>{_e(record.path)} &middot; generated {_e(now)}</p>",
         "<h2>Summary</h2>",
-        _kv_table([
-            ("family", record.family),
-            ("status", _status_line(record)),
-            ("searched metric", f"{record.metric} ({record.mode})"),
-            ("best trial", _best_line(record)),
-            ("wall time", "-" if wall is None else format_duration(wall)
-             + (" (trial results so far)" if how == "trials" else "")),
-            ("epochs per trial", record.epochs),
-            ("searched hyperparameters", ", ".join(record.keys) or "-"),
-            ("Optuna study", read_optuna_study(record)),
-        ]),
+        _kv_table(
+            [
+                ("family", record.family),
+                ("status", _status_line(record)),
+                ("searched metric", f"{record.metric} ({record.mode})"),
+                ("best trial", _best_line(record)),
+                (
+                    "wall time",
+                    "-"
+                    if wall is None
+                    else format_duration(wall)
+                    + (" (trial results so far)" if how == "trials" else ""),
+                ),
+                ("epochs per trial", record.epochs),
+                ("searched hyperparameters", ", ".join(record.keys) or "-"),
+                ("Optuna study", read_optuna_study(record)),
+            ]
+        ),
     ]
     parts += [f"<p class='note'>{_e(n)}</p>" for n in notes]
     parts.append("<h2>Best trial</h2>")
@@ -1032,8 +1180,9 @@ def render_html(record: ExperimentRecord, pngs: Mapping[str, bytes],
     best_row = next((i for i, t in enumerate(record.trials) if t is best), -1)
     parts.append(f"<h2>All trials ({len(record.trials)})</h2>")
     parts.append(_html_table(header, rows, best_row=best_row, status_col=1))
-    parts.append("<p class='sub'>DONE: ran all epochs; STOPPED: stopped early by ASHA; "
-                 "* the best trial.</p>")
+    parts.append(
+        "<p class='sub'>DONE: ran all epochs; STOPPED: stopped early by ASHA; * the best trial.</p>"
+    )
     errors = [(t.trial, t.error) for t in record.trials if t.status == "ERROR" and t.error]
     if errors:
         parts.append("<p>Errors:</p>" + _kv_table(errors))
@@ -1042,12 +1191,18 @@ def render_html(record: ExperimentRecord, pngs: Mapping[str, bytes],
             continue
         parts.append(_figure(name, pngs[name], record.metric, file_names[name]))
         if name == "importance":
-            parts.append(_html_table(["hyperparameter", "importance"],
-                                     [[k, f"{v:.3f}"] for k, v in importances.items()]))
+            parts.append(
+                _html_table(
+                    ["hyperparameter", "importance"],
+                    [[k, f"{v:.3f}"] for k, v in importances.items()],
+                )
+            )
             n = record.count("DONE") + record.count("STOPPED")
             if n < 10:
-                parts.append(f"<p class='note'>Estimated from {n} finished trials: read it "
-                             "as a rough hint, not a measurement.</p>")
+                parts.append(
+                    f"<p class='note'>Estimated from {n} finished trials: read it "
+                    "as a rough hint, not a measurement.</p>"
+                )
     parts.append(
         "<h2>Look further</h2><p>Per-trial TensorBoard logs (scalars per epoch): "
         f"<code>tensorboard --logdir {_e(record.path)}</code><br>The Optuna study, live: "
@@ -1103,13 +1258,25 @@ def _compact_config(record: ExperimentRecord, config: Mapping[str, Any]) -> str:
 def compare_labels(records: Sequence[ExperimentRecord]) -> list[str]:
     """Each experiment's folder name, with its parent's where two folders share a name."""
     names = [r.path.name for r in records]
-    return [f"{r.path.parent.name}/{r.path.name}" if names.count(r.path.name) > 1
-            else r.path.name for r in records]
+    return [
+        f"{r.path.parent.name}/{r.path.name}" if names.count(r.path.name) > 1 else r.path.name
+        for r in records
+    ]
 
 
 def compare_rows(records: Sequence[ExperimentRecord]) -> tuple[list[str], list[list[str]]]:
-    header = ["experiment", "family", "status", "trials", "metric", "best", "val_accuracy",
-              "test_accuracy", "wall time", "best config"]
+    header = [
+        "experiment",
+        "family",
+        "status",
+        "trials",
+        "metric",
+        "best",
+        "val_accuracy",
+        "test_accuracy",
+        "wall time",
+        "best config",
+    ]
     rows = []
     for label, r in zip(compare_labels(records), records):
         best = r.best_trial()
@@ -1121,13 +1288,22 @@ def compare_rows(records: Sequence[ExperimentRecord]) -> tuple[list[str], list[l
             val_acc = acc[1] if acc else None
         wall, how = r.wall_time()
         done = sum(r.count(s) for s in FINISHED)
-        rows.append([
-            label, r.family, "finished" if r.finished else "running",
-            f"{done}/{r.num_samples}", r.metric, _metric_text(b[1] if b else None),
-            _metric_text(val_acc), _metric_text(info.get("test_accuracy")),
-            "-" if wall is None else format_duration(wall) + ("" if how == "driver" else " so far"),
-            _compact_config(r, (info.get("config") or (best.config if best else {}))),
-        ])
+        rows.append(
+            [
+                label,
+                r.family,
+                "finished" if r.finished else "running",
+                f"{done}/{r.num_samples}",
+                r.metric,
+                _metric_text(b[1] if b else None),
+                _metric_text(val_acc),
+                _metric_text(info.get("test_accuracy")),
+                "-"
+                if wall is None
+                else format_duration(wall) + ("" if how == "driver" else " so far"),
+                _compact_config(r, (info.get("config") or (best.config if best else {}))),
+            ]
+        )
     return header, rows
 
 
@@ -1155,8 +1331,14 @@ def _compare_plot(records: Sequence[ExperimentRecord]):
         for bar in bars:
             h = bar.get_height()
             if not math.isnan(h):
-                ax1.text(bar.get_x() + bar.get_width() / 2, h, f"{h:.3f}", ha="center",
-                         va="bottom", fontsize=8)
+                ax1.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    h,
+                    f"{h:.3f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
     ax1.set_xticks(x, labels, rotation=20, ha="right")
     ax1.set_ylim(0, 1.18)
     ax1.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
@@ -1213,8 +1395,9 @@ def compare_experiments(
     parts += [f"<p class='note'>{_e(n)}</p>" for n in notes]
     if png:
         data = base64.b64encode(png).decode("ascii")
-        parts.append(f'<h2>Side by side</h2><img alt="comparison" '
-                     f'src="data:image/png;base64,{data}">')
+        parts.append(
+            f'<h2>Side by side</h2><img alt="comparison" src="data:image/png;base64,{data}">'
+        )
     parts.append("<h2>Experiments</h2>")
     parts.append(_kv_table(list(zip(compare_labels(records), (str(r.path) for r in records)))))
     parts.append("</body></html>")

@@ -242,13 +242,15 @@ def list_files(uri: str, key: str = "storage") -> list[str]:
 
     fs, path = filesystem(uri, key)
     try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True,
-                                                         allow_not_found=True))
+        infos = fs.get_file_info(
+            pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True)
+        )
     except Exception as e:
         raise ExperimentError(f"{key}: cannot list {redact(uri)}: {_last_line(e)}") from None
     root = path.rstrip("/") + "/"
     return sorted(
-        i.path[len(root):] for i in infos
+        i.path[len(root) :]
+        for i in infos
         if i.type == pyarrow.fs.FileType.File and i.path.startswith(root)
     )
 

@@ -23,8 +23,14 @@ from ktune.trainables.base import TrialPayload, run_trial
 log = logging.getLogger("ktune")
 
 __all__ = [
-    "build_tuner", "build_trainable", "build_searcher", "build_scheduler",
-    "build_population_scheduler", "param_space", "TrialResources", "OPTUNA_JOURNAL",
+    "build_tuner",
+    "build_trainable",
+    "build_searcher",
+    "build_scheduler",
+    "build_population_scheduler",
+    "param_space",
+    "TrialResources",
+    "OPTUNA_JOURNAL",
 ]
 
 
@@ -46,12 +52,16 @@ class DurableOptunaSearch(OptunaSearch):
             return True
         if trial_id not in self._completed_trials:
             self._completed_trials.add(trial_id)
-            log.warning("trial_%s is not in the restored searcher's snapshot: its results "
-                        "are kept but not told to the Optuna study", trial_id)
+            log.warning(
+                "trial_%s is not in the restored searcher's snapshot: its results "
+                "are kept but not told to the Optuna study",
+                trial_id,
+            )
         return False
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         if trial_id in self._completed_trials or self._knows(trial_id):
             super().on_trial_complete(trial_id, result=result, error=error)
 
@@ -112,8 +122,11 @@ def build_scheduler(cfg: ExperimentConfig):
         return FIFOScheduler()
     if search.scheduler in ("pbt", "pb2"):
         return build_population_scheduler(
-            search.scheduler, {k: search.space[k] for k in search.mutations or ()},
-            metric=search.metric, mode=search.mode, interval=search.perturbation_interval,
+            search.scheduler,
+            {k: search.space[k] for k in search.mutations or ()},
+            metric=search.metric,
+            mode=search.mode,
+            interval=search.perturbation_interval,
         )
     epochs = cfg.training.epochs
     return ASHAScheduler(
@@ -140,12 +153,16 @@ def build_population_scheduler(
 
     if kind == "pb2":
         return PB2(
-            time_attr="training_iteration", metric=metric, mode=mode,
+            time_attr="training_iteration",
+            metric=metric,
+            mode=mode,
             perturbation_interval=interval,
             hyperparam_bounds={k: [spec.low, spec.high] for k, spec in mutations.items()},
         )
     return PopulationBasedTraining(
-        time_attr="training_iteration", metric=metric, mode=mode,
+        time_attr="training_iteration",
+        metric=metric,
+        mode=mode,
         perturbation_interval=interval,
         hyperparam_mutations={
             k: list(spec.values) if isinstance(spec, Choice) else tune_domain(spec)
@@ -171,8 +188,14 @@ class TrialResources:
     checked to load, once per size.
     """
 
-    def __init__(self, space, cpu: float, gpu: float, family: str = "",
-                 model: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        space,
+        cpu: float,
+        gpu: float,
+        family: str = "",
+        model: Mapping[str, Any] | None = None,
+    ):
         self.space, self.cpu, self.gpu = space, cpu, gpu
         self.family, self.model = family, dict(model) if model else None
         self._checked: set = set()
@@ -188,25 +211,38 @@ class TrialResources:
                 from ktune.trainables import get_family
 
                 layers, embed_dim, head_size = size
-                get_family(self.family).check_model(self.model, {
-                    "layers": Fixed(layers), "embed_dim": Fixed(embed_dim),
-                    "head_size": Fixed(head_size),
-                })
+                get_family(self.family).check_model(
+                    self.model,
+                    {
+                        "layers": Fixed(layers),
+                        "embed_dim": Fixed(embed_dim),
+                        "head_size": Fixed(head_size),
+                    },
+                )
                 self._checked.add(size)
         return resource_dict_to_pg_factory({"CPU": self.cpu, "GPU": self.gpu})
 
 
 def build_trainable(
-    cfg: ExperimentConfig, payload: TrialPayload, callbacks: Sequence = (), *,
+    cfg: ExperimentConfig,
+    payload: TrialPayload,
+    callbacks: Sequence = (),
+    *,
     check_models: bool = False,
 ):
     """``run_trial`` with its payload (put in the object store once) and its resources;
     every drawn config is checked in the driver (see :class:`TrialResources`)."""
     trainable = tune.with_parameters(run_trial, payload=payload, callbacks=list(callbacks))
-    return tune.with_resources(trainable, TrialResources(
-        space_of(cfg.family, cfg.model), cfg.resources.cpu, cfg.resources.gpu,
-        cfg.family, cfg.model if check_models else None,
-    ))
+    return tune.with_resources(
+        trainable,
+        TrialResources(
+            space_of(cfg.family, cfg.model),
+            cfg.resources.cpu,
+            cfg.resources.gpu,
+            cfg.family,
+            cfg.model if check_models else None,
+        ),
+    )
 
 
 def build_tuner(
@@ -232,8 +268,11 @@ def build_tuner(
     space = param_space(cfg)
     if search_alg is not None:
         _set_metric(search_alg, cfg)
-        space = None if _has_space(search_alg) else space_of(cfg.family, cfg.model).tune_space(
-            cfg.search.space)
+        space = (
+            None
+            if _has_space(search_alg)
+            else space_of(cfg.family, cfg.model).tune_space(cfg.search.space)
+        )
     else:
         search_alg = build_searcher(cfg)
     if scheduler is not None:
@@ -248,7 +287,8 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=cfg.search.num_samples,
             # Tune applies this limit to Searchers only; a BasicVariantGenerator has its own.
-            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator)
+            max_concurrent_trials=None
+            if isinstance(search_alg, BasicVariantGenerator)
             else cfg.search.max_concurrent_trials,
             # Short folder names: the hyperparameters are in each trial's params.json.
             trial_dirname_creator=trial_dirname,

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import pytest
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,10 @@ def reload_in_fresh_process(export_dir: str | Path, texts: list[str]) -> dict:
     """Calls an export's serving_default from a new Python process that never imports ktune."""
     done = subprocess.run(
         [sys.executable, "-c", _RELOAD, str(export_dir), json.dumps(texts)],
-        capture_output=True, text=True, env=subprocess_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -103,8 +107,14 @@ def reload_in_fresh_process(export_dir: str | Path, texts: list[str]) -> dict:
 
 def run_script_for_result(script: str, *args: str, timeout: int = 600) -> dict:
     """Runs ``script`` in its own Python process; returns the JSON it printed after 'RESULT '."""
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
-                          text=True, env=subprocess_env(), cwd=REPO, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import ktune
+
 from conftest import reload_in_fresh_process, tiny_experiment
 
 TEXTS = ["Striker scores twice in the cup final", "Stocks fall as oil prices climb", ""]
@@ -17,23 +18,35 @@ def test_import_ktune_is_cheap_and_names_the_api():
     import subprocess
     import sys
 
-    code = ("import sys, ktune; assert callable(ktune.run) and callable(ktune.trainable); "
-            "print(sorted(m for m in ('tensorflow', 'ray', 'optuna') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys, ktune; assert callable(ktune.run) and callable(ktune.trainable); "
+        "print(sorted(m for m in ('tensorflow', 'ray', 'optuna') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"  # the API loads lazily: no TF, Ray or Optuna yet
-    for name in ("run", "resume", "load", "trainable", "search_space", "export_result",
-                 "load_model", "ExperimentResult"):
+    for name in (
+        "run",
+        "resume",
+        "load",
+        "trainable",
+        "search_space",
+        "export_result",
+        "load_model",
+        "ExperimentResult",
+    ):
         assert name in ktune.__all__
 
 
-@pytest.mark.parametrize(("experiment", "overrides", "match"), [
-    (123, {}, "experiment: expected a YAML file"),
-    ({"name": "x"}, {"bogus": {"a": 1}}, "bogus: unknown override"),
-    ({"name": "x"}, {"training": {"epochz": 1}}, "training.epochz: unknown key"),
-    ("/nonexistent/exp.yaml", {}, "experiment file not found"),
-])
+@pytest.mark.parametrize(
+    ("experiment", "overrides", "match"),
+    [
+        (123, {}, "experiment: expected a YAML file"),
+        ({"name": "x"}, {"bogus": {"a": 1}}, "bogus: unknown override"),
+        ({"name": "x"}, {"training": {"epochz": 1}}, "training.epochz: unknown key"),
+        ("/nonexistent/exp.yaml", {}, "experiment file not found"),
+    ],
+)
 def test_bad_calls_are_one_clear_error_before_ray(experiment, overrides, match):
     import ray
 
@@ -99,7 +112,8 @@ def test_predict_export_and_model_agree(finished, tmp_path):
     from_export = r.predict(TEXTS)
     names = r.spec["class_names"]
     assert [p["label"] for p in from_export] == [
-        max(p["probabilities"], key=p["probabilities"].get) for p in from_export]
+        max(p["probabilities"], key=p["probabilities"].get) for p in from_export
+    ]
     assert all(p["label"] in names for p in from_export)
     # the same trial from its checkpoint, without the export
     loaded = ktune.load(r.dir)
@@ -107,13 +121,14 @@ def test_predict_export_and_model_agree(finished, tmp_path):
     from_model = loaded.predict(TEXTS)
     for a, b in zip(from_export, from_model):
         assert a["label"] == b["label"]
-        np.testing.assert_allclose(list(a["probabilities"].values()),
-                                   list(b["probabilities"].values()), atol=1e-5)
+        np.testing.assert_allclose(
+            list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5
+        )
     out = loaded.export(tmp_path / "again")
     fresh = reload_in_fresh_process(out, TEXTS)
     np.testing.assert_allclose(
-        fresh["probabilities"], [list(p["probabilities"].values()) for p in from_export],
-        atol=1e-5)
+        fresh["probabilities"], [list(p["probabilities"].values()) for p in from_export], atol=1e-5
+    )
     with pytest.raises(ktune.ExperimentError, match="already exists"):
         loaded.export(tmp_path / "again")
 
@@ -148,8 +163,12 @@ def test_scheduler_searcher_and_callbacks_replace_the_yaml(ray_session, tmp_path
     raw["search"]["num_samples"] = 3
     raw["search"]["space"]["learning_rate"] = {"low": 1e-5, "high": 2e-5, "log": True}
     count = Count()
-    r = ktune.run(raw, scheduler=FIFOScheduler(), search_alg=BasicVariantGenerator(random_state=1),
-                  callbacks=[count])
+    r = ktune.run(
+        raw,
+        scheduler=FIFOScheduler(),
+        search_alg=BasicVariantGenerator(random_state=1),
+        callbacks=[count],
+    )
     frame = r.trials
     assert len(frame) == 3 and list(frame["epochs"]) == [2, 2, 2]  # no early stopping
     assert len(count.results) == 6

@@ -166,9 +166,7 @@ def test_launcher_keeps_token_auth_on_every_node():
         assert all("RAY_AUTH_MODE=token" in c for c in start), f"{key}: token auth not set"
     # The token file the nodes read is the folder that `ray up` copies to every node.
     token_path = env["RAY_AUTH_TOKEN_PATH"]
-    mounted = {
-        remote.replace("~", "/home/ray", 1).rstrip("/") for remote in cfg["file_mounts"]
-    }
+    mounted = {remote.replace("~", "/home/ray", 1).rstrip("/") for remote in cfg["file_mounts"]}
     assert str(Path(token_path).parent) in mounted, (token_path, mounted)
 
 
@@ -281,9 +279,7 @@ def test_raycluster_mounts_one_shared_volume_in_every_pod():
     claims = set()
     for pod in pods:
         volumes = {v["name"]: v for v in pod["volumes"]}
-        mounts = [
-            m for m in pod["containers"][0]["volumeMounts"] if Path(m["mountPath"]) == SHARED
-        ]
+        mounts = [m for m in pod["containers"][0]["volumeMounts"] if Path(m["mountPath"]) == SHARED]
         assert len(mounts) == 1, f"{SHARED} is not mounted in every pod"
         claims.add(volumes[mounts[0]["name"]]["persistentVolumeClaim"]["claimName"])
     assert len(claims) == 1, f"pods mount different volumes at {SHARED}: {claims}"
@@ -348,9 +344,14 @@ def test_kuberay_manifests_expose_nothing_outside_the_cluster():
             if doc["kind"] == "Service":
                 assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", path.name
             for where, value in _walk(doc):
-                if where and where[-1] in ("serviceType", "type") and value in (
-                    "LoadBalancer",
-                    "NodePort",
+                if (
+                    where
+                    and where[-1] in ("serviceType", "type")
+                    and value
+                    in (
+                        "LoadBalancer",
+                        "NodePort",
+                    )
                 ):
                     pytest.fail(f"{path.name}: {'.'.join(map(str, where))} = {value}")
                 if where and where[-1] == "hostPort":
@@ -423,8 +424,9 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     def matches(pattern: str, candidate: str) -> bool:
         if pattern.startswith("**/"):
             parts = candidate.split("/")
-            return any(fnmatch.fnmatchcase("/".join(parts[i:]), pattern[3:])
-                       for i in range(len(parts)))
+            return any(
+                fnmatch.fnmatchcase("/".join(parts[i:]), pattern[3:]) for i in range(len(parts))
+            )
         return fnmatch.fnmatchcase(candidate, pattern)
 
     parts = path.split("/")
@@ -570,8 +572,10 @@ def test_readme_token_section_matches_ktune_and_ray():
     ktune = section.split("`ktune submit` and `ktune jobs` send the token themselves", 1)
     assert len(ktune) == 2, "the token section does not say how ktune sends the token"
     paragraph = ktune[1].split("\n\n", 1)[0]
-    order = [paragraph.find(k) for k in ("`RAY_AUTH_TOKEN`", "`RAY_AUTH_TOKEN_PATH`",
-                                         "`~/.ray/auth_token`")]
+    order = [
+        paragraph.find(k)
+        for k in ("`RAY_AUTH_TOKEN`", "`RAY_AUTH_TOKEN_PATH`", "`~/.ray/auth_token`")
+    ]
     assert -1 not in order and order == sorted(order), paragraph
     assert "error that names the" in paragraph, "an unreadable RAY_AUTH_TOKEN_PATH is an error"
     assert re.search(r"Ray's own CLI \(`ray job", section)

@@ -7,9 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
 import pytest
 
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
 from ktune.config import ExperimentConfig, load_config, parse_config
 from ktune.errors import ConfigError
 from ktune.search_spaces import Choice, Fixed, Range
@@ -131,12 +131,15 @@ def test_a_duplicate_key_names_its_path_and_both_lines(tmp_path, text, key, line
 
 
 def test_keys_merged_from_an_anchor_may_be_overridden(tmp_path):
-    p = write(tmp_path, """\
+    p = write(
+        tmp_path,
+        """\
         name: x
         training:
           <<: {epochs: 1, batch_size: 8}
           epochs: 2
-    """)
+    """,
+    )
     cfg = load_config(p)
     assert (cfg.training.epochs, cfg.training.batch_size) == (2, 8)
 
@@ -228,9 +231,7 @@ def test_non_positive_learning_rate(tmp_path, value):
 
 
 def test_inverted_range(tmp_path):
-    msg = config_error(
-        tmp_path, "name: x\nsearch:\n  space:\n    dropout: {low: 0.3, high: 0.1}\n"
-    )
+    msg = config_error(tmp_path, "name: x\nsearch:\n  space:\n    dropout: {low: 0.3, high: 0.1}\n")
     assert msg.startswith("search.space.dropout:")
     assert "inverted" in msg
 
@@ -280,7 +281,6 @@ def test_mode_follows_metric_when_absent(tmp_path):
     assert cfg.search.mode == "min"
 
 
-
 def test_unknown_sampler(tmp_path):
     msg = config_error(tmp_path, "name: x\nsearch:\n  sampler: grid\n")
     assert msg.startswith("search.sampler:")
@@ -291,10 +291,13 @@ def test_unknown_sampler(tmp_path):
 def test_sampler_reaches_optuna(tmp_path, sampler, expected):
     from ktune.tuner import build_searcher
 
-    cfg = load_config(write(tmp_path, f"name: x\nstorage: {tmp_path}\nsearch:\n  sampler: {sampler}\n"))
+    cfg = load_config(
+        write(tmp_path, f"name: x\nstorage: {tmp_path}\nsearch:\n  sampler: {sampler}\n")
+    )
     searcher = build_searcher(cfg)
     assert type(searcher._sampler).__name__ == expected
     assert cfg.search.sampler == sampler
+
 
 # --- data -----------------------------------------------------------------------------------
 

@@ -23,16 +23,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ktune.ray_state import is_state_file
+
 from conftest import REPO, subprocess_env, tiny_experiment
 from test_resume import in_ray_snapshot, kill_ray_under, last_checkpoints
-
-from ktune.ray_state import is_state_file
 
 EPOCHS, TRIALS = 3, 4
 
 
-def _kill_when(proc: subprocess.Popen, ray_tmp: str, condition, what: str,
-               timeout: float = 300, poll: float = 0.01) -> float:
+def _kill_when(
+    proc: subprocess.Popen,
+    ray_tmp: str,
+    condition,
+    what: str,
+    timeout: float = 300,
+    poll: float = 0.01,
+) -> float:
     """Polls ``condition()`` every ``poll`` seconds; SIGKILLs the driver's group and all of its Ray
     the moment it holds. Returns the time of the kill."""
     deadline = time.time() + timeout
@@ -65,9 +71,14 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path):
 
     def start(*args: str) -> subprocess.Popen:
         logs.append(tmp_path / f"run{len(logs)}.log")
-        return subprocess.Popen([sys.executable, "-m", "ktune", *args], cwd=REPO, env=env,
-                                stdout=logs[-1].open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ktune", *args],
+            cwd=REPO,
+            env=env,
+            stdout=logs[-1].open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     # What storage held at each kill, for the trials Ray's snapshot knew (a trial started
     # after the newest snapshot is unknown to a restore: the README documents that window).
@@ -75,22 +86,44 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path):
 
     def record(kill_time: float, point: str) -> None:
         known = in_ray_snapshot(exp_dir)
-        seen.append({"point": point, "time": kill_time,
-                     "checkpoints": {t: i for t, i in last_checkpoints(exp_dir).items()
-                                     if t in known}})
+        seen.append(
+            {
+                "point": point,
+                "time": kill_time,
+                "checkpoints": {t: i for t, i in last_checkpoints(exp_dir).items() if t in known},
+            }
+        )
 
     # 1. during an epoch: a trial part-way through, known to Ray's snapshot
     run = start("run", str(exp))
-    record(_kill_when(run, ray_tmp, lambda: any(
-        0 <= i < EPOCHS - 1 for t, i in last_checkpoints(exp_dir).items()
-        if t in in_ray_snapshot(exp_dir)), "during an epoch"), "during an epoch")
+    record(
+        _kill_when(
+            run,
+            ray_tmp,
+            lambda: any(
+                0 <= i < EPOCHS - 1
+                for t, i in last_checkpoints(exp_dir).items()
+                if t in in_ray_snapshot(exp_dir)
+            ),
+            "during an epoch",
+        ),
+        "during an epoch",
+    )
 
     # 2. right after a trial's last epoch reached storage
     done_before = {t for t, i in last_checkpoints(exp_dir).items() if i == EPOCHS - 1}
     run = start("resume", str(exp_dir))
-    record(_kill_when(run, ray_tmp, lambda: {
-        t for t, i in last_checkpoints(exp_dir).items() if i == EPOCHS - 1} - done_before,
-        "right after a trial ends"), "right after a trial ends")
+    record(
+        _kill_when(
+            run,
+            ray_tmp,
+            lambda: (
+                {t for t, i in last_checkpoints(exp_dir).items() if i == EPOCHS - 1} - done_before
+            ),
+            "right after a trial ends",
+        ),
+        "right after a trial ends",
+    )
 
     # 3. while Ray copies its experiment snapshot to storage: once the resumed run trains
     # again, the moment one of Ray's state files in the experiment folder changes
@@ -116,25 +149,40 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path):
             return False
         return any(baseline.get(n) != m for n, m in now.items())
 
-    record(_kill_when(run, ray_tmp, snapshot_changes, "during Ray's snapshot", poll=0.001),
-           "during Ray's snapshot")
+    record(
+        _kill_when(run, ray_tmp, snapshot_changes, "during Ray's snapshot", poll=0.001),
+        "during Ray's snapshot",
+    )
 
     # 4. after the search, during the test evaluation of the best trial
     run = start("resume", str(exp_dir))
-    record(_kill_when(run, ray_tmp, lambda: (exp_dir / "results.csv").is_file(),
-                      "during the test evaluation"), "during the test evaluation")
+    record(
+        _kill_when(
+            run, ray_tmp, lambda: (exp_dir / "results.csv").is_file(), "during the test evaluation"
+        ),
+        "during the test evaluation",
+    )
     assert not (exp_dir / "best.json").exists()
 
     # 5. during the export (its temporary sibling folder exists)
     run = start("resume", str(exp_dir))
-    record(_kill_when(run, ray_tmp, lambda: any(exp_dir.glob(".export.tmp-*")),
-                      "during the export"), "during the export")
+    record(
+        _kill_when(run, ray_tmp, lambda: any(exp_dir.glob(".export.tmp-*")), "during the export"),
+        "during the export",
+    )
     assert not (exp_dir / "export" / "saved_model.pb").exists()
 
-    final = subprocess.run([sys.executable, "-m", "ktune", "resume", str(exp_dir)], cwd=REPO,
-                           env=env, capture_output=True, text=True, timeout=600)
+    final = subprocess.run(
+        [sys.executable, "-m", "ktune", "resume", str(exp_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert final.returncode == 0, final.stderr[-3000:] + "".join(
-        f"\n--- {log.name}\n" + log.read_text()[-2000:] for log in logs)
+        f"\n--- {log.name}\n" + log.read_text()[-2000:] for log in logs
+    )
 
     # --- the invariants ------------------------------------------------------------------
     rows = {r["trial"]: r for r in csv.DictReader((exp_dir / "results.csv").open())}
@@ -164,12 +212,17 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path):
     # The Optuna study, Ray's state and results.csv agree.
     import optuna
 
-    study = optuna.load_study(study_name="crashes", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))))
+    study = optuna.load_study(
+        study_name="crashes",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
+        ),
+    )
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == TRIALS
-    last_values = sorted(round(max(history[t], key=lambda r: r["epoch"])["val_accuracy"], 6)
-                         for t in rows)
+    last_values = sorted(
+        round(max(history[t], key=lambda r: r["epoch"])["val_accuracy"], 6) for t in rows
+    )
     assert sorted(round(t.value, 6) for t in complete) == last_values
     from ray.tune import ExperimentAnalysis
 
@@ -214,8 +267,14 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path):
         cut[f.name] = f.read_bytes()[:10]
         f.write_bytes(cut[f.name])
     listing = sorted(p.name for p in exp_dir.iterdir() if p.name not in cut)
-    lost = subprocess.run([sys.executable, "-m", "ktune", "resume", str(exp_dir)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
+    lost = subprocess.run(
+        [sys.executable, "-m", "ktune", "resume", str(exp_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert lost.returncode == 2, lost.stderr[-2000:]
     assert "searcher snapshot was cut short" in lost.stderr and "Traceback" not in lost.stderr
     assert sorted(p.name for p in exp_dir.iterdir()) == listing
@@ -243,8 +302,14 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path):
     raw["export"] = {"enabled": False}
     exp = tmp_path / "one.yaml"
     exp.write_text(yaml.safe_dump(raw))
-    done = subprocess.run([sys.executable, "-m", "ktune", "run", str(exp)], cwd=REPO,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "ktune", "run", str(exp)],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     exp_dir = Path(raw["storage"]) / "tiny"
     trial = next(exp_dir.glob("trial_*"))
@@ -258,8 +323,11 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path):
     gone = trial / "checkpoint_000000"
     assert not gone.exists()
     manager._latest_checkpoint_result = _TrainingResult(
-        checkpoint=Checkpoint(str(gone), filesystem=manager._latest_checkpoint_result
-                              .checkpoint.filesystem), metrics={"epoch": 1})
+        checkpoint=Checkpoint(
+            str(gone), filesystem=manager._latest_checkpoint_result.checkpoint.filesystem
+        ),
+        metrics={"epoch": 1},
+    )
     meta["checkpoint_manager"]["value"] = cloudpickle.dumps(manager).hex()
     meta["last_result"]["epoch"] = 1
     state["trial_data"][0][1] = json.dumps(meta)

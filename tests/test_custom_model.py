@@ -8,13 +8,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import pytest
 import yaml
+from ray import cloudpickle
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 from conftest import reload_in_fresh_process, tiny_experiment
-from ray import cloudpickle
 
 # Ray's workers do not have tests/ on sys.path: `build` travels by value, not by name.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -84,7 +85,11 @@ def test_own_model_in_own_tuner_trains_and_exports(tmp_path, custom_trainable):
     model = ktune.load_model(best)
     assert isinstance(model, keras.Model)
     assert [type(layer).__name__ for layer in model.layers] == [
-        "InputLayer", "Embedding", "GlobalAveragePooling1D", "Dense"]
+        "InputLayer",
+        "Embedding",
+        "GlobalAveragePooling1D",
+        "Dense",
+    ]
     assert _embedding_dim(model) == best.config["units"]
     assert model.output_shape == (None, NUM_CLASSES)
 
@@ -111,7 +116,8 @@ def test_own_model_in_own_tuner_trains_and_exports(tmp_path, custom_trainable):
     from ktune.config import TrainingConfig
 
     ids = CustomModelFamily(build).encode(
-        info["artefacts"], TrainingConfig(**info["training"]), TEXTS)
+        info["artefacts"], TrainingConfig(**info["training"]), TEXTS
+    )
     np.testing.assert_allclose(model.predict(ids, verbose=0), probs, atol=1e-5)
 
 
@@ -139,7 +145,7 @@ def test_build_model_needs_the_transformer_family():
         ktune.trainable("hf_bert", data=DATA, training=TRAINING, build_model=build)
 
 
-MYMODELS = textwrap.dedent('''
+MYMODELS = textwrap.dedent("""
     import tf_keras as keras
 
 
@@ -148,7 +154,7 @@ MYMODELS = textwrap.dedent('''
         x = keras.layers.Embedding(info.vocab_size, config["units"])(ids)
         x = keras.layers.GlobalAveragePooling1D()(x)
         return keras.Model(ids, keras.layers.Dense(info.num_classes, activation="softmax")(x))
-''')
+""")
 
 
 def _experiment_file(folder: Path, build_ref: str, storage: Path) -> Path:
@@ -158,8 +164,7 @@ def _experiment_file(folder: Path, build_ref: str, storage: Path) -> Path:
         data__train_size=DATA["train_size"],
         data__test_size=DATA["test_size"],
         search__num_samples=2,
-        search__space={"units": [8, 16],
-                       "learning_rate": {"low": 5e-3, "high": 2e-2, "log": True}},
+        search__space={"units": [8, 16], "learning_rate": {"low": 5e-3, "high": 2e-2, "log": True}},
         storage=str(storage),
         export={"enabled": True},
         training=dict(TRAINING),

@@ -7,10 +7,10 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
 import numpy as np
 import pytest
 
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
 from ktune.config import DataConfig
 from ktune.data import AG_NEWS_CLASSES, TextDataset, generate_builtin, load_data
 from ktune.errors import DataError
@@ -444,8 +444,11 @@ def test_columns_config_parses(tmp_path):
         {
             "name": "x",
             "data": {
-                "source": "csv", "train": "train.csv", "columns": list(AG_COLUMNS),
-                "text": ["title", "description"], "label": "label",
+                "source": "csv",
+                "train": "train.csv",
+                "columns": list(AG_COLUMNS),
+                "text": ["title", "description"],
+                "label": "label",
                 "unescape_backslash": True,
             },
         },
@@ -659,8 +662,9 @@ def test_tfds_real_load_without_network_fails_at_the_download(tmp_path, monkeypa
 
     monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # one try, not minutes of retries
     try:
-        ds = load_data(DataConfig(source="tfds", data_dir=str(tmp_path), train_size=100,
-                                  test_size=20))
+        ds = load_data(
+            DataConfig(source="tfds", data_dir=str(tmp_path), train_size=100, test_size=20)
+        )
     except DataError as e:
         message = str(e)
         assert message.startswith("data.name: cannot load TFDS dataset 'ag_news_subset'")

@@ -15,19 +15,23 @@ from ktune.trainables.devices import DevicePlan, plan_devices
 from conftest import subprocess_env
 
 
-@pytest.mark.parametrize("cpu, gpu, visible, total, limit, expected", [
-    (1, 0, 1, 16000, None, DevicePlan(1, 1, True, False, None)),        # gpu: 0 sees no GPU
-    (2, 0, 0, None, None, DevicePlan(2, 2, True, False, None)),
-    (4, 1, 1, 16000, None, DevicePlan(4, 2, False, True, None)),        # whole GPU: growth
-    (2, 0.5, 1, 16000, None, DevicePlan(2, 2, False, False, 8000)),     # half: half the memory
-    (1, 0.25, 1, 80000, None, DevicePlan(1, 1, False, False, 20000)),
-    (1, 0.5, 1, 16000, 3000, DevicePlan(1, 1, False, False, 3000)),     # explicit cap wins
-    (1, 0.5, 1, None, None, DevicePlan(1, 1, False, True, None)),       # size unknown: growth
-    (2.7, 0.5, 0, None, None, DevicePlan(2, 2, False, False, None)),    # no GPU visible
-])
+@pytest.mark.parametrize(
+    "cpu, gpu, visible, total, limit, expected",
+    [
+        (1, 0, 1, 16000, None, DevicePlan(1, 1, True, False, None)),  # gpu: 0 sees no GPU
+        (2, 0, 0, None, None, DevicePlan(2, 2, True, False, None)),
+        (4, 1, 1, 16000, None, DevicePlan(4, 2, False, True, None)),  # whole GPU: growth
+        (2, 0.5, 1, 16000, None, DevicePlan(2, 2, False, False, 8000)),  # half: half the memory
+        (1, 0.25, 1, 80000, None, DevicePlan(1, 1, False, False, 20000)),
+        (1, 0.5, 1, 16000, 3000, DevicePlan(1, 1, False, False, 3000)),  # explicit cap wins
+        (1, 0.5, 1, None, None, DevicePlan(1, 1, False, True, None)),  # size unknown: growth
+        (2.7, 0.5, 0, None, None, DevicePlan(2, 2, False, False, None)),  # no GPU visible
+    ],
+)
 def test_plan_devices(cpu, gpu, visible, total, limit, expected):
-    plan = plan_devices(cpu, gpu, visible_gpus=visible, total_memory_mb=total,
-                        memory_limit_mb=limit)
+    plan = plan_devices(
+        cpu, gpu, visible_gpus=visible, total_memory_mb=total, memory_limit_mb=limit
+    )
     assert plan == expected
 
 
@@ -43,8 +47,13 @@ def test_device_setup_runs_before_any_tensorflow_op():
         "tf.constant(1.0) + 1.0\n"
         "print(plan)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skipped" not in done.stderr
     assert "DevicePlan(intra_op_threads=1" in done.stdout
@@ -56,12 +65,14 @@ def test_mixed_precision_keeps_float32_output_and_trains(seeded):
     from ktune.trainables.base import compile_model
     from ktune.trainables.transformer import build_classifier
 
-    training = replace(TrainingConfig(), maxlen=8, batch_size=4, epochs=1,
-                       mixed_precision=True, jit_compile=True)
+    training = replace(
+        TrainingConfig(), maxlen=8, batch_size=4, epochs=1, mixed_precision=True, jit_compile=True
+    )
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = build_classifier(maxlen=8, vocab_size=30, embed_dim=8, heads=2, ff_dim=8,
-                                 num_classes=3)
+        model = build_classifier(
+            maxlen=8, vocab_size=30, embed_dim=8, heads=2, ff_dim=8, num_classes=3
+        )
         compile_model(model, {"learning_rate": 1e-2}, training, n_train=16)
         ids = np.random.default_rng(0).integers(1, 30, size=(16, 8)).astype("int32")
         labels = np.arange(16) % 3

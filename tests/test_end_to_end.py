@@ -41,7 +41,11 @@ def finished(tmp_path_factory, ray_session):
 def ktune_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ktune", *args],
-        capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=300,
     )
 
 
@@ -87,8 +91,7 @@ def test_asha_stopped_trials_hand_their_workers_on(tmp_path, ray_session):
     configs, and none fails (Ray fails a reused worker whose stopped trial lingers)."""
     from ktune.experiment import run_experiment
 
-    raw = tiny_experiment(tmp_path, name="asha", search__num_samples=6,
-                          export={"enabled": False})
+    raw = tiny_experiment(tmp_path, name="asha", search__num_samples=6, export={"enabled": False})
     raw["search"]["space"]["learning_rate"] = {"low": 1e-4, "high": 2e-2, "log": True}
     raw["training"]["epochs"] = 3
     cfg = parse_config(raw)
@@ -190,8 +193,19 @@ def test_an_export_killed_midway_leaves_the_previous_one_untouched(finished, tmp
     files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ktune", "export", str(cfg.experiment_dir), "--out", str(out),
-         "--force"], cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "ktune",
+            "export",
+            str(cfg.experiment_dir),
+            "--out",
+            str(out),
+            "--force",
+        ],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120

@@ -66,9 +66,18 @@ def test_the_python_api_example_runs_offline(tmp_path):
     from conftest import REPO, subprocess_env
 
     done = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "python_api.py"), "--quick",
-         "--storage", str(tmp_path)],
-        capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=900,
+        [
+            sys.executable,
+            str(REPO / "examples" / "python_api.py"),
+            "--quick",
+            "--storage",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [ln for ln in done.stdout.splitlines() if ln[:2] in ("1.", "2.", "3.", "4.")]

@@ -41,8 +41,13 @@ def test_a_trial_that_keeps_failing_is_reported_and_the_search_goes_on(tmp_path,
             if claim.read_text() == me:
                 raise RuntimeError(f"injected failure in {me}")
 
-    raw = tiny_experiment(tmp_path, search__num_samples=3, search__scheduler="fifo",
-                          search__max_failures=1, export={"enabled": False})
+    raw = tiny_experiment(
+        tmp_path,
+        search__num_samples=3,
+        search__scheduler="fifo",
+        search__max_failures=1,
+        export={"enabled": False},
+    )
     raw["name"] = "flaky"
     best = run_experiment(parse_config(raw), callbacks=[AlwaysFailOneTrial()])
     results = pd.read_csv(Path(raw["storage"]) / "flaky" / "results.csv")
@@ -55,8 +60,12 @@ def test_a_trial_that_keeps_failing_is_reported_and_the_search_goes_on(tmp_path,
     # (its epoch-1 checkpoint was reported before it failed, so it may still be the best)
     assert best["metrics"]["epoch"] >= 1
     # retried once from its checkpoint: two runs of the trial, the second restored
-    rows = [json.loads(line) for line in
-            (Path(raw["storage"]) / "flaky" / f"trial_{doomed}" / "result.json").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (Path(raw["storage"]) / "flaky" / f"trial_{doomed}" / "result.json")
+        .read_text()
+        .splitlines()
+    ]
     assert rows and rows[-1]["resumed_from_epoch"] == 1
 
 
@@ -100,7 +109,8 @@ best = outcome["best"]
 trials = {}
 for d in Path(cfg.experiment_dir).glob("trial_*"):
     rows = [json.loads(l) for l in open(d / "result.json")]
-    trials[d.name] = {"nodes": [r["node_id"] for r in rows], "epochs": [r["epoch"] for r in rows], "epoch": rows[-1]["epoch"],
+    trials[d.name] = {"nodes": [r["node_id"] for r in rows],
+                      "epochs": [r["epoch"] for r in rows], "epoch": rows[-1]["epoch"],
                       "resumed_from": rows[-1]["resumed_from_epoch"]}
 print("RESULT " + json.dumps({"lost": lost, "trials": trials, "best": best["trial"]}))
 ray.shutdown()
@@ -111,8 +121,7 @@ cluster.shutdown()
 def test_trials_of_a_lost_node_are_rescheduled(tmp_path):
     raw = tiny_experiment(tmp_path)
     raw["name"] = "lost_node"
-    raw["search"].update(num_samples=3, max_concurrent_trials=2, scheduler="fifo",
-                         max_failures=2)
+    raw["search"].update(num_samples=3, max_concurrent_trials=2, scheduler="fifo", max_failures=2)
     raw["training"]["epochs"] = 3
     raw["export"] = {"enabled": False}
     exp = tmp_path / "lost_node.yaml"

@@ -81,8 +81,14 @@ def test_space_defaults_and_heads_from_head_size():
 
     space = SPACES["hf_bert"]
     resolved = space.resolve(None)
-    assert set(resolved) >= {"embed_dim", "layers", "learning_rate", "warmup", "trainable",
-                             "batch_size"}
+    assert set(resolved) >= {
+        "embed_dim",
+        "layers",
+        "learning_rate",
+        "warmup",
+        "trainable",
+        "batch_size",
+    }
     assert space.resolve_model(None) == {"name": DEFAULT_NAME, "tokenizer": DEFAULT_TOKENIZER}
     # one model: its own tokenizer by default
     assert space.resolve_model({"name": "my/bert"})["tokenizer"] == "my/bert"
@@ -124,8 +130,9 @@ def test_frozen_and_full_fine_tuning_train_different_weights(tiny, cache_dir, da
     probs = frozen.predict({k: v[:5] for k, v in prepared.val_inputs.items()}, verbose=0)
     assert probs.shape == (5, 4)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    bigger = family.build_model({**base, "embed_dim": 64, "heads": 4}, prepared.artefacts, 4,
-                                training)
+    bigger = family.build_model(
+        {**base, "embed_dim": 64, "heads": 4}, prepared.artefacts, 4, training
+    )
     assert bigger.count_params() > full.count_params()
 
 
@@ -139,15 +146,24 @@ def test_checkpoint_restores_model_and_optimizer(tiny, cache_dir, data, tmp_path
     family = get_family("hf_bert")
     training = TrainingConfig(maxlen=24, epochs=1, batch_size=32)
     prepared = family.prepare(data, training, _model(tiny))
-    config = {"embed_dim": 32, "layers": 2, "heads": 2, "learning_rate": 3e-3,
-              "trainable": False, "warmup": 0.1}
+    config = {
+        "embed_dim": 32,
+        "layers": 2,
+        "heads": 2,
+        "learning_rate": 3e-3,
+        "trainable": False,
+        "warmup": 0.1,
+    }
 
     def fresh():
         model = family.build_model(config, prepared.artefacts, 4, training)
         optimizer = compile_model(model, config, training, len(data.train_labels))
         epoch = tf.Variable(0, dtype=tf.int64)
-        return model, optimizer, epoch, tf.train.Checkpoint(
-            model=model, optimizer=optimizer, epoch=epoch
+        return (
+            model,
+            optimizer,
+            epoch,
+            tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch),
         )
 
     model, optimizer, epoch, checkpoint = fresh()
@@ -173,18 +189,45 @@ def _parity_texts() -> list[str]:
     from ktune.data import generate_builtin
 
     hard = [
-        "", " ", "!!!", "a " * 400, "word " * 30, "x" * 99, "x" * 100, "x" * 101,
-        "Ünïcödé — naïve café 東京 📈", "À la carte ÉCOLE Ça", "ŁÓDŹ Øresund Æsir",
-        "e\u0301 cafe\u0301 a\u0300\u0301\u0302b", "İstanbul ı I", "Straße ẞ ß" + "ß" * 60,
-        "ΣΑΣ ΟΔΟΣ Σ. σς", "привет мир Ёлка", "مرحبا بالعالم", "שלום עולם", "नमस्ते दुनिया",
-        "สวัสดีชาวโลก" * 12, "한국어 텍스트", "日本語のテキスト", "中文的文字大学",
-        "ﬁnance ½ ™ ² ³ µ", "ＦＵＬＬ ｗｉｄｔｈ １２３", "Ⅻ ⅻ Ǆ ǅ ǆ ǈ", "𝓗𝓮𝓵𝓵𝓸 ℍ ℌ",
+        "",
+        " ",
+        "!!!",
+        "a " * 400,
+        "word " * 30,
+        "x" * 99,
+        "x" * 100,
+        "x" * 101,
+        "Ünïcödé — naïve café 東京 📈",
+        "À la carte ÉCOLE Ça",
+        "ŁÓDŹ Øresund Æsir",
+        "e\u0301 cafe\u0301 a\u0300\u0301\u0302b",
+        "İstanbul ı I",
+        "Straße ẞ ß" + "ß" * 60,
+        "ΣΑΣ ΟΔΟΣ Σ. σς",
+        "привет мир Ёлка",
+        "مرحبا بالعالم",
+        "שלום עולם",
+        "नमस्ते दुनिया",
+        "สวัสดีชาวโลก" * 12,
+        "한국어 텍스트",
+        "日本語のテキスト",
+        "中文的文字大学",
+        "ﬁnance ½ ™ ² ³ µ",
+        "ＦＵＬＬ ｗｉｄｔｈ １２３",
+        "Ⅻ ⅻ Ǆ ǅ ǆ ǈ",
+        "𝓗𝓮𝓵𝓵𝓸 ℍ ℌ",
         "don't it's U.S.A. $5.00 #1 @user e-mail a_b ~tilde^",
-        "“quotes” ‘single’ « » – — … ¿¡ · •", "1,000,000 3.14 1e-5 -7 +8 50%",
-        "tab\there\nnew\rline", "\u00a0nbsp\u2003em\u3000ideographic\u2028ls\u2029ps",
-        "ctrl\x00\x01\x1f\x7f\x85 z\u200b\u200c\u200d\ufeff\u00adsoft", "\ufffdreplacement",
-        "\ue000private use", "emoji 😀🙂👍🏽 📈📉 flags 🇩🇪", "[CLS] [SEP] [MASK] [UNK] [PAD] [cls]",
-        "<html><b>Tags</b></html> {json: [1, 2]}", "C++ C# .NET node.js",
+        "“quotes” ‘single’ « » – — … ¿¡ · •",
+        "1,000,000 3.14 1e-5 -7 +8 50%",
+        "tab\there\nnew\rline",
+        "\u00a0nbsp\u2003em\u3000ideographic\u2028ls\u2029ps",
+        "ctrl\x00\x01\x1f\x7f\x85 z\u200b\u200c\u200d\ufeff\u00adsoft",
+        "\ufffdreplacement",
+        "\ue000private use",
+        "emoji 😀🙂👍🏽 📈📉 flags 🇩🇪",
+        "[CLS] [SEP] [MASK] [UNK] [PAD] [cls]",
+        "<html><b>Tags</b></html> {json: [1, 2]}",
+        "C++ C# .NET node.js",
         "Striker scores twice as the league leaders win the cup final",
         "SHARES FELL AFTER THE BANK CUT ITS PROFIT FORECAST",
     ]
@@ -230,8 +273,9 @@ def test_in_graph_tokenizer_gives_the_fast_tokenizers_ids(tiny):
     got = BertStringEncoder(tokenizer, maxlen)(tf.constant(texts))
     expected = encode_texts(tokenizer, texts, maxlen)
     # encode_texts (the training ids) is the tokenizer's own batch call, only faster
-    reference = tokenizer(texts, max_length=maxlen, truncation=True, padding="max_length",
-                          return_tensors="np")
+    reference = tokenizer(
+        texts, max_length=maxlen, truncation=True, padding="max_length", return_tensors="np"
+    )
     for key, value in expected.items():
         np.testing.assert_array_equal(value, reference[key])
     for key in ("input_ids", "attention_mask", "token_type_ids"):
@@ -304,8 +348,10 @@ def test_check_models_checks_every_size(tiny):
     from ktune.trainables.hf_bert import check_models
 
     names = check_models(_model(tiny), _space(), maxlen=64)
-    assert names == [str(tiny["root"] / "bert_uncased_L-2_H-32_A-2"),
-                     str(tiny["root"] / "bert_uncased_L-2_H-64_A-4")]
+    assert names == [
+        str(tiny["root"] / "bert_uncased_L-2_H-32_A-2"),
+        str(tiny["root"] / "bert_uncased_L-2_H-64_A-4"),
+    ]
     with pytest.raises(ConfigError, match=r"^model.name: .*bert_uncased_L-2_H-128_A-8") as e:
         check_models(_model(tiny), _space(embed_dim=[32, 128]))
     assert "\n" not in str(e.value)
@@ -325,7 +371,9 @@ def test_family_check_model_checks_every_size(tiny):
 def test_run_with_a_missing_model_directory_exits_2(tiny, tmp_path):
     missing = tmp_path / "not-written" / "bert_uncased_L-{L}_H-{H}_A-{A}"
     raw = tiny_experiment(
-        tmp_path, name="missing", family="hf_bert",
+        tmp_path,
+        name="missing",
+        family="hf_bert",
         model={"name": str(missing), "tokenizer": str(tiny["root"])},
         data={"source": "builtin", "train_size": 200, "test_size": 20},
         search={"space": {"embed_dim": [32], "layers": [2], "head_size": 16}},
@@ -336,7 +384,11 @@ def test_run_with_a_missing_model_directory_exits_2(tiny, tmp_path):
     env = {**subprocess_env(), "KTUNE_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run(
         [sys.executable, "-m", "ktune", "run", str(exp_file)],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
     )
     assert done.returncode == 2, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("ktune: error:")]
@@ -356,15 +408,26 @@ def finished(tmp_path_factory, tiny, ray_session):
     tmp = tmp_path_factory.mktemp("hf-e2e")
     os.environ["KTUNE_CACHE_DIR"] = str(tmp / "cache")
     raw = tiny_experiment(
-        tmp, name="tiny_hf", family="hf_bert", model=_model(tiny),
+        tmp,
+        name="tiny_hf",
+        family="hf_bert",
+        model=_model(tiny),
         data={"source": "builtin", "train_size": 600, "test_size": 60, "seed": 3},
         training={"epochs": 1, "batch_size": 32, "maxlen": 32},
         search={
-            "num_samples": 2, "max_concurrent_trials": 2, "scheduler": "fifo", "seed": 0,
+            "num_samples": 2,
+            "max_concurrent_trials": 2,
+            "scheduler": "fifo",
+            "seed": 0,
             "space": {
-                "embed_dim": [32, 64], "layers": [2], "head_size": 16,
+                "embed_dim": [32, 64],
+                "layers": [2],
+                "head_size": 16,
                 "learning_rate": {"low": 2e-3, "high": 4e-3, "log": True},
-                "warmup": 0.1, "dropout": 0.0, "trainable": [True], "batch_size": [32],
+                "warmup": 0.1,
+                "dropout": 0.0,
+                "trainable": [True],
+                "batch_size": [32],
             },
         },
     )
@@ -398,8 +461,13 @@ def test_export_takes_raw_strings_in_a_process_without_ktune(finished):
     from ktune.export import predict
 
     _, best = finished
-    texts = ["Striker scores twice in the cup final", "Shares fell after the bank cut profit",
-             "", "Ünïcödé — naïve café 東京 📈", "word " * 100]
+    texts = [
+        "Striker scores twice in the cup final",
+        "Shares fell after the bank cut profit",
+        "",
+        "Ünïcödé — naïve café 東京 📈",
+        "word " * 100,
+    ]
     ours = np.array([list(r["probabilities"].values()) for r in predict(best["export"], texts)])
     script = (
         "import json, sys\n"
@@ -412,7 +480,10 @@ def test_export_takes_raw_strings_in_a_process_without_ktune(finished):
     )
     done = subprocess.run(
         [sys.executable, "-c", script, best["export"], json.dumps(texts)],
-        capture_output=True, text=True, env=subprocess_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
@@ -424,25 +495,38 @@ def test_export_takes_raw_strings_in_a_process_without_ktune(finished):
 
 
 @pytest.mark.slow
-def test_own_tuner_over_hf_bert_checks_each_drawn_size_and_exports(tiny, ray_session,
-                                                                    tmp_path, cache_dir):
-    import ktune
+def test_own_tuner_over_hf_bert_checks_each_drawn_size_and_exports(
+    tiny, ray_session, tmp_path, cache_dir
+):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    import ktune
+
     trainable = ktune.trainable(
-        "hf_bert", model=_model(tiny),
+        "hf_bert",
+        model=_model(tiny),
         data={"source": "builtin", "train_size": 400, "test_size": 40, "seed": 3},
         training={"epochs": 1, "batch_size": 32, "maxlen": 32},
     )
-    space = ktune.search_space("hf_bert", {
-        "embed_dim": [32, 64], "layers": [2], "head_size": 16, "trainable": [True],
-        "learning_rate": {"low": 2e-3, "high": 4e-3, "log": True}, "batch_size": [32],
-    }, backend="tune")
+    space = ktune.search_space(
+        "hf_bert",
+        {
+            "embed_dim": [32, 64],
+            "layers": [2],
+            "head_size": 16,
+            "trainable": [True],
+            "learning_rate": {"low": 2e-3, "high": 4e-3, "log": True},
+            "batch_size": [32],
+        },
+        backend="tune",
+    )
     grid = tune.Tuner(
-        trainable, param_space=space,
-        tune_config=tune.TuneConfig(num_samples=2, scheduler=ASHAScheduler(
-            metric="val_accuracy", mode="max", max_t=1)),
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            num_samples=2, scheduler=ASHAScheduler(metric="val_accuracy", mode="max", max_t=1)
+        ),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="hf", verbose=0),
     ).fit()
     assert not grid.errors and len(grid) == 2
@@ -454,6 +538,11 @@ def test_own_tuner_over_hf_bert_checks_each_drawn_size_and_exports(tiny, ray_ses
     # a size no model exists for is refused in the driver, before any trial runs
     bad = {**space, "embed_dim": 48}
     with pytest.raises(ktune.ConfigError, match="model.name"):
-        tune.Tuner(trainable, param_space=bad, run_config=tune.RunConfig(
-            storage_path=str(tmp_path / "runs"), name="hf-bad", verbose=0)).fit()
+        tune.Tuner(
+            trainable,
+            param_space=bad,
+            run_config=tune.RunConfig(
+                storage_path=str(tmp_path / "runs"), name="hf-bad", verbose=0
+            ),
+        ).fit()
     assert not list((tmp_path / "runs" / "hf-bad").glob("*/checkpoint_*"))

@@ -47,17 +47,37 @@ def head():
     token = secrets.token_hex(32)
     temp = tempfile.mkdtemp(prefix="ktj-", dir="/tmp")  # short: Ray's socket paths are long
     dashboard = free_port()
-    env = {**subprocess_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **subprocess_env(),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     cmd = [
-        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-        "--num-cpus", "2", "--temp-dir", temp,
-        "--port", str(free_port()), "--ray-client-server-port", str(free_port()),
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--dashboard-agent-listen-port", str(free_port()), "--include-dashboard", "true",
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        "2",
+        "--temp-dir",
+        temp,
+        "--port",
+        str(free_port()),
+        "--ray-client-server-port",
+        str(free_port()),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--include-dashboard",
+        "true",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -87,8 +107,14 @@ def ktune(*args: str, token: str | None, timeout: int = 600, **extra_env: str):
     env.update(extra_env)
     if token:
         env["RAY_AUTH_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "ktune", *args], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ktune", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):
@@ -100,8 +126,9 @@ def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):
     exp = tmp_path / "tiny_job.yaml"
     exp.write_text(yaml.safe_dump(raw))
 
-    done = ktune("submit", str(exp), "--address", address, "--follow", "--with-project",
-                 token=token)
+    done = ktune(
+        "submit", str(exp), "--address", address, "--follow", "--with-project", token=token
+    )
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     lines = done.stdout.splitlines()
     job_id = lines[0].removeprefix("submitted job ")
@@ -134,8 +161,10 @@ def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):
 
     listed = ktune("jobs", "--address", address, token=token, timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
-    assert any(job_id in line and "SUCCEEDED" in line and "tiny_job" in line
-               for line in listed.stdout.splitlines())
+    assert any(
+        job_id in line and "SUCCEEDED" in line and "tiny_job" in line
+        for line in listed.stdout.splitlines()
+    )
 
 
 def test_submit_without_token_is_refused_in_one_line(head, tmp_path):
@@ -165,8 +194,15 @@ def test_unreadable_token_path_is_one_clear_line(head, tmp_path):
     exp = tmp_path / "tiny.yaml"
     exp.write_text(yaml.safe_dump(tiny_experiment(tmp_path)))
     missing = tmp_path / "no-token"
-    done = ktune("submit", str(exp), "--address", address, token=None, timeout=120,
-                 RAY_AUTH_TOKEN_PATH=str(missing))
+    done = ktune(
+        "submit",
+        str(exp),
+        "--address",
+        address,
+        token=None,
+        timeout=120,
+        RAY_AUTH_TOKEN_PATH=str(missing),
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"ktune: error: RAY_AUTH_TOKEN_PATH: cannot read {missing} (No such file or directory)"

@@ -7,11 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import ktune.keras
 import numpy as np
 import pytest
 from ray import cloudpickle
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ktune.keras
 
 # Ray's workers do not have tests/ on sys.path: the functions travel by value, not by name.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -32,13 +33,18 @@ def make_data(seed: int = 0):
 def make_model(lr: float, width: int = 16):
     import tf_keras as keras
 
-    model = keras.Sequential([
-        keras.Input(shape=(FEATURES,)),
-        keras.layers.Dense(width, activation="relu"),
-        keras.layers.Dense(CLASSES, activation="softmax"),
-    ])
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(FEATURES,)),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.Dense(CLASSES, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -58,11 +64,21 @@ def train(config):
     model = make_model(config["lr"])
     start = ktune.keras.restore(model)
     model.fit(
-        x, y, validation_data=(xv, yv), batch_size=BATCH, epochs=EPOCHS, initial_epoch=start,
-        shuffle=True, verbose=0,
+        x,
+        y,
+        validation_data=(xv, yv),
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        initial_epoch=start,
+        shuffle=True,
+        verbose=0,
         callbacks=[
-            ktune.keras.ReportCheckpoint(extra_metrics=lambda e: {
-                "step": int(model.optimizer.iterations.numpy()), "start": start}),
+            ktune.keras.ReportCheckpoint(
+                extra_metrics=lambda e: {
+                    "step": int(model.optimizer.iterations.numpy()),
+                    "start": start,
+                }
+            ),
             FailOnce(),
         ],
     )
@@ -76,7 +92,12 @@ def train_renamed(config):
     (x, y), (xv, yv) = make_data()
     model = make_model(config["lr"])
     history = model.fit(
-        x, y, validation_data=(xv, yv), batch_size=BATCH, epochs=2, verbose=0,
+        x,
+        y,
+        validation_data=(xv, yv),
+        batch_size=BATCH,
+        epochs=2,
+        verbose=0,
         callbacks=[ktune.keras.ReportCheckpoint(metrics={"acc": "val_accuracy", "l": "loss"})],
     )
     Path(config["history"]).write_text(json.dumps(history.history))
@@ -93,7 +114,9 @@ def retried(tmp_path_factory, ray_session):
         train,
         param_space={"lr": 1e-2, "marker": str(marker)},
         run_config=tune.RunConfig(
-            storage_path=str(tmp / "ray"), name="retried", verbose=0,
+            storage_path=str(tmp / "ray"),
+            name="retried",
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
         ),
     ).fit()
@@ -134,7 +157,7 @@ def test_restore_from_a_local_folder(retried):
     second = make_model(1e-3)
     assert ktune.keras.restore(second, folder) == EPOCHS
     fresh = make_model(1e-3)
-    for a, b, c in zip(first.get_weights(), second.get_weights(), fresh.get_weights()):
+    for a, b, _c in zip(first.get_weights(), second.get_weights(), fresh.get_weights()):
         np.testing.assert_allclose(a, b)
     assert any(not np.allclose(a, c) for a, c in zip(first.get_weights(), fresh.get_weights()))
     # the optimizer's slots came back too: Adam's moments are not zero
@@ -145,16 +168,18 @@ def test_restore_from_a_local_folder(retried):
         np.testing.assert_allclose(a.numpy(), b.numpy())
 
     # weights only: a model without an optimizer reads the weights and leaves the rest
-    plain = keras.Sequential([
-        keras.Input(shape=(FEATURES,)),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(CLASSES, activation="softmax"),
-    ])
+    plain = keras.Sequential(
+        [
+            keras.Input(shape=(FEATURES,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(CLASSES, activation="softmax"),
+        ]
+    )
     assert ktune.keras.restore(plain, folder) == EPOCHS
     for a, b in zip(first.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(a, b)
 
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - TensorFlow raises its own error types
         ktune.keras.restore(make_model(1e-3, width=17), folder)
 
 

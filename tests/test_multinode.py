@@ -70,6 +70,7 @@ def test_fractional_gpu_trials_spread_over_gpu_nodes(tmp_path):
     # two half-GPU trials shared one node, at the same time
     shared = [n for n, c in nodes.items() if c >= 2]
     assert shared, nodes
-    on_shared = sorted((t for t in trials.values() if t["nodes"][0] == shared[0]),
-                       key=lambda t: t["start"])
+    on_shared = sorted(
+        (t for t in trials.values() if t["nodes"][0] == shared[0]), key=lambda t: t["start"]
+    )
     assert on_shared[1]["start"] < on_shared[0]["end"], "trials on one node never overlapped"

@@ -42,16 +42,21 @@ def test_create_optimizer_warmup_is_a_fraction_of_total_steps():
     opt = create_optimizer(learning_rate=1e-3, total_steps=200, warmup=0.1)
     schedule = opt.get_config()["learning_rate"]  # the serialized schedule, as saved
     assert schedule["config"] == {
-        "peak_learning_rate": 1e-3, "total_steps": 200, "warmup_steps": 20,
+        "peak_learning_rate": 1e-3,
+        "total_steps": 200,
+        "warmup_steps": 20,
     }
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"learning_rate": 0.0, "total_steps": 10}, "learning_rate"),
-    ({"learning_rate": -1e-3, "total_steps": 10}, "learning_rate"),
-    ({"learning_rate": 1e-3, "total_steps": 10, "warmup": 1.0}, "warmup"),
-    ({"learning_rate": 1e-3, "total_steps": 0}, "total_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"learning_rate": 0.0, "total_steps": 10}, "learning_rate"),
+        ({"learning_rate": -1e-3, "total_steps": 10}, "learning_rate"),
+        ({"learning_rate": 1e-3, "total_steps": 10, "warmup": 1.0}, "warmup"),
+        ({"learning_rate": 1e-3, "total_steps": 0}, "total_steps"),
+    ],
+)
 def test_create_optimizer_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_optimizer(**kwargs)

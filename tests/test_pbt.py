@@ -19,8 +19,9 @@ import yaml
 from ray import cloudpickle
 
 import ktune
-from conftest import REPO, subprocess_env
 from ktune.config import parse_config
+
+from conftest import REPO, subprocess_env
 
 TRAIN_SIZE, BATCH, EPOCHS = 1500, 32, 4
 # Ray's workers do not have tests/ on sys.path: RecordStart travels by value.
@@ -32,11 +33,19 @@ def pbt_experiment(tmp_path: Path, scheduler: str = "pbt", **search) -> dict:
         "name": scheduler,
         "data": {"source": "builtin", "train_size": TRAIN_SIZE, "test_size": 100, "seed": 3},
         "search": {
-            "num_samples": 4, "scheduler": scheduler, "max_concurrent_trials": 2,
+            "num_samples": 4,
+            "scheduler": scheduler,
+            "max_concurrent_trials": 2,
             "perturbation_interval": 1,
-            "space": {"embed_dim": [16], "heads": [2], "ff_dim": [8], "num_blocks": [1],
-                      "learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
-                      "dropout": 0.1, "warmup": 0.0},
+            "space": {
+                "embed_dim": [16],
+                "heads": [2],
+                "ff_dim": [8],
+                "num_blocks": [1],
+                "learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
+                "dropout": 0.1,
+                "warmup": 0.0,
+            },
             **search,
         },
         "training": {"epochs": EPOCHS, "batch_size": BATCH, "maxlen": 24, "vocab_size": 400},
@@ -45,20 +54,34 @@ def pbt_experiment(tmp_path: Path, scheduler: str = "pbt", **search) -> dict:
     }
 
 
-@pytest.mark.parametrize(("search", "match"), [
-    ({"scheduler": "pbt", "mutations": ["embed_dim"]},
-     "search.mutations: embed_dim cannot mutate: an exploited trial loads the donor's weights"),
-    ({"scheduler": "pbt", "mutations": ["heads"]}, "search.mutations: heads cannot mutate"),
-    ({"scheduler": "pbt", "mutations": ["weight_decay"]},
-     "search.mutations: weight_decay is not searched"),
-    ({"scheduler": "pb2", "space": {"dropout": [0.1, 0.2]}, "mutations": ["dropout"]},
-     r"search.space.dropout: PB2 mutates continuous ranges only"),
-    ({"scheduler": "pbt", "space": {"learning_rate": 1e-3, "warmup": 0.1, "dropout": 0.1}},
-     "search.scheduler: pbt mutates learning_rate, warmup, dropout, weight_decay, and the "
-     "space searches none of them"),
-    ({"scheduler": "asha", "perturbation_interval": 2},
-     "search.perturbation_interval: only used with scheduler pbt or pb2"),
-])
+@pytest.mark.parametrize(
+    ("search", "match"),
+    [
+        (
+            {"scheduler": "pbt", "mutations": ["embed_dim"]},
+            "search.mutations: embed_dim cannot mutate: an exploited trial loads the donor's "
+            "weights",
+        ),
+        ({"scheduler": "pbt", "mutations": ["heads"]}, "search.mutations: heads cannot mutate"),
+        (
+            {"scheduler": "pbt", "mutations": ["weight_decay"]},
+            "search.mutations: weight_decay is not searched",
+        ),
+        (
+            {"scheduler": "pb2", "space": {"dropout": [0.1, 0.2]}, "mutations": ["dropout"]},
+            r"search.space.dropout: PB2 mutates continuous ranges only",
+        ),
+        (
+            {"scheduler": "pbt", "space": {"learning_rate": 1e-3, "warmup": 0.1, "dropout": 0.1}},
+            "search.scheduler: pbt mutates learning_rate, warmup, dropout, weight_decay, and the "
+            "space searches none of them",
+        ),
+        (
+            {"scheduler": "asha", "perturbation_interval": 2},
+            "search.perturbation_interval: only used with scheduler pbt or pb2",
+        ),
+    ],
+)
 def test_shape_changing_or_empty_mutations_are_refused(search, match):
     with pytest.raises(ktune.ConfigError, match=match):
         parse_config({"name": "x", "search": search})
@@ -107,9 +130,14 @@ class RecordStart(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from ray import tune
 
-        self._write({"trial": tune.get_context().get_trial_id(), "epoch_end": epoch + 1,
-                     "step": int(self.model.optimizer.iterations.numpy()),
-                     "peak_lr": float(self.model.optimizer._learning_rate.peak_learning_rate)})
+        self._write(
+            {
+                "trial": tune.get_context().get_trial_id(),
+                "epoch_end": epoch + 1,
+                "step": int(self.model.optimizer.iterations.numpy()),
+                "peak_lr": float(self.model.optimizer._learning_rate.peak_learning_rate),
+            }
+        )
 
     def _write(self, record: dict) -> None:
         with open(self.log, "a") as f:
@@ -124,8 +152,11 @@ def checkpoint_weights(folder: str) -> tuple[float, int, dict]:
     reader = tf.train.load_checkpoint(os.path.join(folder, "ckpt"))
     total, size = 0.0, 0
     for key in reader.get_variable_to_shape_map():
-        if key.startswith("model/") and "OPTIMIZER_SLOT" not in key and key.endswith(
-                "VARIABLE_VALUE"):
+        if (
+            key.startswith("model/")
+            and "OPTIMIZER_SLOT" not in key
+            and key.endswith("VARIABLE_VALUE")
+        ):
             value = np.asarray(reader.get_tensor(key), dtype=np.float64)
             total, size = total + float(np.abs(value).sum()), size + value.size
     return total, size, json.loads(Path(folder, "ktune_trial.json").read_text())
@@ -136,15 +167,17 @@ def donor_step(folder: str) -> int:
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(os.path.join(folder, "ckpt"))
-    key = next(k for k in reader.get_variable_to_shape_map()
-               if k.startswith("optimizer/_iterations/"))
+    key = next(
+        k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/_iterations/")
+    )
     return int(reader.get_tensor(key))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["pbt", "pb2"])
 def test_an_exploited_trial_starts_from_the_donors_weights_with_its_new_rate(
-        ray_session, tmp_path, scheduler):
+    ray_session, tmp_path, scheduler
+):
     from ktune.experiment import run_experiment
 
     log = tmp_path / "starts.jsonl"
@@ -152,14 +185,19 @@ def test_an_exploited_trial_starts_from_the_donors_weights_with_its_new_rate(
     best = run_experiment(parse_config(raw), callbacks=[RecordStart(str(log))])
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     records = [r for r in lines if "epoch_end" not in r]
-    exploits = [r for r in records if r["handed"] and f"trial_{r['trial']}/" not in r["handed"] + "/"]
+    exploits = [
+        r for r in records if r["handed"] and f"trial_{r['trial']}/" not in r["handed"] + "/"
+    ]
     assert exploits, f"{scheduler} cloned no trial: {records}"
     steps_per_epoch = math.ceil(TRAIN_SIZE * 0.9 / BATCH)
     total = steps_per_epoch * EPOCHS  # warmup 0: linear decay from the peak to 0
     # Ray's log of each exploit: [target, clone, steps, donor config, new config]
-    chosen = [json.loads(line)[5]["learning_rate"]
-              for f in (tmp_path / "results" / scheduler).glob("pbt_policy_*.txt")
-              for line in f.read_text().splitlines() if line.strip()]
+    chosen = [
+        json.loads(line)[5]["learning_rate"]
+        for f in (tmp_path / "results" / scheduler).glob("pbt_policy_*.txt")
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
     mutated = trained = 0
     for r in exploits:
         donor_sum, donor_size, donor = checkpoint_weights(r["handed"])
@@ -176,10 +214,12 @@ def test_an_exploited_trial_starts_from_the_donors_weights_with_its_new_rate(
         # clone at the last epoch trains no further.)
         step = r["step"] + steps_per_epoch
         for folder in (tmp_path / "results" / scheduler / f"trial_{r['trial']}").glob(
-                "checkpoint_*"):
+            "checkpoint_*"
+        ):
             reported = json.loads((folder / "metrics.json").read_text())
             if reported["step"] == step and reported["learning_rate_now"] == pytest.approx(
-                    r["peak_lr"] * (total - step) / total, rel=1e-4):
+                r["peak_lr"] * (total - step) / total, rel=1e-4
+            ):
                 trained += 1
                 break
         assert any(r["peak_lr"] == pytest.approx(lr, rel=1e-12) for lr in chosen)
@@ -210,9 +250,14 @@ def test_resume_of_a_killed_pbt_search(tmp_path):
     exp_dir = Path(raw["storage"]) / "pbt"
     ray_tmp = tempfile.mkdtemp(prefix="ktp-", dir="/tmp")
     env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
-    run = subprocess.Popen([sys.executable, "-m", "ktune", "run", str(exp)], cwd=REPO, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ktune", "run", str(exp)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:  # kill once some trials are past their first exploit point
         done = last_checkpoints(exp_dir)
@@ -226,8 +271,9 @@ def test_resume_of_a_killed_pbt_search(tmp_path):
     run.wait()
     kill_ray_under(ray_tmp)
     assert not (exp_dir / "best.json").exists()
-    resumed = ktune_cli("resume", str(exp_dir), "--no-export",
-                        env={**subprocess_env(), "RAY_TMPDIR": ray_tmp})
+    resumed = ktune_cli(
+        "resume", str(exp_dir), "--no-export", env={**subprocess_env(), "RAY_TMPDIR": ray_tmp}
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     import csv
 

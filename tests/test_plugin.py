@@ -8,12 +8,18 @@ from pathlib import Path
 import pytest
 
 import ktune
+
 from conftest import reload_in_fresh_process
 
 DATA = {"source": "builtin", "train_size": 1500, "test_size": 100, "seed": 3}
 TRAINING = {"epochs": 2, "batch_size": 32, "maxlen": 24, "vocab_size": 400}
-SMALL = {"embed_dim": [8, 16], "heads": [1, 2, 4, 8], "ff_dim": [8], "num_blocks": [1],
-         "learning_rate": {"low": 8e-3, "high": 2e-2, "log": True}}
+SMALL = {
+    "embed_dim": [8, 16],
+    "heads": [1, 2, 4, 8],
+    "ff_dim": [8],
+    "num_blocks": [1],
+    "learning_rate": {"low": 8e-3, "high": 2e-2, "log": True},
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +50,9 @@ def test_search_space_has_both_forms():
     # every heads choice (1, 2, 4, 8) divides 8 and 16: a plain choice, for any searcher
     assert isinstance(space["heads"], Categorical) and space["heads"].categories == [1, 2, 4, 8]
     assert space["weight_decay"] == 0.01  # fixed values stay plain
-    space = ktune.search_space("transformer", {"embed_dim": [12, 16], "heads": [3, 4]},
-                               backend="tune")
+    space = ktune.search_space(
+        "transformer", {"embed_dim": [12, 16], "heads": [3, 4]}, backend="tune"
+    )
     assert isinstance(space["heads"], Function)  # 3 does not divide 16: drawn per embed_dim
     with pytest.raises(ktune.ConfigError, match="overrides.heads: no choice in"):
         ktune.search_space("transformer", {"embed_dim": [12], "heads": [5]})
@@ -57,8 +64,9 @@ def test_tune_form_keeps_heads_dividing_embed_dim():
     """BasicVariantGenerator resolves ``heads`` after ``embed_dim``, among its divisors."""
     from ray.tune.search.variant_generator import generate_variants
 
-    space = ktune.search_space("transformer", {"embed_dim": [12, 16], "heads": [1, 3, 4, 8]},
-                               backend="tune")
+    space = ktune.search_space(
+        "transformer", {"embed_dim": [12, 16], "heads": [1, 3, 4, 8]}, backend="tune"
+    )
     seen = set()
     for _ in range(40):
         for _, config in generate_variants(space):
@@ -76,10 +84,12 @@ def test_own_tuner_with_optuna_and_asha_then_export(transformer, tmp_path):
     tuner = tune.Tuner(
         transformer,
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(space=ktune.search_space("transformer", SMALL),
-                                    metric="val_accuracy", mode="max"),
+            search_alg=OptunaSearch(
+                space=ktune.search_space("transformer", SMALL), metric="val_accuracy", mode="max"
+            ),
             scheduler=ASHAScheduler(metric="val_accuracy", mode="max", max_t=2),
-            num_samples=3, max_concurrent_trials=2,
+            num_samples=3,
+            max_concurrent_trials=2,
         ),
         run_config=run_config(tmp_path, "own"),
     )
@@ -91,13 +101,16 @@ def test_own_tuner_with_optuna_and_asha_then_export(transformer, tmp_path):
     best = grid.get_best_result("val_accuracy", "max")
     out = ktune.export_result(best, tmp_path / "export")
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["verified"]["max_abs_diff"] <= 1e-5 and meta["config"]["embed_dim"] == best.config["embed_dim"]
+    assert (
+        meta["verified"]["max_abs_diff"] <= 1e-5
+        and meta["config"]["embed_dim"] == best.config["embed_dim"]
+    )
     assert meta["class_names"] == ["World", "Sports", "Business", "Sci/Tech"]
     texts = ["Striker scores twice in the cup final", "Stocks fall as oil prices climb"]
     fresh = reload_in_fresh_process(out, texts)
     model = ktune.load_model(best)  # like KerasTuner's get_best_models
-    from ktune.trainables import get_family
     from ktune.config import TrainingConfig
+    from ktune.trainables import get_family
 
     family = get_family("transformer")
     info = json.loads(Path(best.checkpoint.path, "ktune_trial.json").read_text())
@@ -117,10 +130,14 @@ def test_ray_param_space_with_basic_variant_grid_and_median_stopping(transformer
     space = ktune.search_space("transformer", SMALL, backend="tune")
     space["embed_dim"] = tune.grid_search([8, 16])
     grid = tune.Tuner(
-        transformer, param_space=space,
+        transformer,
+        param_space=space,
         tune_config=tune.TuneConfig(
-            num_samples=1, metric="val_accuracy", mode="max",
-            scheduler=MedianStoppingRule(grace_period=1, min_samples_required=2)),
+            num_samples=1,
+            metric="val_accuracy",
+            mode="max",
+            scheduler=MedianStoppingRule(grace_period=1, min_samples_required=2),
+        ),
         run_config=run_config(tmp_path, "grid"),
     ).fit()
     assert not grid.errors
@@ -129,21 +146,31 @@ def test_ray_param_space_with_basic_variant_grid_and_median_stopping(transformer
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("param_space", "match"), [
-    ({"embed_dim": 16, "heads": 3, "ff_dim": 8, "learning_rate": 1e-3},
-     r"config\.heads: 3 does not divide embed_dim 16"),
-    ({"embed_dim": 16, "heads": 2, "ff_dim": 8}, r"config\.learning_rate: required"),
-    ({"embed_dim": 16, "heads": 2, "ff_dim": 8, "learning_rat": 1e-3},
-     r"config\.learning_rat: unknown hyperparameter .*did you mean 'learning_rate'"),
-    ({"embed_dim": 16, "heads": 2, "ff_dim": 8, "learning_rate": 1e-3, "dropout": 1.5},
-     r"config\.dropout: must be a number in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    ("param_space", "match"),
+    [
+        (
+            {"embed_dim": 16, "heads": 3, "ff_dim": 8, "learning_rate": 1e-3},
+            r"config\.heads: 3 does not divide embed_dim 16",
+        ),
+        ({"embed_dim": 16, "heads": 2, "ff_dim": 8}, r"config\.learning_rate: required"),
+        (
+            {"embed_dim": 16, "heads": 2, "ff_dim": 8, "learning_rat": 1e-3},
+            r"config\.learning_rat: unknown hyperparameter .*did you mean 'learning_rate'",
+        ),
+        (
+            {"embed_dim": 16, "heads": 2, "ff_dim": 8, "learning_rate": 1e-3, "dropout": 1.5},
+            r"config\.dropout: must be a number in \[0, 1\)",
+        ),
+    ],
+)
 def test_a_bad_config_stops_the_tuner_in_the_driver(transformer, tmp_path, param_space, match):
     from ray import tune
 
     with pytest.raises(ktune.ConfigError, match=match):
-        tune.Tuner(transformer, param_space=param_space,
-                   run_config=run_config(tmp_path, "bad")).fit()
+        tune.Tuner(
+            transformer, param_space=param_space, run_config=run_config(tmp_path, "bad")
+        ).fit()
     # the trial never ran: no checkpoint, no result
     assert not list((tmp_path / "runs" / "bad").glob("*/checkpoint_*"))
 
@@ -157,10 +184,12 @@ def test_hyperopt_searches_the_tune_form(transformer, tmp_path):
 
     space = ktune.search_space("transformer", {**SMALL, "heads": [1, 2]}, backend="tune")
     grid = tune.Tuner(
-        transformer, param_space=space,
+        transformer,
+        param_space=space,
         tune_config=tune.TuneConfig(
             search_alg=HyperOptSearch(metric="val_accuracy", mode="max", random_state_seed=0),
-            num_samples=2),
+            num_samples=2,
+        ),
         run_config=run_config(tmp_path, "hyperopt"),
     ).fit()
     assert not grid.errors and len(grid) == 2
@@ -177,5 +206,10 @@ def test_trainable_checks_its_arguments_before_any_work(ray_session):
     with pytest.raises(ktune.ConfigError, match="data.train: file not found"):
         ktune.trainable("transformer", data={"source": "csv", "train": "/nonexistent.csv"})
     with pytest.raises(ktune.ConfigError, match="model.preprocess"):
-        ktune.trainable("tfhub_bert", model={"preprocess": "/nonexistent/preprocess",
-                                             "encoder": "/nonexistent/L-{L}_H-{H}_A-{A}"})
+        ktune.trainable(
+            "tfhub_bert",
+            model={
+                "preprocess": "/nonexistent/preprocess",
+                "encoder": "/nonexistent/L-{L}_H-{H}_A-{A}",
+            },
+        )

@@ -63,8 +63,14 @@ def rows_example() -> list[TrialRow]:
 
 def test_the_table_is_plain_aligned_text():
     text = format_progress(
-        rows_example(), name="tiny", metric="val_accuracy", mode="max",
-        keys=["embed_dim", "heads", "learning_rate"], epochs=2, total=6, elapsed_s=75,
+        rows_example(),
+        name="tiny",
+        metric="val_accuracy",
+        mode="max",
+        keys=["embed_dim", "heads", "learning_rate"],
+        epochs=2,
+        total=6,
+        elapsed_s=75,
     )
     assert "\r" not in text and not ANSI.search(text) and "\t" not in text
     lines = text.splitlines()
@@ -73,23 +79,42 @@ def test_the_table_is_plain_aligned_text():
         "1 pending  best val_accuracy 0.8300 (trial_aaaa)"
     )
     assert lines[1].split() == [
-        "trial", "status", "epoch", "embed_dim", "heads", "learning_rate", "val_accuracy", "best"
+        "trial",
+        "status",
+        "epoch",
+        "embed_dim",
+        "heads",
+        "learning_rate",
+        "val_accuracy",
+        "best",
     ]
-    assert lines[2].split() == ["trial_aaaa", "DONE", "2/2", "16", "2", "0.0123", "0.8100",
-                                "0.8300", "*"]
+    assert lines[2].split() == [
+        "trial_aaaa",
+        "DONE",
+        "2/2",
+        "16",
+        "2",
+        "0.0123",
+        "0.8100",
+        "0.8300",
+        "*",
+    ]
     assert lines[3].split()[:3] == ["trial_bbbb", "STOPPED", "1/2"]
     assert lines[5].split() == ["trial_dddd", "PENDING", "0/2", "16", "2", "0.0123", "-", "-"]
     # columns line up: every value starts where its header does
     starts = [m.start() for m in re.finditer(r"\S+", lines[1])]
     for line in lines[2:]:
-        assert [m.start() for m in re.finditer(r"\S+", line)][:len(starts)] == starts
+        assert [m.start() for m in re.finditer(r"\S+", line)][: len(starts)] == starts
 
 
 def test_min_mode_marks_the_lowest_loss():
-    rows = [TrialRow("trial_a", "DONE", 2, {}, 0.4, 0.35),
-            TrialRow("trial_b", "DONE", 2, {}, 0.3, 0.3)]
-    text = format_progress(rows, name="x", metric="val_loss", mode="min", keys=[], epochs=2,
-                           total=2, elapsed_s=3)
+    rows = [
+        TrialRow("trial_a", "DONE", 2, {}, 0.4, 0.35),
+        TrialRow("trial_b", "DONE", 2, {}, 0.3, 0.3),
+    ]
+    text = format_progress(
+        rows, name="x", metric="val_loss", mode="min", keys=[], epochs=2, total=2, elapsed_s=3
+    )
     assert "best val_loss 0.3000 (trial_b)" in text.splitlines()[0]
     assert text.splitlines()[3].endswith("0.3000 *")
 
@@ -97,8 +122,16 @@ def test_min_mode_marks_the_lowest_loss():
 def test_a_long_search_shows_running_and_best_trials_only():
     rows = [TrialRow(f"trial_{i:04d}", "DONE", 2, {}, i / 100, i / 100) for i in range(40)]
     rows.append(TrialRow("trial_run1", "RUNNING", 1, {}, 0.1, 0.1))
-    text = format_progress(rows, name="big", metric="val_accuracy", mode="max", keys=[],
-                           epochs=2, total=50, elapsed_s=4000)
+    text = format_progress(
+        rows,
+        name="big",
+        metric="val_accuracy",
+        mode="max",
+        keys=[],
+        epochs=2,
+        total=50,
+        elapsed_s=4000,
+    )
     lines = text.splitlines()
     assert lines[0].startswith("[big] 1h06m  trials 40/50 finished")
     shown = [ln.split()[0] for ln in lines[2:-1]]
@@ -120,8 +153,15 @@ def test_status_words_and_durations():
 def test_the_callback_pickles_without_its_stream(monkeypatch):
     # Ray pickles the run config, callbacks included, into the experiment's tuner.pkl.
     monkeypatch.setenv("KTUNE_PROGRESS_INTERVAL", "7")
-    progress = SearchProgress(name="x", metric="val_accuracy", mode="max", num_samples=3,
-                              epochs=2, keys=["heads"], stream=io.StringIO())
+    progress = SearchProgress(
+        name="x",
+        metric="val_accuracy",
+        mode="max",
+        num_samples=3,
+        epochs=2,
+        keys=["heads"],
+        stream=io.StringIO(),
+    )
     assert progress.interval_s == 7.0
     copy = pickle.loads(pickle.dumps(progress))
     assert copy._stream is None and copy.keys == ["heads"] and copy.total == 3
@@ -140,10 +180,12 @@ def test_a_real_search_prints_the_compact_table(tmp_path_factory, ray_session):
     assert len(headers) >= 2
     assert "trials 4/4 finished" in lines[headers[-1]]
     # the fullest table lists every trial with the hyperparameters it drew
-    table_at = max(headers, key=lambda i: sum(
-        1 for ln in lines[i + 2:i + 6] if ln.strip().startswith("trial_")))
+    table_at = max(
+        headers,
+        key=lambda i: sum(1 for ln in lines[i + 2 : i + 6] if ln.strip().startswith("trial_")),
+    )
     assert lines[table_at + 1].split()[:4] == ["trial", "status", "epoch", "embed_dim"]
-    body = {ln.split()[0]: ln.split() for ln in lines[table_at + 2:table_at + 6]}
+    body = {ln.split()[0]: ln.split() for ln in lines[table_at + 2 : table_at + 6]}
     assert sorted(body) == trials
     import json
 
@@ -157,8 +199,9 @@ def test_a_real_search_prints_the_compact_table(tmp_path_factory, ray_session):
     for trial in trials:
         epochs = int(results[trial]["epochs"])
         how = "done" if epochs == 2 else "stopped early (ASHA)"
-        assert any(f"{trial} {how} after epoch {epochs}: best val_accuracy" in ln
-                   for ln in lines), trial
+        assert any(
+            f"{trial} {how} after epoch {epochs}: best val_accuracy" in ln for ln in lines
+        ), trial
     best = json.loads((exp_dir / "best.json").read_text())
     assert f"({best['trial']})" in lines[headers[-1]]
 

@@ -14,11 +14,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from test_progress import small_search
 
 from ktune.cli import main
 from ktune.report import PLOTS, load_experiment, read_history
-
-from test_progress import small_search
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOT_FILES = [f"report-{suffix}.png" for suffix, _, _ in PLOTS.values()]
@@ -135,14 +134,17 @@ def test_the_report_reads_every_epoch_and_the_study(experiment):
         assert t.epochs == int(results[t.trial]["epochs"])
         assert t.status == ("DONE" if t.epochs == 2 else "STOPPED")
         assert t.best("val_accuracy", "max")[1] == pytest.approx(
-            float(results[t.trial]["val_accuracy"]))
+            float(results[t.trial]["val_accuracy"])
+        )
     assert record.keys[:2] == ["embed_dim", "heads"]
     from ktune.report import build_study, param_importances
 
     study = build_study(record)
     assert len(study.trials) == 4
-    assert all("heads" in t.params and not any(k.startswith("heads_for") for k in t.params)
-               for t in study.trials)
+    assert all(
+        "heads" in t.params and not any(k.startswith("heads_for") for k in t.params)
+        for t in study.trials
+    )
     importances, why = param_importances(study, record.keys)
     assert importances and not why
     assert sum(importances.values()) == pytest.approx(1.0)
@@ -175,8 +177,7 @@ def test_a_restored_trial_with_a_rewritten_result_json(experiment, tmp_path):
         f.write("0.5,0.6,")
     after = read_history(copy)
     assert [r["epoch"] for r in after] == [r["epoch"] for r in before]
-    assert [r["val_accuracy"] for r in after] == pytest.approx(
-        [r["val_accuracy"] for r in before])
+    assert [r["val_accuracy"] for r in after] == pytest.approx([r["val_accuracy"] for r in before])
     assert isinstance(after[-1]["config"], dict)  # the JSON row wins where both have it
 
 
@@ -185,8 +186,9 @@ def running_copy(experiment, tmp_path) -> Path:
     """The small search as if it were still running: no best.json or results.csv yet, and
     one finished trial cut back to its first epoch and RUNNING in Ray's snapshot."""
     copy = tmp_path / "tiny-running"
-    shutil.copytree(experiment, copy,
-                    ignore=shutil.ignore_patterns("checkpoint_*", "report*", "export"))
+    shutil.copytree(
+        experiment, copy, ignore=shutil.ignore_patterns("checkpoint_*", "report*", "export")
+    )
     for name in ("best.json", "results.csv"):
         (copy / name).unlink()
     trial = max(copy.glob("trial_*"), key=lambda p: len(read_history(p)))
@@ -247,9 +249,18 @@ def test_the_report_renders_in_headless_chromium(report, tmp_path):
     html_path, _ = report
     shot = tmp_path / "report.png"
     done = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-         "--window-size=1280,4000", html_path.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1280,4000",
+            html_path.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shot.is_file(), done.stderr[-2000:]
     from PIL import Image
@@ -263,10 +274,19 @@ def test_the_report_renders_in_headless_chromium(report, tmp_path):
 def test_a_new_experiment_without_trials_reports(tmp_path, capsys):
     d = tmp_path / "fresh"
     d.mkdir()
-    (d / "ktune.json").write_text(json.dumps({
-        "name": "fresh", "family": "transformer", "metric": "val_accuracy", "mode": "max",
-        "num_samples": 3, "training": {"epochs": 2}, "class_names": ["a", "b"],
-    }))
+    (d / "ktune.json").write_text(
+        json.dumps(
+            {
+                "name": "fresh",
+                "family": "transformer",
+                "metric": "val_accuracy",
+                "mode": "max",
+                "num_samples": 3,
+                "training": {"epochs": 2},
+                "class_names": ["a", "b"],
+            }
+        )
+    )
     assert main(["report", str(d)]) == 0
     out = capsys.readouterr().out
     assert "0/3 trials finished" in out and "no trial has reported an epoch yet" in out

@@ -18,8 +18,14 @@ from conftest import REPO, subprocess_env, tiny_experiment
 
 
 def ktune_cli(*args: str, env: dict | None = None, timeout: int = 600):
-    return subprocess.run([sys.executable, "-m", "ktune", *args], capture_output=True,
-                          text=True, env=env or subprocess_env(), cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ktune", *args],
+        capture_output=True,
+        text=True,
+        env=env or subprocess_env(),
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 def epochs_by_trial(exp_dir: Path) -> dict[str, list[dict]]:
@@ -36,7 +42,8 @@ def last_checkpoints(exp_dir: Path) -> dict[str, int]:
     """trial -> index of its newest checkpoint on disk (epoch - 1)."""
     return {
         t.name: max(int(c.name.split("_")[1]) for c in t.glob("checkpoint_*"))
-        for t in exp_dir.glob("trial_*") if any(t.glob("checkpoint_*/ckpt.index"))
+        for t in exp_dir.glob("trial_*")
+        if any(t.glob("checkpoint_*/ckpt.index"))
     }
 
 
@@ -49,8 +56,11 @@ def in_ray_snapshot(exp_dir: Path) -> set[str]:
         text = snaps[-1].read_text()
     except OSError:
         return set()
-    return {t.name for t in exp_dir.glob("trial_*")
-            if f'\\"trial_id\\": \\"{t.name[len("trial_"):]}\\"' in text}
+    return {
+        t.name
+        for t in exp_dir.glob("trial_*")
+        if f'\\"trial_id\\": \\"{t.name[len("trial_") :]}\\"' in text
+    }
 
 
 def kill_ray_under(temp_dir: str) -> None:
@@ -97,9 +107,14 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path):
     # snapshot is unknown to a restore and starts afresh (README: Resuming). A 2 s period
     # (Ray's own knob) lets the kill below land on a trial the snapshot knows.
     env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
-    run = subprocess.Popen([sys.executable, "-m", "ktune", "run", str(exp)], cwd=REPO, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ktune", "run", str(exp)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     # Kill once one trial has finished and the next one is part-way through.
     deadline, before = time.time() + 420, {}
     while time.time() < deadline:
@@ -164,4 +179,8 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path):
     (tmp_path / "empty").mkdir()
     empty = ktune_cli("resume", str(tmp_path / "empty"), timeout=120)
     assert empty.returncode == 2
-    assert empty.stderr.strip().splitlines()[-1].endswith("not a ktune experiment directory (no ktune.json)")
+    assert (
+        empty.stderr.strip()
+        .splitlines()[-1]
+        .endswith("not a ktune experiment directory (no ktune.json)")
+    )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import pickle
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
 import optuna
 import pytest
 from optuna.samplers import TPESampler
 
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
 from ktune.errors import ConfigError
 from ktune.search_spaces import SPACES, Choice, Fixed, Range, get_space, parse_spec
 from ktune.search_spaces.transformer import DEFAULT_SPACE, TransformerSpace, heads_choices
@@ -21,7 +21,7 @@ def draw(space_fn, n: int, seed: int = 0) -> list[dict]:
     """Runs ``n`` trials of a TPE study over a define-by-run function; returns the configs."""
     study = optuna.create_study(direction="maximize", sampler=TPESampler(seed=seed))
     configs = []
-    for i in range(n):
+    for _ in range(n):
         trial = study.ask()
         config = space_fn(trial)
         configs.append(config)

@@ -27,13 +27,18 @@ from ktune.errors import ConfigError, ExperimentError
 from conftest import REPO, reload_in_fresh_process, subprocess_env, tiny_experiment
 
 os.environ.update(
-    AWS_ACCESS_KEY_ID="ktune-test", AWS_SECRET_ACCESS_KEY="ktune-test",
-    AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+    AWS_ACCESS_KEY_ID="ktune-test",
+    AWS_SECRET_ACCESS_KEY="ktune-test",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
 )
 
 CLASSES = ("World", "Sports", "Business", "Sci/Tech")
-TEXTS = ["Striker scores twice as the league leaders win the cup final",
-         "Shares fell after the bank cut its profit forecast", ""]
+TEXTS = [
+    "Striker scores twice as the league leaders win the cup final",
+    "Shares fell after the bank cut its profit forecast",
+    "",
+]
 
 
 def _free_port() -> int:
@@ -85,8 +90,14 @@ def _get(s3, bucket: str, key: str) -> bytes:
 
 
 def ktune_cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ktune", *args], capture_output=True, text=True,
-                          env=subprocess_env(), cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ktune", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 # --- the storage value: parsing and error lines (no network, no Ray) ------------------------
@@ -201,8 +212,11 @@ def test_an_unreachable_bucket_is_one_line_naming_storage(s3, tmp_path):
     from ktune.experiment import check_targets
 
     _, endpoint = s3
-    cfg = parse_config(tiny_experiment(
-        tmp_path, storage=f"s3://no-such-bucket/p?endpoint_override={endpoint}&scheme=http"))
+    cfg = parse_config(
+        tiny_experiment(
+            tmp_path, storage=f"s3://no-such-bucket/p?endpoint_override={endpoint}&scheme=http"
+        )
+    )
     with pytest.raises(ExperimentError, match=r"^storage: .*no-such-bucket"):
         check_targets(cfg)
 
@@ -211,8 +225,12 @@ def test_an_unreachable_export_bucket_is_one_line_naming_export_dir(s3, tmp_path
     from ktune.experiment import check_targets
 
     _, endpoint = s3
-    cfg = parse_config(tiny_experiment(
-        tmp_path, export={"dir": f"s3://no-such-bucket/e?endpoint_override={endpoint}&scheme=http"}))
+    cfg = parse_config(
+        tiny_experiment(
+            tmp_path,
+            export={"dir": f"s3://no-such-bucket/e?endpoint_override={endpoint}&scheme=http"},
+        )
+    )
     with pytest.raises(ExperimentError, match=r"^export\.dir: .*no-such-bucket"):
         check_targets(cfg)
 
@@ -242,8 +260,10 @@ def test_a_failed_upload_never_leaves_or_replaces_an_export(s3, tmp_path):
     (good / "variables" / "variables.index").write_bytes(b"old")
     _publish(good, target, force=False)
     before = _objects(s3, "publish")
-    assert set(before) == {"runs/exp/export/saved_model.pb",
-                           "runs/exp/export/variables/variables.index"}
+    assert set(before) == {
+        "runs/exp/export/saved_model.pb",
+        "runs/exp/export/variables/variables.index",
+    }
     with pytest.raises(ExperimentError, match="cannot upload"):
         _publish(_unreadable_export(tmp_path / "bad2"), target, force=True)
     assert _objects(s3, "publish") == before  # the old export untouched, no temp left
@@ -288,16 +308,25 @@ def test_the_remote_experiment_looks_like_a_local_one(remote_run, s3):
     cfg, best, _, _ = remote_run
     keys = _objects(s3, "ktune", "runs/tiny/")
     names = {k.removeprefix("runs/tiny/") for k in keys}
-    for name in ("experiment.yaml", "ktune.json", "results.csv", "best.json", "optuna.journal",
-                 "export/saved_model.pb", "export/metadata.json", "tuner.pkl"):
+    for name in (
+        "experiment.yaml",
+        "ktune.json",
+        "results.csv",
+        "best.json",
+        "optuna.journal",
+        "export/saved_model.pb",
+        "export/metadata.json",
+        "tuner.pkl",
+    ):
         assert name in names, (name, sorted(names))
     assert any(n.startswith("export/variables/") for n in names)
     trials = {n.split("/")[0] for n in names if n.startswith("trial_")}
     assert len(trials) == cfg.search.num_samples
     for trial in trials:
         assert f"{trial}/result.json" in names
-        assert any(n.startswith(f"{trial}/checkpoint_") and n.endswith("ckpt.index")
-                   for n in names), trial
+        assert any(
+            n.startswith(f"{trial}/checkpoint_") and n.endswith("ckpt.index") for n in names
+        ), trial
 
     rows = _get(s3, "ktune", "runs/tiny/results.csv").decode().strip().splitlines()
     assert len(rows) == 1 + cfg.search.num_samples
@@ -314,7 +343,8 @@ def test_the_remote_experiment_looks_like_a_local_one(remote_run, s3):
     staged = sorted(p.name for p in cfg.experiment_dir.iterdir())
     assert "export" not in staged and not any(n.startswith("trial_") for n in staged)
     assert (cfg.experiment_dir / "optuna.journal").read_bytes() == _get(
-        s3, "ktune", "runs/tiny/optuna.journal")
+        s3, "ktune", "runs/tiny/optuna.journal"
+    )
 
 
 @pytest.mark.slow
@@ -324,8 +354,12 @@ def test_the_remote_journal_holds_the_whole_study(remote_run, s3, tmp_path):
     cfg, _, _, _ = remote_run
     journal = tmp_path / "optuna.journal"
     journal.write_bytes(_get(s3, "ktune", "runs/tiny/optuna.journal"))
-    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))))
+    study = optuna.load_study(
+        study_name="tiny",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal))
+        ),
+    )
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == cfg.search.num_samples
 
@@ -350,9 +384,7 @@ def test_the_export_downloaded_from_the_bucket_predicts_raw_strings(remote_run, 
 
 
 @pytest.mark.slow
-def test_a_second_run_into_the_existing_remote_experiment_exits_2_writing_nothing(
-    remote_run, s3
-):
+def test_a_second_run_into_the_existing_remote_experiment_exits_2_writing_nothing(remote_run, s3):
     cfg, _, exp_file, tmp = remote_run
     before = _objects(s3, "ktune")
     staged = {p: p.stat().st_mtime_ns for p in cfg.experiment_dir.rglob("*")}
@@ -402,8 +434,11 @@ def test_resume_from_the_uri_on_a_machine_without_the_staging_folder(remote_run,
 
     cfg, best, _, _ = remote_run
     shutil.rmtree(cfg.experiment_dir)
-    trials_before = {k: v for k, v in _objects(s3, "ktune", "runs/tiny/").items()
-                     if "/trial_" in k and "/checkpoint_" in k}
+    trials_before = {
+        k: v
+        for k, v in _objects(s3, "ktune", "runs/tiny/").items()
+        if "/trial_" in k and "/checkpoint_" in k
+    }
     again = resume_experiment(cfg.experiment_path)
     assert again["trial"] == best["trial"]
     assert again["num_trials"] == cfg.search.num_samples
@@ -412,4 +447,3 @@ def test_resume_from_the_uri_on_a_machine_without_the_staging_folder(remote_run,
     assert remote_best["wall_time_s"] == again["wall_time_s"]  # uploaded again
     after = _objects(s3, "ktune", "runs/tiny/")
     assert {k: v for k, v in after.items() if k in trials_before} == trials_before
-

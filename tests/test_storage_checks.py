@@ -10,10 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
 import pytest
 import yaml
 
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
 from ktune import storage
 from ktune.cli import main
 from ktune.config import parse_config
@@ -29,7 +29,9 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes | None]]:
     for p in sorted(root.rglob("*")):
         st = p.lstat()
         out[str(p.relative_to(root))] = (
-            st.st_mode, st.st_mtime_ns, p.read_bytes() if p.is_file() else None
+            st.st_mode,
+            st.st_mtime_ns,
+            p.read_bytes() if p.is_file() else None,
         )
     return out
 
@@ -184,7 +186,6 @@ def test_cli_run_never_touches_an_existing_folder_of_results(tmp_path, capsys):
     assert _ray_untouched()
 
 
-
 def test_ray_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, capsys):
     """A RAY_TMPDIR too long for Ray's socket paths: one line saying what to do, exit 2,
     and no half-made experiment folder blocks the re-run (it then starts normally)."""
@@ -196,8 +197,13 @@ def test_ray_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, capsys):
     long_tmp = Path("/tmp") / ("k" * 110)
     long_tmp.mkdir(exist_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "ktune", "run", str(exp)], capture_output=True, text=True,
-        env={**subprocess_env(), "RAY_TMPDIR": str(long_tmp)}, cwd=REPO, timeout=300)
+        [sys.executable, "-m", "ktune", "run", str(exp)],
+        capture_output=True,
+        text=True,
+        env={**subprocess_env(), "RAY_TMPDIR": str(long_tmp)},
+        cwd=REPO,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ktune: error:")]
     assert len(errors) == 1 and "RAY_TMPDIR" in errors[0] and "107 bytes" in errors[0]
@@ -227,8 +233,14 @@ def test_a_cluster_that_does_not_answer_is_one_line_before_any_work(tmp_path, ho
     else:
         args += ["--address", "head-node"]
     started = time.time()
-    done = subprocess.run([sys.executable, "-m", "ktune", *args], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "ktune", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ktune: error:")]
     name = "RAY_ADDRESS" if how == "RAY_ADDRESS" else "--address"
@@ -255,13 +267,24 @@ def test_two_local_searches_at_once_each_get_their_own_ray(tmp_path):
         raw["resources"]["cpu"] = 1
         exp = tmp_path / f"{name}.yaml"
         exp.write_text(yaml.safe_dump(raw))
-        runs.append(subprocess.Popen(
-            [sys.executable, "-m", "ktune", "run", str(exp)], cwd=REPO, env=subprocess_env(),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        runs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ktune", "run", str(exp)],
+                cwd=REPO,
+                env=subprocess_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    urls = [ln.split("Ray dashboard: ")[1].strip() for out in outputs
-            for ln in out.splitlines() if "Ray dashboard: " in ln]
+    urls = [
+        ln.split("Ray dashboard: ")[1].strip()
+        for out in outputs
+        for ln in out.splitlines()
+        if "Ray dashboard: " in ln
+    ]
     assert len(urls) == 2 and urls[0] != urls[1]
     for out in outputs:
         assert "Traceback" not in out and "failed to start" not in out

@@ -39,8 +39,11 @@ def hub_experiment(tmp_path: Path, hub: Path, **space) -> dict:
     raw["name"] = "tiny_hub"
     raw["model"] = {"preprocess": str(hub / "preprocess"), "encoder": str(hub / TEMPLATE)}
     raw["search"]["space"] = {
-        "embed_dim": [32, 64], "layers": [2], "head_size": 16,
-        "learning_rate": {"low": 1e-3, "high": 3e-3, "log": True}, "trainable": [True],
+        "embed_dim": [32, 64],
+        "layers": [2],
+        "head_size": 16,
+        "learning_rate": {"low": 1e-3, "high": 3e-3, "log": True},
+        "trainable": [True],
         **space,
     }
     raw["data"] = {"source": "builtin", "train_size": 600, "test_size": 60, "seed": 1}
@@ -65,11 +68,17 @@ def test_size_mapping_to_handles():
 
 def test_size_config_errors():
     with pytest.raises(ConfigError, match=r"search\.space\.embed_dim.*head_size"):
-        parse_config({"name": "x", "family": "tfhub_bert",
-                      "search": {"space": {"embed_dim": [100]}}})
+        parse_config(
+            {"name": "x", "family": "tfhub_bert", "search": {"space": {"embed_dim": [100]}}}
+        )
     with pytest.raises(ConfigError, match=r"model\.encoder.*placeholders"):
-        parse_config({"name": "x", "family": "tfhub_bert",
-                      "model": {"encoder": "https://tfhub.dev/x/bert/1"}})
+        parse_config(
+            {
+                "name": "x",
+                "family": "tfhub_bert",
+                "model": {"encoder": "https://tfhub.dev/x/bert/1"},
+            }
+        )
     with pytest.raises(ConfigError, match=r"model\.encoderr: unknown key.*'encoder'"):
         parse_config({"name": "x", "family": "tfhub_bert", "model": {"encoderr": "x"}})
 
@@ -105,7 +114,11 @@ def test_missing_handle_is_one_clear_line(tiny_hub, tmp_path):
         exp.write_text(yaml.safe_dump(raw))
         done = subprocess.run(
             [sys.executable, "-m", "ktune", "run", str(exp), "--storage", str(tmp_path / "r")],
-            capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300,
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            cwd=REPO,
+            timeout=300,
         )
         assert done.returncode == 2, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
@@ -143,8 +156,13 @@ def test_lesson_handles_load_from_tf_hub(tmp_path):
     """The lesson's real handles (needs TF Hub access): preprocess + L-4_H-128_A-2 encoder."""
     from ktune.trainables import get_family
 
-    cfg = parse_config({"name": "x", "family": "tfhub_bert",
-                        "search": {"space": {"embed_dim": [128], "layers": [4]}}})
+    cfg = parse_config(
+        {
+            "name": "x",
+            "family": "tfhub_bert",
+            "search": {"space": {"embed_dim": [128], "layers": [4]}},
+        }
+    )
     family = get_family("tfhub_bert")
     family.check_model(cfg.model, cfg.search.space)
     artefacts = {"preprocess": cfg.model["preprocess"], "encoder": cfg.model["encoder"]}

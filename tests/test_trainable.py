@@ -46,7 +46,8 @@ def test_checkpoint_restores_model_optimizer_and_epoch(tmp_path, seeded):
     for a, b in zip(opt.variables, opt2.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_array_equal(
-        model.predict(prepared.val_inputs, verbose=0), model2.predict(prepared.val_inputs, verbose=0)
+        model.predict(prepared.val_inputs, verbose=0),
+        model2.predict(prepared.val_inputs, verbose=0),
     )
 
 

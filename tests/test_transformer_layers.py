@@ -46,10 +46,13 @@ def test_block_ignores_masked_positions(seeded):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("layer", [
-    TokenAndPositionEmbedding(maxlen=7, vocab_size=50, embed_dim=12),
-    TransformerBlock(embed_dim=12, num_heads=3, ff_dim=10, rate=0.2),
-])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        TokenAndPositionEmbedding(maxlen=7, vocab_size=50, embed_dim=12),
+        TransformerBlock(embed_dim=12, num_heads=3, ff_dim=10, rate=0.2),
+    ],
+)
 def test_layer_config_round_trip(layer):
     config = layer.get_config()
     clone = type(layer).from_config(config)

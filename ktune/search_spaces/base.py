@@ -18,8 +18,19 @@ from typing import Any, Callable, Mapping
 from ktune.errors import ConfigError
 
 __all__ = [
-    "Choice", "Range", "Fixed", "Spec", "FamilySpace", "DefineByRun", "parse_spec", "candidates",
-    "searched_keys", "tpe_startup_trials", "TRIAL_DEFAULTS", "MUTABLE_KEYS", "tune_domain",
+    "Choice",
+    "Range",
+    "Fixed",
+    "Spec",
+    "FamilySpace",
+    "DefineByRun",
+    "parse_spec",
+    "candidates",
+    "searched_keys",
+    "tpe_startup_trials",
+    "TRIAL_DEFAULTS",
+    "MUTABLE_KEYS",
+    "tune_domain",
 ]
 
 _SCALAR = (bool, int, float, str)
@@ -195,9 +206,7 @@ class FamilySpace:
                 known = ", ".join(allowed) or "none"
                 close = difflib.get_close_matches(str(name), allowed, n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"known keys: {known}"
-                raise ConfigError(
-                    f"{key}.{name}: unknown key for family '{self.family}'; {hint}"
-                )
+                raise ConfigError(f"{key}.{name}: unknown key for family '{self.family}'; {hint}")
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{key}.{name}: must be a non-empty string, got {value!r}")
         return {**self.model_defaults, **raw}
@@ -333,8 +342,11 @@ def tune_domain(spec: Spec) -> Any:
         return spec.low
     if spec.integer:  # Tune's integer upper bounds are exclusive
         upper = int(spec.high) + 1
-        return tune.lograndint(int(spec.low), upper) if spec.log else tune.randint(
-            int(spec.low), upper)
+        return (
+            tune.lograndint(int(spec.low), upper)
+            if spec.log
+            else tune.randint(int(spec.low), upper)
+        )
     if spec.log:
         return tune.loguniform(float(spec.low), float(spec.high))
     return tune.uniform(float(spec.low), float(spec.high))
@@ -343,7 +355,8 @@ def tune_domain(spec: Spec) -> Any:
 def searched_keys(space: Mapping[str, Spec]) -> list[str]:
     """The hyperparameters a space actually varies, ``heads`` right after ``embed_dim``."""
     keys = [
-        name for name, spec in space.items()
+        name
+        for name, spec in space.items()
         if not (candidates(spec) is not None and len(set(candidates(spec))) == 1)
     ]
     if "embed_dim" in keys:

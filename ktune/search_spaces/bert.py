@@ -100,8 +100,9 @@ class BertSizeSpace(FamilySpace):
     def check_combination(self, config: dict, key: str) -> None:
         if "head_size" not in config:  # given heads fix it; else the BERT miniatures' 64
             given = config.get("heads")
-            config["head_size"] = (config["embed_dim"] // given
-                                   if given and config["embed_dim"] % given == 0 else 64)
+            config["head_size"] = (
+                config["embed_dim"] // given if given and config["embed_dim"] % given == 0 else 64
+            )
         heads, rest = divmod(config["embed_dim"], config["head_size"])
         if rest:
             raise ConfigError(

@@ -37,8 +37,11 @@ class CustomModelSpace(FamilySpace):
             raise ConfigError(f"{key}: must be a mapping of hyperparameters, got {config!r}")
         if "learning_rate" not in config:
             raise ConfigError(f"{key}.learning_rate: required (the peak rate of ktune's AdamW)")
-        out = {"warmup": TRIAL_DEFAULTS["warmup"], "weight_decay": TRIAL_DEFAULTS["weight_decay"],
-               **config}
+        out = {
+            "warmup": TRIAL_DEFAULTS["warmup"],
+            "weight_decay": TRIAL_DEFAULTS["weight_decay"],
+            **config,
+        }
         for name, rule in self.rules.items():
             problem = rule(out[name])
             if problem:

@@ -81,7 +81,6 @@ class TransformerSpace(FamilySpace):
                 config[name] = suggest(trial, name, spec)
         return config
 
-
     # model.build: module:function, the user's own Keras model on this family's data.
     optional_model_keys = ("build",)
     required = ("embed_dim", "heads", "ff_dim", "learning_rate")
@@ -123,11 +122,12 @@ class DivisorHeads:
         embed_dim = int(spec.config["embed_dim"])
         valid = [h for h in self.choices if embed_dim % h == 0]
         if not valid:
-            raise ConfigError(f"heads: no choice in {list(self.choices)} divides embed_dim {embed_dim}")
+            raise ConfigError(
+                f"heads: no choice in {list(self.choices)} divides embed_dim {embed_dim}"
+            )
         return random.choice(valid)
 
 
 def heads_choices(space: Mapping[str, Spec], embed_dim: int) -> list[int]:
     """The heads values a trial with ``embed_dim`` can draw (for tests and docs)."""
     return [h for h in candidates(space["heads"]) if embed_dim % h == 0]
-

@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.config import TrainingConfig
 from ktune.data import TextDataset
 from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, restore
@@ -75,7 +75,7 @@ class Family(ABC):
     name: str
     space: FamilySpace
 
-    def check_model(self, model: Mapping[str, Any], space: Mapping[str, Any]) -> None:
+    def check_model(self, model: Mapping[str, Any], space: Mapping[str, Any]) -> None:  # noqa: B027
         """Called in the driver before anything else: every model the search space can
         draw must be loadable, else one ConfigError naming the ``model.*`` key."""
 
@@ -92,7 +92,10 @@ class Family(ABC):
 
     @abstractmethod
     def build_model(
-        self, config: Mapping[str, Any], artefacts: Mapping, num_classes: int,
+        self,
+        config: Mapping[str, Any],
+        artefacts: Mapping,
+        num_classes: int,
         training: TrainingConfig,
     ) -> keras.Model:
         """Called in each trial (and at export): a model from inputs to class probabilities."""
@@ -310,8 +313,7 @@ def _unreported(checkpoint) -> int | None:
     from ktune.ray_state import UNREPORTED_FILE
 
     try:
-        with checkpoint.filesystem.open_input_stream(
-                f"{checkpoint.path}/{UNREPORTED_FILE}") as f:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{UNREPORTED_FILE}") as f:
             return int(json.loads(f.read())["reported_epoch"] or 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -333,8 +335,12 @@ def _read_info(checkpoint) -> dict | None:
             metrics = json.loads(f.read())
     except (OSError, ValueError):
         return None
-    return {"run": info.get("run"), "parent": info.get("parent"), "epoch": metrics.get("epoch"),
-            "metrics": metrics}
+    return {
+        "run": info.get("run"),
+        "parent": info.get("parent"),
+        "epoch": metrics.get("epoch"),
+        "metrics": metrics,
+    }
 
 
 def _continuations(origin: dict | None, stored: list) -> list:
@@ -352,8 +358,10 @@ def _continuations(origin: dict | None, stored: list) -> list:
                 continue
             parent = info.get("parent")
             continues = (info["run"] in runs and info["epoch"] > start_epoch) or (
-                parent is None if origin is None else
-                parent is not None and (parent.get("run"), parent.get("epoch")) in links)
+                parent is None
+                if origin is None
+                else parent is not None and (parent.get("run"), parent.get("epoch")) in links
+            )
             if continues and info["epoch"] > start_epoch:
                 valid[id(checkpoint)] = (checkpoint, info)
                 runs.add(info["run"])
@@ -378,11 +386,13 @@ def stored_checkpoints() -> list:
     fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
     infos = fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
     folders = sorted(
-        i.path for i in infos
+        i.path
+        for i in infos
         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
     )
     return [  # a folder without the index file was cut off mid-write
-        tune.Checkpoint(folder, filesystem=fs) for folder in folders
+        tune.Checkpoint(folder, filesystem=fs)
+        for folder in folders
         if fs.get_file_info(f"{folder}/{CHECKPOINT_PREFIX}.index").type == pafs.FileType.File
     ]
 
@@ -410,10 +420,13 @@ def report_missed_epochs(missed: list) -> None:
     from ktune.ray_state import UNREPORTED_FILE
 
     for checkpoint, info in missed:
-        with checkpoint.as_directory() as d, tempfile.TemporaryDirectory(
-                prefix="ktune-ckpt-") as copy:
-            shutil.copytree(d, copy, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns(UNREPORTED_FILE))
+        with (
+            checkpoint.as_directory() as d,
+            tempfile.TemporaryDirectory(prefix="ktune-ckpt-") as copy,
+        ):
+            shutil.copytree(
+                d, copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns(UNREPORTED_FILE)
+            )
             tune.report(dict(info["metrics"]), checkpoint=tune.Checkpoint.from_directory(copy))
 
 

@@ -49,7 +49,10 @@ class CustomModelFamily(TransformerFamily):
         self._build = build_model
 
     def build_model(
-        self, config: Mapping[str, Any], artefacts: Mapping, num_classes: int,
+        self,
+        config: Mapping[str, Any],
+        artefacts: Mapping,
+        num_classes: int,
         training: TrainingConfig,
     ) -> keras.Model:
         info = ModelInfo(num_classes, len(artefacts["vocabulary"]), training.maxlen)
@@ -62,7 +65,9 @@ class CustomModelFamily(TransformerFamily):
         return model
 
 
-def import_build_model(reference: str, key: str = "model.build", base_dir: str | Path = ".") -> Callable:
+def import_build_model(
+    reference: str, key: str = "model.build", base_dir: str | Path = "."
+) -> Callable:
     """``module:function`` -> the function; one ConfigError naming ``key`` when it fails.
 
     The module is looked up on ``sys.path`` and then in ``base_dir`` (the experiment
@@ -78,7 +83,9 @@ def import_build_model(reference: str, key: str = "model.build", base_dir: str |
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # the user's module: any error in it is theirs
-        raise ConfigError(f"{key}: cannot import {module_name!r}: {type(e).__name__}: {e}") from None
+        raise ConfigError(
+            f"{key}: cannot import {module_name!r}: {type(e).__name__}: {e}"
+        ) from None
     finally:
         if added:
             sys.path.remove(base)

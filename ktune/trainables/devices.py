@@ -50,14 +50,16 @@ def plan_devices(
     threads = max(1, int(math.floor(cpu)))
     inter = min(2, threads)
     if gpu == 0 or visible_gpus == 0:
-        return DevicePlan(threads, inter, hide_gpus=gpu == 0, memory_growth=False,
-                          memory_limit_mb=None)
+        return DevicePlan(
+            threads, inter, hide_gpus=gpu == 0, memory_growth=False, memory_limit_mb=None
+        )
     limit = memory_limit_mb
     if limit is None and gpu < 1 and total_memory_mb:
         limit = int(total_memory_mb * gpu)
     # TensorFlow refuses memory growth on a device with a memory limit: one or the other.
-    return DevicePlan(threads, inter, hide_gpus=False, memory_growth=limit is None,
-                      memory_limit_mb=limit)
+    return DevicePlan(
+        threads, inter, hide_gpus=False, memory_growth=limit is None, memory_limit_mb=limit
+    )
 
 
 def gpu_total_memory_mb() -> int | None:
@@ -67,7 +69,10 @@ def gpu_total_memory_mb() -> int | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
         return int(out.strip().splitlines()[0])
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):
@@ -98,7 +103,8 @@ def apply_device_plan(plan: DevicePlan) -> bool:
         for device in [] if plan.hide_gpus else gpus:
             if plan.memory_limit_mb is not None:
                 tf.config.set_logical_device_configuration(
-                    device, [tf.config.LogicalDeviceConfiguration(memory_limit=plan.memory_limit_mb)]
+                    device,
+                    [tf.config.LogicalDeviceConfiguration(memory_limit=plan.memory_limit_mb)],
                 )
             elif plan.memory_growth:
                 tf.config.experimental.set_memory_growth(device, True)
@@ -115,7 +121,9 @@ def configure_devices(cpu: float, gpu: float, memory_limit_mb: int | None = None
 
     visible = len(tf.config.list_physical_devices("GPU"))
     plan = plan_devices(
-        cpu, gpu, visible_gpus=visible,
+        cpu,
+        gpu,
+        visible_gpus=visible,
         total_memory_mb=gpu_total_memory_mb() if visible and 0 < gpu < 1 else None,
         memory_limit_mb=memory_limit_mb,
     )

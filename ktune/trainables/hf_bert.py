@@ -41,12 +41,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras as keras
 from tokenizers import Tokenizer
+
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "TensorFlow classes are deprecated" (they stay in 4.x)
@@ -154,9 +155,7 @@ def _load(load: Callable[..., Any], name: str, *, key: str, what: str, **kwargs:
     try:
         if _is_local(name):
             if not os.path.isdir(name):
-                raise ConfigError(
-                    f"{key}: {what} directory not found: {name}; {_ADVICE}"
-                )
+                raise ConfigError(f"{key}: {what} directory not found: {name}; {_ADVICE}")
             return load(name, **kwargs)
         try:
             return load(name, local_files_only=True, **kwargs)
@@ -189,7 +188,10 @@ def load_tokenizer(name: str, key: str = "model.tokenizer") -> BertTokenizerFast
     """
     name = ALIASES.get(name, name)
     tokenizer = _load(
-        BertTokenizerFast.from_pretrained, name, key=key, what="tokenizer",
+        BertTokenizerFast.from_pretrained,
+        name,
+        key=key,
+        what="tokenizer",
         split_special_tokens=True,
     )
     _normalization(tokenizer, name, key)  # refuses what the in-graph tokenizer cannot mirror
@@ -216,8 +218,10 @@ def _normalization(tokenizer: BertTokenizerFast, name: str, key: str) -> dict:
     state = _tokenizer_state(tokenizer)
     norm, model = state.get("normalizer") or {}, state.get("model") or {}
     pre = (state.get("pre_tokenizer") or {}).get("type")
-    if norm.get("type") != "BertNormalizer" or model.get("type") != "WordPiece" or (
-        pre != "BertPreTokenizer"
+    if (
+        norm.get("type") != "BertNormalizer"
+        or model.get("type") != "WordPiece"
+        or (pre != "BertPreTokenizer")
     ):
         raise ConfigError(
             f"{key}: '{name}' is not a BERT WordPiece tokenizer (normalizer "
@@ -259,8 +263,11 @@ def _check_local_template(template: str) -> None:
     if has_size_placeholders(parent):
         return  # check_models looks at every size
     pattern = re.compile(
-        "".join(r"\d+" if part in ("{L}", "{H}", "{A}") else re.escape(part)
-                for part in re.split(r"(\{[LHA]\})", base)) + r"\Z"
+        "".join(
+            r"\d+" if part in ("{L}", "{H}", "{A}") else re.escape(part)
+            for part in re.split(r"(\{[LHA]\})", base)
+        )
+        + r"\Z"
     )
     found = os.path.isdir(parent) and any(pattern.match(n) for n in os.listdir(parent))
     if not found:
@@ -353,7 +360,9 @@ def encode_texts(
     backend.no_truncation()
     backend.enable_truncation(maxlen)
     backend.enable_padding(
-        length=maxlen, pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
+        length=maxlen,
+        pad_id=tokenizer.pad_token_id,
+        pad_token=tokenizer.pad_token,
         pad_type_id=tokenizer.pad_token_type_id,
     )
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets
@@ -412,8 +421,13 @@ def tokenize_splits(
     """
     key = hashlib.sha256(
         "\0".join(
-            [_CACHE_VERSION, tokenizer_name, tokenizer_digest(tokenizer), str(maxlen),
-             data.fingerprint()]
+            [
+                _CACHE_VERSION,
+                tokenizer_name,
+                tokenizer_digest(tokenizer),
+                str(maxlen),
+                data.fingerprint(),
+            ]
         ).encode("utf-8")
     ).hexdigest()[:32]
     path = token_cache_dir() / f"{key}.npz"
@@ -590,7 +604,9 @@ class HfBertFamily(Family):
         log.info(
             "tokens: %s %d texts to %d ids each (%s)",
             "loaded" if hit else "encoded and cached",
-            len(data.train_texts) + len(data.val_texts), training.maxlen, path,
+            len(data.train_texts) + len(data.val_texts),
+            training.maxlen,
+            path,
         )
         return Prepared(
             train_inputs=train,
@@ -605,7 +621,10 @@ class HfBertFamily(Family):
         )
 
     def build_model(
-        self, config: Mapping[str, Any], artefacts: Mapping, num_classes: int,
+        self,
+        config: Mapping[str, Any],
+        artefacts: Mapping,
+        num_classes: int,
         training: TrainingConfig,
     ) -> keras.Model:
         name = model_name(

@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.config import TrainingConfig
 from ktune.data import TextDataset, builtin_words
 from ktune.errors import ConfigError
@@ -127,8 +127,10 @@ class TfhubBertFamily(Family):
         def ids(texts: np.ndarray) -> dict:
             batches = tf.data.Dataset.from_tensor_slices(list(texts)).batch(2048)
             parts = [encode(b) for b in batches]
-            return {k: np.concatenate([p[k].numpy() for p in parts]).astype(np.int32)
-                    for k in INPUT_NAMES}
+            return {
+                k: np.concatenate([p[k].numpy() for p in parts]).astype(np.int32)
+                for k in INPUT_NAMES
+            }
 
         return Prepared(
             train_inputs=ids(data.train_texts),
@@ -138,7 +140,10 @@ class TfhubBertFamily(Family):
         )
 
     def build_model(
-        self, config: Mapping[str, Any], artefacts: Mapping, num_classes: int,
+        self,
+        config: Mapping[str, Any],
+        artefacts: Mapping,
+        num_classes: int,
         training: TrainingConfig,
     ) -> keras.Model:
         hub = _hub()
@@ -147,8 +152,9 @@ class TfhubBertFamily(Family):
             for name in INPUT_NAMES
         }
         handle = _local_or_url(encoder_handle(artefacts["encoder"], config))
-        encoder = hub.KerasLayer(handle, trainable=bool(config.get("trainable", False)),
-                                 name="encoder")
+        encoder = hub.KerasLayer(
+            handle, trainable=bool(config.get("trainable", False)), name="encoder"
+        )
         pooled = encoder(inputs)["pooled_output"]
         x = keras.layers.Dropout(float(config.get("dropout", 0.1)))(pooled)
         # float32 even under mixed precision: softmax and the loss need the range.
@@ -187,14 +193,20 @@ def make_tiny_bert(
     vocab_file = out / "vocab.txt"
     vocab_file.write_text("\n".join(tokens) + "\n")
     export_tfhub_lib.export_preprocessing(
-        str(out / "preprocess"), vocab_file=str(vocab_file), do_lower_case=True,
-        tokenize_with_offsets=False, default_seq_length=128,
+        str(out / "preprocess"),
+        vocab_file=str(vocab_file),
+        do_lower_case=True,
+        tokenize_with_offsets=False,
+        default_seq_length=128,
     )
     yield f"preprocess: {out / 'preprocess'}"
     for layers, hidden, heads in sizes:
         bert_config = configs.BertConfig(
-            vocab_size=len(tokens), hidden_size=hidden, num_hidden_layers=layers,
-            num_attention_heads=heads, intermediate_size=2 * hidden,
+            vocab_size=len(tokens),
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden,
             max_position_embeddings=512,
         )
         encoder = export_tfhub_lib.get_bert_encoder(bert_config)
@@ -202,8 +214,12 @@ def make_tiny_bert(
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = tf.train.Checkpoint(encoder=encoder).save(str(Path(tmp) / "ckpt"))
             export_tfhub_lib.export_model(
-                str(target), bert_config=bert_config, model_checkpoint_path=ckpt,
-                with_mlm=False, vocab_file=str(vocab_file), do_lower_case=True,
+                str(target),
+                bert_config=bert_config,
+                model_checkpoint_path=ckpt,
+                with_mlm=False,
+                vocab_file=str(vocab_file),
+                do_lower_case=True,
             )
         yield f"encoder: {target}"
     yield f"model.preprocess: {out / 'preprocess'}"

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.config import TrainingConfig
 from ktune.data import TextDataset
 from ktune.search_spaces.transformer import TransformerSpace
@@ -107,8 +107,15 @@ class TransformerBlock(keras.layers.Layer):
 
 
 def build_classifier(
-    *, maxlen: int, vocab_size: int, embed_dim: int, heads: int, ff_dim: int,
-    num_classes: int, num_blocks: int = 1, dropout: float = 0.1,
+    *,
+    maxlen: int,
+    vocab_size: int,
+    embed_dim: int,
+    heads: int,
+    ff_dim: int,
+    num_classes: int,
+    num_blocks: int = 1,
+    dropout: float = 0.1,
 ) -> keras.Model:
     """The lesson's classifier over token ids of shape ``(batch, maxlen)``."""
     inputs = keras.Input(shape=(maxlen,), dtype="int32", name="token_ids")
@@ -159,7 +166,10 @@ class TransformerFamily(Family):
         )
 
     def build_model(
-        self, config: Mapping[str, Any], artefacts: Mapping, num_classes: int,
+        self,
+        config: Mapping[str, Any],
+        artefacts: Mapping,
+        num_classes: int,
         training: TrainingConfig,
     ) -> keras.Model:
         return build_classifier(
