@@ -104,7 +104,7 @@ class ExperimentResult:
         best metric, error (``results.csv``)."""
         import pandas as pd
 
-        from ktune.experiment import RESULTS_FILE
+        from ktune.experiment_dir import RESULTS_FILE
 
         return pd.read_csv(self.dir / RESULTS_FILE)
 
@@ -376,14 +376,14 @@ def resume(
 
 
 def _staging(uri: str) -> Path:
-    from ktune.experiment import SPEC_FILE
+    from ktune.experiment_dir import SPEC_FILE
 
     spec = json.loads(storage.read_text(storage.join(uri, SPEC_FILE), "EXPERIMENT_DIR"))
     return Path(spec.get("staging_dir") or storage.staging_dir(uri))
 
 
 def _result(path: str, local: Path, best: dict, grid: Any) -> ExperimentResult:
-    from ktune.experiment import SPEC_FILE
+    from ktune.experiment_dir import SPEC_FILE
 
     spec = json.loads((Path(local) / SPEC_FILE).read_text())
     return ExperimentResult(path=str(path), dir=Path(local), spec=spec, best=best, _grid=grid)

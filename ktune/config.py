@@ -23,6 +23,7 @@ import yaml
 
 from ktune import storage as _storage
 from ktune.errors import ConfigError
+from ktune.experiment_dir import EXPORT_DIR
 from ktune.search_spaces import SPACES, Spec
 
 __all__ = [
@@ -157,7 +158,7 @@ class ExperimentConfig:
     def export_path(self) -> str:
         """Where the export goes: ``export.dir`` or ``<experiment_path>/export``; a local
         path or a URI."""
-        return self.export.dir or _storage.join(self.experiment_path, "export")
+        return self.export.dir or _storage.join(self.experiment_path, EXPORT_DIR)
 
     @property
     def export_dir(self) -> Path | None:

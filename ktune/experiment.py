@@ -37,6 +37,7 @@ from typing import Any, Sequence
 from ktune import storage
 from ktune.config import ExperimentConfig, TrainingConfig
 from ktune.errors import ExperimentError, RayStartError, SearchFailed
+from ktune.experiment_dir import BEST_FILE, EXPERIMENT_FILE, JOURNAL_FILE, RESULTS_FILE, SPEC_FILE
 
 __all__ = [
     "run_experiment",
@@ -47,17 +48,10 @@ __all__ = [
     "run_search",
     "resume_search",
     "family_for",
-    "SPEC_FILE",
-    "BEST_FILE",
 ]
 
 log = logging.getLogger("ktune")
 
-SPEC_FILE = "ktune.json"
-BEST_FILE = "best.json"
-RESULTS_FILE = "results.csv"
-EXPERIMENT_FILE = "experiment.yaml"
-JOURNAL_FILE = "optuna.journal"  # the name tuner.py gives the Optuna journal
 # Texts an export is verified on: held-out test texts plus edge cases.
 _EDGE_TEXTS = ["", "!!!", "a " * 400, "Ünïcödé — naïve café 東京 📈"]
 
@@ -148,9 +142,7 @@ def _last_line(error: Any) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    storage.write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _init_ray(address: str | None, verbose: bool = False) -> None:

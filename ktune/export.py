@@ -34,6 +34,7 @@ import tensorflow as tf
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune import storage
 from ktune.errors import ExperimentError
+from ktune.experiment_dir import EXPERIMENT_FILE
 
 __all__ = [
     "export_best",
@@ -161,7 +162,7 @@ def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Pa
 
 def _source_of(spec: dict) -> str | None:
     base = spec.get("build_base_dir")
-    return str(Path(base) / "experiment.yaml") if base else None
+    return str(Path(base) / EXPERIMENT_FILE) if base else None
 
 
 def export_checkpoint(

@@ -29,13 +29,14 @@ import fnmatch
 import io
 import json
 import logging
-import os
 import pickletools
 import shutil
 import time
 from pathlib import Path
 
 from ray import tune
+
+from ktune.storage import write_atomic
 
 log = logging.getLogger("ktune")
 
@@ -123,12 +124,8 @@ def write_bundle(exp_dir: Path, staging: Path) -> int:
     if not files:
         return 0
     target = exp_dir / BUNDLE_FILE
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as out:
-        json.dump({"written": time.time(), "staging": str(staging), "files": files}, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, target)
+    bundle = {"written": time.time(), "staging": str(staging), "files": files}
+    write_atomic(target, json.dumps(bundle), fsync=True)
     return len(files)
 
 
@@ -170,9 +167,7 @@ class SnapshotKeeper(tune.Callback):
                     continue
                 target = self.exp_dir / folder.name / TRIAL_COPY_DIR / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
-                tmp.write_bytes(source.read_bytes())
-                os.replace(tmp, target)
+                write_atomic(target, source.read_bytes())
                 self._copied[source] = (stat.st_size, stat.st_mtime_ns)
 
     def get_state(self):
@@ -243,9 +238,7 @@ def repair_trial_files(exp_dir: Path, aside: Path) -> list[str]:
             if current is not None:
                 (aside / folder.name).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, aside / folder.name / name)
-            tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-            tmp.write_bytes(replacement)
-            os.replace(tmp, path)
+            write_atomic(path, replacement)
             changed.append(f"{folder.name}/{name}")
     return changed
 
@@ -287,9 +280,7 @@ def repair(exp_dir: str | Path) -> list[str]:
         if current is not None:
             aside.mkdir(parents=True, exist_ok=True)
             shutil.move(str(path), aside / name)
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-        tmp.write_bytes(copy)
-        os.replace(tmp, path)
+        write_atomic(path, copy)
         restored.append(name)
     trials = repair_trial_files(exp_dir, aside)
     relinked = relink_deleted_checkpoints(exp_dir, aside)
@@ -409,7 +400,5 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
     if changed:
         aside.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(newest, aside / newest.name)
-        tmp = newest.with_name(f".{newest.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, newest)
+        write_atomic(newest, json.dumps(state))
     return changed

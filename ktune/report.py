@@ -27,7 +27,6 @@ import html
 import io
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ktune.errors import ExperimentError
+from ktune.experiment_dir import BEST_FILE, EXPERIMENT_FILE, JOURNAL_FILE, RESULTS_FILE, SPEC_FILE
+from ktune.storage import write_atomic
 
 __all__ = [
     "ExperimentRecord",
@@ -48,10 +49,6 @@ __all__ = [
     "FINISHED",
 ]
 
-SPEC_FILE = "ktune.json"
-BEST_FILE = "best.json"
-RESULTS_FILE = "results.csv"
-OPTUNA_JOURNAL = "optuna.journal"
 FINISHED = ("DONE", "STOPPED", "ERROR")
 # Fields of a Ray result row that are text even when they look like numbers.
 _TEXT_FIELDS = {
@@ -317,7 +314,7 @@ def _search_space(exp_dir: Path, family: str) -> dict:
     from ktune.search_spaces import get_space
 
     try:
-        raw = yaml.safe_load((exp_dir / "experiment.yaml").read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load((exp_dir / EXPERIMENT_FILE).read_text(encoding="utf-8")) or {}
         space_raw = (raw.get("search") or {}).get("space")
         return dict(get_space(family).resolve(space_raw))
     except Exception:  # noqa: BLE001 - a report still works without it (keys from the trials)
@@ -511,9 +508,9 @@ def param_importances(study, keys: Sequence[str]) -> tuple[dict[str, float], str
 
 def read_optuna_study(record: ExperimentRecord) -> str:
     """One line about the persisted study (``optuna.journal``), for the report."""
-    path = record.path / OPTUNA_JOURNAL
+    path = record.path / JOURNAL_FILE
     if not path.is_file():
-        return f"no {OPTUNA_JOURNAL} in this experiment"
+        return f"no {JOURNAL_FILE} in this experiment"
     try:
         import optuna
 
@@ -526,12 +523,12 @@ def read_optuna_study(record: ExperimentRecord) -> str:
         study = optuna.load_study(study_name=name, storage=storage)
         trials = study.get_trials(deepcopy=False)
     except Exception as e:  # noqa: BLE001
-        return f"{OPTUNA_JOURNAL} could not be read: {_one_line(e)}"
+        return f"{JOURNAL_FILE} could not be read: {_one_line(e)}"
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     parts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-    return f"study '{name}' in {OPTUNA_JOURNAL}: {len(trials)} trials ({parts or 'none yet'})"
+    return f"study '{name}' in {JOURNAL_FILE}: {len(trials)} trials ({parts or 'none yet'})"
 
 
 def _one_line(e: BaseException) -> str:
@@ -1207,15 +1204,9 @@ def render_html(
         "<h2>Look further</h2><p>Per-trial TensorBoard logs (scalars per epoch): "
         f"<code>tensorboard --logdir {_e(record.path)}</code><br>The Optuna study, live: "
         f"<code>pip install optuna-dashboard &amp;&amp; optuna-dashboard "
-        f"{_e(record.path / OPTUNA_JOURNAL)}</code></p></body></html>"
+        f"{_e(record.path / JOURNAL_FILE)}</code></p></body></html>"
     )
     return "\n".join(parts)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def write_report(record: ExperimentRecord, out: str | Path, *, quiet: bool = False) -> Path:
@@ -1235,11 +1226,11 @@ def write_report(record: ExperimentRecord, out: str | Path, *, quiet: bool = Fal
     for name, file_name in file_names.items():
         path = out.parent / file_name
         if name in pngs:
-            _write_atomic(path, pngs[name])
+            write_atomic(path, pngs[name])
         elif path.is_file():
             path.unlink()
     html_text = render_html(record, pngs, importances, notes, file_names)
-    _write_atomic(out, html_text.encode("utf-8"))
+    write_atomic(out, html_text.encode("utf-8"))
     if not quiet:
         print(summary_text(record, importances))
         for n in notes:
@@ -1401,7 +1392,7 @@ def compare_experiments(
     parts.append("<h2>Experiments</h2>")
     parts.append(_kv_table(list(zip(compare_labels(records), (str(r.path) for r in records)))))
     parts.append("</body></html>")
-    _write_atomic(out, "\n".join(parts).encode("utf-8"))
+    write_atomic(out, "\n".join(parts).encode("utf-8"))
     if not quiet:
         print(table_text(header, rows))
         for n in notes:

@@ -57,6 +57,7 @@ __all__ = [
     "temporary_dir",
     "parent",
     "sibling",
+    "write_atomic",
 ]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -385,3 +386,20 @@ def parent(location: str) -> str:
 def sibling(location: str, name: str) -> str:
     """``name`` beside ``location`` (same folder, same query)."""
     return join(parent(location), name)
+
+
+def write_atomic(path: str | Path, data: bytes | str, *, fsync: bool = False) -> None:
+    """Writes ``path`` whole or not at all: a hidden temporary sibling, then ``os.replace``.
+
+    A reader (or a resume after a kill) sees the old file or the new one, never a part.
+    ``fsync=True`` also flushes the data to disk before the rename, for files a crash of
+    the machine must not leave empty.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as out:
+        out.write(data.encode("utf-8") if isinstance(data, str) else data)
+        if fsync:
+            out.flush()
+            os.fsync(out.fileno())
+    os.replace(tmp, path)

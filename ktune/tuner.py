@@ -17,6 +17,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from ktune.config import ExperimentConfig, space_of
+from ktune.experiment_dir import JOURNAL_FILE
 from ktune.search_spaces.base import Choice, Spec, tpe_startup_trials, tune_domain
 from ktune.trainables.base import TrialPayload, run_trial
 
@@ -30,7 +31,6 @@ __all__ = [
     "build_population_scheduler",
     "param_space",
     "TrialResources",
-    "OPTUNA_JOURNAL",
 ]
 
 
@@ -97,7 +97,7 @@ def build_searcher(cfg: ExperimentConfig):
     # the driver and optuna-dashboard can open it while the search runs.
     cfg.experiment_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(cfg.experiment_dir / OPTUNA_JOURNAL))
+        optuna.storages.journal.JournalFileBackend(str(cfg.experiment_dir / JOURNAL_FILE))
     )
     return DurableOptunaSearch(
         space=space.space_fn(cfg.search.space),
@@ -173,9 +173,6 @@ def build_population_scheduler(
 
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
-
-
-OPTUNA_JOURNAL = "optuna.journal"
 
 
 class TrialResources:
