@@ -29,11 +29,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# ruff lint and format check (pyproject.toml [tool.ruff]); CI runs it before the tests.
+# ruff lint and format check, mypy on ktune/ (pyproject.toml [tool.ruff], [tool.mypy]);
+# CI runs it before the tests.
 LINTED := ktune tests examples bench cluster
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 # Also the tests that download real models and data sets (needs network).
 test-all: $(STAMP)
