@@ -252,8 +252,10 @@ def _read_rows(
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: not UTF-8 text (save the file as UTF-8)") from None
+        bad_line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {bad_line}: not UTF-8 text (save the file as UTF-8)"
+        ) from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
     if source == "csv" and columns:
@@ -271,12 +273,12 @@ def _read_rows(
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}: line {i}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
+            if not isinstance(obj, dict):
                 raise DataError(f"{path}: line {i}: each line must be a JSON object")
-            yield i, row
+            yield i, obj
 
 
 def _read_headerless(path: str, text: str, columns: list[str]) -> Iterable[tuple[int, dict]]:
@@ -349,6 +351,12 @@ def _as_int(v: Any) -> int | None:
     return None
 
 
+def _all_ints(raw: Sequence[Any]) -> list[int] | None:
+    """The labels as integers when every one of them is an integer, else None."""
+    ints = [_as_int(v) for v in raw]
+    return [i for i in ints if i is not None] if all(i is not None for i in ints) else None
+
+
 def _encode_labels(
     raw: Sequence[Any], names: list[str] | None, path: str
 ) -> tuple[np.ndarray, list[str]]:
@@ -362,8 +370,8 @@ def _encode_labels(
     """
     if names is not None:
         index = {n: i for i, n in enumerate(names)}
-        ints = [_as_int(v) for v in raw]
-        if not all(str(v) in index for v in raw) and all(i is not None for i in ints):
+        ints = _all_ints(raw)
+        if not all(str(v) in index for v in raw) and ints is not None:
             distinct = sorted(set(ints))
             if len(distinct) == len(names):
                 rank = {c: i for i, c in enumerate(distinct)}
@@ -387,17 +395,18 @@ def _encode_labels(
             shown = ", ".join(sorted(bad)[:5])
             raise DataError(f"{path}: labels outside data.label_names {names}: {shown}")
         return np.asarray(out, np.int32), list(names)
-    ints = [_as_int(v) for v in raw]
-    if all(i is not None for i in ints):
-        classes = sorted(set(ints))
-        index = {c: i for i, c in enumerate(classes)}
-        return np.asarray([index[i] for i in ints], np.int32), [str(c) for c in classes]
+    ints = _all_ints(raw)
+    if ints is not None:
+        numbers = sorted(set(ints))
+        rank = {c: i for i, c in enumerate(numbers)}
+        return np.asarray([rank[i] for i in ints], np.int32), [str(c) for c in numbers]
     classes = sorted({str(v) for v in raw})
     index = {c: i for i, c in enumerate(classes)}
     return np.asarray([index[str(v)] for v in raw], np.int32), classes
 
 
 def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.ndarray, list]:
+    assert cfg.train is not None  # config.py requires data.train for csv and jsonl
     x, raw_y = _read_table(cfg.train, cfg)
     names = list(cfg.label_names) if cfg.label_names else None
     if cfg.test:

@@ -298,9 +298,9 @@ def upload_dir(
     (relative paths, e.g. ``saved_model.pb``) go after everything else, so a reader that
     sees them sees a complete copy."""
     local = Path(local)
-    last = [Path(p) for p in last]
+    at_end = [Path(p) for p in last]
     files = sorted(p.relative_to(local) for p in local.rglob("*") if p.is_file())
-    ordered = [p for p in files if p not in last] + [p for p in last if p in files]
+    ordered = [p for p in files if p not in at_end] + [p for p in at_end if p in files]
     for rel in ordered:
         upload_file(local / rel, join(uri, rel.as_posix()), key)
 

@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ktune.config import ExperimentConfig, space_of
 from ktune.experiment_dir import JOURNAL_FILE
-from ktune.search_spaces.base import Choice, Spec, tpe_startup_trials, tune_domain
+from ktune.search_spaces.base import Choice, Range, Spec, tpe_startup_trials, tune_domain
 from ktune.trainables.base import TrialPayload, run_trial
 
 log = logging.getLogger("ktune")
@@ -157,7 +157,10 @@ def build_population_scheduler(
             metric=metric,
             mode=mode,
             perturbation_interval=interval,
-            hyperparam_bounds={k: [spec.low, spec.high] for k, spec in mutations.items()},
+            # config.py lets PB2 mutate ranges only
+            hyperparam_bounds={
+                k: [spec.low, spec.high] for k, spec in mutations.items() if isinstance(spec, Range)
+            },
         )
     return PopulationBasedTraining(
         time_attr="training_iteration",
