@@ -248,7 +248,7 @@ def _temporary():
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ktune.experiment import fetch_experiment
-    from ktune.report import compare_experiments, load_experiment, write_report
+    from ktune.report import REPORT_FILE, compare_experiments, load_experiment, write_report
 
     with _temporary() as tmp:
         # Every directory is checked (and a URI downloaded) before anything is written.
@@ -264,16 +264,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
             return 0
         given = args.experiment_dirs[0]
         if args.out or not storage.is_uri(given):
-            out = Path(args.out) if args.out else records[0].path / "report.html"
+            out = Path(args.out) if args.out else records[0].path / REPORT_FILE
             print(write_report(records[0], out).text)
             return 0
         # A report of an experiment on a URI goes beside it, like a local one; the
         # summary names the URI, not the temporary download.
-        written = write_report(records[0], records[0].path / "report.html")
+        written = write_report(records[0], records[0].path / REPORT_FILE)
         for path in [written.path, *sorted(written.images, key=lambda p: p.name)]:
             storage.upload_file(path, storage.join(given, path.name), "EXPERIMENT_DIR")
         shown = storage.redact(given)
-        text = written.text.replace(str(written.path), storage.join(shown, "report.html"))
+        text = written.text.replace(str(written.path), storage.join(shown, REPORT_FILE))
         print(text.replace(str(records[0].path), shown))
     return 0
 

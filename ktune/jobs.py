@@ -27,12 +27,14 @@ import yaml
 
 from ktune.config import ExperimentConfig, load_config
 from ktune.errors import ConfigError, ExperimentError
+from ktune.experiment_dir import EXPERIMENT_FILE
 from ktune.storage import is_uri
 from ktune.tables import render_table, value_text
 
 __all__ = ["submit", "follow", "list_jobs", "auth_token", "job_runtime_env"]
 
-EXPERIMENT_NAME = "experiment.yaml"
+# The job's working directory names its copy of the experiment file as an experiment folder does.
+EXPERIMENT_NAME = EXPERIMENT_FILE
 
 
 def auth_token(address: str) -> str | None:

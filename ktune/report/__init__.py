@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from ktune.report.compare import compare_experiments, compare_labels, compare_rows
 from ktune.report.figures import PLOTS
-from ktune.report.html import WrittenReport, render_html, write_report
+from ktune.report.html import REPORT_FILE, WrittenReport, render_html, write_report
 from ktune.report.load import ExperimentRecord, TrialRecord, load_experiment, read_history
 from ktune.report.plots import draw_plots
 from ktune.report.study import build_study, param_importances, read_optuna_study
@@ -34,6 +34,7 @@ __all__ = [
     "ExperimentRecord",
     "TrialRecord",
     "WrittenReport",
+    "REPORT_FILE",
     "load_experiment",
     "write_report",
     "compare_experiments",

@@ -25,7 +25,10 @@ from ktune.report.text import best_line, status_line, summary_text, trial_table
 from ktune.storage import write_atomic
 from ktune.tables import format_duration, metric_text, value_text
 
-__all__ = ["WrittenReport", "render_html", "write_report"]
+__all__ = ["REPORT_FILE", "WrittenReport", "render_html", "write_report"]
+
+# The report's default name in the experiment folder; its PNGs are <stem>-<plot>.png beside it.
+REPORT_FILE = "report.html"
 
 
 @dataclass(frozen=True)
