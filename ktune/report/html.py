@@ -56,6 +56,7 @@ def check_out(out: str | Path) -> Path:
     return out
 
 
+# The style of both pages (report and comparison), inline so that a page is one file.
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;
 max-width:1200px;color:#222;padding:0 16px}
@@ -76,10 +77,12 @@ figure{margin:8px 0} .row{display:flex;gap:32px;flex-wrap:wrap;align-items:flex-
 
 
 def escape(v: Any) -> str:
+    """``v`` as text safe inside HTML."""
     return html.escape(str(v))
 
 
 def kv_table(pairs: Sequence[tuple[str, Any]]) -> str:
+    """A two-column table of names and values."""
     rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in pairs)
     return f'<table class="kv">{rows}</table>'
 
@@ -91,6 +94,8 @@ def html_table(
     best_row: int = -1,
     status_col: int = -1,
 ) -> str:
+    """A table with a header row; numbers right-aligned, ``best_row`` highlighted, the
+    cells of ``status_col`` coloured by status."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = []
     for i, r in enumerate(rows):
