@@ -248,7 +248,7 @@ def _temporary():
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ktune.experiment import fetch_experiment
-    from ktune.report import compare_experiments, load_experiment, write_report
+    from ktune.report import REPORT_FILE, compare_experiments, load_experiment, write_report
 
     with _temporary() as tmp:
         # Every directory is checked (and a URI downloaded) before anything is written.
@@ -260,26 +260,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
         ]
         records = [load_experiment(d) for d in local_dirs]
         if len(records) > 1:
-            compare_experiments(records, _local_out(args.out, "ktune-compare.html"))
+            print(compare_experiments(records, _local_out(args.out, "ktune-compare.html")).text)
             return 0
         given = args.experiment_dirs[0]
         if args.out or not storage.is_uri(given):
-            out = Path(args.out) if args.out else records[0].path / "report.html"
-            write_report(records[0], out)
+            out = Path(args.out) if args.out else records[0].path / REPORT_FILE
+            print(write_report(records[0], out).text)
             return 0
         # A report of an experiment on a URI goes beside it, like a local one; the
         # summary names the URI, not the temporary download.
-        import io
-
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            written = write_report(records[0], records[0].path / "report.html")
-        names = ["report.html", *sorted(p.name for p in written.parent.glob("report-*.png"))]
-        for name in names:
-            storage.upload_file(written.parent / name, storage.join(given, name), "EXPERIMENT_DIR")
+        written = write_report(records[0], records[0].path / REPORT_FILE)
+        for path in [written.path, *sorted(written.images, key=lambda p: p.name)]:
+            storage.upload_file(path, storage.join(given, path.name), "EXPERIMENT_DIR")
         shown = storage.redact(given)
-        text = buffer.getvalue().replace(str(written), storage.join(shown, "report.html"))
-        print(text.replace(str(records[0].path), shown), end="")
+        text = written.text.replace(str(written.path), storage.join(shown, REPORT_FILE))
+        print(text.replace(str(records[0].path), shown))
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -239,19 +238,20 @@ def _ray_start_problem(error: Exception, address: str | None) -> str:
 
 def format_results_table(rows: Sequence[dict], metric: str, keys: Sequence[str]) -> str:
     """A fixed-width table: one trial a row, its searched hyperparameters, its best metric."""
+    from ktune.tables import metric_text, render_table, value_text
+
     cols = ["trial", "status", *keys, "epochs", metric]
-    lines = [cols]
-    for r in rows:
-        line = [str(r.get("trial", "")), str(r.get("status", ""))]
-        for k in cols[2:-2]:
-            v = r.get(k)
-            line.append(f"{v:.3g}" if isinstance(v, float) else str(v))
-        line.append(str(r.get("epochs", "")))
-        v = r.get(metric)
-        line.append(f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else "-")
-        lines.append(line)
-    widths = [max(len(row[i]) for row in lines) for i in range(len(cols))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)
+    table = [
+        [
+            str(r.get("trial", "")),
+            str(r.get("status", "")),
+            *(value_text(r.get(k)) for k in keys),
+            str(r.get("epochs", "")),
+            metric_text(r.get(metric)),
+        ]
+        for r in rows
+    ]
+    return render_table(cols, table)
 
 
 @contextlib.contextmanager

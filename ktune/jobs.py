@@ -27,11 +27,14 @@ import yaml
 
 from ktune.config import ExperimentConfig, load_config
 from ktune.errors import ConfigError, ExperimentError
+from ktune.experiment_dir import EXPERIMENT_FILE
 from ktune.storage import is_uri
+from ktune.tables import render_table, value_text
 
 __all__ = ["submit", "follow", "list_jobs", "auth_token", "job_runtime_env"]
 
-EXPERIMENT_NAME = "experiment.yaml"
+# The job's working directory names its copy of the experiment file as an experiment folder does.
+EXPERIMENT_NAME = EXPERIMENT_FILE
 
 
 def auth_token(address: str) -> str | None:
@@ -85,6 +88,8 @@ def _client(address: str):
 
 def job_runtime_env(cfg: ExperimentConfig, workdir: Path, with_project: bool) -> dict:
     """Writes the job's working directory (experiment file, local data) and its runtime env."""
+    if not cfg.source_path:
+        raise ConfigError("a job ships its experiment file: load the config with load_config(path)")
     raw = yaml.safe_load(Path(cfg.source_path).read_text(encoding="utf-8")) or {}
     data = dict(raw.get("data") or {})
     # Local data files travel with the job; the copy of the experiment names them relatively.
@@ -186,7 +191,6 @@ def list_jobs(address: str) -> list[dict]:
 
 
 def format_jobs(rows: Sequence[dict]) -> str:
+    """The jobs of :func:`list_jobs` as a fixed-width table (``ktune jobs``)."""
     cols = ["job", "status", "experiment", "started", "entrypoint"]
-    table = [cols] + [[str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+    return render_table(cols, [[value_text(r[c]) for c in cols] for r in rows])

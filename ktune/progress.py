@@ -27,7 +27,15 @@ from typing import IO, Any, Mapping, Sequence
 
 from ray.tune import Callback
 
-from ktune.report import format_duration, status_label
+from ktune.tables import (
+    FINISHED,
+    format_duration,
+    last_line,
+    metric_text,
+    render_table,
+    status_label,
+    value_text,
+)
 
 __all__ = ["SearchProgress", "TrialRow", "format_progress"]
 
@@ -59,18 +67,6 @@ class TrialRow:
     best: float | None
 
 
-def _value(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "-" if math.isnan(v) else f"{v:.3g}"
-    return str(v)
-
-
-def _metric(v: float | None) -> str:
-    return "-" if v is None or math.isnan(v) else f"{v:.4f}"
-
-
 def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
@@ -87,34 +83,36 @@ def format_progress(
     elapsed_s: float,
 ) -> str:
     """The header line and the table of trials, as plain text."""
-    finished = [r for r in rows if r.status in ("DONE", "STOPPED", "ERROR")]
+    finished = [r for r in rows if r.status in FINISHED]
     counts = {
         s: sum(r.status == s for r in rows) for s in ("STOPPED", "ERROR", "RUNNING", "PENDING")
     }
-    scored = [r for r in rows if r.best is not None and not math.isnan(r.best)]
-    best = None
-    for r in scored:
-        if best is None or _better(r.best, best.best, mode):
-            best = r
+    best: TrialRow | None = None
+    best_value = math.nan
+    for r in rows:
+        if r.best is not None and not math.isnan(r.best):
+            if best is None or _better(r.best, best_value, mode):
+                best, best_value = r, r.best
     header = (
         f"[{name}] {format_duration(elapsed_s)}  trials {len(finished)}/{total} finished "
         f"({counts['STOPPED']} stopped early, {counts['ERROR']} failed), "
         f"{counts['RUNNING']} running, {counts['PENDING']} pending  "
     )
-    header += f"best {metric} {_metric(best.best)} ({best.trial})" if best else f"best {metric} -"
+    header += (
+        f"best {metric} {metric_text(best_value)} ({best.trial})" if best else f"best {metric} -"
+    )
     shown = list(rows)
     hidden = 0
     if len(shown) > MAX_ROWS:
-        active = [r for r in rows if r.status not in ("DONE", "STOPPED", "ERROR")]
-        done = sorted(
-            (r for r in finished if r.best is not None),
-            key=lambda r: r.best if mode == "min" else -r.best,
-        )[:TOP_FINISHED]
+        active = [r for r in rows if r.status not in FINISHED]
+        scored = [(r.best, r) for r in finished if r.best is not None]
+        done = [r for _, r in sorted(scored, key=lambda p: p[0] if mode == "min" else -p[0])]
+        done = done[:TOP_FINISHED]
         keep = {id(r) for r in active + done}
         shown = [r for r in rows if id(r) in keep]
         hidden = len(rows) - len(shown)
     cols = ["trial", "status", "epoch", *keys, metric, "best"]
-    table = [cols]
+    table = []
     for r in shown:
         mark = " *" if best is not None and r is best else ""
         table.append(
@@ -122,14 +120,12 @@ def format_progress(
                 r.trial,
                 r.status,
                 f"{r.epoch if r.epoch is not None else 0}/{epochs}",
-                *(_value(r.config.get(k)) for k in keys),
-                _metric(r.latest),
-                _metric(r.best) + mark,
+                *(value_text(r.config.get(k)) for k in keys),
+                metric_text(r.latest),
+                metric_text(r.best) + mark,
             ]
         )
-    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
-    lines = [header]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
+    lines = [header, render_table(cols, table, indent="  ")]
     if hidden:
         lines.append(f"  ... {hidden} more finished trials (ktune report shows them all)")
     return "\n".join(lines)
@@ -230,7 +226,7 @@ class SearchProgress(Callback):
         how = "done" if (epoch or 0) >= self.epochs else "stopped early (ASHA)"
         self._event(
             f"trial_{trial.trial_id} {how} after epoch {epoch or 0}: "
-            f"best {self.metric} {_metric(self._best_of(trial))}"
+            f"best {self.metric} {metric_text(self._best_of(trial))}"
         )
         self._trials = trials
         self._dirty = True
@@ -333,5 +329,4 @@ def _error_line(trial) -> str:
         text = Path(path).read_text() if path else ""
     except OSError:
         text = ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else "see its error.txt"
+    return last_line(text) or "see its error.txt"

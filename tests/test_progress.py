@@ -15,7 +15,7 @@ import yaml
 
 from ktune.config import parse_config
 from ktune.progress import MAX_ROWS, TOP_FINISHED, SearchProgress, TrialRow, format_progress
-from ktune.report import format_duration, status_label
+from ktune.tables import format_duration, status_label
 
 from conftest import tiny_experiment
 
@@ -227,3 +227,17 @@ def test_resume_prints_the_same_progress(tmp_path_factory, ray_session, tmp_path
     assert final and "trials 4/4 finished" in final[-1]
     assert f"best val_accuracy {best['metrics']['val_accuracy']:.4f} ({best['trial']})" in final[-1]
     assert json.loads((copy / "best.json").read_text())["trial"] == best["trial"]
+
+
+def test_the_progress_table_does_not_load_the_report():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ktune.progress; "
+        "print(sorted(m for m in sys.modules if m.startswith(('ktune.report', 'matplotlib'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -308,3 +308,34 @@ def test_bad_directories_are_one_line_and_exit_2(tmp_path, capsys, make):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ktune: error:") and str(bad) in err[0]
     assert not out_file.exists() and not (good / "report.html").exists()
+
+
+def _fresh_experiment(d: Path, name: str) -> Path:
+    d.mkdir()
+    spec = {"name": name, "family": "transformer", "num_samples": 2, "training": {"epochs": 2}}
+    (d / "ktune.json").write_text(json.dumps(spec))
+    return d
+
+
+def test_the_library_returns_its_summary_and_prints_nothing(tmp_path, capsys):
+    from ktune.report import compare_experiments, write_report
+
+    a = _fresh_experiment(tmp_path / "a", "a")
+    b = _fresh_experiment(tmp_path / "b", "b")
+    written = write_report(load_experiment(a), a / "report.html")
+    compared = compare_experiments([load_experiment(a), load_experiment(b)], tmp_path / "c.html")
+    assert capsys.readouterr().out == ""
+    assert written.path == a / "report.html" and written.path.is_file() and written.images == []
+    assert written.text.startswith("experiment a (transformer) at ")
+    assert written.text.splitlines()[-1] == f"report: {a / 'report.html'}  (0 images beside it)"
+    lines = compared.text.splitlines()
+    assert compared.path.is_file() and lines[-1] == f"comparison: {tmp_path / 'c.html'}"
+    assert [ln.split()[:4] for ln in lines[1:3]] == [
+        ["a", "transformer", "running", "0/2"],
+        ["b", "transformer", "running", "0/2"],
+    ]
+    # what `ktune report` prints is exactly what the library returned
+    assert main(["report", str(a)]) == 0
+    assert (
+        capsys.readouterr().out == write_report(load_experiment(a), a / "report.html").text + "\n"
+    )

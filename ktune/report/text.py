@@ -1,0 +1,95 @@
+"""The report in words: the per-trial table, the status and best-trial lines and the
+summary that ``ktune report`` prints (the HTML page shows the same table and lines).
+
+Tables render through :mod:`ktune.tables`, so their numbers read as in every other table.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from ktune.report.load import ExperimentRecord
+from ktune.tables import FINISHED, format_duration, last_line, metric_text, render_table, value_text
+
+__all__ = ["table_text", "trial_table", "summary_text", "status_line", "best_line", "one_line"]
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line for a note: its type and the last line of its message."""
+    line = last_line(str(e))
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def table_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A report table (header and rows of text) as fixed-width text."""
+    return render_table(header, rows)
+
+
+def trial_table(record: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-trial table (terminal and HTML)."""
+    best = record.best_trial()
+    header = ["trial", "status", *record.keys, "epochs", f"best {record.metric}", "at epoch"]
+    rows = []
+    for t in record.trials:
+        b = t.best(record.metric, record.mode)
+        rows.append(
+            [
+                t.trial + (" *" if best is not None and t is best else ""),
+                t.status,
+                *(value_text(t.config.get(k)) for k in record.keys),
+                f"{t.epochs}/{record.epochs}",
+                metric_text(b[1] if b else None),
+                str(b[0]) if b else "-",
+            ]
+        )
+    return header, rows
+
+
+def status_line(record: ExperimentRecord) -> str:
+    """How many trials finished, ran all epochs, stopped early, failed or still run."""
+    done = sum(record.count(s) for s in FINISHED)
+    state = "finished" if record.finished else "running (or interrupted: no best.json yet)"
+    parts = [f"{done}/{record.num_samples} trials finished"]
+    parts.append(f"{record.count('DONE')} ran all {record.epochs} epochs")
+    parts.append(f"{record.count('STOPPED')} stopped early by ASHA")
+    if record.count("ERROR"):
+        parts.append(f"{record.count('ERROR')} failed")
+    active = sum(record.count(s) for s in ("RUNNING", "PENDING", "PAUSED"))
+    if active:
+        parts.append(f"{active} running or pending")
+    return f"{state}: " + ", ".join(parts)
+
+
+def best_line(record: ExperimentRecord) -> str:
+    """The best trial, its metric and epoch, and its test accuracy once the search is done."""
+    best = record.best_trial()
+    if best is None:
+        return "no trial has reported an epoch yet"
+    b = best.best(record.metric, record.mode)
+    line = f"best trial {best.trial}: {record.metric}={metric_text(b[1] if b else None)}"
+    line += f" at epoch {b[0]}" if b else ""
+    if record.best_info and record.best_info.get("test_accuracy") is not None:
+        line += f", test_accuracy={metric_text(record.best_info['test_accuracy'])}"
+    elif not record.finished:
+        line += " (so far)"
+    return line
+
+
+def summary_text(record: ExperimentRecord, importances: Mapping[str, float]) -> str:
+    """What ``ktune report`` prints about one experiment, above its notes."""
+    wall, how = record.wall_time()
+    lines = [
+        f"experiment {record.name} ({record.family}) at {record.path}",
+        status_line(record),
+        best_line(record),
+    ]
+    if wall is not None:
+        lines.append(
+            f"wall time {format_duration(wall)}"
+            + (" (trial results so far)" if how == "trials" else "")
+        )
+    if importances:
+        lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
+    header, rows = trial_table(record)
+    lines += ["", table_text(header, rows)]
+    return "\n".join(lines)
