@@ -28,6 +28,7 @@ _API = (
     "search_space",
     "export_result",
     "load_model",
+    "predict",
     "ExperimentResult",
 )
 
