@@ -31,14 +31,8 @@ from typing import Any, Sequence
 from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig
 from ktune.errors import ExperimentError
-
-# Kept importable from here for callers written before ktune.experiment_dir had it.
-from ktune.experiment_dir import (
-    EXPERIMENT_FILE,
-    JOURNAL_FILE,
-    SPEC_FILE,
-    fetch_experiment,
-)
+from ktune.experiment_dir import EXPERIMENT_FILE, JOURNAL_FILE, SPEC_FILE
+from ktune.experiment_dir import fetch_experiment as fetch_experiment  # old home; moved
 from ktune.prepare import prepare
 from ktune.ray_start import check_address, init_ray, tune_output
 from ktune.results import finish_search
@@ -51,7 +45,6 @@ __all__ = [
     "resume_search",
     "check_targets",
     "format_results_table",
-    "fetch_experiment",
 ]
 
 log = logging.getLogger("ktune")
