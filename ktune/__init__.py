@@ -10,18 +10,12 @@ TensorFlow SavedModel that takes raw strings.
 
 from __future__ import annotations
 
-import os
-
-# transformers' TF classes, tensorflow-hub and tf-models-official need the Keras 2 API:
-# TF must see this before it is first imported, in the driver and in every Ray worker.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-# TensorFlow's C++ start-up chatter hides ktune's own output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# First: TF_USE_LEGACY_KERAS must be set before TensorFlow is imported (ktune._keras_env).
+import ktune._keras_env  # noqa: F401  # isort: skip
+from ktune.config import ExperimentConfig, load_config
+from ktune.errors import ConfigError, DataError, ExperimentError, KtuneUserError
 
 __version__ = "0.1.0"
-
-from ktune.config import ExperimentConfig, load_config  # noqa: E402
-from ktune.errors import ConfigError, DataError, ExperimentError, KtuneUserError  # noqa: E402
 
 # The public API (ktune.api), loaded on first use: ``import ktune`` stays cheap, and a
 # trial worker, which imports ktune only for the environment above, never loads the
@@ -34,6 +28,7 @@ _API = (
     "search_space",
     "export_result",
     "load_model",
+    "predict",
     "ExperimentResult",
 )
 

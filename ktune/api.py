@@ -12,19 +12,26 @@ Two ways in, one code path (``ktune run`` on the command line calls :func:`run`)
   and :func:`load_model` turn any resulting ``ray.tune.Result`` into a verified
   SavedModel or a Keras model.
 
+:func:`predict` classifies texts with any export (a folder or a URI). The command line
+maps onto these one to one: ``ktune run`` -> :func:`run`, ``resume`` -> :func:`resume`,
+``export`` -> ``load(...).export(...)``, ``predict`` -> :func:`predict`.
+
 Nothing here prints unless asked (``progress=True`` prints the live table of trials).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ktune import experiment_dir as _experiment_dir
 from ktune import storage
 from ktune.config import ExperimentConfig, parse_config, read_experiment_file
 from ktune.errors import ConfigError, ExperimentError
+from ktune.experiment_result import ExperimentResult
 
 __all__ = [
     "run",
@@ -34,194 +41,12 @@ __all__ = [
     "search_space",
     "export_result",
     "load_model",
+    "predict",
     "ExperimentResult",
 ]
 
 # Keyword overrides of run() that are not sections of the experiment file.
 _FLAT = ("num_samples", "storage", "address")
-
-
-@dataclass
-class ExperimentResult:
-    """A finished (or resumed) ktune experiment: its best trial, all trials, its files.
-
-    Returned by :func:`run`, :func:`resume` and :func:`load`, in the spirit of an Optuna
-    ``Study``: ``best_config``, ``best_metrics``, ``test_accuracy``, ``trials`` (a pandas
-    DataFrame), ``grid`` (Ray's ``ResultGrid``), ``export()``, ``predict()``.
-
-    Args:
-        path: str. The experiment's location, ``<storage>/<name>``: a folder or a URI.
-        dir: Path. The local folder holding ktune's files (for a URI: a working copy).
-        spec: dict. ``ktune.json``: family, training sizes, class names, artefacts.
-        best: dict. ``best.json``: the best trial, its metrics and test accuracy.
-    """
-
-    path: str
-    dir: Path
-    spec: dict
-    best: dict
-    _grid: Any = field(default=None, repr=False)
-
-    @property
-    def best_trial(self) -> str:
-        """The best trial's id (its folder name, ``trial_<id>``)."""
-        return self.best["trial"]
-
-    @property
-    def best_config(self) -> dict:
-        """The hyperparameters of the best trial."""
-        return dict(self.best["config"])
-
-    @property
-    def best_metrics(self) -> dict:
-        """The best trial's metrics at its best epoch (``val_accuracy``, ``epoch``, ...)."""
-        return dict(self.best["metrics"])
-
-    @property
-    def test_accuracy(self) -> float:
-        """The best trial's accuracy on the test split, which never guided the search."""
-        return float(self.best["test_accuracy"])
-
-    @property
-    def best_checkpoint(self):
-        """The best trial's best checkpoint, a ``ray.tune.Checkpoint`` (local or URI)."""
-        from ray import tune
-
-        location = self.best["checkpoint"]
-        if storage.is_uri(location):
-            fs, path = storage.filesystem(location)
-            return tune.Checkpoint(path, filesystem=fs)
-        return tune.Checkpoint(location)
-
-    @property
-    def export_dir(self) -> str | None:
-        """Where the best trial was exported, if it was."""
-        return self.best.get("export")
-
-    @property
-    def trials(self):
-        """A pandas DataFrame, one row a trial: status, searched hyperparameters, epochs,
-        best metric, error (``results.csv``)."""
-        import pandas as pd
-
-        from ktune.experiment_dir import RESULTS_FILE
-
-        return pd.read_csv(self.dir / RESULTS_FILE)
-
-    @property
-    def grid(self):
-        """Ray Tune's ``ResultGrid`` of the search: every trial's ``ray.tune.Result``."""
-        if self._grid is None:
-            from ray.tune import ExperimentAnalysis, ResultGrid
-
-            self._grid = ResultGrid(
-                ExperimentAnalysis(
-                    self.path,
-                    default_metric=self.spec["metric"],
-                    default_mode=self.spec["mode"],
-                )
-            )
-        return self._grid
-
-    def export(self, out: str | Path | None = None, *, force: bool = False) -> str:
-        """Exports the best trial as a verified SavedModel that takes raw strings.
-
-        Args:
-            out: str or Path. Target folder or URI. Defaults to ``<path>/export``.
-            force: bool. Replace an existing export (only once the new one is verified).
-                Defaults to False.
-
-        Returns:
-            str: where the export is.
-        """
-        from ktune.export import export_best
-
-        target = str(out) if out is not None else storage.join(self.path, "export")
-        done = export_best(
-            self.dir, target if storage.is_uri(target) else Path(target), force=force
-        )
-        self.best["export"] = str(done)
-        return str(done)
-
-    def load_model(self):
-        """The best trial's Keras model, rebuilt and restored from its checkpoint."""
-        from ktune.config import TrainingConfig
-        from ktune.experiment import family_for
-        from ktune.export import _source_of
-        from ktune.trainables.base import restore_model
-
-        family = family_for(
-            self.spec["family"], self.spec.get("build_model"), _source_of(self.spec)
-        )
-        with self.best_checkpoint.as_directory() as d:
-            return restore_model(
-                family,
-                self.best_config,
-                self.spec["artefacts"],
-                len(self.spec["class_names"]),
-                TrainingConfig(**self.spec["training"]),
-                d,
-            )
-
-    def predict(self, texts: Sequence[str]) -> list[dict]:
-        """Label, score and per-class probabilities of each text, from the export when
-        there is a local one, else from the best checkpoint (the same model)."""
-        from ktune.export import predict
-
-        exported = self.export_dir
-        if exported and not storage.is_uri(exported) and Path(exported, "saved_model.pb").is_file():
-            return predict(exported, texts)
-        from ktune.config import TrainingConfig
-        from ktune.experiment import family_for
-        from ktune.export import _source_of
-
-        family = family_for(
-            self.spec["family"], self.spec.get("build_model"), _source_of(self.spec)
-        )
-        training = TrainingConfig(**self.spec["training"])
-        model = self.load_model()
-        texts = list(texts)
-        probs = model.predict(family.encode(self.spec["artefacts"], training, texts), verbose=0)
-        names = list(self.spec["class_names"])
-        return [
-            {
-                "text": t,
-                "label": names[int(p.argmax())],
-                "score": float(p.max()),
-                "probabilities": dict(zip(names, map(float, p))),
-            }
-            for t, p in zip(texts, probs)
-        ]
-
-    def summary(self) -> str:
-        """The results table, the best trial and where its results and export are."""
-        from ktune.experiment import format_results_table
-
-        metric = self.spec["metric"]
-        frame = self.trials
-        columns = list(frame.columns)
-        keys = columns[columns.index("status") + 1 : columns.index("epochs")]
-        rows = [
-            {k: (None if _is_nan(v) and k in keys else v) for k, v in row.items()}
-            for row in frame.to_dict("records")
-        ]
-        value = self.best_metrics.get(metric, float("nan"))
-        lines = [
-            format_results_table(rows, metric, keys),
-            "",
-            f"best trial {self.best_trial}: {metric}={value:.4f} at epoch "
-            f"{self.best_metrics.get('epoch')}, test_accuracy={self.test_accuracy:.4f} "
-            "(test split, reported separately)",
-            f"results: {storage.redact(self.path)}",
-        ]
-        if self.export_dir:
-            shown = storage.redact(self.export_dir)
-            lines.append(f'exported: {shown}  (try: ktune predict {shown} "some text")')
-        return "\n".join(lines)
-
-
-def _is_nan(v: Any) -> bool:
-    return isinstance(v, float) and v != v
 
 
 def _experiment_config(experiment: Any, overrides: Mapping[str, Any]) -> ExperimentConfig:
@@ -371,48 +196,81 @@ def resume(
         if storage.is_uri(str(experiment_dir))
         else str(Path(experiment_dir).resolve())
     )
-    local = _staging(where) if storage.is_uri(where) else Path(where)
+    local = _experiment_dir.staging_folder(where) if storage.is_uri(where) else Path(where)
     return _result(where, local, best, grid)
 
 
-def _staging(uri: str) -> Path:
-    from ktune.experiment_dir import SPEC_FILE
-
-    spec = json.loads(storage.read_text(storage.join(uri, SPEC_FILE), "EXPERIMENT_DIR"))
-    return Path(spec.get("staging_dir") or storage.staging_dir(uri))
-
-
 def _result(path: str, local: Path, best: dict, grid: Any) -> ExperimentResult:
-    from ktune.experiment_dir import SPEC_FILE
-
-    spec = json.loads((Path(local) / SPEC_FILE).read_text())
+    spec = _experiment_dir.read_spec(local)
     return ExperimentResult(path=str(path), dir=Path(local), spec=spec, best=best, _grid=grid)
 
 
-def load(experiment_dir: str | Path) -> ExperimentResult:
+def load(experiment_dir: str | Path, *, workdir: str | Path | None = None) -> ExperimentResult:
     """Opens a finished experiment: a folder ``<storage>/<name>`` or a URI.
 
-    A URI's ktune files are downloaded to a temporary folder; checkpoints stay where they
+    A URI's ktune files are downloaded to a local folder; checkpoints stay where they
     are and are read from there when needed (``load_model``, ``export``).
+
+    Args:
+        experiment_dir: str or Path. ``<storage>/<name>``, a folder or a URI.
+        workdir: str or Path or None. Where a URI's files are downloaded (the caller
+            removes it). Defaults to a new temporary folder.
 
     Example::
 
         result = ktune.load("results/quickstart")
         result.trials.sort_values("val_accuracy").tail(3)
     """
-    from ktune.experiment import fetch_experiment, read_experiment
-
     given = str(experiment_dir)
     if storage.is_uri(given):
-        local = fetch_experiment(
-            given, storage.temporary_dir("ktune-load-") / storage.basename(given)
-        )
+        base = Path(workdir) if workdir is not None else storage.temporary_dir("ktune-load-")
+        local = _experiment_dir.fetch_experiment(given, base / storage.basename(given))
         path = given
     else:
-        local = Path(given).resolve()
-        path = str(local)
-    spec, best = read_experiment(local)
-    return ExperimentResult(path=path, dir=Path(local), spec=spec, best=best)
+        local = Path(given)
+        path = str(local.resolve())
+    # One clear line naming the folder as given, before TensorFlow or Ray load.
+    spec, best = _experiment_dir.read_experiment(local)
+    return ExperimentResult(path=path, dir=local.resolve(), spec=spec, best=best)
+
+
+def predict(export_dir: str | Path, texts: Sequence[str]) -> list[dict]:
+    """Label, score and per-class probabilities of each text, from an export.
+
+    Args:
+        export_dir: str or Path. A folder written by :func:`export_result`,
+            ``ExperimentResult.export`` or ``ktune export``, or a URI (downloaded to a
+            temporary folder, removed afterwards).
+        texts: sequence of str. The raw texts.
+
+    Returns:
+        list of dict: ``text``, ``label``, ``score`` and ``probabilities`` (class -> p).
+
+    Example::
+
+        ktune.predict("results/quickstart/export", ["Striker scores twice"])[0]["label"]
+    """
+    given = str(export_dir)
+    tmp = None
+    try:
+        if storage.is_uri(given):
+            if not storage.exists(storage.join(given, "saved_model.pb"), "EXPORT_DIR"):
+                raise ExperimentError(
+                    f"{storage.redact(given)}: not a SavedModel export (no saved_model.pb)"
+                )
+            tmp = storage.temporary_dir("ktune-download-")
+            d = storage.download_dir(given, tmp / "export", key="EXPORT_DIR")
+        else:
+            d = Path(given)
+        # One clear line before TensorFlow loads.
+        if not (d / "saved_model.pb").is_file():
+            raise ExperimentError(f"{d}: not a SavedModel export (no saved_model.pb)")
+        from ktune.export import predict as predict_export
+
+        return predict_export(d, list(texts))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- the plugin: ktune's pieces in your own Tuner ----------------------------------------
@@ -519,7 +377,7 @@ def trainable(
     """
     from ray import tune
 
-    from ktune.experiment import _prepare
+    from ktune.prepare import prepare
     from ktune.trainables.base import run_trial
     from ktune.tuner import TrialResources
 
@@ -545,7 +403,7 @@ def trainable(
     cfg = parse_config({k: v for k, v in raw.items() if v is not None})
     # The handles of the default space's sizes are not checked here: the user's own
     # param_space decides which sizes are drawn, and each is checked as it is drawn.
-    data_set, prepared, payload = _prepare(cfg, check_models=False)
+    data_set, prepared, payload = prepare(cfg, check_models=False)
     payload = replace(payload, build_model=build_model)
     space = _space_for(family, build_model)
     fn = tune.with_parameters(run_trial, payload=payload, callbacks=list(callbacks))
@@ -598,14 +456,10 @@ def _trial_info(result_or_checkpoint: Any) -> tuple[Any, dict]:
 
 
 def _family_of_info(info: dict, build_model: Callable | None):
-    from ktune.trainables import get_family
-    from ktune.trainables.custom import CustomModelFamily, import_build_model
+    """The family of a checkpoint's ``ktune_trial.json``; ``build_model`` first."""
+    from ktune.rebuild import family_for
 
-    if build_model is not None:
-        return CustomModelFamily(build_model)
-    if info.get("build_model"):
-        return CustomModelFamily(import_build_model(info["build_model"], key="build_model"))
-    return get_family(info["family"])
+    return family_for(info["family"], build_model or info.get("build_model"), key="build_model")
 
 
 def load_model(result_or_checkpoint: Any, *, build_model: Callable | None = None):
@@ -619,20 +473,12 @@ def load_model(result_or_checkpoint: Any, *, build_model: Callable | None = None
     Returns:
         keras.Model: rebuilt for the trial's config, weights restored.
     """
-    from ktune.config import TrainingConfig
-    from ktune.trainables.base import restore_model
+    from ktune.rebuild import restore_from_record
 
     checkpoint, info = _trial_info(result_or_checkpoint)
     family = _family_of_info(info, build_model)
     with checkpoint.as_directory() as d:
-        return restore_model(
-            family,
-            info["config"],
-            info["artefacts"],
-            len(info["class_names"]),
-            TrainingConfig(**info["training"]),
-            d,
-        )
+        return restore_from_record(family, info["config"], info, d)
 
 
 def export_result(

@@ -31,7 +31,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import ktune
 from ktune import storage
@@ -198,10 +198,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if out.exists():
         raise ktune.ExperimentError(f"{out}: already exists; choose a new folder")
     sizes = _parse_sizes(args.sizes, args.head_size)
+    make: Callable[[Path, list[tuple[int, int, int]]], Iterable[str]]
     if args.models_command == "make-tiny-bert":
-        from ktune.trainables.tfhub_bert import make_tiny_bert as make
+        from ktune.trainables.tfhub_bert import make_tiny_bert
+
+        make = make_tiny_bert
     else:
-        from ktune.trainables.hf_bert import make_tiny_hf_bert as make
+        from ktune.trainables.hf_bert import make_tiny_hf_bert
+
+        make = make_tiny_hf_bert
     for line in make(out, sizes):
         print(line)
     return 0
@@ -288,50 +293,25 @@ def _local_out(out: str | None, default: str) -> Path:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ktune.experiment import fetch_experiment, read_experiment
+    from ktune import api
 
-    given = args.experiment_dir
     with _temporary() as tmp:
-        if storage.is_uri(given):
-            exp_dir = fetch_experiment(given, tmp / storage.basename(given))
-            default_out = storage.join(given, "export")
-        else:
-            exp_dir = Path(given)
-            default_out = str(exp_dir / "export")
-        read_experiment(exp_dir)  # one clear line before TensorFlow loads
-        out = args.out or default_out
-        exists = storage.exists(out, "--out") if storage.is_uri(out) else Path(out).exists()
-        if exists and not args.force:
-            raise ktune.ExperimentError(
-                f"{storage.redact(out)}: export target already exists (use --force to replace it)"
-            )
-        from ktune.export import export_best
-
-        done = export_best(exp_dir, out if storage.is_uri(out) else Path(out), force=args.force)
-        print(f"exported: {storage.redact(str(done))}")
+        # A URI's files are downloaded to tmp; an unusable directory or an existing
+        # target is one line before TensorFlow loads.
+        result = api.load(args.experiment_dir, workdir=tmp)
+        done = result.export(args.out, force=args.force)
+    print(f"exported: {storage.redact(done)}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    with _temporary() as tmp:
-        given = args.export_dir
-        if storage.is_uri(given):
-            if not storage.exists(storage.join(given, "saved_model.pb"), "EXPORT_DIR"):
-                raise ktune.ExperimentError(
-                    f"{storage.redact(given)}: not a SavedModel export (no saved_model.pb)"
-                )
-            d = storage.download_dir(given, tmp / "export", key="EXPORT_DIR")
-        else:
-            d = Path(given)
-        if not (d / "saved_model.pb").is_file():
-            raise ktune.ExperimentError(f"{d}: not a SavedModel export (no saved_model.pb)")
-        from ktune.export import predict
+    from ktune import api
 
-        for row in predict(d, args.texts):
-            if args.json:
-                print(json.dumps(row, ensure_ascii=False))
-            else:
-                print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
+    for row in api.predict(args.export_dir, args.texts):
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
     return 0
 
 

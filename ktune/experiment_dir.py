@@ -1,16 +1,37 @@
-"""What an experiment folder ``<storage>/<name>`` holds, besides Ray's own files.
+"""What an experiment folder ``<storage>/<name>`` holds besides Ray's own files, read and
+written in one place.
 
-Every module that reads or writes one of these files takes its name from here:
 - ``experiment.yaml``: the experiment file as run;
-- ``ktune.json``: what export needs to rebuild a trial's model (family, training sizes,
-  class names, artefacts such as the vocabulary, texts to verify an export on);
+- ``ktune.json`` (the *spec*): what export needs to rebuild a trial's model (family,
+  training sizes, class names, artefacts such as the vocabulary, texts to verify an
+  export on), and where the experiment and its staging folder are;
 - ``optuna.journal``: the Optuna study, written while the search runs;
 - ``results.csv``: one row per trial; ``best.json``: the best trial, with its test
   accuracy and confusion matrix;
 - ``export/``: the default place of the exported SavedModel.
+
+An experiment on a URI (``s3://bucket/prefix/name``) is read by downloading ktune's files
+(:func:`fetch_experiment`) into a local folder; from there on everything reads a local
+folder. The search itself writes to a local staging folder and uploads (``staging.py``).
+Every file is written whole or not at all (:func:`ktune.storage.write_atomic`).
+
+This module imports nothing heavier than pandas (for ``results.csv``, on first use), so
+the experiment runner, the export and the report all read through it.
 """
 
 from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ktune import storage
+from ktune.errors import ExperimentError
+
+if TYPE_CHECKING:
+    from ktune.config import ExperimentConfig
 
 __all__ = [
     "EXPERIMENT_FILE",
@@ -19,6 +40,18 @@ __all__ = [
     "RESULTS_FILE",
     "BEST_FILE",
     "EXPORT_DIR",
+    "read_spec",
+    "read_experiment",
+    "read_results",
+    "read_remote_spec",
+    "fetch_experiment",
+    "staging_folder",
+    "stage_remote",
+    "new_spec",
+    "write_experiment_file",
+    "write_spec",
+    "write_results",
+    "write_best",
 ]
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -27,3 +60,161 @@ JOURNAL_FILE = "optuna.journal"
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.json"
 EXPORT_DIR = "export"
+
+# The key under which a URI's problems are reported (the CLI's argument name).
+_KEY = "EXPERIMENT_DIR"
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def read_spec(exp_dir: str | Path) -> dict:
+    """``ktune.json`` of the local experiment folder ``exp_dir``; one clear error when the
+    folder is missing, is not a ktune experiment, or its spec cannot be read."""
+    d = Path(exp_dir)
+    if not d.is_dir():
+        raise ExperimentError(f"{d}: no such experiment directory")
+    path = d / SPEC_FILE
+    if not path.is_file():
+        raise ExperimentError(f"{d}: not a ktune experiment directory (no {SPEC_FILE})")
+    try:
+        spec = json.loads(path.read_text())
+        if not isinstance(spec, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ExperimentError(f"{d}: unreadable {SPEC_FILE} ({e})") from None
+    return spec
+
+
+def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
+    """(spec, best) of a finished local experiment; one clear error when either is missing."""
+    spec = read_spec(exp_dir)
+    best_path = Path(exp_dir) / BEST_FILE
+    if not best_path.is_file():
+        raise ExperimentError(f"{Path(exp_dir)}: no completed trial yet (no {BEST_FILE})")
+    return spec, json.loads(best_path.read_text())
+
+
+def read_results(exp_dir: str | Path):
+    """``results.csv`` as a pandas DataFrame, one row a trial."""
+    import pandas as pd
+
+    return pd.read_csv(Path(exp_dir) / RESULTS_FILE)
+
+
+def read_remote_spec(uri: str) -> dict:
+    """``ktune.json`` of the experiment at ``uri``; one clear error when there is none."""
+    spec = storage.join(uri, SPEC_FILE)
+    if not storage.exists(spec, _KEY):
+        if not storage.is_nonempty_dir(uri, _KEY):
+            raise ExperimentError(f"{storage.redact(uri)}: no such experiment directory")
+        raise ExperimentError(
+            f"{storage.redact(uri)}: not a ktune experiment directory (no {SPEC_FILE})"
+        )
+    return json.loads(storage.read_text(spec, _KEY))
+
+
+def fetch_experiment(uri: str, local: str | Path, *, trials: bool = False) -> Path:
+    """Downloads an experiment from a URI into the folder ``local``; returns it.
+
+    ktune's files always; with ``trials`` also the trial folders without their
+    checkpoints (what ``ktune report`` reads). One clear error when ``uri`` is not a
+    ktune experiment.
+    """
+    if not storage.exists(storage.join(uri, SPEC_FILE), _KEY):
+        if not storage.exists(uri, _KEY):
+            raise ExperimentError(f"{storage.redact(uri)}: no such experiment directory")
+        raise ExperimentError(
+            f"{storage.redact(uri)}: not a ktune experiment directory (no {SPEC_FILE})"
+        )
+    local = Path(local)
+    if trials:
+        return storage.download_dir(
+            uri, local, exclude=["checkpoint_*", EXPORT_DIR, ".export*"], key=_KEY
+        )
+    local.mkdir(parents=True, exist_ok=True)
+    for name in (SPEC_FILE, BEST_FILE, RESULTS_FILE, EXPERIMENT_FILE, JOURNAL_FILE):
+        remote = storage.join(uri, name)
+        if storage.exists(remote, _KEY):
+            storage.write_atomic(local / name, storage.read_text(remote, _KEY))
+    return local
+
+
+def staging_folder(uri: str, spec: dict | None = None) -> Path:
+    """The local working copy of the remote experiment ``uri``: the folder its first run
+    staged in (named in its spec), where Ray's saved Optuna searcher expects its journal."""
+    if spec is None:
+        spec = read_remote_spec(uri)
+    return Path(spec.get("staging_dir") or storage.staging_dir(uri))
+
+
+def stage_remote(uri: str) -> Path:
+    """A fresh working copy of the remote experiment ``uri`` in its staging folder, for a
+    resume: ktune's files downloaded, whatever an earlier run left there removed (the URI
+    is the truth). One clear error when ``uri`` is not a ktune experiment."""
+    d = staging_folder(uri)
+    shutil.rmtree(d, ignore_errors=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExperimentError(
+            f"{d}: cannot create the run's staging folder here ({e.strerror}); Ray's "
+            "saved searcher expects the Optuna journal at this path"
+        ) from None
+    return fetch_experiment(uri, d)
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: Any) -> None:
+    storage.write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_experiment_file(exp_dir: Path, source: str | Path) -> None:
+    """Copies the experiment file as run into the folder."""
+    storage.write_atomic(Path(exp_dir) / EXPERIMENT_FILE, Path(source).read_bytes())
+
+
+def new_spec(
+    cfg: ExperimentConfig,
+    class_names: Sequence[str],
+    artefacts: dict,
+    verify_texts: Sequence[str],
+) -> dict:
+    """``ktune.json`` of a new search: what export and resume need again."""
+    return {
+        "name": cfg.name,
+        "family": cfg.family,
+        "metric": cfg.search.metric,
+        "mode": cfg.search.mode,
+        "num_samples": cfg.search.num_samples,
+        "export_dir": cfg.export_path,
+        "experiment_path": cfg.experiment_path,
+        # URI storage: the local working copy; resume stages into the same folder,
+        # where the Optuna searcher that Ray saved expects its journal.
+        "staging_dir": str(cfg.experiment_dir) if cfg.remote else None,
+        "training": asdict(cfg.training),
+        "class_names": class_names,
+        "artefacts": artefacts,
+        "verify_texts": verify_texts,
+        "data": asdict(cfg.data),
+        "build_model": (cfg.model or {}).get("build") or None,
+        # where model.build's module is found again (the experiment file's folder)
+        "build_base_dir": str(Path(cfg.source_path).parent) if cfg.source_path else None,
+    }
+
+
+def write_spec(exp_dir: Path, spec: dict) -> None:
+    _write_json(Path(exp_dir) / SPEC_FILE, spec)
+
+
+def write_results(exp_dir: Path, rows: Sequence[dict]) -> None:
+    """``results.csv``: one row a trial (the columns of the rows' keys)."""
+    import pandas as pd
+
+    storage.write_atomic(Path(exp_dir) / RESULTS_FILE, pd.DataFrame(rows).to_csv(index=False))
+
+
+def write_best(exp_dir: Path, best: dict) -> None:
+    _write_json(Path(exp_dir) / BEST_FILE, best)

@@ -31,10 +31,11 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune import storage
 from ktune.errors import ExperimentError
-from ktune.experiment_dir import EXPERIMENT_FILE
+from ktune.experiment_dir import read_experiment
+from ktune.rebuild import family_of_record
 
 __all__ = [
     "export_best",
@@ -98,12 +99,10 @@ def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False
     ``out_dir`` unless ``force``; a previous export there is replaced only after the new
     one is written and verified (and, on a URI, uploaded).
     """
-    from ktune.experiment import read_experiment
-
     spec, best = read_experiment(exp_dir)
     remote_out = storage.is_uri(str(out_dir))
-    out: Path | str = str(out_dir) if remote_out else Path(out_dir).resolve()
-    shown = storage.redact(str(out))
+    out = str(out_dir) if remote_out else str(Path(out_dir).resolve())
+    shown = storage.redact(out)
     if not force and (storage.exists(out, "--out") if remote_out else Path(out).exists()):
         raise ExperimentError(f"{shown}: export target already exists (use --force to replace it)")
     checkpoint = best["checkpoint"]
@@ -116,18 +115,18 @@ def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False
     elif not Path(checkpoint).is_dir():
         raise ExperimentError(f"{checkpoint}: the best trial's checkpoint is missing")
 
-    work = storage.temporary_dir("ktune-export-") if remote_checkpoint or remote_out else None
+    work: Path | None = None
     try:
-        checkpoint_dir = (
-            storage.download_dir(checkpoint, work / "checkpoint", key="checkpoint")
-            if remote_checkpoint
-            else Path(checkpoint)
-        )
+        checkpoint_dir = Path(checkpoint)
+        if remote_checkpoint:
+            work = storage.temporary_dir("ktune-export-")
+            checkpoint_dir = storage.download_dir(checkpoint, work / "checkpoint", key="checkpoint")
         if not remote_out:
             return _export_local(spec, best, exp_dir, checkpoint_dir, Path(out))
+        work = work or storage.temporary_dir("ktune-export-")
         built = _export_local(spec, best, exp_dir, checkpoint_dir, work / "export")
-        _publish(built, str(out), force=force)
-        return str(out)
+        _publish(built, out, force=force)
+        return out
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
@@ -136,9 +135,8 @@ def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False
 def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Path) -> Path:
     """Builds, verifies and moves into place a SavedModel in the local folder ``out``."""
     from ktune.config import TrainingConfig
-    from ktune.experiment import family_for
 
-    family = family_for(spec["family"], spec.get("build_model"), _source_of(spec))
+    family = family_of_record(spec)
     metadata = {
         "family": spec["family"],
         "experiment": spec.get("experiment_path") or str(Path(exp_dir).resolve()),
@@ -158,11 +156,6 @@ def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Pa
         verify_texts=spec["verify_texts"],
         metadata=metadata,
     )
-
-
-def _source_of(spec: dict) -> str | None:
-    base = spec.get("build_base_dir")
-    return str(Path(base) / EXPERIMENT_FILE) if base else None
 
 
 def export_checkpoint(
@@ -218,7 +211,9 @@ def export_checkpoint(
         metadata = {
             **(metadata or {}),
             "config": config,
-            "training": asdict(training) if is_dataclass(training) else dict(training),
+            "training": asdict(training)
+            if is_dataclass(training) and not isinstance(training, type)
+            else dict(training),
             "class_names": list(class_names),
             "verified": {"texts": len(texts), "max_abs_diff": diff},
             "versions": _versions(),

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 import tensorflow as tf
 import tf_keras as keras
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 __all__ = ["ReportCheckpoint", "restore", "CHECKPOINT_PREFIX", "METRICS_FILE"]
 

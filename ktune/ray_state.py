@@ -152,9 +152,9 @@ class SnapshotKeeper(tune.Callback):
         self._staging: Path | None = None
         self._copied: dict[Path, tuple[int, int]] = {}
 
-    def _copy_trial_files(self) -> None:
+    def _copy_trial_files(self, staging: Path) -> None:
         """Whole copies of the trial files that changed since the last snapshot."""
-        for folder in self._staging.iterdir():
+        for folder in staging.iterdir():
             if not folder.is_dir() or folder.name.startswith("."):
                 continue
             for name in TRIAL_FILES:
@@ -176,7 +176,7 @@ class SnapshotKeeper(tune.Callback):
                 self._staging = _staging_dir(self.experiment_name)
             if self._staging is not None and self.exp_dir.is_dir():
                 write_bundle(self.exp_dir, self._staging)
-                self._copy_trial_files()
+                self._copy_trial_files(self._staging)
         except OSError as e:  # a full disk must not stop the search; Ray's copy may still land
             log.warning("could not keep a copy of Ray's snapshot in %s: %s", self.exp_dir, e)
         return None
@@ -229,7 +229,7 @@ def repair_trial_files(exp_dir: Path, aside: Path) -> list[str]:
             spare = history_rows(copy, name) if copy is not None else None
             if have is not None and (spare is None or have >= spare):
                 continue
-            if spare is not None:
+            if copy is not None and spare is not None:
                 replacement = copy
             elif current is not None and name in ("result.json", "progress.csv"):
                 replacement = _whole_prefix(current, name)

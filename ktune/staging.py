@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from ray.tune import Callback
 
 from ktune import storage
 
-__all__ = ["push", "UploadJournal"]
+if TYPE_CHECKING:
+    from ktune.config import ExperimentConfig
+
+__all__ = ["push", "push_staged", "UploadJournal"]
 
 log = logging.getLogger("ktune")
 
@@ -31,6 +34,13 @@ def push(local_dir: Path, uri: str, names: Iterable[str]) -> None:
         path = Path(local_dir) / name
         if path.is_file():
             storage.upload_file(path, storage.join(uri, name))
+
+
+def push_staged(cfg: ExperimentConfig, names: Iterable[str]) -> None:
+    """URI storage: uploads the named staged files of ``cfg``'s experiment to its URI;
+    local storage: nothing (the files are already in place)."""
+    if cfg.remote:
+        push(cfg.experiment_dir, cfg.experiment_path, names)
 
 
 class UploadJournal(Callback):

@@ -62,6 +62,11 @@ def test_a_parsed_config_takes_only_flat_overrides(tmp_path):
         ktune.run(cfg, training={"epochs": 1})
 
 
+def test_predict_needs_an_export(tmp_path):
+    with pytest.raises(ktune.ExperimentError, match="not a SavedModel export"):
+        ktune.predict(tmp_path, ["a text"])
+
+
 def _write(tmp_path: Path, raw: dict) -> Path:
     import yaml
 
@@ -77,8 +82,23 @@ def finished(ray_session, tmp_path_factory):
     raw = tiny_experiment(tmp)
     raw["training"]["epochs"] = 3  # overridden below
     path = _write(tmp, raw)
-    result = ktune.run(path, num_samples=2, training={"epochs": 2})
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = ktune.run(path, num_samples=2, training={"epochs": 2})
+    _PRINTED["run"] = printed.getvalue()
     return result
+
+
+_PRINTED: dict[str, str] = {}
+
+
+@pytest.mark.slow
+def test_run_prints_nothing_unless_asked(finished):
+    # The library is quiet: progress=True (the CLI's choice) prints the live table.
+    assert _PRINTED["run"] == ""
 
 
 @pytest.mark.slow
@@ -115,6 +135,7 @@ def test_predict_export_and_model_agree(finished, tmp_path):
         max(p["probabilities"], key=p["probabilities"].get) for p in from_export
     ]
     assert all(p["label"] in names for p in from_export)
+    assert ktune.predict(r.export_dir, TEXTS) == from_export  # the export on its own
     # the same trial from its checkpoint, without the export
     loaded = ktune.load(r.dir)
     loaded.best.pop("export")

@@ -1,0 +1,19 @@
+"""The process environment TensorFlow must see before it is first imported.
+
+transformers' TF classes, tensorflow-hub and tf-models-official need the Keras 2 API
+(``TF_USE_LEGACY_KERAS=1``), in the driver and in every Ray worker; TensorFlow's C++
+start-up chatter hides ktune's own output. ``ktune/__init__.py`` imports this module
+first, so ``import ktune`` (or any ``ktune.*``) sets both; a trial worker needs nothing
+else from ktune's top level. :data:`WORKER_ENV` is what ktune passes to Ray's workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["WORKER_ENV"]
+
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+for _name, _value in WORKER_ENV.items():
+    os.environ.setdefault(_name, _value)

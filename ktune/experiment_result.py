@@ -1,0 +1,190 @@
+"""The result of a ktune experiment: what :func:`ktune.run`, :func:`ktune.resume` and
+:func:`ktune.load` return.
+
+It reads the experiment folder through :mod:`ktune.experiment_dir` and rebuilds models
+through :mod:`ktune.rebuild`; Ray, TensorFlow and pandas load only when a property or
+method needs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ktune import storage
+from ktune.errors import ExperimentError
+from ktune.experiment_dir import EXPORT_DIR, read_results
+
+__all__ = ["ExperimentResult"]
+
+
+@dataclass
+class ExperimentResult:
+    """A finished (or resumed) ktune experiment: its best trial, all trials, its files.
+
+    Returned by :func:`run`, :func:`resume` and :func:`load`, in the spirit of an Optuna
+    ``Study``: ``best_config``, ``best_metrics``, ``test_accuracy``, ``trials`` (a pandas
+    DataFrame), ``grid`` (Ray's ``ResultGrid``), ``export()``, ``predict()``.
+
+    Args:
+        path: str. The experiment's location, ``<storage>/<name>``: a folder or a URI.
+        dir: Path. The local folder holding ktune's files (for a URI: a working copy).
+        spec: dict. ``ktune.json``: family, training sizes, class names, artefacts.
+        best: dict. ``best.json``: the best trial, its metrics and test accuracy.
+    """
+
+    path: str
+    dir: Path
+    spec: dict
+    best: dict
+    _grid: Any = field(default=None, repr=False)
+
+    @property
+    def best_trial(self) -> str:
+        """The best trial's id (its folder name, ``trial_<id>``)."""
+        return self.best["trial"]
+
+    @property
+    def best_config(self) -> dict:
+        """The hyperparameters of the best trial."""
+        return dict(self.best["config"])
+
+    @property
+    def best_metrics(self) -> dict:
+        """The best trial's metrics at its best epoch (``val_accuracy``, ``epoch``, ...)."""
+        return dict(self.best["metrics"])
+
+    @property
+    def test_accuracy(self) -> float:
+        """The best trial's accuracy on the test split, which never guided the search."""
+        return float(self.best["test_accuracy"])
+
+    @property
+    def best_checkpoint(self):
+        """The best trial's best checkpoint, a ``ray.tune.Checkpoint`` (local or URI)."""
+        from ray import tune
+
+        location = self.best["checkpoint"]
+        if storage.is_uri(location):
+            fs, path = storage.filesystem(location)
+            return tune.Checkpoint(path, filesystem=fs)
+        return tune.Checkpoint(location)
+
+    @property
+    def export_dir(self) -> str | None:
+        """Where the best trial was exported, if it was."""
+        return self.best.get("export")
+
+    @property
+    def trials(self):
+        """A pandas DataFrame, one row a trial: status, searched hyperparameters, epochs,
+        best metric, error (``results.csv``)."""
+        return read_results(self.dir)
+
+    @property
+    def grid(self):
+        """Ray Tune's ``ResultGrid`` of the search: every trial's ``ray.tune.Result``."""
+        if self._grid is None:
+            from ray.tune import ExperimentAnalysis, ResultGrid
+
+            self._grid = ResultGrid(
+                ExperimentAnalysis(
+                    self.path,
+                    default_metric=self.spec["metric"],
+                    default_mode=self.spec["mode"],
+                )
+            )
+        return self._grid
+
+    def export(self, out: str | Path | None = None, *, force: bool = False) -> str:
+        """Exports the best trial as a verified SavedModel that takes raw strings.
+
+        Args:
+            out: str or Path. Target folder or URI. Defaults to ``<path>/export``.
+            force: bool. Replace an existing export (only once the new one is verified).
+                Defaults to False.
+
+        Returns:
+            str: where the export is.
+        """
+        target = str(out) if out is not None else storage.join(self.path, EXPORT_DIR)
+        # Refused before TensorFlow loads (export_best checks again, for other callers).
+        taken = storage.exists(target, "--out") if storage.is_uri(target) else Path(target).exists()
+        if taken and not force:
+            raise ExperimentError(
+                f"{storage.redact(target)}: export target already exists "
+                "(use --force to replace it)"
+            )
+        from ktune.export import export_best
+
+        done = export_best(
+            self.dir, target if storage.is_uri(target) else Path(target), force=force
+        )
+        self.best["export"] = str(done)
+        return str(done)
+
+    def load_model(self):
+        """The best trial's Keras model, rebuilt and restored from its checkpoint."""
+        from ktune.rebuild import family_of_record, restore_from_record
+
+        family = family_of_record(self.spec)
+        with self.best_checkpoint.as_directory() as d:
+            return restore_from_record(family, self.best_config, self.spec, d)
+
+    def predict(self, texts: Sequence[str]) -> list[dict]:
+        """Label, score and per-class probabilities of each text, from the export when
+        there is a local one, else from the best checkpoint (the same model)."""
+        from ktune.export import predict
+
+        exported = self.export_dir
+        if exported and not storage.is_uri(exported) and Path(exported, "saved_model.pb").is_file():
+            return predict(exported, texts)
+        from ktune.config import TrainingConfig
+        from ktune.rebuild import family_of_record
+
+        family = family_of_record(self.spec)
+        training = TrainingConfig(**self.spec["training"])
+        model = self.load_model()
+        texts = list(texts)
+        probs = model.predict(family.encode(self.spec["artefacts"], training, texts), verbose=0)
+        names = list(self.spec["class_names"])
+        return [
+            {
+                "text": t,
+                "label": names[int(p.argmax())],
+                "score": float(p.max()),
+                "probabilities": dict(zip(names, map(float, p))),
+            }
+            for t, p in zip(texts, probs)
+        ]
+
+    def summary(self) -> str:
+        """The results table, the best trial and where its results and export are."""
+        from ktune.experiment import format_results_table
+
+        metric = self.spec["metric"]
+        frame = self.trials
+        columns = list(frame.columns)
+        keys = columns[columns.index("status") + 1 : columns.index("epochs")]
+        rows = [
+            {k: (None if _is_nan(v) and k in keys else v) for k, v in row.items()}
+            for row in frame.to_dict("records")
+        ]
+        value = self.best_metrics.get(metric, float("nan"))
+        lines = [
+            format_results_table(rows, metric, keys),
+            "",
+            f"best trial {self.best_trial}: {metric}={value:.4f} at epoch "
+            f"{self.best_metrics.get('epoch')}, test_accuracy={self.test_accuracy:.4f} "
+            "(test split, reported separately)",
+            f"results: {storage.redact(self.path)}",
+        ]
+        if self.export_dir:
+            shown = storage.redact(self.export_dir)
+            lines.append(f'exported: {shown}  (try: ktune predict {shown} "some text")')
+        return "\n".join(lines)
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and v != v

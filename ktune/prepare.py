@@ -1,0 +1,92 @@
+"""The driver's work before any trial: data loaded once, the family's shared artefacts
+prepared once, and the payload every trial receives through Ray's object store.
+
+``ktune run`` / ``resume`` and :func:`ktune.trainable` (a user's own Tuner) all start
+here, so a trial sees the same vocabulary, token ids and texts either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from ktune.config import ExperimentConfig
+
+__all__ = ["prepare", "verify_texts", "user_build_model"]
+
+log = logging.getLogger("ktune")
+
+# Texts an export is verified on: held-out test texts plus edge cases.
+_EDGE_TEXTS = ["", "!!!", "a " * 400, "Ünïcödé — naïve café 東京 📈"]
+
+
+def prepare(cfg: ExperimentConfig, check_models: bool = True) -> tuple[Any, Any, Any]:
+    """Checks the models, loads the data once, lets the family prepare; builds the payload.
+
+    Returns ``(data, prepared, payload)``: the :class:`~ktune.data.TextDataset`, the
+    family's ``Prepared`` (model inputs, artefacts) and the trials'
+    :class:`~ktune.trainables.base.TrialPayload`.
+
+    ``check_models``: load every handle the space can draw first (``ktune run``); a
+    user's own Tuner draws its own sizes, checked one by one as they are drawn."""
+    from ktune.data import load_data
+    from ktune.trainables import get_family
+    from ktune.trainables.base import TrialPayload
+
+    build_model = user_build_model(cfg)
+    family = get_family(cfg.family)
+    if check_models:
+        family.check_model(cfg.model, cfg.search.space)
+    data = load_data(cfg.data)
+    log.info(
+        "data: %d train / %d validation / %d test texts, %d classes",
+        len(data.train_labels),
+        len(data.val_labels),
+        len(data.test_labels),
+        data.num_classes,
+    )
+    prepared = family.prepare(data, cfg.training, cfg.model)
+    payload = TrialPayload(
+        family=cfg.family,
+        train_inputs=prepared.train_inputs,
+        train_labels=data.train_labels,
+        val_inputs=prepared.val_inputs,
+        val_labels=data.val_labels,
+        num_classes=data.num_classes,
+        artefacts=prepared.artefacts,
+        training=cfg.training,
+        cpu=cfg.resources.cpu,
+        gpu=cfg.resources.gpu,
+        seed=cfg.search.seed,
+        gpu_memory_mb=cfg.resources.gpu_memory_mb,
+        class_names=list(data.class_names),
+        verify_texts=verify_texts(data),
+        build_model=build_model,
+    )
+    return data, prepared, payload
+
+
+def verify_texts(data: Any) -> list[str]:
+    """Texts an export is checked on: held-out test texts plus edge cases."""
+    return [str(t) for t in data.test_texts[:60]] + _EDGE_TEXTS
+
+
+def user_build_model(cfg: ExperimentConfig) -> Callable | None:
+    """``model.build: module:function``, imported in the driver (one ConfigError naming
+    ``model.build``); shipped to the trials by value, so their workers need not find it."""
+    reference = (cfg.model or {}).get("build")
+    if not reference:
+        return None
+    import sys
+
+    from ray import cloudpickle
+
+    from ktune.trainables.custom import import_build_model
+
+    base = Path(cfg.source_path).parent if cfg.source_path else Path.cwd()
+    fn = import_build_model(reference, base_dir=base)
+    module = sys.modules.get(getattr(fn, "__module__", ""))
+    if module is not None and not module.__name__.startswith("ktune"):
+        cloudpickle.register_pickle_by_value(module)
+    return fn

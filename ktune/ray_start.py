@@ -1,0 +1,140 @@
+"""Starting or joining Ray for a search, and keeping Ray Tune's console quiet.
+
+An address that cannot be reached, a Ray that cannot start (socket paths too long, ports
+in use) is one line (:class:`~ktune.errors.RayStartError`) before any work, instead of
+minutes of retries or a traceback. Without ``--address`` a search starts a Ray of its
+own; inside a Ray Job ``RAY_ADDRESS`` names the job's cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+from ktune._keras_env import WORKER_ENV
+from ktune.errors import RayStartError
+
+__all__ = ["init_ray", "check_address", "tune_output"]
+
+log = logging.getLogger("ktune")
+
+
+def init_ray(address: str | None, verbose: bool = False) -> None:
+    """Starts (or joins) Ray once per process; a problem is one RayStartError."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Quiet by default: the workers' log lines (TensorFlow's, Ray's) stay in Ray's log
+    # files; the progress table is the driver's output. Through Ray Client (ray://) the
+    # trials' driver runs on the cluster, so its output reaches us only as worker logs.
+    to_driver = verbose or str(address or "").startswith("ray://")
+    check_address(address)
+    try:
+        context = ray.init(
+            # No address: a Ray of this run's own (free ports, its own dashboard), never
+            # one that another search or `ray start` runs on this machine (--address auto);
+            # inside a Ray Job, RAY_ADDRESS names the job's cluster.
+            address=address or os.environ.get("RAY_ADDRESS") or "local",
+            runtime_env={"env_vars": dict(WORKER_ENV)},
+            log_to_driver=to_driver,
+            logging_level=logging.INFO if verbose else logging.WARNING,
+        )
+    except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # whatever half of it started
+        raise RayStartError(_ray_start_problem(e, address)) from None
+    if getattr(context, "dashboard_url", None):
+        log.info("Ray dashboard: http://%s", context.dashboard_url)
+
+
+def check_address(address: str | None) -> None:
+    """Before any work: the cluster named by ``address`` (or ``RAY_ADDRESS``) answers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    problem = (
+        _unreachable(address)
+        if address
+        else _unreachable(os.environ.get("RAY_ADDRESS"), name="RAY_ADDRESS")
+    )
+    if problem:
+        raise RayStartError(problem)
+
+
+def _unreachable(address: str | None, timeout: float = 5.0, name: str = "--address") -> str | None:
+    """One line when ``address`` (``host:port`` or ``ray://host:port``) does not accept a
+    connection: ``ray.init`` would otherwise retry it for minutes, printing as it goes."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return None
+    hostport = address.split("://", 1)[-1].split("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return (
+            f"{name} {address}: not an address of a Ray cluster (host:port, "
+            "ray://host:port, or auto)"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        return (
+            f"{name} {address}: cannot connect to the Ray cluster ({why}); check the "
+            "address and that the cluster is up"
+        )
+
+
+def _ray_start_problem(error: Exception, address: str | None) -> str:
+    """One line: why Ray did not start, and what to do."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(error).__name__
+    if "AF_UNIX path length" in text:
+        tmp = os.environ.get("RAY_TMPDIR", "/tmp")
+        return (
+            f"Ray could not start: its socket paths under RAY_TMPDIR ({tmp[:60]}...) "
+            "would exceed 107 bytes; set RAY_TMPDIR to a shorter folder, e.g. /tmp"
+        )
+    if "in use" in text.lower():
+        return (
+            f"Ray could not start: a port it needs is in use ({text[:160]}); stop the "
+            "other Ray (`ray stop`) or join it with --address auto"
+        )
+    if address:
+        return (
+            f"--address {address}: cannot connect to the Ray cluster ({text[:160]}); "
+            "check the address and that the cluster is up"
+        )
+    return f"Ray could not start: {text[:200]} (see /tmp/ray/session_latest/logs)"
+
+
+@contextlib.contextmanager
+def tune_output(verbose: bool) -> Iterator[None]:
+    """Ray Tune's console output for one ``fit``: its own (verbose) or none at all.
+
+    At ``verbose=0`` Tune's default output engine still prints a configuration box and
+    a TensorBoard hint pointing at a temporary folder; its legacy engine prints nothing.
+    Optuna announces its study at INFO level. Both are restored afterwards.
+    """
+    if verbose:
+        yield
+        return
+    import optuna
+
+    saved_env = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    saved_level = optuna.logging.get_verbosity()
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(saved_level)
+        if saved_env is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved_env

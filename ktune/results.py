@@ -1,0 +1,182 @@
+"""The end of a search: ``results.csv``, the best trial's test accuracy, ``best.json``,
+then the export.
+
+The test split never guided the search: only here, once the search is over, is the best
+trial's best checkpoint evaluated on it (loss, accuracy, confusion matrix). On URI storage
+the files are written to the staging folder and uploaded, ``best.json`` last: a remote
+``best.json`` means the search finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ktune import experiment_dir, storage
+from ktune.config import ExperimentConfig, TrainingConfig
+from ktune.errors import SearchFailed
+from ktune.experiment_dir import BEST_FILE, JOURNAL_FILE, RESULTS_FILE
+from ktune.staging import push_staged
+
+__all__ = ["finish_search", "result_rows", "evaluate_checkpoint"]
+
+log = logging.getLogger("ktune")
+
+
+def finish_search(
+    cfg: ExperimentConfig,
+    grid: Any,
+    data: Any,
+    prepared: Any,
+    started: float,
+    export: bool | None,
+) -> dict:
+    """Results table, best.json with the best trial's test accuracy, then the export.
+
+    Returns best.json's contents. Raises :class:`~ktune.errors.SearchFailed` when no trial
+    completed an epoch.
+    """
+    from ktune.rebuild import family_for
+
+    exp_dir = cfg.experiment_dir
+    rows = result_rows(cfg, grid)
+    experiment_dir.write_results(exp_dir, rows)
+    push_staged(cfg, [RESULTS_FILE, JOURNAL_FILE])
+    for row in rows:
+        if row["error"]:
+            log.error("trial %s failed: %s", row["trial"], row["error"])
+
+    try:
+        best = grid.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="all")
+    except RuntimeError:
+        best = None
+    checkpoint = (
+        None if best is None else best.get_best_checkpoint(cfg.search.metric, cfg.search.mode)
+    )
+    if best is None or checkpoint is None:
+        shown = storage.redact(cfg.experiment_path)
+        raise SearchFailed(f"{shown}: no trial completed an epoch; see the errors above")
+    best_metrics = next(
+        (m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics
+    )
+    # On URI storage Ray downloads the checkpoint to a temporary folder for this block.
+    with checkpoint.as_directory() as checkpoint_dir:
+        source = cfg.source_path
+        test = evaluate_checkpoint(
+            family_for(
+                cfg.family,
+                (cfg.model or {}).get("build"),
+                Path(source).parent if source else None,
+            ),
+            best.config,
+            prepared.artefacts,
+            data,
+            cfg.training,
+            checkpoint_dir,
+        )
+    best_info = {
+        "trial": Path(best.path).name,
+        "trial_dir": _location(cfg, best.path),
+        "config": dict(best.config),
+        "metrics": {
+            k: best_metrics[k]
+            for k in ("val_accuracy", "val_loss", "accuracy", "loss", "epoch")
+            if k in best_metrics
+        },
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        # rows: true class, columns: predicted class, both in ktune.json's class_names order
+        "test_confusion_matrix": test["confusion_matrix"],
+        "checkpoint": _location(cfg, checkpoint.path),
+        "num_trials": len(rows),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    experiment_dir.write_best(exp_dir, best_info)
+    push_staged(cfg, [BEST_FILE])  # last: a remote best.json means the search finished
+    if cfg.export.enabled if export is None else export:
+        from ktune.export import export_best
+
+        out = str(export_best(exp_dir, cfg.export_path))
+        best_info["export"] = out
+        experiment_dir.write_best(exp_dir, best_info)
+        push_staged(cfg, [BEST_FILE])
+    return best_info
+
+
+def result_rows(cfg: ExperimentConfig, grid: Any) -> list[dict]:
+    """One row a trial of Ray's ResultGrid: status, searched hyperparameters, epochs, the
+    trial's best value of the metric, its error's last line (``results.csv``)."""
+    from ktune.search_spaces.base import searched_keys
+
+    keys = searched_keys(cfg.search.space)
+    rows = []
+    for result in grid:
+        trial_id = Path(result.path).name if result.path else "?"
+        config = dict(result.config or {})
+        hist = result.metrics_dataframe
+        best_value = None
+        if hist is not None and cfg.search.metric in hist:
+            series = hist[cfg.search.metric]
+            best_value = float(series.max() if cfg.search.mode == "max" else series.min())
+        row = {
+            "trial": trial_id,
+            "status": "ERROR" if result.error else "TERMINATED",
+            **{k: config.get(k) for k in keys},
+            "epochs": int((result.metrics or {}).get("epoch", 0)),
+            # > 0: the trial's last run was restored from that epoch (retry, lost node, resume)
+            "resumed_from_epoch": int((result.metrics or {}).get("resumed_from_epoch", 0)),
+            cfg.search.metric: best_value if best_value is not None else float("nan"),
+            # the same one line as storage errors (storage._last_line: one helper, not two)
+            "error": storage._last_line(result.error) if result.error else "",
+        }
+        rows.append(row)
+    return rows
+
+
+def _location(cfg: ExperimentConfig, fs_path: str) -> str:
+    """A path that Ray reports (trial folder, checkpoint) as the user can use it: itself
+    for local storage, the full URI (scheme and query) for URI storage."""
+    if not cfg.remote:
+        return fs_path
+    _, root = storage.filesystem(cfg.experiment_path)
+    root = root.rstrip("/")
+    if not fs_path.startswith(root + "/"):
+        return fs_path
+    return storage.join(cfg.experiment_path, fs_path[len(root) + 1 :])
+
+
+def evaluate_checkpoint(
+    family: Any,
+    config: dict,
+    artefacts: dict,
+    data: Any,
+    training: TrainingConfig,
+    checkpoint_dir: str,
+) -> dict:
+    """Loss, accuracy and confusion matrix of a trial's checkpoint on the test split
+    (never seen in the search).
+
+    ``confusion_matrix`` is a list of rows of counts: row i holds the test texts of class
+    i, column j those predicted as class j (classes in ``data.class_names`` order).
+    """
+    import numpy as np
+
+    from ktune.trainables.base import restore_model
+
+    model = restore_model(family, config, artefacts, data.num_classes, training, checkpoint_dir)
+    probs = model.predict(
+        family.encode(artefacts, training, data.test_texts), batch_size=256, verbose=0
+    )
+    labels = np.asarray(data.test_labels)
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
+    predicted = np.argmax(probs, -1)
+    n = int(data.num_classes)
+    matrix = np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "loss": loss,
+        "confusion_matrix": matrix.tolist(),
+    }
