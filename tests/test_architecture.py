@@ -1,15 +1,22 @@
-"""The shape of the code base: small modules and imports that point one way.
+"""The shape of the package: one public face, cheap imports, small modules, and imports
+that point one way.
 
-Read from the source with ``ast`` (nothing is imported), so the checks cost milliseconds.
-Every import of a ktune module counts, also one inside a function: a lazy import still
-ties two modules together (imports under ``if TYPE_CHECKING:`` serve annotations only). The one exception is the lazy re-export in ``ktune/__init__``
-(``ktune.run`` loads ``ktune.api`` on first use), which is how ``import ktune`` stays cheap.
+The import graph is read from the source with ``ast`` (nothing is imported), so those
+checks cost milliseconds. Every import of a ktune module counts, also one inside a
+function: a lazy import still ties two modules together (imports under
+``if TYPE_CHECKING:`` serve annotations only). The one exception is the lazy re-export in
+``ktune/__init__`` (``ktune.run`` loads ``ktune.api`` on first use), which is how
+``import ktune`` stays cheap.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import ktune
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ktune"
 MAX_LINES = 600
@@ -151,3 +158,38 @@ def test_search_spaces_and_config_import_no_tensorflow_module_of_ktune():
             reachable.add(m)
             todo.extend(graph[m])
     assert not (reachable & heavy), sorted(reachable & heavy)
+
+
+def test_the_lazy_names_of_ktune_are_the_api():
+    # Kept apart on purpose (``import ktune`` must not import ktune.api): kept equal here.
+    from ktune import api
+
+    assert list(ktune._API) == list(api.__all__)
+    for name in api.__all__:
+        assert getattr(ktune, name) is getattr(api, name)
+        assert name in ktune.__all__
+
+
+def test_a_trial_worker_loads_no_driver_side():
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import ktune.keras, ktune.trainables\n"
+        "for m in pkgutil.iter_modules(ktune.trainables.__path__):\n"
+        "    importlib.import_module('ktune.trainables.' + m.name)\n"
+        "driver = ('ktune.experiment', 'ktune.api', 'ktune.report', 'ktune.tuner',\n"
+        "          'ktune.results', 'ray.tune.tuner')\n"
+        "print(sorted(m for m in driver if m in sys.modules))\n"
+        "assert 'tensorflow' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_experiment_folder_is_read_below_the_runner_and_the_export():
+    # export.py and experiment.py both read the folder through ktune.experiment_dir; the
+    # export never reaches back into the runner, not even inside a function.
+    graph = _import_graph()
+    assert "ktune.experiment_dir" in graph["ktune.export"]
+    assert not graph["ktune.export"] & {"ktune.experiment", "ktune.api", "ktune.results"}
+    assert graph["ktune.experiment_dir"] <= {"ktune.errors", "ktune.storage", "ktune.config"}
