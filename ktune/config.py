@@ -21,10 +21,11 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from ktune import families
 from ktune import storage as _storage
 from ktune.errors import ConfigError
 from ktune.experiment_dir import EXPORT_DIR
-from ktune.search_spaces import SPACES, Spec
+from ktune.search_spaces import Spec
 
 __all__ = [
     "ExperimentConfig",
@@ -380,7 +381,7 @@ def space_of(family: str, model: Mapping[str, Any] | None = None):
         from ktune.search_spaces.custom import CustomModelSpace
 
         return CustomModelSpace()
-    return SPACES[family]
+    return families.get_space(family)
 
 
 def _mutations(cfg: SearchConfig, given: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -494,8 +495,8 @@ def parse_config(
     name = _str("name", top["name"])
     if not _NAME.match(name):
         raise _fail("name", "must be letters, digits, '.', '_' or '-' (it names a folder)", name)
-    family = _one_of("family", top.get("family", "transformer"), tuple(SPACES))
-    model = SPACES[family].resolve_model(top.get("model"))
+    family = _one_of("family", top.get("family", "transformer"), families.names())
+    model = families.get_space(family).resolve_model(top.get("model"))
     search = _parse_search(top.get("search"), family, model)
     space_of(family, model).check_model(model, search.space)
     if num_samples is not None:

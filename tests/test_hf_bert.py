@@ -19,7 +19,7 @@ import yaml
 
 from ktune.config import DataConfig, TrainingConfig, parse_config
 from ktune.errors import ConfigError
-from ktune.search_spaces import SPACES
+from ktune.search_spaces import get_space
 from ktune.search_spaces.hf_bert import DEFAULT_NAME, DEFAULT_TOKENIZER, model_name
 
 from conftest import REPO, subprocess_env, tiny_experiment
@@ -59,7 +59,7 @@ def _model(tiny) -> dict:
 
 def _space(**over):
     raw = {"embed_dim": [32, 64], "layers": [2], "head_size": 16, **over}
-    return SPACES["hf_bert"].resolve(raw)
+    return get_space("hf_bert").resolve(raw)
 
 
 # --- the search space and names ---------------------------------------------------------
@@ -79,7 +79,7 @@ def test_sizes_map_to_model_names():
 def test_space_defaults_and_heads_from_head_size():
     import optuna
 
-    space = SPACES["hf_bert"]
+    space = get_space("hf_bert")
     resolved = space.resolve(None)
     assert set(resolved) >= {
         "embed_dim",

@@ -36,6 +36,7 @@ __all__ = [
 _SCALAR = (bool, int, float, str)
 
 # What a trial uses when its config lacks the key: the one place these defaults live.
+# The spaces, the optimizer (ktune.optim) and the models read them from here.
 TRIAL_DEFAULTS: Mapping[str, Any] = {"warmup": 0.1, "weight_decay": 0.01, "dropout": 0.1}
 
 # Hyperparameters that keep a model's shape: the only ones PBT/PB2 may mutate, since an

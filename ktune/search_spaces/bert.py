@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ktune.errors import ConfigError
 from ktune.search_spaces.base import (
+    TRIAL_DEFAULTS,
     FamilySpace,
     Fixed,
     Spec,
@@ -35,7 +36,7 @@ BERT_DEFAULT_SPACE: dict[str, Any] = {
     "warmup": {"low": 0.0, "high": 0.2},
     "dropout": {"low": 0.0, "high": 0.2},
     "trainable": [False, True],
-    "weight_decay": 0.01,
+    "weight_decay": TRIAL_DEFAULTS["weight_decay"],
 }
 
 _PLACEHOLDER = re.compile(r"\{(L|H|A)\}")

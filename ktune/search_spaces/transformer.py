@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ktune.errors import ConfigError
 from ktune.search_spaces.base import (
+    TRIAL_DEFAULTS,
     Choice,
     FamilySpace,
     Range,
@@ -37,7 +38,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "ff_dim": [32, 64, 128],
     "dropout": {"low": 0.0, "high": 0.4},
     "num_blocks": [1, 2],
-    "weight_decay": 0.01,
+    "weight_decay": TRIAL_DEFAULTS["weight_decay"],
 }
 
 
