@@ -199,9 +199,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         raise ktune.ExperimentError(f"{out}: already exists; choose a new folder")
     sizes = _parse_sizes(args.sizes, args.head_size)
     if args.models_command == "make-tiny-bert":
-        from ktune.trainables.tfhub_bert import make_tiny_bert as make
+        from ktune.testing.tfhub_bert import make_tiny_bert as make
     else:
-        from ktune.trainables.hf_bert import make_tiny_hf_bert as make
+        from ktune.testing.hf_bert import make_tiny_hf_bert as make
     for line in make(out, sizes):
         print(line)
     return 0

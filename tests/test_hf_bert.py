@@ -31,7 +31,7 @@ CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Two tiny BERTs and their shared tokenizer, written once for this module."""
-    from ktune.trainables.hf_bert import make_tiny_hf_bert
+    from ktune.testing.hf_bert import make_tiny_hf_bert
 
     root = tmp_path_factory.mktemp("hf") / "tiny-hf-bert"
     lines = list(make_tiny_hf_bert(root, SIZES))
@@ -264,7 +264,8 @@ def test_in_graph_tokenizer_gives_the_fast_tokenizers_ids(tiny):
     """
     import tensorflow as tf
 
-    from ktune.trainables.hf_bert import BertStringEncoder, encode_texts, load_tokenizer
+    from ktune.trainables.hf_bert import load_tokenizer
+    from ktune.trainables.hf_bert_tokens import BertStringEncoder, encode_texts
 
     texts = _parity_texts()
     assert len(texts) >= 200
@@ -290,7 +291,7 @@ def test_in_graph_tokenizer_gives_the_fast_tokenizers_ids(tiny):
 
 
 def test_tokens_are_cached_and_keyed_by_maxlen(tiny, cache_dir, data, monkeypatch):
-    from ktune.trainables import get_family, hf_bert
+    from ktune.trainables import get_family, hf_bert_tokens
 
     family = get_family("hf_bert")
     first = family.prepare(data, TrainingConfig(maxlen=24), _model(tiny))
@@ -303,7 +304,7 @@ def test_tokens_are_cached_and_keyed_by_maxlen(tiny, cache_dir, data, monkeypatc
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again instead of reading the cache")
 
-    monkeypatch.setattr(hf_bert, "encode_texts", no_tokenizing)
+    monkeypatch.setattr(hf_bert_tokens, "encode_texts", no_tokenizing)
     second = family.prepare(data, TrainingConfig(maxlen=24), _model(tiny))
     assert second.artefacts["tokens_cache"] == str(path)
     for split in ("train_inputs", "val_inputs"):

@@ -25,7 +25,7 @@ TEMPLATE = "bert_en_uncased_L-{L}_H-{H}_A-{A}"
 @pytest.fixture(scope="session")
 def tiny_hub(tmp_path_factory) -> Path:
     """Two tiny sizes (H 32 and 64, A = H / 16) and a preprocess model, written once."""
-    from ktune.trainables.tfhub_bert import make_tiny_bert
+    from ktune.testing.tfhub_bert import make_tiny_bert
 
     out = tmp_path_factory.mktemp("hub") / "tiny-bert"
     lines = list(make_tiny_bert(out, [(2, 32, 2), (2, 64, 4)]))
