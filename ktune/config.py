@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -240,8 +240,8 @@ def _section(raw: Any, key: str, known: tuple[str, ...]) -> dict:
     return dict(raw)
 
 
-def _fields(cls: type) -> tuple[str, ...]:
-    return tuple(cls.__dataclass_fields__)
+def _fields(cls: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 def _parse(
@@ -292,7 +292,7 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
     if cfg.source in ("csv", "jsonl"):
         if cfg.train is None:
             raise ConfigError(f"data.train: required for source '{cfg.source}' (path to a file)")
-        paths = {}
+        paths: dict[str, Any] = {}
         for name in ("train", "test"):
             value = getattr(cfg, name)
             if value is None:
@@ -555,7 +555,7 @@ def read_experiment_file(path: str | Path) -> dict | None:
         raise ConfigError(f"{path}: cannot read the experiment file: {e.strerror or e}") from None
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the experiment file must be a YAML mapping of keys")
-    return raw
+    return None if raw is None else dict(raw)
 
 
 # --- reading the YAML: a key written twice is an error, not "the last one wins" ------------

@@ -20,6 +20,7 @@ from ktune.search_spaces.base import (
     boolean,
     candidates,
     fraction,
+    listed,
     non_negative,
     positive_int,
     positive_number,
@@ -88,7 +89,7 @@ class BertSizeSpace(FamilySpace):
             if has_size_placeholders(model[name]):
                 continue
             for size in ("embed_dim", "layers"):
-                if len(candidates(space[size])) > 1:
+                if len(listed(space[size])) > 1:
                     raise ConfigError(
                         f"model.{name}: has no {{L}}/{{H}}/{{A}} placeholders, so "
                         f"search.space.{size} must be a single value"

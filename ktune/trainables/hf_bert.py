@@ -54,7 +54,7 @@ from ktune.config import TrainingConfig
 from ktune.data import TextDataset
 from ktune.errors import ConfigError, ExperimentError
 from ktune.search_spaces import Spec
-from ktune.search_spaces.base import TRIAL_DEFAULTS, candidates
+from ktune.search_spaces.base import TRIAL_DEFAULTS, listed
 from ktune.search_spaces.bert import has_size_placeholders
 from ktune.search_spaces.hf_bert import ALIASES, model_name
 from ktune.trainables.base import Family, Prepared
@@ -235,10 +235,10 @@ def check_models(
     template = resolve_location(str(model["name"]))
     tokenizer = load_tokenizer(resolve_location(str(model["tokenizer"])))
     vocab = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
-    head_size = int(candidates(space["head_size"])[0])
+    head_size = int(listed(space["head_size"])[0])
     names = []
-    for layers in candidates(space["layers"]):
-        for embed_dim in candidates(space["embed_dim"]):
+    for layers in listed(space["layers"]):
+        for embed_dim in listed(space["embed_dim"]):
             heads = embed_dim // head_size
             name = model_name(template, layers=layers, embed_dim=embed_dim, heads=heads)
             size = _size_text(layers, embed_dim, heads)

@@ -24,7 +24,7 @@ from ktune.config import TrainingConfig
 from ktune.data import TextDataset
 from ktune.errors import ConfigError
 from ktune.search_spaces import Spec
-from ktune.search_spaces.base import TRIAL_DEFAULTS, candidates
+from ktune.search_spaces.base import TRIAL_DEFAULTS, listed
 from ktune.search_spaces.bert import format_handle
 from ktune.trainables.base import Family, Prepared
 
@@ -102,9 +102,9 @@ class TfhubBertFamily(Family):
             hub.load(preprocess)
         except Exception as e:  # noqa: BLE001 - hub raises many kinds; the user needs one line
             raise _load_error("model.preprocess", model["preprocess"], e) from None
-        head_size = candidates(space["head_size"])[0]
-        for dim in candidates(space["embed_dim"]):
-            for layers in candidates(space["layers"]):
+        head_size = listed(space["head_size"])[0]
+        for dim in listed(space["embed_dim"]):
+            for layers in listed(space["layers"]):
                 config = {"embed_dim": dim, "layers": layers, "heads": dim // head_size}
                 handle = _local_or_url(encoder_handle(model["encoder"], config))
                 try:
