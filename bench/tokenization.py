@@ -44,12 +44,8 @@ import tensorflow as tf
 
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.data import TextDataset, generate_builtin
-from ktune.trainables.hf_bert import (
-    BertStringEncoder,
-    encode_texts,
-    tiny_vocabulary,
-    tokenize_splits,
-)
+from ktune.testing.hf_bert import tiny_vocabulary
+from ktune.trainables.hf_bert_tokens import BertStringEncoder, encode_texts, tokenize_splits
 
 N_TEXTS = 20_000
 MAXLEN = 64

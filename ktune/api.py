@@ -303,11 +303,11 @@ def search_space(
         space = ktune.search_space("transformer", {"embed_dim": [32, 64]}, backend="tune")
         tune.Tuner(ktune.trainable("transformer"), param_space=space, ...).fit()
     """
-    from ktune.search_spaces import SPACES
+    from ktune.families import get_space, names
 
-    if family not in SPACES:
-        raise ConfigError(f"family: must be one of {', '.join(SPACES)}, got {family!r}")
-    space = SPACES[family]
+    if family not in names():
+        raise ConfigError(f"family: must be one of {', '.join(names())}, got {family!r}")
+    space = get_space(family)
     resolved = space.resolve(overrides, key="overrides")
     if backend == "optuna":
         return space.space_fn(resolved)
@@ -420,10 +420,10 @@ def trainable(
 
 
 def _space_for(family: str, build_model: Callable | None):
-    from ktune.search_spaces import SPACES
+    from ktune.families import get_space
     from ktune.search_spaces.custom import CustomModelSpace
 
-    return CustomModelSpace() if build_model is not None else SPACES[family]
+    return CustomModelSpace() if build_model is not None else get_space(family)
 
 
 def _trial_info(result_or_checkpoint: Any) -> tuple[Any, dict]:

@@ -200,11 +200,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     sizes = _parse_sizes(args.sizes, args.head_size)
     make: Callable[[Path, list[tuple[int, int, int]]], Iterable[str]]
     if args.models_command == "make-tiny-bert":
-        from ktune.trainables.tfhub_bert import make_tiny_bert
+        from ktune.testing.tfhub_bert import make_tiny_bert
 
         make = make_tiny_bert
     else:
-        from ktune.trainables.hf_bert import make_tiny_hf_bert
+        from ktune.testing.hf_bert import make_tiny_hf_bert
 
         make = make_tiny_hf_bert
     for line in make(out, sizes):

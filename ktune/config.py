@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
 
+from ktune import families
 from ktune import storage as _storage
 from ktune.errors import ConfigError
 from ktune.experiment_dir import EXPORT_DIR
-from ktune.search_spaces import SPACES, Spec
+from ktune.search_spaces import Spec
 
 __all__ = [
     "ExperimentConfig",
@@ -239,8 +240,8 @@ def _section(raw: Any, key: str, known: tuple[str, ...]) -> dict:
     return dict(raw)
 
 
-def _fields(cls: type) -> tuple[str, ...]:
-    return tuple(cls.__dataclass_fields__)
+def _fields(cls: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 def _parse(
@@ -291,7 +292,7 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
     if cfg.source in ("csv", "jsonl"):
         if cfg.train is None:
             raise ConfigError(f"data.train: required for source '{cfg.source}' (path to a file)")
-        paths = {}
+        paths: dict[str, Any] = {}
         for name in ("train", "test"):
             value = getattr(cfg, name)
             if value is None:
@@ -380,7 +381,7 @@ def space_of(family: str, model: Mapping[str, Any] | None = None):
         from ktune.search_spaces.custom import CustomModelSpace
 
         return CustomModelSpace()
-    return SPACES[family]
+    return families.get_space(family)
 
 
 def _mutations(cfg: SearchConfig, given: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -494,8 +495,8 @@ def parse_config(
     name = _str("name", top["name"])
     if not _NAME.match(name):
         raise _fail("name", "must be letters, digits, '.', '_' or '-' (it names a folder)", name)
-    family = _one_of("family", top.get("family", "transformer"), tuple(SPACES))
-    model = SPACES[family].resolve_model(top.get("model"))
+    family = _one_of("family", top.get("family", "transformer"), families.names())
+    model = families.get_space(family).resolve_model(top.get("model"))
     search = _parse_search(top.get("search"), family, model)
     space_of(family, model).check_model(model, search.space)
     if num_samples is not None:
@@ -554,7 +555,7 @@ def read_experiment_file(path: str | Path) -> dict | None:
         raise ConfigError(f"{path}: cannot read the experiment file: {e.strerror or e}") from None
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the experiment file must be a YAML mapping of keys")
-    return raw
+    return None if raw is None else dict(raw)
 
 
 # --- reading the YAML: a key written twice is an error, not "the last one wins" ------------

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ktune.search_spaces.base import TRIAL_DEFAULTS
 
 __all__ = ["WarmupLinearDecay", "create_optimizer"]
 
@@ -60,16 +61,18 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 def create_optimizer(
     learning_rate: float,
     total_steps: int,
-    warmup: float = 0.1,
-    weight_decay: float = 0.01,
+    warmup: float = TRIAL_DEFAULTS["warmup"],
+    weight_decay: float = TRIAL_DEFAULTS["weight_decay"],
 ) -> keras.optimizers.Optimizer:
     """AdamW over :class:`WarmupLinearDecay`; ``warmup`` is a fraction of ``total_steps``.
 
     Args:
         learning_rate: float. Peak learning rate, > 0.
         total_steps: int. Steps of the whole run (epochs x steps per epoch).
-        warmup: float. Share of ``total_steps`` spent warming up, in [0, 1). Defaults to 0.1.
-        weight_decay: float. Decoupled weight decay. Defaults to 0.01.
+        warmup: float. Share of ``total_steps`` spent warming up, in [0, 1). Defaults to
+            ``TRIAL_DEFAULTS["warmup"]`` (0.1).
+        weight_decay: float. Decoupled weight decay. Defaults to
+            ``TRIAL_DEFAULTS["weight_decay"]`` (0.01).
     """
     if learning_rate <= 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")

@@ -32,6 +32,22 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_setup(tmp_path_factory):
+    """``tiny_setup(family)``: the family's tiny local models (its ``ktune.testing`` hook),
+    written once per session and shared by the contract suite and the family's own tests."""
+    from ktune.testing import tiny_setup as write
+
+    made: dict = {}
+
+    def get(family: str):
+        if family not in made:
+            made[family] = write(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        return made[family]
+
+    return get
+
+
 @pytest.fixture
 def seeded():
     import tf_keras as keras

@@ -1,7 +1,8 @@
 """The ``hf_bert`` family on tiny local BERTs: sizes, tokenizer parity, cache, search, export.
 
-Tiny random-weight models are written once per module with ``make_tiny_hf_bert``;
-nothing is downloaded.
+Tiny random-weight models are the family's testing hook (``ktune.testing.hf_bert``), written
+once per session; nothing is downloaded. Build, fit, checkpoint and export round trips are
+the contract every family keeps (``tests/test_family_contract.py``).
 """
 
 from __future__ import annotations
@@ -19,24 +20,22 @@ import yaml
 
 from ktune.config import DataConfig, TrainingConfig, parse_config
 from ktune.errors import ConfigError
-from ktune.search_spaces import SPACES
+from ktune.search_spaces import get_space
 from ktune.search_spaces.hf_bert import DEFAULT_NAME, DEFAULT_TOKENIZER, model_name
+from ktune.testing.hf_bert import SIZES  # (L, H, A), head_size 16
 
 from conftest import REPO, subprocess_env, tiny_experiment
 
-SIZES = [(2, 32, 2), (2, 64, 4)]  # (L, H, A), head_size 16
 CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Two tiny BERTs and their shared tokenizer, written once for this module."""
-    from ktune.trainables.hf_bert import make_tiny_hf_bert
-
-    root = tmp_path_factory.mktemp("hf") / "tiny-hf-bert"
-    lines = list(make_tiny_hf_bert(root, SIZES))
-    template = f"{root}/bert_uncased_L-{{L}}_H-{{H}}_A-{{A}}"
-    return {"root": root, "lines": lines, "template": template}
+def tiny(tiny_setup):
+    """Two tiny BERTs (:data:`SIZES`) and their shared tokenizer, written once per session."""
+    setup = tiny_setup("hf_bert")
+    template = f"{setup.root}/bert_uncased_L-{{L}}_H-{{H}}_A-{{A}}"
+    assert setup.model == {"name": template, "tokenizer": str(setup.root)}
+    return {"root": setup.root, "lines": list(setup.lines), "template": template}
 
 
 @pytest.fixture
@@ -59,7 +58,7 @@ def _model(tiny) -> dict:
 
 def _space(**over):
     raw = {"embed_dim": [32, 64], "layers": [2], "head_size": 16, **over}
-    return SPACES["hf_bert"].resolve(raw)
+    return get_space("hf_bert").resolve(raw)
 
 
 # --- the search space and names ---------------------------------------------------------
@@ -79,7 +78,7 @@ def test_sizes_map_to_model_names():
 def test_space_defaults_and_heads_from_head_size():
     import optuna
 
-    space = SPACES["hf_bert"]
+    space = get_space("hf_bert")
     resolved = space.resolve(None)
     assert set(resolved) >= {
         "embed_dim",
@@ -134,51 +133,6 @@ def test_frozen_and_full_fine_tuning_train_different_weights(tiny, cache_dir, da
         {**base, "embed_dim": 64, "heads": 4}, prepared.artefacts, 4, training
     )
     assert bigger.count_params() > full.count_params()
-
-
-def test_checkpoint_restores_model_and_optimizer(tiny, cache_dir, data, tmp_path, seeded):
-    """The trial loop's TF object checkpoint round-trips (frozen base: head-only slots)."""
-    import tensorflow as tf
-
-    from ktune.trainables import get_family
-    from ktune.trainables.base import compile_model, restore_model
-
-    family = get_family("hf_bert")
-    training = TrainingConfig(maxlen=24, epochs=1, batch_size=32)
-    prepared = family.prepare(data, training, _model(tiny))
-    config = {
-        "embed_dim": 32,
-        "layers": 2,
-        "heads": 2,
-        "learning_rate": 3e-3,
-        "trainable": False,
-        "warmup": 0.1,
-    }
-
-    def fresh():
-        model = family.build_model(config, prepared.artefacts, 4, training)
-        optimizer = compile_model(model, config, training, len(data.train_labels))
-        epoch = tf.Variable(0, dtype=tf.int64)
-        return (
-            model,
-            optimizer,
-            epoch,
-            tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch),
-        )
-
-    model, optimizer, epoch, checkpoint = fresh()
-    model.fit(prepared.train_inputs, data.train_labels, batch_size=32, epochs=1, verbose=0)
-    epoch.assign(1)
-    checkpoint.write(str(tmp_path / "ckpt"))
-    _, optimizer2, epoch2, checkpoint2 = fresh()
-    checkpoint2.read(str(tmp_path / "ckpt")).assert_consumed()  # as a resumed trial does
-    assert int(epoch2.numpy()) == 1
-    assert int(optimizer2.iterations.numpy()) == int(optimizer.iterations.numpy()) > 0
-    restored = restore_model(family, config, prepared.artefacts, 4, training, tmp_path)
-    np.testing.assert_array_equal(
-        model.predict(prepared.val_inputs, verbose=0),
-        restored.predict(prepared.val_inputs, verbose=0),
-    )
 
 
 # --- tokenization: once, cached, and the same ids in graph ------------------------------
@@ -264,7 +218,8 @@ def test_in_graph_tokenizer_gives_the_fast_tokenizers_ids(tiny):
     """
     import tensorflow as tf
 
-    from ktune.trainables.hf_bert import BertStringEncoder, encode_texts, load_tokenizer
+    from ktune.trainables.hf_bert import load_tokenizer
+    from ktune.trainables.hf_bert_tokens import BertStringEncoder, encode_texts
 
     texts = _parity_texts()
     assert len(texts) >= 200
@@ -290,7 +245,7 @@ def test_in_graph_tokenizer_gives_the_fast_tokenizers_ids(tiny):
 
 
 def test_tokens_are_cached_and_keyed_by_maxlen(tiny, cache_dir, data, monkeypatch):
-    from ktune.trainables import get_family, hf_bert
+    from ktune.trainables import get_family, hf_bert_tokens
 
     family = get_family("hf_bert")
     first = family.prepare(data, TrainingConfig(maxlen=24), _model(tiny))
@@ -303,7 +258,7 @@ def test_tokens_are_cached_and_keyed_by_maxlen(tiny, cache_dir, data, monkeypatc
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again instead of reading the cache")
 
-    monkeypatch.setattr(hf_bert, "encode_texts", no_tokenizing)
+    monkeypatch.setattr(hf_bert_tokens, "encode_texts", no_tokenizing)
     second = family.prepare(data, TrainingConfig(maxlen=24), _model(tiny))
     assert second.artefacts["tokens_cache"] == str(path)
     for split in ("train_inputs", "val_inputs"):
@@ -454,41 +409,6 @@ def test_search_runs_two_trials_and_exports(finished):
     meta = json.loads((Path(best["export"]) / "metadata.json").read_text())
     assert meta["family"] == "hf_bert" and meta["class_names"] == CLASSES
     assert meta["verified"]["max_abs_diff"] <= 1e-5
-
-
-@pytest.mark.slow
-def test_export_takes_raw_strings_in_a_process_without_ktune(finished):
-    from ktune.export import predict
-
-    _, best = finished
-    texts = [
-        "Striker scores twice in the cup final",
-        "Shares fell after the bank cut profit",
-        "",
-        "Ünïcödé — naïve café 東京 📈",
-        "word " * 100,
-    ]
-    ours = np.array([list(r["probabilities"].values()) for r in predict(best["export"], texts)])
-    script = (
-        "import json, sys\n"
-        "import tensorflow as tf, tensorflow_text  # registers the tokenizer's ops\n"
-        "fn = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-        "out = fn(tf.constant(json.loads(sys.argv[2])))\n"
-        "print(json.dumps({'p': out['probabilities'].numpy().tolist(),"
-        " 'label': [x.decode() for x in out['label'].numpy()]}))\n"
-        "assert 'ktune' not in sys.modules and 'transformers' not in sys.modules\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, best["export"], json.dumps(texts)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(np.array(got["p"]), ours, atol=1e-6)
-    assert all(label in CLASSES for label in got["label"])
 
 
 # --- the plugin: the hf_bert trainable in a user's own Tuner ---------------------------

@@ -10,8 +10,9 @@ import pytest
 from optuna.samplers import TPESampler
 
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
+from ktune import families
 from ktune.errors import ConfigError
-from ktune.search_spaces import SPACES, Choice, Fixed, Range, get_space, parse_spec
+from ktune.search_spaces import Choice, Fixed, Range, get_space, parse_spec
 from ktune.search_spaces.transformer import DEFAULT_SPACE, TransformerSpace, heads_choices
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -187,7 +188,7 @@ def test_parse_spec_kinds():
 
 def test_define_by_run_is_picklable_and_still_samples():
     family = get_space("transformer")
-    assert family is SPACES["transformer"]
+    assert family is families.get_space("transformer")  # one shared instance
     fn = family.space_fn(family.resolve(OVERRIDES))
     clone = pickle.loads(pickle.dumps(fn))
     assert type(clone.family_space) is TransformerSpace

@@ -1,24 +1,13 @@
-"""Search spaces, one module per family; the registry the config validates against.
+"""Search spaces, one module per family, and the spec types they share.
 
 No TensorFlow is imported here, so the driver validates an experiment file in
-milliseconds, before Ray or TensorFlow start.
+milliseconds, before Ray or TensorFlow start. Which space belongs to which family is
+registered once, in :mod:`ktune.families`; :func:`get_space` is its accessor.
 """
 
 from __future__ import annotations
 
+from ktune.families import get_space
 from ktune.search_spaces.base import Choice, FamilySpace, Fixed, Range, Spec, parse_spec
-from ktune.search_spaces.hf_bert import HfBertSpace
-from ktune.search_spaces.tfhub_bert import TfhubBertSpace
-from ktune.search_spaces.transformer import TransformerSpace
 
-__all__ = ["SPACES", "get_space", "Choice", "Range", "Fixed", "Spec", "FamilySpace", "parse_spec"]
-
-SPACES: dict[str, FamilySpace] = {
-    "transformer": TransformerSpace(),
-    "tfhub_bert": TfhubBertSpace(),
-    "hf_bert": HfBertSpace(),
-}
-
-
-def get_space(family: str) -> FamilySpace:
-    return SPACES[family]
+__all__ = ["get_space", "Choice", "Range", "Fixed", "Spec", "FamilySpace", "parse_spec"]

@@ -26,6 +26,7 @@ __all__ = [
     "DefineByRun",
     "parse_spec",
     "candidates",
+    "listed",
     "searched_keys",
     "tpe_startup_trials",
     "TRIAL_DEFAULTS",
@@ -36,6 +37,7 @@ __all__ = [
 _SCALAR = (bool, int, float, str)
 
 # What a trial uses when its config lacks the key: the one place these defaults live.
+# The spaces, the optimizer (ktune.optim) and the models read them from here.
 TRIAL_DEFAULTS: Mapping[str, Any] = {"warmup": 0.1, "weight_decay": 0.01, "dropout": 0.1}
 
 # Hyperparameters that keep a model's shape: the only ones PBT/PB2 may mutate, since an
@@ -136,6 +138,17 @@ def candidates(spec: Spec, limit: int = 100_000) -> list | None:
     if spec.integer and spec.high - spec.low < limit:
         return list(range(int(spec.low), int(spec.high) + 1))
     return None
+
+
+def listed(spec: Spec) -> list:
+    """Every value of a spec that must be a finite list (sizes, heads); ValueError if not.
+
+    For specs :meth:`FamilySpace.check` has accepted as lists, so the error is a bug.
+    """
+    values = candidates(spec)
+    if values is None:
+        raise ValueError(f"expected a finite set of values, got {spec.describe()}")
+    return values
 
 
 def _extremes(spec: Spec) -> list:
@@ -284,7 +297,7 @@ class FamilySpace:
         out = {**TRIAL_DEFAULTS, **self.trial_defaults, **config}
         out = {name: value for name, value in out.items() if name in known}
         for name, value in out.items():
-            problem = known[name](value) if known[name] else None
+            problem = known[name](value)
             if problem:
                 raise ConfigError(f"{key}.{name}: {problem}, got {value!r}")
         self.check_combination(out, key)
@@ -357,7 +370,7 @@ def searched_keys(space: Mapping[str, Spec]) -> list[str]:
     keys = [
         name
         for name, spec in space.items()
-        if not (candidates(spec) is not None and len(set(candidates(spec))) == 1)
+        if not ((values := candidates(spec)) is not None and len(set(values)) == 1)
     ]
     if "embed_dim" in keys:
         keys = [k for k in keys if k != "heads"]

@@ -13,12 +13,14 @@ from typing import Any, Mapping
 
 from ktune.errors import ConfigError
 from ktune.search_spaces.base import (
+    TRIAL_DEFAULTS,
     FamilySpace,
     Fixed,
     Spec,
     boolean,
     candidates,
     fraction,
+    listed,
     non_negative,
     positive_int,
     positive_number,
@@ -35,7 +37,7 @@ BERT_DEFAULT_SPACE: dict[str, Any] = {
     "warmup": {"low": 0.0, "high": 0.2},
     "dropout": {"low": 0.0, "high": 0.2},
     "trainable": [False, True],
-    "weight_decay": 0.01,
+    "weight_decay": TRIAL_DEFAULTS["weight_decay"],
 }
 
 _PLACEHOLDER = re.compile(r"\{(L|H|A)\}")
@@ -87,7 +89,7 @@ class BertSizeSpace(FamilySpace):
             if has_size_placeholders(model[name]):
                 continue
             for size in ("embed_dim", "layers"):
-                if len(candidates(space[size])) > 1:
+                if len(listed(space[size])) > 1:
                     raise ConfigError(
                         f"model.{name}: has no {{L}}/{{H}}/{{A}} placeholders, so "
                         f"search.space.{size} must be a single value"

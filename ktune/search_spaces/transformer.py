@@ -13,12 +13,14 @@ from typing import Any, Mapping
 
 from ktune.errors import ConfigError
 from ktune.search_spaces.base import (
+    TRIAL_DEFAULTS,
     Choice,
     FamilySpace,
     Range,
     Spec,
     candidates,
     fraction,
+    listed,
     non_negative,
     positive_int,
     positive_number,
@@ -37,7 +39,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "ff_dim": [32, 64, 128],
     "dropout": {"low": 0.0, "high": 0.4},
     "num_blocks": [1, 2],
-    "weight_decay": 0.01,
+    "weight_decay": TRIAL_DEFAULTS["weight_decay"],
 }
 
 
@@ -57,8 +59,9 @@ class TransformerSpace(FamilySpace):
 
     def check(self, space: Mapping[str, Spec], key: str) -> None:
         for name in ("embed_dim", "heads"):
-            if isinstance(space[name], Range) and not space[name].integer:
-                raise ConfigError(f"{key}.{name}: must be integers, got {space[name].describe()}")
+            spec = space[name]
+            if isinstance(spec, Range) and not spec.integer:
+                raise ConfigError(f"{key}.{name}: must be integers, got {spec.describe()}")
         dims = candidates(space["embed_dim"])
         heads = candidates(space["heads"])
         if dims is None or heads is None:
@@ -74,7 +77,7 @@ class TransformerSpace(FamilySpace):
         config = {}
         embed_dim = suggest(trial, "embed_dim", space["embed_dim"])
         config["embed_dim"] = embed_dim
-        valid = [h for h in candidates(space["heads"]) if embed_dim % h == 0]
+        valid = [h for h in listed(space["heads"]) if embed_dim % h == 0]
         config["heads"] = suggest(trial, f"heads_for_embed_dim_{embed_dim}", Choice(tuple(valid)))
         for name, spec in space.items():
             if name not in config:
@@ -104,8 +107,8 @@ class TransformerSpace(FamilySpace):
         from ray import tune
 
         out = super().tune_space(space)
-        heads = tuple(candidates(space["heads"]))
-        if any(e % h for e in candidates(space["embed_dim"]) for h in heads):
+        heads = tuple(listed(space["heads"]))
+        if any(e % h for e in listed(space["embed_dim"]) for h in heads):
             out["heads"] = tune.sample_from(DivisorHeads(heads))
         return out
 
@@ -130,4 +133,4 @@ class DivisorHeads:
 
 def heads_choices(space: Mapping[str, Spec], embed_dim: int) -> list[int]:
     """The heads values a trial with ``embed_dim`` can draw (for tests and docs)."""
-    return [h for h in candidates(space["heads"]) if embed_dim % h == 0]
+    return [h for h in listed(space["heads"]) if embed_dim % h == 0]

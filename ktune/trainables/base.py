@@ -32,8 +32,7 @@ from ktune.config import TrainingConfig
 from ktune.data import TextDataset
 from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, restore
 from ktune.optim import create_optimizer
-from ktune.search_spaces import FamilySpace
-from ktune.search_spaces.base import TRIAL_DEFAULTS
+from ktune.search_spaces.base import TRIAL_DEFAULTS, FamilySpace
 from ktune.trainables.devices import configure_devices
 
 __all__ = [
@@ -47,6 +46,7 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "TRIAL_FILE",
     "family_of",
+    "trial_info",
     "starting_checkpoint",
 ]
 
@@ -69,11 +69,17 @@ class Family(ABC):
     """A model family: its search space, its shared preparation, model and serving encoder.
 
     Adding a family means one module with a subclass and one line in the registry
-    (``ktune.trainables.FAMILIES``).
+    (:data:`ktune.families.REGISTRY`), which also names its search space.
     """
 
     name: str
-    space: FamilySpace
+
+    @property
+    def space(self) -> FamilySpace:
+        """The family's search space, found through its registration."""
+        from ktune.families import get_space
+
+        return get_space(self.name)
 
     def check_model(self, model: Mapping[str, Any], space: Mapping[str, Any]) -> None:  # noqa: B027
         """Called in the driver before anything else: every model the search space can
@@ -173,7 +179,8 @@ class ReportEpoch(ReportCheckpoint):
         self._optimizer = optimizer
         self._start_epoch = start_epoch  # > 0: this run of the trial was restored
         # Which Ray node ran this epoch: trials move between nodes on retries and restores.
-        self._node_id = ray.get_runtime_context().get_node_id()
+        # (None outside Ray: the contract tests fit a family without starting one.)
+        self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         self._trial_json = json.dumps(dict(trial_info), default=str)
         super().__init__(extra_metrics=self._extra, write_files=self._write)
 
@@ -235,19 +242,6 @@ def run_trial(
     start = restore(model, checkpoint)
     if start >= training.epochs:
         return
-    trial_info = {
-        "family": payload.family,
-        "config": config,
-        "training": asdict(training),
-        "class_names": list(payload.class_names),
-        "artefacts": payload.artefacts,
-        "verify_texts": list(payload.verify_texts),
-        "build_model": callable_reference(payload.build_model),
-        # This run of the trial and the checkpoint it started from: which of the
-        # trial's checkpoints continue which (PBT rewrites a trial's folders).
-        "run": uuid.uuid4().hex,
-        "parent": parent,
-    }
     model.fit(
         payload.train_inputs,
         payload.train_labels,
@@ -257,8 +251,26 @@ def run_trial(
         initial_epoch=start,
         shuffle=True,
         verbose=0,
-        callbacks=[ReportEpoch(optimizer, start, trial_info), *callbacks],
+        callbacks=[ReportEpoch(optimizer, start, trial_info(payload, config, parent)), *callbacks],
     )
+
+
+def trial_info(payload: TrialPayload, config: Mapping[str, Any], parent: dict | None) -> dict:
+    """What every checkpoint of this run of a trial carries beside the weights
+    (``ktune_trial.json``): enough to rebuild, export and place the model."""
+    return {
+        "family": payload.family,
+        "config": dict(config),
+        "training": asdict(payload.training),
+        "class_names": list(payload.class_names),
+        "artefacts": payload.artefacts,
+        "verify_texts": list(payload.verify_texts),
+        "build_model": callable_reference(payload.build_model),
+        # This run of the trial and the checkpoint it started from: which of the
+        # trial's checkpoints continue which (PBT rewrites a trial's folders).
+        "run": uuid.uuid4().hex,
+        "parent": parent,
+    }
 
 
 def callable_reference(fn: Any) -> str | None:

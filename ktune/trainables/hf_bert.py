@@ -8,7 +8,8 @@ Life of an experiment:
   ``$KTUNE_CACHE_DIR/tokens`` (default ``~/.cache/ktune/tokens``), keyed by the tokenizer,
   ``maxlen`` and the data's fingerprint. Trials get the arrays through the object store:
   no per-example Python in their input pipeline (the lesson's ``tf.py_function`` per
-  example was the bottleneck of its whole run).
+  example was the bottleneck of its whole run). The encoding and its cache live in
+  :mod:`ktune.trainables.hf_bert_tokens`.
 - :meth:`HfBertFamily.build_model` (each trial) loads the model its size names
   (:func:`ktune.search_spaces.hf_bert.model_name`) with ``num_labels`` from the data and
   wraps it in a functional Keras model that outputs softmax probabilities. With
@@ -16,36 +17,27 @@ Life of an experiment:
   the lesson; with ``true`` everything fine-tunes (AdamW + warmup from ``ktune.optim``).
 - :meth:`HfBertFamily.string_encoder` (export) is ``transformers.TFBertTokenizer`` in the
   graph, set up to produce exactly the ids of the fast tokenizer used in training (see
-  :class:`InGraphBertTokenizer`).
+  :class:`ktune.trainables.hf_bert_tokens.InGraphBertTokenizer`).
 
 Anything that cannot be loaded raises :class:`~ktune.errors.ConfigError` with one line
 naming the key, the name and what to do: :meth:`HfBertFamily.check_model` checks every
-size of the search space before the data loads. :func:`make_tiny_hf_bert` writes tiny
-random models in the template's layout for offline use and tests.
+size of the search space before the data loads. Tiny random models in the template's
+layout, for offline use and tests: :func:`ktune.testing.hf_bert.make_tiny_hf_bert`.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import itertools
-import json
 import logging
 import os
 import re
-import shutil
 import socket
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlparse
 
-import numpy as np
-import tensorflow as tf
-import tensorflow_text as tf_text
 import tf_keras as keras
-from tokenizers import Tokenizer
 
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
@@ -54,41 +46,33 @@ with warnings.catch_warnings():
     import transformers
     from transformers import (
         AutoConfig,
-        BertConfig,
         BertTokenizerFast,
         TFBertForSequenceClassification,
-        TFBertTokenizer,
     )
 
 from ktune.config import TrainingConfig
-from ktune.data import TextDataset, generate_builtin
+from ktune.data import TextDataset
 from ktune.errors import ConfigError, ExperimentError
 from ktune.search_spaces import Spec
-from ktune.search_spaces.base import candidates
+from ktune.search_spaces.base import TRIAL_DEFAULTS, listed
 from ktune.search_spaces.bert import has_size_placeholders
-from ktune.search_spaces.hf_bert import ALIASES, HfBertSpace, model_name
+from ktune.search_spaces.hf_bert import ALIASES, model_name
 from ktune.trainables.base import Family, Prepared
+from ktune.trainables.hf_bert_tokens import (
+    INPUT_NAMES,
+    BertStringEncoder,
+    bert_normalization,
+    encode_texts,
+    tokenize_splits,
+    tokenizer_digest,
+)
 
-__all__ = [
-    "HfBertFamily",
-    "InGraphBertTokenizer",
-    "INPUT_NAMES",
-    "build_classifier",
-    "check_models",
-    "encode_texts",
-    "load_tokenizer",
-    "make_tiny_hf_bert",
-    "resolve_location",
-    "token_cache_dir",
-    "tokenize_splits",
-]
+__all__ = ["HfBertFamily", "build_classifier", "check_models", "load_tokenizer", "resolve_location"]
 
 log = logging.getLogger("ktune")
 # "Some weights were newly initialized": expected, the classifier is new for every task.
 transformers.logging.set_verbosity_error()
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-_CACHE_VERSION = "1"
 _ADVICE = (
     "point it at a local directory (`ktune models make-tiny-hf-bert DIR` writes tiny ones), "
     "or download it once with network and set HF_HOME to that cache (HF_HUB_OFFLINE=1 offline)"
@@ -194,53 +178,8 @@ def load_tokenizer(name: str, key: str = "model.tokenizer") -> BertTokenizerFast
         what="tokenizer",
         split_special_tokens=True,
     )
-    _normalization(tokenizer, name, key)  # refuses what the in-graph tokenizer cannot mirror
+    bert_normalization(tokenizer, name, key)  # refuses what the in-graph tokenizer cannot mirror
     return tokenizer
-
-
-def _tokenizer_state(tokenizer: BertTokenizerFast) -> dict:
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    # Truncation and padding are call settings, left behind by the last encode.
-    state.pop("truncation", None)
-    state.pop("padding", None)
-    return state
-
-
-def tokenizer_digest(tokenizer: BertTokenizerFast) -> str:
-    """SHA-256 of everything that decides the ids: vocabulary, normalizer, splitting."""
-    state = _tokenizer_state(tokenizer)
-    state["split_special_tokens"] = bool(tokenizer.split_special_tokens)
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _normalization(tokenizer: BertTokenizerFast, name: str, key: str) -> dict:
-    """The BertNormalizer settings of ``tokenizer``, which the export mirrors in graph."""
-    state = _tokenizer_state(tokenizer)
-    norm, model = state.get("normalizer") or {}, state.get("model") or {}
-    pre = (state.get("pre_tokenizer") or {}).get("type")
-    if (
-        norm.get("type") != "BertNormalizer"
-        or model.get("type") != "WordPiece"
-        or (pre != "BertPreTokenizer")
-    ):
-        raise ConfigError(
-            f"{key}: '{name}' is not a BERT WordPiece tokenizer (normalizer "
-            f"{norm.get('type')}, pre-tokenizer {pre}, model {model.get('type')})"
-        )
-    if not norm.get("handle_chinese_chars", True):
-        raise ConfigError(
-            f"{key}: '{name}' does not split CJK characters; the in-graph tokenizer always does"
-        )
-    lowercase = bool(norm.get("lowercase", True))
-    strip = norm.get("strip_accents")
-    return {
-        "clean_text": bool(norm.get("clean_text", True)),
-        "lowercase": lowercase,
-        "strip_accents": lowercase if strip is None else bool(strip),
-        "unk_token": str(model.get("unk_token", "[UNK]")),
-        "continuing_subword_prefix": str(model.get("continuing_subword_prefix", "##")),
-        "max_input_chars_per_word": int(model.get("max_input_chars_per_word", 100)),
-    }
 
 
 def _load_config(name: str, key: str, size: str) -> Any:
@@ -296,10 +235,10 @@ def check_models(
     template = resolve_location(str(model["name"]))
     tokenizer = load_tokenizer(resolve_location(str(model["tokenizer"])))
     vocab = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
-    head_size = int(candidates(space["head_size"])[0])
+    head_size = int(listed(space["head_size"])[0])
     names = []
-    for layers in candidates(space["layers"]):
-        for embed_dim in candidates(space["embed_dim"]):
+    for layers in listed(space["layers"]):
+        for embed_dim in listed(space["embed_dim"]):
             heads = embed_dim // head_size
             name = model_name(template, layers=layers, embed_dim=embed_dim, heads=heads)
             size = _size_text(layers, embed_dim, heads)
@@ -334,225 +273,16 @@ def check_models(
     return names
 
 
-# --- tokenize once, cached ----------------------------------------------------------------
-
-
-def token_cache_dir() -> Path:
-    """``$KTUNE_CACHE_DIR/tokens``, by default ``~/.cache/ktune/tokens``."""
-    root = os.environ.get("KTUNE_CACHE_DIR") or os.path.join("~", ".cache", "ktune")
-    return Path(root).expanduser() / "tokens"
-
-
-def encode_texts(
-    tokenizer: BertTokenizerFast, texts: Sequence[str], maxlen: int
-) -> dict[str, np.ndarray]:
-    """The model inputs for ``texts`` in one batch call: int32 arrays of shape (N, maxlen).
-
-    The same ids as ``tokenizer(texts, truncation=True, padding="max_length",
-    max_length=maxlen)``, from a copy of its Rust backend set to truncate and pad: that
-    skips the Python wrapper's per-text lists and offsets, which cost as much as the
-    tokenizing itself.
-    """
-    texts = [str(t) for t in texts]
-    n = len(texts)
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.encode_special_tokens = bool(tokenizer.split_special_tokens)
-    backend.no_truncation()
-    backend.enable_truncation(maxlen)
-    backend.enable_padding(
-        length=maxlen,
-        pad_id=tokenizer.pad_token_id,
-        pad_token=tokenizer.pad_token,
-        pad_type_id=tokenizer.pad_token_type_id,
-    )
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets
-    encodings = encode(texts, add_special_tokens=True) if n else []
-
-    def array(field: str) -> np.ndarray:
-        values = itertools.chain.from_iterable(getattr(e, field) for e in encodings)
-        return np.fromiter(values, np.int32, count=n * maxlen).reshape(n, maxlen)
-
-    return {
-        "input_ids": array("ids"),
-        "attention_mask": array("attention_mask"),
-        "token_type_ids": array("type_ids"),
-    }
-
-
-def _read_cache(path: Path, n_train: int, n_val: int, maxlen: int) -> tuple[dict, dict] | None:
-    try:
-        with np.load(path) as f:
-            train = {k: f[f"train.{k}"] for k in INPUT_NAMES}
-            val = {k: f[f"val.{k}"] for k in INPUT_NAMES}
-    except Exception:  # noqa: BLE001 - unreadable or partial: tokenize again
-        return None
-    shapes_ok = all(
-        a.shape == (n, maxlen) and a.dtype == np.int32
-        for split, n in ((train, n_train), (val, n_val))
-        for a in split.values()
-    )
-    return (train, val) if shapes_ok else None
-
-
-def _write_cache(path: Path, train: dict, val: dict) -> None:
-    """Written to a temporary file in the same folder, then renamed: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                **{f"train.{k}": v for k, v in train.items()},
-                **{f"val.{k}": v for k, v in val.items()},
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def tokenize_splits(
-    tokenizer: BertTokenizerFast, tokenizer_name: str, data: TextDataset, maxlen: int
-) -> tuple[dict, dict, Path, bool]:
-    """Token ids of the train and validation texts, from the cache or encoded once.
-
-    The cache key hashes the tokenizer's name and digest, ``maxlen`` and the data's
-    fingerprint. Returns ``(train, val, cache_file, hit)``.
-    """
-    key = hashlib.sha256(
-        "\0".join(
-            [
-                _CACHE_VERSION,
-                tokenizer_name,
-                tokenizer_digest(tokenizer),
-                str(maxlen),
-                data.fingerprint(),
-            ]
-        ).encode("utf-8")
-    ).hexdigest()[:32]
-    path = token_cache_dir() / f"{key}.npz"
-    n_train, n_val = len(data.train_texts), len(data.val_texts)
-    if path.is_file():
-        cached = _read_cache(path, n_train, n_val, maxlen)
-        if cached is not None:
-            return cached[0], cached[1], path, True
-    train = encode_texts(tokenizer, data.train_texts, maxlen)
-    val = encode_texts(tokenizer, data.val_texts, maxlen)
-    try:
-        _write_cache(path, train, val)
-    except OSError as e:  # a read-only home still runs, it just tokenizes every time
-        log.warning("tokens: cannot write the cache %s (%s)", path, e.strerror or e)
-    return train, val, path, False
-
-
-# --- the in-graph tokenizer for export ---------------------------------------------------
-
-# Characters BERT's normalizer deletes: control (Cc but tab, newline, carriage return),
-# format (Cf), private use (Co), and U+FFFD. tensorflow_text would turn them into spaces.
-_DELETED = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\p{Cf}\p{Co}\x{FFFD}]"
-
-
-class InGraphBertTokenizer(TFBertTokenizer):
-    """``TFBertTokenizer`` producing exactly the ids of ``BertTokenizerFast``.
-
-    The stock layer differs from the fast tokenizer on four kinds of text, each found on
-    test texts and fixed here by normalizing as ``BertNormalizer`` does before a
-    WordPiece step that normalizes nothing:
-
-    - it lower-cases with ``case_fold_utf8``, NFKC case folding, which also rewrites
-      compatibility characters that BERT keeps (``ﬁ`` -> ``fi``, ``Ａ`` -> ``a``, ``Ⅻ`` ->
-      ``xii``): here NFD, drop non-spacing marks (strip accents), then lower-case;
-    - tensorflow_text turns control and format characters into spaces, BERT deletes them
-      (``ctrl\u200bz`` is one word): here they are deleted first;
-    - ``tf.strings.lower`` writes a word-final capital sigma as ``ς``, BERT lower-cases
-      character by character to ``σ``: here ``Σ`` -> ``σ`` first;
-    - tensorflow_text limits a word to 100 *bytes*, BERT to 100 *characters* (a word of
-      60 ``ß``, a line of Thai): here the byte limit is 4 x the character limit and words
-      over the character limit become ``[UNK]`` in graph.
-
-    Left: characters added to Unicode after the ``tokenizers`` library's tables (2017 on:
-    new marks and punctuation of rare scripts) may still split differently.
-    Call :meth:`configure` with the normalizer's settings after ``from_tokenizer``.
-    """
-
-    def configure(self, normalization: Mapping[str, Any]) -> "InGraphBertTokenizer":
-        self.clean_text = bool(normalization["clean_text"])
-        self.strip_accents = bool(normalization["strip_accents"])
-        self.lowercase = bool(normalization["lowercase"])
-        self.max_chars_per_word = int(normalization["max_input_chars_per_word"])
-        self.unk_id = self.vocab_list.index(normalization["unk_token"])
-        prefix = normalization["continuing_subword_prefix"]
-        self.is_suffix = tf.constant([t.startswith(prefix) for t in self.vocab_list])
-        return self
-
-    def normalize(self, texts: tf.Tensor) -> tf.Tensor:
-        if self.clean_text:
-            texts = tf.strings.regex_replace(texts, _DELETED, "")
-        if self.strip_accents:
-            texts = tf_text.normalize_utf8(texts, "NFD")
-            texts = tf.strings.regex_replace(texts, r"\p{Mn}", "")
-        if self.lowercase:
-            texts = tf.strings.lower(tf.strings.regex_replace(texts, "Σ", "σ"), encoding="utf-8")
-        return texts
-
-    def unpaired_tokenize(self, texts: tf.Tensor) -> tf.RaggedTensor:
-        texts = self.normalize(texts)
-        # [batch, (pieces)] with the byte span of each piece in its (normalized) text
-        pieces, starts, ends = self.tf_tokenizer.tokenize_with_offsets(texts)
-        flat = pieces.flat_values
-        # A word is a first piece and the "##" pieces after it; number words batch-wide.
-        new_word = tf.logical_not(tf.gather(self.is_suffix, flat))
-        word = tf.cumsum(tf.cast(new_word, tf.int64)) - 1
-        n_words = tf.reduce_sum(tf.cast(new_word, tf.int64))
-        word_start = tf.math.unsorted_segment_min(starts.flat_values, word, n_words)
-        word_end = tf.math.unsorted_segment_max(ends.flat_values, word, n_words)
-        word_row = tf.math.unsorted_segment_min(pieces.value_rowids(), word, n_words)
-        word_text = tf.gather(texts, word_row)
-        chars = tf.strings.length(
-            tf.strings.substr(word_text, word_start, word_end - word_start), unit="UTF8_CHAR"
-        )
-        too_long = tf.gather(chars > self.max_chars_per_word, word)
-        values = tf.where(too_long, tf.constant(self.unk_id, flat.dtype), flat)
-        keep = tf.logical_or(new_word, tf.logical_not(too_long))
-        return tf.ragged.boolean_mask(
-            pieces.with_flat_values(values), pieces.with_flat_values(keep)
-        )
-
-
-class BertStringEncoder(keras.layers.Layer):
-    """Raw strings -> ``input_ids``, ``attention_mask``, ``token_type_ids`` (int32, maxlen).
-
-    Args:
-        tokenizer: BertTokenizerFast. The tokenizer the model trained with.
-        maxlen: int. Tokens per text, with ``[CLS]`` and ``[SEP]``.
-    """
-
-    def __init__(self, tokenizer: BertTokenizerFast, maxlen: int, **kwargs: Any):
-        super().__init__(name=kwargs.pop("name", "bert_string_encoder"), **kwargs)
-        norm = _normalization(tokenizer, tokenizer.name_or_path, "model.tokenizer")
-        self.maxlen = maxlen
-        self.tokenizer = InGraphBertTokenizer.from_tokenizer(
-            tokenizer,
-            max_length=maxlen,
-            padding="max_length",
-            truncation=True,
-            do_lower_case=False,  # lower-cased in configure(), without NFKC
-            unknown_token=norm["unk_token"],
-            suffix_indicator=norm["continuing_subword_prefix"],
-            # a UTF-8 character has up to 4 bytes; the character limit is applied in graph
-            max_bytes_per_word=4 * norm["max_input_chars_per_word"],
-        ).configure(norm)
-
-    def call(self, texts: tf.Tensor) -> dict:
-        out = self.tokenizer(texts)
-        return {k: tf.cast(out[k], tf.int32) for k in INPUT_NAMES}
-
-
 # --- the model ---------------------------------------------------------------------------
 
 
 def build_classifier(
-    name: str, *, num_classes: int, maxlen: int, trainable: bool = True, dropout: float = 0.1
+    name: str,
+    *,
+    num_classes: int,
+    maxlen: int,
+    trainable: bool = True,
+    dropout: float = TRIAL_DEFAULTS["dropout"],
 ) -> keras.Model:
     """``TFBertForSequenceClassification`` ``name`` as a functional model to probabilities.
 
@@ -589,7 +319,6 @@ def build_classifier(
 
 class HfBertFamily(Family):
     name = "hf_bert"
-    space = HfBertSpace()
 
     def prepare(
         self, data: TextDataset, training: TrainingConfig, model: Mapping[str, Any]
@@ -638,7 +367,7 @@ class HfBertFamily(Family):
             num_classes=num_classes,
             maxlen=training.maxlen,
             trainable=bool(config.get("trainable", True)),
-            dropout=float(config.get("dropout", 0.1)),
+            dropout=float(config.get("dropout", TRIAL_DEFAULTS["dropout"])),
         )
 
     def check_model(self, model: Mapping[str, Any], space: Mapping[str, Spec]) -> None:
@@ -664,95 +393,3 @@ class HfBertFamily(Family):
     def encode(self, artefacts: Mapping, training: TrainingConfig, texts: Sequence[str]) -> dict:
         # The training tokenizer: test accuracy and the export check see training's ids.
         return encode_texts(self._tokenizer(artefacts), texts, training.maxlen)
-
-
-# --- tiny models for offline use and tests -----------------------------------------------
-
-_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-# Characters beyond ASCII that texts in tests and the wild use, after BERT's
-# normalization (lower-cased, accents stripped): each is a token and a "##" piece.
-_EXTRA_CHARS = (
-    "ßøæœłđþðıĳ"
-    "αβγδεζηθικλμνξοπρστυφχψως"
-    "абвгдежзийклмнопрстуфхцчшщъыьэюяёіїє"
-    "東京日本語中文的一人大学国年のテキスト한국어"
-    "שלוםمرحباनमसतสวดี"
-    "€£¥°©®™½²³µ•§¶📈😀🙂"
-)
-_EXTRA_PUNCT = "–—…“”‘’«»¿¡·"
-_PIECES = ["##s", "##es", "##ed", "##ing", "##er", "##ers", "##ly", "##al", "##tion", "##ment"]
-
-
-def tiny_vocabulary() -> list[str]:
-    """A small uncased WordPiece vocabulary covering the builtin data's words.
-
-    Special tokens, every word of :func:`ktune.data.generate_builtin`, ASCII letters and
-    digits and :data:`_EXTRA_CHARS` as tokens and ``##`` pieces, punctuation, a few
-    suffixes. Every ASCII word tokenizes without ``[UNK]``.
-    """
-    titles, descriptions, _ = generate_builtin(4000, seed=0)
-    words = sorted(
-        {w.strip(".").lower() for text in (*titles, *descriptions) for w in text.split()} - {""}
-    )
-    letters = [c for c in "abcdefghijklmnopqrstuvwxyz0123456789" + _EXTRA_CHARS]
-    punctuation = list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" + _EXTRA_PUNCT)
-    vocab = _SPECIAL + punctuation + letters + [f"##{c}" for c in letters] + _PIECES + words
-    return list(dict.fromkeys(vocab))  # unique, first occurrence wins
-
-
-def make_tiny_hf_bert(out_dir: Path, sizes: list[tuple[int, int, int]]) -> Iterable[str]:
-    """Writes tiny random-weight BERT classifiers in the ``google/bert_uncased`` layout.
-
-    One folder per size, ``out_dir/bert_uncased_L-{L}_H-{H}_A-{A}/``, with
-    ``TFBertForSequenceClassification`` weights, ``config.json`` and tokenizer files; the
-    shared tokenizer also in ``out_dir``. Everything is written to a temporary sibling
-    and renamed at the end. Yields a line per item written, then the two lines to put in
-    the experiment file, ``model.tokenizer`` and (last) the ``model.name`` template.
-
-    Args:
-        out_dir: Path. Folder to create; must not exist.
-        sizes: list of (L, H, A). Layers, hidden size and heads (H divisible by A).
-    """
-    out = Path(out_dir)
-    if out.exists():
-        raise ExperimentError(f"{out}: already exists; choose a new folder")
-    for layers, hidden, heads in sizes:
-        if min(layers, hidden, heads) < 1 or hidden % heads:
-            raise ValueError(f"size L={layers} H={hidden} A={heads}: A must divide H")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        vocab = tiny_vocabulary()
-        (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        tokenizer = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True)
-        tokenizer.save_pretrained(str(tmp))
-        lines = [f"wrote {out}: BertTokenizerFast, uncased WordPiece, {len(vocab)} tokens"]
-        for layers, hidden, heads in sizes:
-            folder = f"bert_uncased_L-{layers}_H-{hidden}_A-{heads}"
-            keras.utils.set_random_seed(layers * 100_003 + hidden)  # the same weights every time
-            config = BertConfig(
-                vocab_size=len(vocab),
-                hidden_size=hidden,
-                num_hidden_layers=layers,
-                num_attention_heads=heads,
-                intermediate_size=2 * hidden,
-                max_position_embeddings=512,
-            )
-            model = TFBertForSequenceClassification(config)
-            model(model.dummy_inputs)
-            model.save_pretrained(str(tmp / folder))
-            tokenizer.save_pretrained(str(tmp / folder))
-            n = sum(int(np.prod(w.shape)) for w in model.weights)
-            lines.append(
-                f"wrote {out / folder}: TFBertForSequenceClassification, {layers} layers, "
-                f"hidden {hidden}, {heads} heads, {n:,} weights"
-            )
-            del model
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    yield from lines
-    yield f"model.tokenizer: {out}"
-    yield f"model.name: {out}/bert_uncased_L-{{L}}_H-{{H}}_A-{{A}}"

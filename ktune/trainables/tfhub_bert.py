@@ -12,9 +12,8 @@ so it takes raw strings.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -22,15 +21,14 @@ import tf_keras as keras
 
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.config import TrainingConfig
-from ktune.data import TextDataset, builtin_words
+from ktune.data import TextDataset
 from ktune.errors import ConfigError
 from ktune.search_spaces import Spec
-from ktune.search_spaces.base import candidates
+from ktune.search_spaces.base import TRIAL_DEFAULTS, listed
 from ktune.search_spaces.bert import format_handle
-from ktune.search_spaces.tfhub_bert import TfhubBertSpace
 from ktune.trainables.base import Family, Prepared
 
-__all__ = ["TfhubBertFamily", "BertPreprocess", "make_tiny_bert", "encoder_handle"]
+__all__ = ["TfhubBertFamily", "BertPreprocess", "encoder_handle"]
 
 INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
 
@@ -95,7 +93,6 @@ class BertPreprocess(keras.layers.Layer):
 
 class TfhubBertFamily(Family):
     name = "tfhub_bert"
-    space = TfhubBertSpace()
 
     def check_model(self, model: Mapping[str, Any], space: Mapping[str, Spec]) -> None:
         """Loads the preprocess model and every encoder the space can draw, once."""
@@ -105,9 +102,9 @@ class TfhubBertFamily(Family):
             hub.load(preprocess)
         except Exception as e:  # noqa: BLE001 - hub raises many kinds; the user needs one line
             raise _load_error("model.preprocess", model["preprocess"], e) from None
-        head_size = candidates(space["head_size"])[0]
-        for dim in candidates(space["embed_dim"]):
-            for layers in candidates(space["layers"]):
+        head_size = listed(space["head_size"])[0]
+        for dim in listed(space["embed_dim"]):
+            for layers in listed(space["layers"]):
                 config = {"embed_dim": dim, "layers": layers, "heads": dim // head_size}
                 handle = _local_or_url(encoder_handle(model["encoder"], config))
                 try:
@@ -156,7 +153,7 @@ class TfhubBertFamily(Family):
             handle, trainable=bool(config.get("trainable", False)), name="encoder"
         )
         pooled = encoder(inputs)["pooled_output"]
-        x = keras.layers.Dropout(float(config.get("dropout", 0.1)))(pooled)
+        x = keras.layers.Dropout(float(config.get("dropout", TRIAL_DEFAULTS["dropout"])))(pooled)
         # float32 even under mixed precision: softmax and the loss need the range.
         outputs = keras.layers.Dense(
             num_classes, activation="softmax", dtype="float32", name="probabilities"
@@ -170,57 +167,3 @@ class TfhubBertFamily(Family):
 def _require_dir(path: str) -> None:
     if not (Path(path) / "saved_model.pb").is_file():
         raise FileNotFoundError(f"no SavedModel at {path}")
-
-
-def make_tiny_bert(
-    out_dir: str | Path, sizes: Sequence[tuple[int, int, int]], *, vocab: Iterable[str] = ()
-) -> Iterable[str]:
-    """Writes a tiny preprocess model and random-weight BERT encoders in TF-Hub format.
-
-    Layout: ``out_dir/preprocess`` and ``out_dir/bert_en_uncased_L-{L}_H-{H}_A-{A}`` for each
-    ``(L, H, A)`` in ``sizes``, so ``model.encoder`` can be the template
-    ``out_dir/bert_en_uncased_L-{L}_H-{H}_A-{A}``. Yields a line per thing written.
-    """
-    from official.legacy.bert import configs
-    from official.nlp.tools import export_tfhub_lib
-
-    out = Path(out_dir)
-    out.mkdir(parents=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-/:;()&$%")
-    words = list(dict.fromkeys([*builtin_words(), *vocab]))
-    tokens = specials + chars + ["##" + c for c in chars] + [w for w in words if w not in chars]
-    vocab_file = out / "vocab.txt"
-    vocab_file.write_text("\n".join(tokens) + "\n")
-    export_tfhub_lib.export_preprocessing(
-        str(out / "preprocess"),
-        vocab_file=str(vocab_file),
-        do_lower_case=True,
-        tokenize_with_offsets=False,
-        default_seq_length=128,
-    )
-    yield f"preprocess: {out / 'preprocess'}"
-    for layers, hidden, heads in sizes:
-        bert_config = configs.BertConfig(
-            vocab_size=len(tokens),
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=2 * hidden,
-            max_position_embeddings=512,
-        )
-        encoder = export_tfhub_lib.get_bert_encoder(bert_config)
-        target = out / f"bert_en_uncased_L-{layers}_H-{hidden}_A-{heads}"
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = tf.train.Checkpoint(encoder=encoder).save(str(Path(tmp) / "ckpt"))
-            export_tfhub_lib.export_model(
-                str(target),
-                bert_config=bert_config,
-                model_checkpoint_path=ckpt,
-                with_mlm=False,
-                vocab_file=str(vocab_file),
-                do_lower_case=True,
-            )
-        yield f"encoder: {target}"
-    yield f"model.preprocess: {out / 'preprocess'}"
-    yield f"model.encoder: {out / 'bert_en_uncased_L-{L}_H-{H}_A-{A}'}"

@@ -20,7 +20,7 @@ import tf_keras as keras
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.config import TrainingConfig
 from ktune.data import TextDataset
-from ktune.search_spaces.transformer import TransformerSpace
+from ktune.search_spaces.base import TRIAL_DEFAULTS
 from ktune.trainables.base import Family, Prepared
 
 __all__ = ["TokenAndPositionEmbedding", "TransformerBlock", "TransformerFamily", "build_classifier"]
@@ -71,7 +71,14 @@ class TransformerBlock(keras.layers.Layer):
         rate: float. Dropout rate. Defaults to 0.1.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, rate: float = 0.1, **kwargs):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        ff_dim: int,
+        rate: float = TRIAL_DEFAULTS["dropout"],
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if embed_dim % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide embed_dim ({embed_dim})")
@@ -115,7 +122,7 @@ def build_classifier(
     ff_dim: int,
     num_classes: int,
     num_blocks: int = 1,
-    dropout: float = 0.1,
+    dropout: float = TRIAL_DEFAULTS["dropout"],
 ) -> keras.Model:
     """The lesson's classifier over token ids of shape ``(batch, maxlen)``."""
     inputs = keras.Input(shape=(maxlen,), dtype="int32", name="token_ids")
@@ -145,7 +152,6 @@ def make_vectorizer(training: TrainingConfig, vocabulary: list[str] | None = Non
 
 class TransformerFamily(Family):
     name = "transformer"
-    space = TransformerSpace()
 
     def prepare(
         self, data: TextDataset, training: TrainingConfig, model: Mapping[str, Any]
@@ -180,7 +186,7 @@ class TransformerFamily(Family):
             ff_dim=int(config["ff_dim"]),
             num_classes=num_classes,
             num_blocks=int(config.get("num_blocks", 1)),
-            dropout=float(config.get("dropout", 0.1)),
+            dropout=float(config.get("dropout", TRIAL_DEFAULTS["dropout"])),
         )
 
     def string_encoder(self, artefacts: Mapping, training: TrainingConfig):
