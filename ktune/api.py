@@ -29,8 +29,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ktune import experiment_dir as _experiment_dir
 from ktune import storage
-from ktune.config import ExperimentConfig, parse_config, read_experiment_file
+from ktune.config import ExperimentConfig, parse_config
 from ktune.errors import ConfigError, ExperimentError
+from ktune.experiment_file import read_experiment_file
 from ktune.experiment_result import ExperimentResult
 
 __all__ = [

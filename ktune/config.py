@@ -19,12 +19,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from ktune import families
 from ktune import storage as _storage
 from ktune.errors import ConfigError
 from ktune.experiment_dir import EXPORT_DIR
+from ktune.experiment_file import read_experiment_file
 from ktune.search_spaces import Spec
 
 __all__ = [
@@ -528,88 +527,3 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     raw = read_experiment_file(path)
     p = Path(path)
     return parse_config(raw, base_dir=p.resolve().parent, source_path=str(p.resolve()), **overrides)
-
-
-def read_experiment_file(path: str | Path) -> dict | None:
-    """The parsed YAML of an experiment file, not yet validated; ConfigError naming the file."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{path}: experiment file not found")
-    if p.is_dir():
-        raise ConfigError(f"{path}: is a directory, not an experiment file")
-    if not p.is_file():  # /dev/null, a pipe, a socket: nothing a run could be repeated from
-        raise ConfigError(f"{path}: not a regular file")
-    try:
-        raw = _load_yaml(p.read_text(encoding="utf-8"))
-    except _DuplicateKey as e:
-        lines = f"line {e.first}" if e.first == e.second else f"lines {e.first} and {e.second}"
-        raise ConfigError(f"{path}: duplicate key {e.key} ({lines})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the experiment file: {e.strerror or e}") from None
-    if raw is not None and not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: the experiment file must be a YAML mapping of keys")
-    return None if raw is None else dict(raw)
-
-
-# --- reading the YAML: a key written twice is an error, not "the last one wins" ------------
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str, first: int, second: int) -> None:
-        super().__init__(key)
-        self.key, self.first, self.second = key, first, second
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, except that a mapping may not hold the same key twice.
-
-    PyYAML keeps the last value of a repeated key, so ``epochs: 3`` ... ``epochs: 30``
-    would silently run 30 epochs. Keys are compared as constructed (``epochs`` and
-    ``"epochs"`` are one key); keys merged in with ``<<: *anchor`` may be overridden, as
-    YAML intends.
-    """
-
-    def get_single_data(self) -> Any:
-        node = self.get_single_node()
-        if node is None:
-            return None
-        self._check_unique_keys(node, "", set())
-        return self.construct_document(node)
-
-    def _check_unique_keys(self, node: yaml.Node, where: str, seen: set[int]) -> None:
-        if id(node) in seen:  # an alias of a node already checked (or a recursive anchor)
-            return
-        seen.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._check_unique_keys(item, f"{where}[{i}]", seen)
-        elif isinstance(node, yaml.MappingNode):
-            lines: dict[Any, int] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    self._check_unique_keys(value_node, where, seen)
-                    continue
-                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                path = f"{where}.{name}" if where else str(name)
-                if isinstance(key_node, yaml.ScalarNode):
-                    key = self.construct_object(key_node)
-                    line = key_node.start_mark.line + 1
-                    try:
-                        if key in lines:
-                            raise _DuplicateKey(path, lines[key], line)
-                        lines[key] = line
-                    except TypeError:  # unhashable: the constructor reports it
-                        pass
-                self._check_unique_keys(value_node, path, seen)
-
-
-def _load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that raises _DuplicateKey for a key written twice in a mapping."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)

@@ -24,7 +24,7 @@ from ktune.errors import ConfigError
 
 if TYPE_CHECKING:
     from ktune.search_spaces.base import FamilySpace
-    from ktune.trainables.base import Family
+    from ktune.trainables.family import Family
 
 __all__ = ["Registration", "REGISTRY", "names", "get_space", "get_family", "get_testing"]
 
@@ -36,7 +36,7 @@ class Registration:
     Args:
         space: str. A :class:`~ktune.search_spaces.base.FamilySpace` subclass; its module
             must not import TensorFlow.
-        family: str. A :class:`~ktune.trainables.base.Family` subclass.
+        family: str. A :class:`~ktune.trainables.family.Family` subclass.
         testing: str. A function ``fn(folder) -> ktune.testing.TinySetup`` that writes the
             family's tiny local models into ``folder`` (see ``ktune/testing``): the
             contract tests (``tests/test_family_contract.py``) run every family with it.

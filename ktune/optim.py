@@ -12,7 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.search_spaces.base import TRIAL_DEFAULTS
 
 __all__ = ["WarmupLinearDecay", "create_optimizer"]

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import uuid
-from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,13 +26,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.config import TrainingConfig
-from ktune.data import TextDataset
 from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, restore
 from ktune.optim import create_optimizer
-from ktune.search_spaces.base import TRIAL_DEFAULTS, FamilySpace
+from ktune.search_spaces.base import TRIAL_DEFAULTS
 from ktune.trainables.devices import configure_devices
+from ktune.trainables.family import Family, Prepared
 
 __all__ = [
     "Family",
@@ -49,70 +48,6 @@ __all__ = [
     "trial_info",
     "starting_checkpoint",
 ]
-
-
-@dataclass
-class Prepared:
-    """What a family computes once per experiment, in the driver.
-
-    ``train_inputs`` / ``val_inputs`` are the model inputs for those splits (token ids);
-    ``artefacts`` is whatever the family needs to rebuild and serve a model (a vocabulary),
-    JSON-serializable so it is saved beside the results for ``ktune export``.
-    """
-
-    train_inputs: Any
-    val_inputs: Any
-    artefacts: dict
-
-
-class Family(ABC):
-    """A model family: its search space, its shared preparation, model and serving encoder.
-
-    Adding a family means one module with a subclass and one line in the registry
-    (:data:`ktune.families.REGISTRY`), which also names its search space.
-    """
-
-    name: str
-
-    @property
-    def space(self) -> FamilySpace:
-        """The family's search space, found through its registration."""
-        from ktune.families import get_space
-
-        return get_space(self.name)
-
-    def check_model(self, model: Mapping[str, Any], space: Mapping[str, Any]) -> None:  # noqa: B027
-        """Called in the driver before anything else: every model the search space can
-        draw must be loadable, else one ConfigError naming the ``model.*`` key."""
-
-    @abstractmethod
-    def prepare(
-        self, data: TextDataset, training: TrainingConfig, model: Mapping[str, Any]
-    ) -> Prepared:
-        """Called once per experiment in the driver, before Ray starts any trial.
-
-        ``model`` is the validated ``model:`` section (handles, names). A family checks
-        here that what it will load can be loaded (one ConfigError naming the key), and
-        puts into ``artefacts`` what trials and export need to rebuild a model.
-        """
-
-    @abstractmethod
-    def build_model(
-        self,
-        config: Mapping[str, Any],
-        artefacts: Mapping,
-        num_classes: int,
-        training: TrainingConfig,
-    ) -> keras.Model:
-        """Called in each trial (and at export): a model from inputs to class probabilities."""
-
-    @abstractmethod
-    def string_encoder(self, artefacts: Mapping, training: TrainingConfig) -> Any:
-        """A TF-traceable callable: a batch of strings -> the model's inputs (for export)."""
-
-    def encode(self, artefacts: Mapping, training: TrainingConfig, texts: Sequence[str]) -> Any:
-        """Model inputs for raw texts in the driver (evaluation, export checks)."""
-        return self.string_encoder(artefacts, training)(tf.constant(list(texts), tf.string))
 
 
 @dataclass
@@ -208,13 +143,9 @@ def current_learning_rate(optimizer: Any) -> float:
 
 def family_of(payload: TrialPayload) -> Family:
     """The payload's family; with the user's ``build_model``, the custom-model family."""
-    from ktune.trainables import get_family
+    from ktune.trainables import family_for
 
-    if payload.build_model is not None:
-        from ktune.trainables.custom import CustomModelFamily
-
-        return CustomModelFamily(payload.build_model)
-    return get_family(payload.family)
+    return family_for(payload.family, payload.build_model)
 
 
 def run_trial(

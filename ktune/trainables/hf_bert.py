@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 
 import tf_keras as keras
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "TensorFlow classes are deprecated" (they stay in 4.x)
@@ -57,7 +57,7 @@ from ktune.search_spaces import Spec
 from ktune.search_spaces.base import TRIAL_DEFAULTS, listed
 from ktune.search_spaces.bert import has_size_placeholders
 from ktune.search_spaces.hf_bert import ALIASES, model_name
-from ktune.trainables.base import Family, Prepared
+from ktune.trainables.family import Family, Prepared
 from ktune.trainables.hf_bert_tokens import (
     INPUT_NAMES,
     BertStringEncoder,

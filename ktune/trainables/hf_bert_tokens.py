@@ -27,7 +27,7 @@ import tensorflow_text as tf_text
 import tf_keras as keras
 from tokenizers import Tokenizer
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "TensorFlow classes are deprecated" (they stay in 4.x)

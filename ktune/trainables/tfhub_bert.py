@@ -19,14 +19,14 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.config import TrainingConfig
 from ktune.data import TextDataset
 from ktune.errors import ConfigError
 from ktune.search_spaces import Spec
 from ktune.search_spaces.base import TRIAL_DEFAULTS, listed
 from ktune.search_spaces.bert import format_handle
-from ktune.trainables.base import Family, Prepared
+from ktune.trainables.family import Family, Prepared
 
 __all__ = ["TfhubBertFamily", "BertPreprocess", "encoder_handle"]
 
