@@ -36,6 +36,7 @@ MARKERS = {
 # In the order they run: the cheap ones first, so a quick look needs no full run.
 BENCHMARKS = [
     "tokenization",
+    "agnews_quality",
     "orchestration",
     "memory",
     "search_efficiency",

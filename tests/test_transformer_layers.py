@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ktune.trainables.transformer import (
+    BagOfNgrams,
     TokenAndPositionEmbedding,
     TransformerBlock,
     build_classifier,
@@ -72,3 +73,105 @@ def test_classifier_shapes_and_saved_model_round_trip(tmp_path, seeded):
     model.save(path)
     reloaded = keras.models.load_model(path)
     np.testing.assert_allclose(reloaded(ids).numpy(), probs, atol=1e-6)
+
+
+# --- the wide path (wide & deep) ---------------------------------------------------------
+
+
+def test_bag_of_ngrams_is_sublinear_tf_of_unigrams_and_hashed_bigrams():
+    bag = BagOfNgrams(vocab_size=10, buckets=16)
+    ids = np.array([[5, 5, 7, 1, 5, 7, 0, 0], [0] * 8, [1, 1, 0, 0, 0, 0, 0, 0]], np.int32)
+    out = bag(ids).numpy()
+    assert out.shape == (3, 26)
+
+    def bigram(a: int, b: int) -> int:
+        return 10 + (a * 1_000_003 + b) % 16
+
+    # Text 0: 5 three times, 7 twice; bigrams (5,5) once and (5,7) twice; the pairs with
+    # the out-of-vocabulary id 1 and the padding count for nothing.
+    expected = np.zeros(26, np.float32)
+    expected[5] = 1 + np.log(3)
+    expected[7] = 1 + np.log(2)
+    expected[bigram(5, 5)] += 1
+    expected[bigram(5, 7)] += 1 + np.log(2)
+    np.testing.assert_allclose(out[0], expected / np.linalg.norm(expected), atol=1e-6)
+    # Nothing known in a text: a zero vector, not NaN.
+    np.testing.assert_array_equal(out[1], 0)
+    np.testing.assert_array_equal(out[2], 0)
+    # The same under XLA (training.jit_compile).
+    compiled = tf.function(lambda x: bag(x), jit_compile=True)
+    np.testing.assert_allclose(compiled(ids).numpy(), out, atol=1e-6)
+
+
+def test_wide_classifier_learns_what_the_bag_of_words_says(seeded):
+    """The wide path alone must carry a signal the Transformer gets no time to learn: two
+    classes told apart only by which of two tokens occurs, learnt in a few steps."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, 40, size=(256, 12)).astype("int32")
+    labels = rng.integers(0, 2, size=256)
+    ids[:, 5] = np.where(labels == 1, 2, 3)
+
+    def accuracy(wide: bool) -> float:
+        keras.utils.set_random_seed(0)
+        model = build_classifier(
+            maxlen=12, vocab_size=40, embed_dim=8, heads=2, ff_dim=8, num_classes=2, wide=wide
+        )
+        model.compile(keras.optimizers.Adam(3e-2), "sparse_categorical_crossentropy", ["accuracy"])
+        model.fit(ids, labels, batch_size=32, epochs=1, verbose=0)
+        return model.evaluate(ids, labels, verbose=0)[1]
+
+    # Measured: 0.988 with the wide path, 0.547 without (chance is 0.5).
+    assert accuracy(wide=True) >= 0.95
+    assert accuracy(wide=False) < 0.8
+    assert any(
+        isinstance(layer, BagOfNgrams)
+        for layer in build_classifier(
+            maxlen=12, vocab_size=40, embed_dim=8, heads=2, ff_dim=8, num_classes=2, wide=True
+        ).layers
+    )
+    assert not any(
+        isinstance(layer, BagOfNgrams)
+        for layer in build_classifier(
+            maxlen=12, vocab_size=40, embed_dim=8, heads=2, ff_dim=8, num_classes=2
+        ).layers
+    )
+
+
+def test_wide_model_checkpoint_and_export_round_trip(tmp_path, seeded):
+    from ktune.config import parse_config
+    from ktune.data import load_data
+    from ktune.export import export_checkpoint
+    from ktune.keras import CHECKPOINT_PREFIX
+    from ktune.trainables import get_family
+    from ktune.trainables.base import compile_model
+
+    from conftest import reload_in_fresh_process, tiny_experiment
+
+    cfg = parse_config(tiny_experiment(tmp_path))
+    data = load_data(cfg.data)
+    family = get_family("transformer")
+    prepared = family.prepare(data, cfg.training, cfg.model)
+    config = {"embed_dim": 8, "heads": 2, "ff_dim": 8, "learning_rate": 1e-2, "wide": True}
+    model = family.build_model(config, prepared.artefacts, data.num_classes, cfg.training)
+    assert model.get_layer("bag_of_ngrams") is not None
+    compile_model(model, config, cfg.training, len(data.train_labels))
+    model.fit(prepared.train_inputs, data.train_labels, batch_size=64, epochs=1, verbose=0)
+    ckpt = tmp_path / "checkpoint"  # as ktune.keras.ReportCheckpoint writes one
+    epoch = tf.Variable(1, dtype=tf.int64)
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch).write(
+        str(ckpt / CHECKPOINT_PREFIX)
+    )
+    texts = [str(t) for t in data.test_texts[:6]] + ["", "Ünïcödé — naïve café 東京 📈"]
+    out = export_checkpoint(
+        family,
+        config,
+        prepared.artefacts,
+        data.class_names,
+        cfg.training,
+        ckpt,
+        tmp_path / "export",
+        verify_texts=texts,
+    )
+    served = reload_in_fresh_process(out, texts)
+    expected = model.predict(family.encode(prepared.artefacts, cfg.training, texts), verbose=0)
+    np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)

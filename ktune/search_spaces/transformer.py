@@ -18,6 +18,7 @@ from ktune.search_spaces.base import (
     FamilySpace,
     Range,
     Spec,
+    boolean,
     candidates,
     fraction,
     listed,
@@ -40,6 +41,9 @@ DEFAULT_SPACE: dict[str, Any] = {
     "dropout": {"low": 0.0, "high": 0.4},
     "num_blocks": [1, 2],
     "weight_decay": TRIAL_DEFAULTS["weight_decay"],
+    # true: wide & deep, a linear path over the texts' unigrams and bigrams beside the
+    # Transformer (see BagOfNgrams); [false, true] lets the search decide.
+    "wide": False,
 }
 
 
@@ -55,6 +59,7 @@ class TransformerSpace(FamilySpace):
         "dropout": fraction,
         "num_blocks": positive_int,
         "weight_decay": non_negative,
+        "wide": boolean,
     }
 
     def check(self, space: Mapping[str, Spec], key: str) -> None:
@@ -87,7 +92,7 @@ class TransformerSpace(FamilySpace):
     # model.build: module:function, the user's own Keras model on this family's data.
     optional_model_keys = ("build",)
     required = ("embed_dim", "heads", "ff_dim", "learning_rate")
-    trial_defaults = {"num_blocks": 1}
+    trial_defaults = {"num_blocks": 1, "wide": False}
 
     def is_draw_name(self, name: str) -> bool:
         return name.startswith("heads_for_embed_dim_")

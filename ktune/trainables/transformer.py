@@ -23,7 +23,13 @@ from ktune.data import TextDataset
 from ktune.search_spaces.base import TRIAL_DEFAULTS
 from ktune.trainables.family import Family, Prepared
 
-__all__ = ["TokenAndPositionEmbedding", "TransformerBlock", "TransformerFamily", "build_classifier"]
+__all__ = [
+    "BagOfNgrams",
+    "TokenAndPositionEmbedding",
+    "TransformerBlock",
+    "TransformerFamily",
+    "build_classifier",
+]
 
 
 @keras.utils.register_keras_serializable(package="ktune")
@@ -113,6 +119,50 @@ class TransformerBlock(keras.layers.Layer):
         }
 
 
+@keras.utils.register_keras_serializable(package="ktune")
+class BagOfNgrams(keras.layers.Layer):
+    """Unigrams and hashed bigrams of token ids, as a sublinear-TF vector of unit length.
+
+    The features of TF-IDF + logistic regression, made from the same token ids the
+    Transformer reads, so the wide path needs no input or tokenizer of its own: token ids
+    ``>= 2`` (0 pads, 1 is out of vocabulary) count as themselves, each pair of adjacent
+    known ids as one of ``buckets`` hashed bigrams after them. A count ``c > 0`` weighs
+    ``1 + log(c)``; each text's vector is L2-normalised.
+
+    Args:
+        vocab_size: int. Size of the token vocabulary.
+        buckets: int. Hashed bigram slots. Defaults to 65536.
+    """
+
+    def __init__(self, vocab_size: int, buckets: int = 65536, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.vocab_size, self.buckets = vocab_size, buckets
+
+    @property
+    def width(self) -> int:
+        return self.vocab_size + self.buckets
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        ids = tf.cast(inputs, tf.int64)
+        unigrams = tf.where(ids > 1, ids, 0)
+        first, second = ids[:, :-1], ids[:, 1:]
+        hashed = self.vocab_size + tf.math.floormod(first * 1_000_003 + second, self.buckets)
+        bigrams = tf.where((first > 1) & (second > 1), hashed, 0)
+        grams = tf.cast(tf.concat([unigrams, bigrams], axis=1), tf.int32)
+        counts = tf.math.bincount(
+            grams, minlength=self.width, maxlength=self.width, axis=-1, dtype=tf.float32
+        )
+        counts = tf.concat([tf.zeros_like(counts[:, :1]), counts[:, 1:]], axis=1)  # slot 0: none
+        weights = tf.where(counts > 0, 1.0 + tf.math.log(tf.maximum(counts, 1.0)), 0.0)
+        return tf.ensure_shape(tf.math.l2_normalize(weights, axis=1), [None, self.width])
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape([input_shape[0], self.width])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "vocab_size": self.vocab_size, "buckets": self.buckets}
+
+
 def build_classifier(
     *,
     maxlen: int,
@@ -123,8 +173,15 @@ def build_classifier(
     num_classes: int,
     num_blocks: int = 1,
     dropout: float = TRIAL_DEFAULTS["dropout"],
+    wide: bool = False,
 ) -> keras.Model:
-    """The lesson's classifier over token ids of shape ``(batch, maxlen)``."""
+    """The lesson's classifier over token ids of shape ``(batch, maxlen)``.
+
+    With ``wide=True`` it is a wide & deep model: a linear layer over the texts'
+    :class:`BagOfNgrams` adds its logits to the Transformer's before the softmax. On a few
+    thousand real texts that linear path is what TF-IDF + logistic regression gets right
+    and a Transformer trained from scratch does not learn as fast.
+    """
     inputs = keras.Input(shape=(maxlen,), dtype="int32", name="token_ids")
     x = TokenAndPositionEmbedding(maxlen, vocab_size, embed_dim)(inputs)
     for i in range(num_blocks):
@@ -134,9 +191,16 @@ def build_classifier(
     x = keras.layers.Dense(20, activation="relu")(x)
     x = keras.layers.Dropout(dropout)(x)
     # float32 even under mixed precision: softmax and the loss need the range.
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="probabilities"
-    )(x)
+    if not wide:
+        outputs = keras.layers.Dense(
+            num_classes, activation="softmax", dtype="float32", name="probabilities"
+        )(x)
+        return keras.Model(inputs, outputs, name="transformer_classifier")
+    deep = keras.layers.Dense(num_classes, name="deep_logits")(x)
+    bag = keras.layers.Dropout(dropout)(BagOfNgrams(vocab_size, name="bag_of_ngrams")(inputs))
+    wide_logits = keras.layers.Dense(num_classes, name="wide_logits")(bag)
+    logits = keras.layers.Add(dtype="float32")([deep, wide_logits])
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name="transformer_classifier")
 
 
@@ -187,6 +251,7 @@ class TransformerFamily(Family):
             num_classes=num_classes,
             num_blocks=int(config.get("num_blocks", 1)),
             dropout=float(config.get("dropout", TRIAL_DEFAULTS["dropout"])),
+            wide=bool(config.get("wide", False)),
         )
 
     def string_encoder(self, artefacts: Mapping, training: TrainingConfig):

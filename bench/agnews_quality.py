@@ -1,0 +1,242 @@
+"""Quality on real text: ktune's AG News example against TF-IDF + logistic regression.
+
+The data is `../shared/data/ag_news_sample.csv` (3,800 real AG News texts), split as
+`examples/agnews_sample.yaml` splits it: 20% held out for test (stratified, seed 0),
+10% of the rest for validation. Both sides see the same three splits, read by ktune's
+own loader, so the comparison is on the same 760 test texts.
+
+- baseline: TF-IDF (unigrams and bigrams, sublinear term frequency) + scikit-learn's
+  logistic regression, C chosen among 0.3 .. 100 on the validation split, trained on
+  the training split (ktune's trials train on the same split and are chosen on the same
+  validation split), then scored once on the test split;
+- ktune: `ktune run examples/agnews_sample.yaml` in a subprocess, as a user runs it (its
+  own Ray, its data, its search, the test evaluation of the best trial, the export); the
+  test accuracy is the one in its best.json;
+- plain Transformer (full mode only): the same search with the wide path switched off
+  (`wide: [false]`), to show what the wide & deep model adds.
+
+Ratios: ktune's test accuracy / the baseline's (target >= 1.0) and ktune's wall time /
+15 minutes (target <= 1.0). Both sides label the same 760 texts, so the difference is
+judged paired (McNemar): of the texts exactly one side gets right, how many each gets;
+a difference within two standard deviations of that count is reported as a tie.
+
+    .venv/bin/python bench/agnews_quality.py [--quick]
+
+--quick: 6 trials of up to 4 epochs instead of the example's 12 of 6, no plain run.
+Writes bench/results/agnews_quality.json. Exit 0 when it ran (a missed target is a
+result), 1 when a run failed or the sample is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ktune_runs import REPO, run_ktune
+
+RESULTS = REPO / "bench" / "results"
+EXAMPLE = REPO / "examples" / "agnews_sample.yaml"
+BUDGET_S = 15 * 60  # the issue's bound for the example's whole search on 2 cores
+C_GRID = (0.3, 1, 3, 10, 30, 100)
+
+
+def example() -> dict:
+    """The example file as a dict, its data path made absolute (the run is elsewhere)."""
+    exp = yaml.safe_load(EXAMPLE.read_text())
+    exp["data"]["train"] = str((EXAMPLE.parent / exp["data"]["train"]).resolve())
+    return exp
+
+
+def baseline(exp: dict) -> dict:
+    """TF-IDF + logistic regression on ktune's own splits of the example's data."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from ktune.config import parse_config
+    from ktune.data import load_data
+
+    started = time.perf_counter()
+    data = load_data(parse_config(exp).data)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    train = vectorizer.fit_transform(list(data.train_texts))
+    val, test = (
+        vectorizer.transform(list(data.val_texts)),
+        vectorizer.transform(list(data.test_texts)),
+    )
+    by_c = {}
+    for c in C_GRID:
+        model = LogisticRegression(C=c, max_iter=3000).fit(train, data.train_labels)
+        by_c[c] = (model.score(val, data.val_labels), model)
+    best_c = max(C_GRID, key=lambda c: (by_c[c][0], -c))  # ties: the stronger regulariser
+    val_accuracy, model = by_c[best_c]
+    test_predictions = model.predict(test)
+    return {
+        "test_accuracy": round(float(model.score(test, data.test_labels)), 4),
+        "test_correct": (test_predictions == data.test_labels).tolist(),
+        "test_texts": list(data.test_texts),
+        "class_names": list(data.class_names),
+        "test_labels": data.test_labels.tolist(),
+        "val_accuracy": round(float(val_accuracy), 4),
+        "C": best_c,
+        "val_accuracy_by_C": {str(c): round(float(v), 4) for c, (v, _) in by_c.items()},
+        "texts": {
+            "train": len(data.train_texts),
+            "validation": len(data.val_texts),
+            "test": len(data.test_texts),
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def ktune_side(exp: dict, workdir: Path, base: dict) -> dict:
+    """One `ktune run` of ``exp``; its export labels the baseline's test texts."""
+    from ktune.export import predict
+
+    run = run_ktune(exp, workdir)
+    exp_dir = Path(exp["storage"]) / exp["name"]
+    best = json.loads((exp_dir / "best.json").read_text())
+    labels = [r["label"] for r in predict(exp_dir / "export", base["test_texts"])]
+    names = base["class_names"]
+    correct = [names[y] == label for y, label in zip(base["test_labels"], labels)]
+    return {
+        "test_correct": correct,
+        "test_accuracy": round(float(best["test_accuracy"]), 4),
+        "val_accuracy": round(float(best["metrics"]["val_accuracy"]), 4),
+        "best_config": best.get("config"),
+        "trials": len(run.trials),
+        "epochs_trained": len(run.epochs),
+        "wall_s": round(run.wall_s, 1),
+    }
+
+
+def paired(a: list[bool], b: list[bool]) -> dict:
+    """McNemar on the same texts: ``a_only`` right only for a, ``b_only`` only for b.
+    Under no difference ``a_only - b_only`` has mean 0 and variance ``a_only + b_only``."""
+    a_only = sum(x and not y for x, y in zip(a, b))
+    b_only = sum(y and not x for x, y in zip(a, b))
+    z = (a_only - b_only) / math.sqrt(a_only + b_only) if a_only + b_only else 0.0
+    return {"a_only": a_only, "b_only": b_only, "z": round(z, 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="6 trials of 4 epochs, no plain run")
+    args = parser.parse_args()
+    exp = example()
+    if not Path(exp["data"]["train"]).is_file():
+        print(f"FAILED: {exp['data']['train']}: the AG News sample is missing", file=sys.stderr)
+        return 1
+    if args.quick:
+        exp["search"]["num_samples"] = 6
+        exp["training"]["epochs"] = 4
+    machine = f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start"
+    started = time.time()
+    base = baseline(exp)
+    print(
+        f"baseline: TF-IDF 1-2 grams + logistic regression (C={base['C']}): test accuracy "
+        f"{base['test_accuracy']:.4f} (validation {base['val_accuracy']:.4f}), "
+        f"{base['seconds']}s",
+        flush=True,
+    )
+    sides = {}
+    with tempfile.TemporaryDirectory(prefix="ktune-bench-agnews-") as tmp:
+        runs = {"ktune": exp}
+        if not args.quick:
+            plain = copy.deepcopy(exp)
+            plain["name"] = "agnews_sample_plain"
+            plain["search"]["space"]["wide"] = [False]
+            runs["plain"] = plain
+        for name, spec in runs.items():
+            spec = copy.deepcopy(spec)
+            spec["storage"] = str(Path(tmp) / "results")
+            try:
+                sides[name] = ktune_side(spec, Path(tmp), base)
+            except RuntimeError as e:
+                print(f"FAILED: {e}", file=sys.stderr)
+                return 1
+            s = sides[name]
+            print(
+                f"{name}: test accuracy {s['test_accuracy']:.4f} (validation "
+                f"{s['val_accuracy']:.4f}), {s['trials']} trials, {s['epochs_trained']} epochs, "
+                f"wall {s['wall_s']}s; best config {s['best_config']}",
+                flush=True,
+            )
+    total = time.time() - started
+    k, n = sides["ktune"], base["texts"]["test"]
+    ratio = k["test_accuracy"] / base["test_accuracy"]
+    mcnemar = paired(k.pop("test_correct"), base.pop("test_correct"))
+    for side in sides.values():
+        side.pop("test_correct", None)
+    for key in ("test_texts", "class_names", "test_labels"):
+        base.pop(key)
+    verdict = (
+        "a tie within the test split's noise (|z| < 2)"
+        if abs(mcnemar["z"]) < 2
+        else ("ktune better" if mcnemar["z"] > 0 else "baseline better")
+    )
+    ratios = [
+        {
+            "name": "test accuracy, ktune AG News example / TF-IDF + logistic regression",
+            "value": round(ratio, 4),
+            "target": ">= 1.0",
+            "met": ratio >= 1.0,
+        },
+        {
+            "name": "ktune example's wall time / 15 min",
+            "value": round(k["wall_s"] / BUDGET_S, 3),
+            "target": "<= 1.0",
+            "met": k["wall_s"] <= BUDGET_S,
+        },
+    ]
+    if "plain" in sides:
+        ratios.append(
+            {
+                "name": "test accuracy, wide & deep / plain Transformer (same search)",
+                "value": round(k["test_accuracy"] / sides["plain"]["test_accuracy"], 4),
+                "target": None,
+                "met": None,
+            }
+        )
+    result = {
+        "benchmark": "agnews_quality",
+        "quick": args.quick,
+        "machine": machine,
+        "ratios": ratios,
+        "baseline": base,
+        "runs": sides,
+        "paired": {**mcnemar, "note": "texts only ktune / only the baseline labels right"},
+        "verdict": verdict,
+        "settings": {
+            "example": str(EXAMPLE.relative_to(REPO)),
+            "num_samples": exp["search"]["num_samples"],
+            "epochs": exp["training"]["epochs"],
+        },
+        "benchmark_wall_s": round(total, 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "agnews_quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nAG News sample, {n} test texts ({machine}):")
+    for r in ratios:
+        target = f"target {r['target']}, {'met' if r['met'] else 'missed'}" if r["target"] else ""
+        print(f"  {r['name']}: {r['value']} {target}")
+    difference = k["test_accuracy"] - base["test_accuracy"]
+    print(
+        f"  difference {difference:+.4f}: {verdict}; right only for ktune "
+        f"{mcnemar['a_only']}, only for the baseline {mcnemar['b_only']} (z {mcnemar['z']})"
+    )
+    print(f"benchmark wall time {total:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
