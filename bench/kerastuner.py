@@ -1,9 +1,11 @@
 """ktune against KerasTuner on the same work: time to the same accuracy, accuracy in the same time.
 
 The same Transformer family, search space (embed_dim, heads among its divisors, log
-learning rate, warmup; ff_dim, dropout, blocks and weight decay fixed), builtin data,
-train / validation split and epoch budget, searched three ways, one after the other,
-each in its own fresh process:
+learning rate, warmup; ff_dim, dropout, blocks and weight decay fixed), data, train /
+validation split and epoch budget, searched three ways, one after the other, each in its
+own fresh process, on two data sets (the builtin data, and the real AG News sample
+`../shared/data/ag_news_sample.csv` split as `examples/agnews_sample.yaml` splits it),
+each with three seeds (the searches' seeds; the data and its split stay fixed):
 
 - ktune: ``python -m ktune run exp.yaml``: Optuna TPE + ASHA (grace 1, reduction 2,
   ktune's defaults) in Ray Tune, 2 trials at a time with 1 CPU (1 TF thread) each;
@@ -25,9 +27,11 @@ side altogether with this few trials; it is reported too, as ``near_best``, with
 (target <= 0.5). Also the best accuracy each had within the shorter of the two wall
 times. Epoch budgets are matched: ktune ``num_samples x epochs`` (an upper bound; ASHA
 stops trials early) against Hyperband's budget (KerasTuner's own bracket arithmetic) and
-``max_trials x epochs``; the epochs actually trained are printed beside them.
+``max_trials x epochs``; the epochs actually trained are printed beside them. Per data
+set and KerasTuner tuner, the result is the geometric mean of the three seeds' ratios,
+with the lowest, the highest and the geometric standard deviation.
 
-    .venv/bin/python bench/kerastuner.py [--quick]
+    .venv/bin/python bench/kerastuner.py [--quick] [--data builtin|agnews ...]
 
 Writes bench/results/kerastuner.json. Exits 0 when it ran (a missed target is a result),
 1 when a side failed. Timings on a shared machine are noisy: compare ratios of one run.
@@ -55,6 +59,9 @@ from ktune.search_spaces.base import tpe_startup_trials
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SIDE = REPO / "bench" / "kerastuner_side.py"
+EXAMPLE = REPO / "examples" / "agnews_sample.yaml"
+SEEDS = (0, 1, 2)
+DATASETS = ("builtin", "agnews")
 
 # The searched knobs of the issue over the quickstart's ranges; the rest fixed, same for both.
 SPACE = {
@@ -125,17 +132,29 @@ def hyperband_budget(max_epochs: int, factor: int, iterations: int) -> tuple[int
     return fits * iterations, epochs * iterations
 
 
-def experiment(mode: Mode, storage: str) -> dict:
-    return {
-        "name": "kerastuner",
-        "family": "transformer",
-        "data": {
+def agnews_data() -> tuple[dict, dict]:
+    """The AG News example's data section (path made absolute) and its text sizes."""
+    exp = yaml.safe_load(EXAMPLE.read_text())
+    exp["data"]["train"] = str((EXAMPLE.parent / exp["data"]["train"]).resolve())
+    return exp["data"], {k: exp["training"][k] for k in ("maxlen", "vocab_size")}
+
+
+def experiment(mode: Mode, storage: str, dataset: str = "builtin", seed: int = 0) -> dict:
+    if dataset == "agnews":
+        data, sizes = agnews_data()
+    else:
+        data = {
             "source": "builtin",
             "train_size": mode.train_size,
             "test_size": 500,
             "validation_fraction": 0.1,
             "seed": 0,
-        },
+        }
+        sizes = {"maxlen": mode.maxlen, "vocab_size": mode.vocab_size}
+    return {
+        "name": f"kerastuner-{dataset}-seed{seed}",
+        "family": "transformer",
+        "data": data,
         "search": {
             "num_samples": mode.ktune_trials,
             "metric": "val_accuracy",
@@ -145,15 +164,10 @@ def experiment(mode: Mode, storage: str) -> dict:
             "grace_period": 1,
             "reduction_factor": 2,
             "max_concurrent_trials": 2,
-            "seed": 0,
+            "seed": seed,
             "space": dict(SPACE),
         },
-        "training": {
-            "epochs": mode.epochs,
-            "batch_size": 64,
-            "maxlen": mode.maxlen,
-            "vocab_size": mode.vocab_size,
-        },
+        "training": {"epochs": mode.epochs, "batch_size": 64, **sizes},
         "resources": {"cpu": 1, "gpu": 0},
         "storage": storage,
         "export": {"enabled": False},
@@ -258,7 +272,7 @@ def trial_epochs(trial_dir: Path, launched: float) -> tuple[list[tuple[float, fl
     return [(begin + r["time_total_s"] - launched, r["val_accuracy"]) for r in rows], rows
 
 
-def run_ktune(exp_file: Path, storage: Path, epochs: int, logs: Path) -> Run:
+def run_ktune(exp_file: Path, exp_dir: Path, epochs: int, logs: Path) -> Run:
     env = {**os.environ}
     env.pop("TF_USE_LEGACY_KERAS", None)  # ktune sets its own (Keras 2)
     launched, wall = launch(
@@ -266,7 +280,7 @@ def run_ktune(exp_file: Path, storage: Path, epochs: int, logs: Path) -> Run:
     )
     run = Run("ktune", wall, stopped_early=0, failed=[])
     starts = []
-    for trial in sorted((storage / "kerastuner").glob("trial_*")):
+    for trial in sorted(exp_dir.glob("trial_*")):
         points, rows = trial_epochs(trial, launched)
         if (trial / "error.txt").exists():
             lines = (trial / "error.txt").read_text(errors="replace").strip().splitlines()
@@ -366,25 +380,18 @@ def compare(ours: Run, theirs: Run) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller data, fewer trials")
-    parser.add_argument("--keep", type=Path, help="keep every run's files in this folder")
-    args = parser.parse_args()
-    mode = QUICK if args.quick else FULL
-    load_before = os.getloadavg()
-    began = time.time()
-    with tempfile.TemporaryDirectory(prefix="ktune-bench-kt-") as tmp:
-        work = args.keep or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        storage = work / "results"
-        exp_file = work / "kerastuner.yaml"
-        exp_file.write_text(yaml.safe_dump(experiment(mode, str(storage)), sort_keys=False))
-        runs = {"ktune": run_ktune(exp_file, storage, mode.epochs, work)}
-        for tuner in mode.tuners:
-            runs[tuner] = run_kerastuner(exp_file, tuner, mode, work / tuner, work)
-    total = time.time() - began
+def spread(values: list[float]) -> dict:
+    """Lowest, highest and the geometric standard deviation of positive ratios."""
+    logs = [math.log(v) for v in values]
+    sd = math.exp(statistics.stdev(logs)) if len(logs) > 1 else 1.0
+    return {"min": round(min(values), 3), "max": round(max(values), 3), "geo_sd": round(sd, 3)}
 
+
+def geomean(values: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def budgets_of(mode: Mode, runs: dict) -> dict:
     hb_fits, hb_epochs = hyperband_budget(mode.epochs, 3, mode.hyperband_iterations)
     budgets = {
         "ktune": {"trials": mode.ktune_trials, "epoch_budget": mode.ktune_trials * mode.epochs},
@@ -403,50 +410,23 @@ def main() -> None:
     }
     for name, run in runs.items():
         budgets[name]["epochs_trained"] = len(run.epochs)
-    comparisons = {t: compare(runs["ktune"], runs[t]) for t in mode.tuners}
-    ratios = [
-        {
-            "name": f"time_to_target_ktune_over_{t}",
-            "value": c["ratio"],
-            "target": "<= 0.5",
-            "met": c["ratio"] <= 0.5,
-        }
-        for t, c in comparisons.items()
-    ]
-    result = {
-        "benchmark": "kerastuner",
-        "quick": args.quick,
-        "machine": f"{os.cpu_count()} cores, shared; load average "
-        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after",
-        "ratios": ratios,
-        "settings": {
-            "train_size": mode.train_size,
-            "validation_fraction": 0.1,
-            "maxlen": mode.maxlen,
-            "vocab_size": mode.vocab_size,
-            "epochs": mode.epochs,
-            "batch_size": 64,
-            "space": SPACE,
-            "ktune": "TPE + ASHA (grace 1, reduction 2), 2 trials at a time, 1 CPU each",
-            "kerastuner": "one trial at a time, every core (TF default threads), Keras 3",
-        },
-        "budgets": budgets,
-        "runs": {name: run.profile() for name, run in runs.items()},
-        "comparisons": comparisons,
-        "curves": {
-            name: [[round(t, 2), round(a, 4), str(f)] for t, a, f in run.epochs]
-            for name, run in runs.items()
-        },
-        "kerastuner_best": {t: runs[t].summary for t in mode.tuners},
-        "total_wall_s": round(total, 1),
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "kerastuner.json").write_text(json.dumps(result, indent=2) + "\n")
+    return budgets
 
-    print(
-        f"kerastuner bench ({'quick' if args.quick else 'full'}): {mode.train_size} texts, "
-        f"maxlen {mode.maxlen}, up to {mode.epochs} epochs; {result['machine']}"
-    )
+
+def one_seed(mode: Mode, dataset: str, seed: int, work: Path) -> dict:
+    """ktune and each KerasTuner tuner on one data set with one seed."""
+    folder = work / f"{dataset}-seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    exp = experiment(mode, str(folder / "results"), dataset, seed)
+    exp_file = folder / "experiment.yaml"
+    exp_file.write_text(yaml.safe_dump(exp, sort_keys=False))
+    exp_dir = folder / "results" / exp["name"]
+    runs = {"ktune": run_ktune(exp_file, exp_dir, mode.epochs, folder)}
+    for tuner in mode.tuners:
+        runs[tuner] = run_kerastuner(exp_file, tuner, mode, folder / tuner, folder)
+    budgets = budgets_of(mode, runs)
+    comparisons = {t: compare(runs["ktune"], runs[t]) for t in mode.tuners}
+    print(f"{dataset}, seed {seed}:", flush=True)
     for name, run in runs.items():
         p, b = run.profile(), budgets[name]
         print(
@@ -460,22 +440,117 @@ def main() -> None:
             f"epoch 1 of a fit {p['median_first_epoch_of_fit_s']}s, later epochs "
             f"{p['median_later_epoch_s']}s (medians)"
             + (f"; stopped early {p['stopped_early']}" if p["stopped_early"] is not None else "")
-            + (f"; FAILED trials {len(p['failed'])}" if p["failed"] else "")
+            + (f"; FAILED trials {len(p['failed'])}" if p["failed"] else ""),
+            flush=True,
         )
-    for (t, c), r in zip(comparisons.items(), ratios):
+    for t, c in comparisons.items():
+        so = c["search_only"] or {"ktune_s": None, "kerastuner_s": None, "ratio": None}
         print(
             f"  vs {t}: to val_accuracy {c['target_accuracy']:.4f}: ktune "
             f"{c['ktune_time_to_target_s']}s ({c['ktune_epochs_to_target']} epochs) / KerasTuner "
             f"{c['kerastuner_time_to_target_s']}s ({c['kerastuner_epochs_to_target']} epochs) = "
-            f"{c['ratio']} (target <= 0.5: {'met' if r['met'] else 'MISSED'})"
+            f"{c['ratio']}; without start-up {so['ratio']}; best within "
+            f"{c['same_wall_time_s']}s: ktune {c['ktune_best_within_same_time']:.4f}, "
+            f"KerasTuner {c['kerastuner_best_within_same_time']:.4f}",
+            flush=True,
         )
-        so = c["search_only"] or {"ktune_s": None, "kerastuner_s": None, "ratio": None}
-        print(
-            f"            without start-up: {so['ktune_s']}s / {so['kerastuner_s']}s = "
-            f"{so['ratio']}; best within {c['same_wall_time_s']}s: ktune "
-            f"{c['ktune_best_within_same_time']:.4f}, KerasTuner "
-            f"{c['kerastuner_best_within_same_time']:.4f}"
-        )
+    return {
+        "seed": seed,
+        "budgets": budgets,
+        "runs": {name: run.profile() for name, run in runs.items()},
+        "comparisons": comparisons,
+        "kerastuner_best": {t: runs[t].summary for t in mode.tuners},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller data, fewer trials")
+    parser.add_argument(
+        "--data", nargs="+", choices=DATASETS, default=list(DATASETS), help="data sets to run"
+    )
+    parser.add_argument("--keep", type=Path, help="keep every run's files in this folder")
+    args = parser.parse_args()
+    mode = QUICK if args.quick else FULL
+    if "agnews" in args.data and not Path(agnews_data()[0]["train"]).is_file():
+        print("FAILED: the AG News sample (../shared/data/ag_news_sample.csv) is missing")
+        sys.exit(1)
+    load_before = os.getloadavg()
+    began = time.time()
+    datasets: dict = {}
+    with tempfile.TemporaryDirectory(prefix="ktune-bench-kt-") as tmp:
+        work = args.keep or Path(tmp)
+        for dataset in args.data:
+            seeds = [one_seed(mode, dataset, seed, work) for seed in SEEDS]
+            aggregate = {}
+            for t in mode.tuners:
+                values = [s["comparisons"][t]["ratio"] for s in seeds]
+                without = [
+                    s["comparisons"][t]["search_only"]["ratio"]
+                    for s in seeds
+                    if s["comparisons"][t]["search_only"]
+                ]
+                aggregate[t] = {
+                    "ratio": round(geomean(values), 3),
+                    "spread": spread(values),
+                    "without_startup": round(geomean(without), 3) if without else None,
+                }
+            datasets[dataset] = {"aggregate": aggregate, "seeds": seeds}
+    total = time.time() - began
+
+    ratios = []
+    for dataset, d in datasets.items():
+        for t, a in d["aggregate"].items():
+            sp = a["spread"]
+            ratios += [
+                {
+                    "name": f"{dataset}: time to target, ktune / {t} (geometric mean of "
+                    f"{len(SEEDS)} seeds; seeds {sp['min']}-{sp['max']}, geometric sd "
+                    f"{sp['geo_sd']})",
+                    "value": a["ratio"],
+                    "target": "<= 0.5",
+                    "met": a["ratio"] <= 0.5,
+                },
+                {
+                    "name": f"{dataset}: same without either side's start-up, ktune / {t}",
+                    "value": a["without_startup"],
+                    "target": None,
+                    "met": None,
+                },
+            ]
+    result = {
+        "benchmark": "kerastuner",
+        "quick": args.quick,
+        "machine": f"{os.cpu_count()} cores, shared; load average "
+        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after",
+        "ratios": ratios,
+        "settings": {
+            "datasets": args.data,
+            "seeds": list(SEEDS),
+            "builtin_train_size": mode.train_size,
+            "validation_fraction": 0.1,
+            "builtin_maxlen": mode.maxlen,
+            "builtin_vocab_size": mode.vocab_size,
+            "agnews_sizes": agnews_data()[1],
+            "epochs": mode.epochs,
+            "batch_size": 64,
+            "space": SPACE,
+            "ktune": "TPE + ASHA (grace 1, reduction 2), 2 trials at a time, 1 CPU each",
+            "kerastuner": "one trial at a time, every core (TF default threads), Keras 3",
+        },
+        "datasets": datasets,
+        "total_wall_s": round(total, 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "kerastuner.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    print(
+        f"\nkerastuner bench ({'quick' if args.quick else 'full'}): seeds {list(SEEDS)}, up "
+        f"to {mode.epochs} epochs; {result['machine']}"
+    )
+    for r in ratios:
+        target = f"target {r['target']}: {'met' if r['met'] else 'MISSED'}" if r["target"] else ""
+        print(f"  {r['name']} = {r['value']} {target}")
     print(f"total {total:.0f}s; wrote {RESULTS / 'kerastuner.json'}")
 
 
