@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import statistics
 import struct
 import subprocess
 import sys
@@ -29,6 +31,26 @@ from typing import Iterator
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+AGNEWS_EXAMPLE = REPO / "examples" / "agnews_sample.yaml"
+
+
+def agnews_example() -> dict:
+    """examples/agnews_sample.yaml as a dict, its data path made absolute (the benchmarks
+    run it from other folders)."""
+    exp = yaml.safe_load(AGNEWS_EXAMPLE.read_text())
+    exp["data"]["train"] = str((AGNEWS_EXAMPLE.parent / exp["data"]["train"]).resolve())
+    return exp
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def spread(values: list[float]) -> dict:
+    """Lowest, highest and the geometric standard deviation of positive ratios."""
+    logs = [math.log(v) for v in values]
+    sd = math.exp(statistics.stdev(logs)) if len(logs) > 1 else 1.0
+    return {"min": round(min(values), 3), "max": round(max(values), 3), "geo_sd": round(sd, 3)}
 
 
 @dataclass

@@ -39,22 +39,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ktune_runs import REPO, run_ktune
+from _ktune_runs import AGNEWS_EXAMPLE, REPO, agnews_example, run_ktune
 
 RESULTS = REPO / "bench" / "results"
-EXAMPLE = REPO / "examples" / "agnews_sample.yaml"
 BUDGET_S = 15 * 60  # the issue's bound for the example's whole search on 2 cores
 C_GRID = (0.3, 1, 3, 10, 30, 100)
-
-
-def example() -> dict:
-    """The example file as a dict, its data path made absolute (the run is elsewhere)."""
-    exp = yaml.safe_load(EXAMPLE.read_text())
-    exp["data"]["train"] = str((EXAMPLE.parent / exp["data"]["train"]).resolve())
-    return exp
 
 
 def baseline(exp: dict) -> dict:
@@ -132,7 +122,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 trials of 4 epochs, no plain run")
     args = parser.parse_args()
-    exp = example()
+    exp = agnews_example()
     if not Path(exp["data"]["train"]).is_file():
         print(f"FAILED: {exp['data']['train']}: the AG News sample is missing", file=sys.stderr)
         return 1
@@ -217,7 +207,7 @@ def main() -> int:
         "paired": {**mcnemar, "note": "texts only ktune / only the baseline labels right"},
         "verdict": verdict,
         "settings": {
-            "example": str(EXAMPLE.relative_to(REPO)),
+            "example": str(AGNEWS_EXAMPLE.relative_to(REPO)),
             "num_samples": exp["search"]["num_samples"],
             "epochs": exp["training"]["epochs"],
         },

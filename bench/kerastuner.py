@@ -56,10 +56,12 @@ import yaml
 # ktune's TPE random start-up trials; BayesianOptimization gets as many random points.
 from ktune.search_spaces.base import tpe_startup_trials
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ktune_runs import agnews_example, geomean, spread
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SIDE = REPO / "bench" / "kerastuner_side.py"
-EXAMPLE = REPO / "examples" / "agnews_sample.yaml"
 SEEDS = (0, 1, 2)
 DATASETS = ("builtin", "agnews")
 
@@ -134,8 +136,7 @@ def hyperband_budget(max_epochs: int, factor: int, iterations: int) -> tuple[int
 
 def agnews_data() -> tuple[dict, dict]:
     """The AG News example's data section (path made absolute) and its text sizes."""
-    exp = yaml.safe_load(EXAMPLE.read_text())
-    exp["data"]["train"] = str((EXAMPLE.parent / exp["data"]["train"]).resolve())
+    exp = agnews_example()
     return exp["data"], {k: exp["training"][k] for k in ("maxlen", "vocab_size")}
 
 
@@ -378,17 +379,6 @@ def compare(ours: Run, theirs: Run) -> dict:
         "kerastuner_epochs_to_target": sum(t <= t_theirs for t, _ in theirs.curve),
         "search_only": search_only,
     }
-
-
-def spread(values: list[float]) -> dict:
-    """Lowest, highest and the geometric standard deviation of positive ratios."""
-    logs = [math.log(v) for v in values]
-    sd = math.exp(statistics.stdev(logs)) if len(logs) > 1 else 1.0
-    return {"min": round(min(values), 3), "max": round(max(values), 3), "geo_sd": round(sd, 3)}
-
-
-def geomean(values: list[float]) -> float:
-    return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
 def budgets_of(mode: Mode, runs: dict) -> dict:

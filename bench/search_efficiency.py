@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -59,7 +58,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ktune_runs import REPO, KtuneRun, run_ktune, shared_ray
+from _ktune_runs import REPO, KtuneRun, agnews_example, geomean, run_ktune, shared_ray, spread
 
 RESULTS = REPO / "bench" / "results"
 SEEDS = (0, 1, 2)
@@ -76,14 +75,6 @@ SIZES = {"quick": (1000, 4, 2), "full": (5000, 12, 4)}
 
 def quickstart_space() -> dict:
     return yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())["search"]["space"]
-
-
-def agnews_example() -> dict:
-    """examples/agnews_sample.yaml with its data path made absolute."""
-    example = REPO / "examples" / "agnews_sample.yaml"
-    exp = yaml.safe_load(example.read_text())
-    exp["data"]["train"] = str((example.parent / exp["data"]["train"]).resolve())
-    return exp
 
 
 def data_and_training(dataset: str, train_size: int) -> tuple[dict, dict]:
@@ -147,17 +138,6 @@ def summary(run: KtuneRun, epochs: int) -> dict:
         # outside any trial's epochs: worker start-up, scheduling, trial set-up
         "idle_slot_s": round(2 * span - run.trial_seconds, 1),
     }
-
-
-def geomean(values: list[float]) -> float:
-    return math.exp(statistics.fmean(math.log(v) for v in values))
-
-
-def spread(values: list[float]) -> dict:
-    """Lowest, highest and the geometric standard deviation of positive ratios."""
-    logs = [math.log(v) for v in values]
-    sd = math.exp(statistics.stdev(logs)) if len(logs) > 1 else 1.0
-    return {"min": round(min(values), 3), "max": round(max(values), 3), "geo_sd": round(sd, 3)}
 
 
 def compare(
