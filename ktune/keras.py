@@ -34,6 +34,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ktune.checkpoint_manifest import write_manifest
 
 __all__ = ["ReportCheckpoint", "restore", "CHECKPOINT_PREFIX", "METRICS_FILE"]
 
@@ -152,4 +153,5 @@ class ReportCheckpoint(keras.callbacks.Callback):
                 json.dump({**metrics, "timestamp": int(time.time())}, f, default=str)
             if self._write_files is not None:
                 self._write_files(d)
+            write_manifest(d)  # last: a folder cut off mid-upload is told by it
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ray import tune
 
+from ktune.checkpoint_manifest import is_complete
 from ktune.storage import write_atomic
 
 log = logging.getLogger("ktune")
@@ -368,7 +369,7 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
             (
                 p
                 for p in named.parent.glob("checkpoint_*")
-                if (p / "ckpt.index").is_file() and _checkpoint_index(p) > _checkpoint_index(named)
+                if is_complete(str(p)) and _checkpoint_index(p) > _checkpoint_index(named)
             ),
             key=_checkpoint_index,
         )

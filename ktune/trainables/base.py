@@ -27,6 +27,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ktune.checkpoint_manifest import is_complete
 from ktune.config import TrainingConfig
 from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, restore
 from ktune.optim import create_optimizer
@@ -333,11 +334,8 @@ def stored_checkpoints() -> list:
         for i in infos
         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
     )
-    return [  # a folder without the index file was cut off mid-write
-        tune.Checkpoint(folder, filesystem=fs)
-        for folder in folders
-        if fs.get_file_info(f"{folder}/{CHECKPOINT_PREFIX}.index").type == pafs.FileType.File
-    ]
+    # a folder whose files do not match its manifest was cut off mid-upload
+    return [tune.Checkpoint(folder, filesystem=fs) for folder in folders if is_complete(folder, fs)]
 
 
 def _index(path: str) -> int:
