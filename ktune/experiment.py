@@ -1,7 +1,7 @@
 """One experiment from start to end: the data flow of ``ktune run`` and ``ktune resume``.
 
 validate and check the targets -> load data once, family prepares shared artefacts once
-(``prepare.py``) -> start Ray (``ray_start.py``) -> write the experiment folder
+(``prepare.py``, in a thread) while Ray starts (``ray_start.py``) -> write the experiment folder
 (``experiment_dir.py``) -> Ray Tune search (``tuner.py``) -> results table, ``best.json``
 with the best trial's test accuracy, export (``results.py``).
 
@@ -23,9 +23,10 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig
@@ -140,6 +141,37 @@ def _progress_callbacks(cfg: ExperimentConfig, verbose: bool, progress: bool = T
     ]
 
 
+def prepare_while_ray_starts(
+    cfg: ExperimentConfig, verbose: bool, check: Callable[[Any], None] | None = None
+) -> tuple[Any, Any, Any]:
+    """:func:`~ktune.prepare.prepare` (data, vocabulary, TensorFlow's import) in a thread
+    while Ray starts here: the two take seconds each, mostly waiting on other processes.
+
+    ``check(prepared)`` runs once both are done. A problem with the data (or the check)
+    wins over one starting Ray, as when the two ran one after the other; a Ray this call
+    started is shut down again when the data fails, so nothing is left running.
+    """
+    import ray
+
+    ray_was_running = ray.is_initialized()
+    with ThreadPoolExecutor(1, thread_name_prefix="ktune-prepare") as pool:
+        preparing = pool.submit(prepare, cfg)
+        try:
+            init_ray(cfg.address, verbose)
+        except BaseException:
+            preparing.result()  # a data problem is the one to show
+            raise
+    try:
+        data, prepared, payload = preparing.result()
+        if check is not None:
+            check(prepared)
+    except BaseException:
+        if not ray_was_running:
+            ray.shutdown()
+        raise
+    return data, prepared, payload
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     *,
@@ -178,9 +210,8 @@ def run_search(
     started = time.time()
     check_targets(cfg)
     check_address(cfg.address)
-    data, prepared, payload = prepare(cfg)
     # Ray first: when it cannot start, nothing has been written that blocks a re-run.
-    init_ray(cfg.address, verbose)
+    data, prepared, payload = prepare_while_ray_starts(cfg, verbose)
     exp_dir = cfg.experiment_dir
     if cfg.remote:
         # Only a working copy: the remote experiment, checked empty above, is the truth,
@@ -305,13 +336,15 @@ def resume_search(
         staging_dir=str(d) if remote else None,
     )
     check_address(cfg.address)
-    data, prepared, payload = prepare(cfg)
-    if json.loads(json.dumps(prepared.artefacts)) != spec["artefacts"]:
-        raise ExperimentError(
-            f"{shown}: the data or model changed since the search started (its prepared "
-            "artefacts differ); start a new experiment instead"
-        )
-    init_ray(cfg.address, verbose)
+
+    def same_artefacts(prepared) -> None:
+        if json.loads(json.dumps(prepared.artefacts)) != spec["artefacts"]:
+            raise ExperimentError(
+                f"{shown}: the data or model changed since the search started (its "
+                "prepared artefacts differ); start a new experiment instead"
+            )
+
+    data, prepared, payload = prepare_while_ray_starts(cfg, verbose, check=same_artefacts)
     log.info("resuming %s", shown)
     with tune_output(verbose):
         tuner = tune.Tuner.restore(

@@ -153,7 +153,10 @@ def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):
     assert status == 200, body[:500]
     actors = json.loads(body)["data"]["result"]["result"]
     trials = [a for a in actors if a.get("class_name") == "ImplicitFunc"]
-    assert trials and all(a.get("job_id") for a in trials)  # one actor per trial worker
+    # one actor per trial (2 trials, no actor reuse), each in this job's Ray job
+    assert len(trials) == 2, [(a.get("class_name"), a.get("state")) for a in actors]
+    assert {a["job_id"] for a in trials} == {jobs[job_id]["job_id"]}
+    assert {a["state"] for a in trials} == {"DEAD"}  # the search ended
     assert http_get(f"{address}/api/v0/actors?limit=10", None)[0] == 401
     status, body = http_get(f"{address}/nodes?view=summary", token)
     assert status == 200 and "summary" in json.loads(body)["data"]
