@@ -140,6 +140,13 @@ def _progress_callbacks(cfg: ExperimentConfig, verbose: bool, progress: bool = T
     ]
 
 
+def _tracking(cfg: ExperimentConfig, resume: bool = False):
+    """MLflow's parent run and the trackers' Tune callbacks (:mod:`ktune.tracking`)."""
+    from ktune.tracking import start_tracking
+
+    return start_tracking(cfg, resume=resume)
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     *,
@@ -178,6 +185,10 @@ def run_search(
     started = time.time()
     check_targets(cfg)
     check_address(cfg.address)
+    if cfg.tracking.enabled:
+        from ktune.tracking import check_tracking
+
+        check_tracking(cfg)
     data, prepared, payload = prepare(cfg)
     # Ray first: when it cannot start, nothing has been written that blocks a re-run.
     init_ray(cfg.address, verbose)
@@ -198,19 +209,23 @@ def run_search(
     )
     # URI storage: claims the name on the storage and makes the run resumable
     push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE])
-    with tune_output(verbose):  # the searcher announces its Optuna study when built
-        grid = build_tuner(
-            cfg,
-            payload,
-            callbacks=callbacks,
-            tune_callbacks=_progress_callbacks(cfg, verbose, progress)
-            + _storage_callbacks(cfg)
-            + list(tune_callbacks),
-            verbose=1 if verbose else 0,
-            scheduler=scheduler,
-            search_alg=search_alg,
-        ).fit()
-    return finish_search(cfg, grid, data, prepared, started, export), grid
+    with _tracking(cfg) as tracking:  # MLflow / W&B, when the file names them
+        with tune_output(verbose):  # the searcher announces its Optuna study when built
+            grid = build_tuner(
+                cfg,
+                payload,
+                callbacks=callbacks,
+                tune_callbacks=_progress_callbacks(cfg, verbose, progress)
+                + _storage_callbacks(cfg)
+                + tracking.callbacks
+                + list(tune_callbacks),
+                verbose=1 if verbose else 0,
+                scheduler=scheduler,
+                search_alg=search_alg,
+            ).fit()
+        best = finish_search(cfg, grid, data, prepared, started, export)
+        tracking.finish(best)
+    return best, grid
 
 
 def resume_experiment(
@@ -313,7 +328,7 @@ def resume_search(
         )
     init_ray(cfg.address, verbose)
     log.info("resuming %s", shown)
-    with tune_output(verbose):
+    with _tracking(cfg, resume=True) as tracking, tune_output(verbose):
         tuner = tune.Tuner.restore(
             where, trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
         )
@@ -325,6 +340,7 @@ def resume_search(
             run_config.callbacks = (
                 _progress_callbacks(cfg, verbose, progress)
                 + _storage_callbacks(cfg)
+                + tracking.callbacks
                 + list(tune_callbacks)
             )
             run_config.verbose = 1 if verbose else 0
@@ -335,4 +351,7 @@ def resume_search(
             storage.redact(cfg.export_path),
         )
         export = False
-    return finish_search(cfg, grid, data, prepared, started, export), grid
+    with tracking:
+        best = finish_search(cfg, grid, data, prepared, started, export)
+        tracking.finish(best)
+    return best, grid
