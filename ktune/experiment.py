@@ -140,6 +140,14 @@ def _progress_callbacks(cfg: ExperimentConfig, verbose: bool, progress: bool = T
     ]
 
 
+def _check_tracking(cfg: ExperimentConfig) -> None:
+    """Before any work: the trackers the file names can be reached (:mod:`ktune.tracking`)."""
+    if cfg.tracking.enabled:
+        from ktune.tracking import check_tracking
+
+        check_tracking(cfg)
+
+
 def _tracking(cfg: ExperimentConfig, resume: bool = False):
     """MLflow's parent run and the trackers' Tune callbacks (:mod:`ktune.tracking`)."""
     from ktune.tracking import start_tracking
@@ -185,10 +193,7 @@ def run_search(
     started = time.time()
     check_targets(cfg)
     check_address(cfg.address)
-    if cfg.tracking.enabled:
-        from ktune.tracking import check_tracking
-
-        check_tracking(cfg)
+    _check_tracking(cfg)
     data, prepared, payload = prepare(cfg)
     # Ray first: when it cannot start, nothing has been written that blocks a re-run.
     init_ray(cfg.address, verbose)
@@ -320,6 +325,7 @@ def resume_search(
         staging_dir=str(d) if remote else None,
     )
     check_address(cfg.address)
+    _check_tracking(cfg)
     data, prepared, payload = prepare(cfg)
     if json.loads(json.dumps(prepared.artefacts)) != spec["artefacts"]:
         raise ExperimentError(

@@ -99,15 +99,9 @@ class SearchTracking:
 
     def trial_run_id(self, trial: str) -> str | None:
         """The MLflow run of a trial (its folder name, ``trial_<id>``) in this search."""
-        if self._mlflow is None:
+        if self._mlflow is None or self.parent_run_id is None:
             return None
-        runs = self._mlflow.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and "
-            f"tags.trial = '{trial}'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
+        return _trial_run(self._mlflow, self.experiment_id, self.parent_run_id, trial)
 
     def finish(self, best: dict) -> None:
         """The search is over: ``best`` is ``best.json``'s contents (with ``export``)."""
@@ -222,11 +216,18 @@ def _mlflow_callback(cfg: ExperimentConfig, experiment: str, tags: dict):
         """Ray's MLflow logger, with ktune's tags on each trial's run."""
 
         def log_trial_start(self, trial) -> None:
+            client, name = self.mlflow_util._get_client(), trial_dirname(trial)
+            if trial not in self._trial_runs:  # resumed: the trial's run from before
+                run_id = _trial_run(
+                    client, self.mlflow_util.experiment_id, self.tags["mlflow.parentRunId"], name
+                )
+                if run_id is not None:
+                    self._trial_runs[trial] = run_id
+                    client.update_run(run_id, status="RUNNING")
             fresh = trial not in self._trial_runs
             super().log_trial_start(trial)
             if fresh:
-                run_id = self._trial_runs[trial]
-                self.mlflow_util._get_client().set_tag(run_id, "trial", trial_dirname(trial))
+                client.set_tag(self._trial_runs[trial], "trial", name)
 
         def log_trial_end(self, trial, failed: bool = False) -> None:
             run_id = self._trial_runs.get(trial)
@@ -238,7 +239,24 @@ def _mlflow_callback(cfg: ExperimentConfig, experiment: str, tags: dict):
             super().log_trial_end(trial, failed=failed)
 
     assert cfg.tracking.mlflow is not None
-    return TrialRuns(tracking_uri=cfg.tracking.mlflow.uri, experiment_name=experiment, tags=tags)
+    return TrialRuns(
+        tracking_uri=cfg.tracking.mlflow.uri,
+        experiment_name=experiment,
+        tags=tags,
+        # PBT/PB2 restart a trial with mutated values, and MLflow refuses to change a
+        # logged param: its final config then (each epoch's learning_rate_now is a metric).
+        log_params_on_trial_end=cfg.search.scheduler in ("pbt", "pb2"),
+    )
+
+
+def _trial_run(client: Any, experiment_id: str | None, parent: str, trial: str) -> str | None:
+    """The MLflow run of a trial (its folder name, ``trial_<id>``) under ``parent``."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.trial = '{trial}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def _wandb_callback(cfg: ExperimentConfig):

@@ -133,6 +133,26 @@ def test_wandb_without_a_login_stops_the_run_before_any_work(tmp_path, monkeypat
     assert not (tmp_path / "results" / "tiny").exists()
 
 
+def test_a_jobs_runtime_env_holds_no_credential(tmp_path, monkeypatch):
+    """``ktune submit`` ships the experiment file and a runtime env: neither takes the
+    credentials of the environment it is submitted from."""
+    from ktune.config import load_config
+    from ktune.jobs import job_runtime_env
+
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_WANDB_KEY)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", FAKE_MLFLOW_TOKEN)
+    tracking = {"mlflow": {"uri": "http://mlflow:5000"}, "wandb": {"project": "p"}}
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump(tiny_experiment(tmp_path, tracking=tracking)))
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    env = job_runtime_env(load_config(exp), workdir, with_project=False)
+    shipped = json.dumps(env) + "".join(p.read_text() for p in workdir.rglob("*") if p.is_file())
+    assert "tracking" in shipped  # the experiment file went, tracking section and all
+    for secret in (FAKE_WANDB_KEY, FAKE_MLFLOW_TOKEN):
+        assert secret not in shipped
+
+
 # --- one search, tracked by both ---------------------------------------------------------
 
 
@@ -349,3 +369,25 @@ def test_no_credential_reaches_the_experiment_folder(tracked):
                 data = path.read_bytes()
                 for secret in (FAKE_WANDB_KEY, FAKE_MLFLOW_TOKEN):
                     assert secret.encode() not in data, f"{secret[:12]}... in {path}"
+
+
+@pytest.mark.slow
+def test_a_resumed_search_continues_its_mlflow_runs(tracked, monkeypatch):
+    """Run last (it resumes the search above): the parent run and the trials' runs are the
+    same ones, not new ones beside them."""
+    from mlflow import MlflowClient
+
+    import ktune
+
+    result, uri, wandb_dir = tracked
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name("news").experiment_id
+    before = {r.info.run_id: r.data.tags.get("trial") for r in client.search_runs([experiment_id])}
+    ktune.resume(result.dir)
+    runs = client.search_runs([experiment_id])
+    assert {r.info.run_id: r.data.tags.get("trial") for r in runs} == before
+    parent = next(r for r in runs if r.data.tags.get("ktune_role") == "search")
+    assert parent.info.status == "FINISHED"
+    assert len(client.search_model_versions("name = 'news-clf'")) == 1  # not exported again
