@@ -110,8 +110,12 @@ class SearchTracking:
             return
         ml = self.cfg.tracking.mlflow
         assert ml is not None
+        logged = client.get_run(parent).data.params  # a resumed search's earlier end
         for key, value in best["config"].items():
-            client.log_param(parent, f"best.{key}", value)
+            if f"best.{key}" not in logged:  # MLflow refuses to change a param
+                client.log_param(parent, f"best.{key}", value)
+            elif logged[f"best.{key}"] != str(value):
+                log.warning("MLflow run %s keeps best.%s from its first end", parent, key)
         for key in ("test_accuracy", "test_loss"):
             client.log_metric(parent, key, float(best[key]))
         for key, value in best.get("metrics", {}).items():
@@ -129,9 +133,7 @@ class SearchTracking:
 
     def _log_export(self, run_id: str, export: str | None, register: str | None) -> None:
         """The export as the best run's artifact ``export/``, registered with ``register``."""
-        if not export:
-            if register:
-                log.warning("tracking.mlflow.register: nothing exported, nothing registered")
+        if not export:  # export off, or already done by the run that is resumed
             return
         client = self._mlflow
         client.set_tag(run_id, "export", export)
