@@ -25,6 +25,7 @@ from ktune.errors import ConfigError
 from ktune.experiment_dir import EXPORT_DIR
 from ktune.experiment_file import read_experiment_file
 from ktune.search_spaces import Spec
+from ktune.tracking_config import TrackingConfig, parse_tracking
 
 __all__ = [
     "ExperimentConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "TrainingConfig",
     "ResourcesConfig",
     "ExportConfig",
+    "TrackingConfig",
     "load_config",
     "parse_config",
     "read_experiment_file",
@@ -132,6 +134,7 @@ class ExperimentConfig:
     # URI storage only: the driver's local working copy of the experiment (default:
     # ktune.storage.staging_dir(experiment_path)); resume sets the one the run used.
     staging_dir: str | None = None
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow, W&B
 
     @property
     def remote(self) -> bool:
@@ -467,6 +470,7 @@ TOP_LEVEL = (
     "storage",
     "export",
     "address",
+    "tracking",
 )
 
 
@@ -507,6 +511,9 @@ def parse_config(
     if export.dir is not None:
         export = replace(export, dir=_location("export.dir", export.dir))
     addr = address if address is not None else top.get("address")
+    tracking = parse_tracking(top.get("tracking"))
+    if tracking.mlflow and tracking.mlflow.register and not export.enabled:
+        raise ConfigError("tracking.mlflow.register: registers the export; set export.enabled")
     return ExperimentConfig(
         name=name,
         family=family,
@@ -519,6 +526,7 @@ def parse_config(
         model=model,
         address=None if addr is None else _str("address", addr),
         source_path=source_path,
+        tracking=tracking,
     )
 
 

@@ -172,6 +172,21 @@ def prepare_while_ray_starts(
     return data, prepared, payload
 
 
+def _check_tracking(cfg: ExperimentConfig) -> None:
+    """Before any work: the trackers the file names can be reached (:mod:`ktune.tracking`)."""
+    if cfg.tracking.enabled:
+        from ktune.tracking import check_tracking
+
+        check_tracking(cfg)
+
+
+def _tracking(cfg: ExperimentConfig, resume: bool = False):
+    """MLflow's parent run and the trackers' Tune callbacks (:mod:`ktune.tracking`)."""
+    from ktune.tracking import start_tracking
+
+    return start_tracking(cfg, resume=resume)
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     *,
@@ -210,6 +225,7 @@ def run_search(
     started = time.time()
     check_targets(cfg)
     check_address(cfg.address)
+    _check_tracking(cfg)
     # Ray first: when it cannot start, nothing has been written that blocks a re-run.
     data, prepared, payload = prepare_while_ray_starts(cfg, verbose)
     exp_dir = cfg.experiment_dir
@@ -229,19 +245,23 @@ def run_search(
     )
     # URI storage: claims the name on the storage and makes the run resumable
     push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE])
-    with tune_output(verbose):  # the searcher announces its Optuna study when built
-        grid = build_tuner(
-            cfg,
-            payload,
-            callbacks=callbacks,
-            tune_callbacks=_progress_callbacks(cfg, verbose, progress)
-            + _storage_callbacks(cfg)
-            + list(tune_callbacks),
-            verbose=1 if verbose else 0,
-            scheduler=scheduler,
-            search_alg=search_alg,
-        ).fit()
-    return finish_search(cfg, grid, data, prepared, started, export), grid
+    with _tracking(cfg) as tracking:  # MLflow / W&B, when the file names them
+        with tune_output(verbose):  # the searcher announces its Optuna study when built
+            grid = build_tuner(
+                cfg,
+                payload,
+                callbacks=callbacks,
+                tune_callbacks=_progress_callbacks(cfg, verbose, progress)
+                + _storage_callbacks(cfg)
+                + tracking.callbacks
+                + list(tune_callbacks),
+                verbose=1 if verbose else 0,
+                scheduler=scheduler,
+                search_alg=search_alg,
+            ).fit()
+        best = finish_search(cfg, grid, data, prepared, started, export)
+        tracking.finish(best)
+    return best, grid
 
 
 def resume_experiment(
@@ -336,6 +356,7 @@ def resume_search(
         staging_dir=str(d) if remote else None,
     )
     check_address(cfg.address)
+    _check_tracking(cfg)
 
     def same_artefacts(prepared) -> None:
         if json.loads(json.dumps(prepared.artefacts)) != spec["artefacts"]:
@@ -346,7 +367,7 @@ def resume_search(
 
     data, prepared, payload = prepare_while_ray_starts(cfg, verbose, check=same_artefacts)
     log.info("resuming %s", shown)
-    with tune_output(verbose):
+    with _tracking(cfg, resume=True) as tracking, tune_output(verbose):
         tuner = tune.Tuner.restore(
             where, trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
         )
@@ -358,6 +379,7 @@ def resume_search(
             run_config.callbacks = (
                 _progress_callbacks(cfg, verbose, progress)
                 + _storage_callbacks(cfg)
+                + tracking.callbacks
                 + list(tune_callbacks)
             )
             run_config.verbose = 1 if verbose else 0
@@ -368,4 +390,7 @@ def resume_search(
             storage.redact(cfg.export_path),
         )
         export = False
-    return finish_search(cfg, grid, data, prepared, started, export), grid
+    with tracking:
+        best = finish_search(cfg, grid, data, prepared, started, export)
+        tracking.finish(best)
+    return best, grid

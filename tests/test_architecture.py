@@ -177,7 +177,7 @@ def test_a_trial_worker_loads_no_driver_side():
         "for m in pkgutil.iter_modules(ktune.trainables.__path__):\n"
         "    importlib.import_module('ktune.trainables.' + m.name)\n"
         "driver = ('ktune.experiment', 'ktune.api', 'ktune.report', 'ktune.tuner',\n"
-        "          'ktune.results', 'ray.tune.tuner')\n"
+        "          'ktune.results', 'ktune.tracking', 'ray.tune.tuner', 'mlflow', 'wandb')\n"
         "print(sorted(m for m in driver if m in sys.modules))\n"
         "assert 'tensorflow' in sys.modules\n"
     )
