@@ -94,7 +94,8 @@ def test_a_tracker_not_installed_exits_2_before_any_work(tmp_path):
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Hide())\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hide), os.environ["PYTHONPATH"]])}
+    path = [str(hide)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     done = subprocess.run(
         [sys.executable, "-m", "ktune", "run", str(exp)],
         capture_output=True,
