@@ -1,5 +1,5 @@
-"""Builds the ``ray.tune.Tuner`` of an experiment: Optuna TPE search, ASHA or PBT/PB2,
-resources, storage.
+"""Builds the ``ray.tune.Tuner`` of an experiment: Optuna TPE search (NSGA-II or TPE
+over several ``search.objectives``), ASHA or PBT/PB2, resources, storage.
 
 The metric and mode are given to the searcher and the scheduler themselves: with
 ``max_concurrent_trials`` Tune wraps the searcher in a ``ConcurrencyLimiter`` that does not
@@ -63,7 +63,14 @@ class DurableOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         if trial_id in self._completed_trials or self._knows(trial_id):
-            super().on_trial_complete(trial_id, result=result, error=error)
+            super().on_trial_complete(trial_id, result=self._complete_result(result), error=error)
+
+    def _complete_result(self, result: dict | None) -> dict | None:
+        """Several objectives: a trial stopped before its last epoch (ASHA) lacks
+        ``latency_ms``; told as pruned, not as a failed ``tell`` left running."""
+        if not isinstance(self.metric, list) or not result:
+            return result
+        return result if all(result.get(m) is not None for m in self.metric) else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         import optuna
@@ -89,6 +96,8 @@ def build_searcher(cfg: ExperimentConfig):
         return BasicVariantGenerator(random_state=cfg.search.seed)
     if cfg.search.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
+    elif cfg.search.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=cfg.search.seed)
     else:
         sampler = optuna.samplers.TPESampler(
             seed=cfg.search.seed, n_startup_trials=tpe_startup_trials(cfg.search.num_samples)
@@ -99,10 +108,12 @@ def build_searcher(cfg: ExperimentConfig):
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(cfg.experiment_dir / JOURNAL_FILE))
     )
+    objectives = cfg.search.objectives
     return DurableOptunaSearch(
         space=space.space_fn(cfg.search.space),
-        metric=cfg.search.metric,
-        mode=cfg.search.mode,
+        # several objectives: Optuna's multi-objective study (TPE or NSGA-II)
+        metric=[o.metric for o in objectives] if objectives else cfg.search.metric,
+        mode=[o.mode for o in objectives] if objectives else cfg.search.mode,
         sampler=sampler,
         storage=storage,
         study_name=cfg.name,
