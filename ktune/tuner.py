@@ -9,8 +9,10 @@ pass ``TuneConfig``'s metric on (seen in Ray 2.60), and setting both is an error
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Mapping, Sequence
 
+import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
@@ -83,12 +85,24 @@ class DurableOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler that Ray can save with its searcher: the sampler holds a
+    ``threading.Lock`` (Optuna 5), which is dropped when pickled and made anew."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def build_searcher(cfg: ExperimentConfig):
     """Optuna (TPE or random) over the family's define-by-run space; under PBT/PB2 Ray's
     BasicVariantGenerator draws the first population from the Tune form of the space
     (PBT then moves the population itself; a model-based searcher would not see that)."""
-    import optuna
-
     space = space_of(cfg.family, cfg.model)
     if cfg.search.scheduler in ("pbt", "pb2"):
         # The whole population runs at once (no concurrency limit): PBT compares and
@@ -97,7 +111,7 @@ def build_searcher(cfg: ExperimentConfig):
     if cfg.search.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
     elif cfg.search.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=cfg.search.seed)
+        sampler = PicklableNSGAIISampler(seed=cfg.search.seed)
     else:
         sampler = optuna.samplers.TPESampler(
             seed=cfg.search.seed, n_startup_trials=tpe_startup_trials(cfg.search.num_samples)
