@@ -126,3 +126,50 @@ def test_export_refuses_an_unknown_trial(finished):
     assert done.returncode == 2
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("ktune: error: --trial: trial_nope") and best["trial"] in line
+
+
+def test_the_report_draws_the_front(finished, tmp_path):
+    from ktune.report import write_report
+    from ktune.report.load import load_experiment
+    from ktune.report.pareto_plot import pareto_points
+
+    cfg, best = finished
+    record = load_experiment(cfg.experiment_dir)
+    data = pareto_points(record)
+    assert data is not None
+    assert data["front"] == [e["trial"] for e in best["pareto_front"]]
+    assert len(data["points"]) == cfg.search.num_samples
+    written = write_report(record, tmp_path / "report.html")
+    image = tmp_path / "report-pareto-front.png"
+    assert image in written.images and image.read_bytes()[:4] == b"\x89PNG"
+    assert "Pareto front" in written.path.read_text()
+
+
+def test_latency_and_size_are_reported_with_the_last_epoch(tmp_path, ray_session):
+    """Three objectives, FIFO: every trial measures its model; ``latency_ms`` (serving
+    raw strings, as exported) comes with the last epoch's result only."""
+    from ktune.experiment import run_experiment
+
+    raw = tiny_experiment(tmp_path, name="latency")
+    raw["search"].update(
+        num_samples=2,
+        scheduler="fifo",
+        sampler="tpe",
+        objectives=[{"metric": "val_accuracy"}, {"metric": "latency_ms"}, {"metric": "model_mb"}],
+    )
+    raw["export"] = {"enabled": False}
+    cfg = parse_config(raw)
+    best = run_experiment(cfg)
+    rows = pd.read_csv(cfg.experiment_dir / "results.csv").to_dict("records")
+    assert all(r["latency_ms"] > 0 and 0 < r["model_mb"] < 1 for r in rows), rows
+    for trial in cfg.experiment_dir.glob("trial_*"):
+        epochs = [json.loads(x) for x in (trial / "result.json").read_text().splitlines()]
+        assert [e["latency_ms"] is not None for e in epochs] == [False, True]
+        assert all("model_mb" in e for e in epochs)
+    assert best["pareto_front"] and best["trial"] == best["pareto_front"][0]["trial"]
+    print(
+        "\nlatency run:",
+        json.dumps(
+            [{k: r[k] for k in ("trial", "val_accuracy", "latency_ms", "model_mb")} for r in rows]
+        ),
+    )

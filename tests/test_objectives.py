@@ -161,3 +161,26 @@ def test_three_objectives_keep_trade_offs():
         {"val_accuracy": 0.8, "params": 950, "latency_ms": 2.0},  # dominated by 1
     ]
     assert pareto_front(rows, objectives) == [0, 1]
+
+
+def test_model_size_and_serving_latency_of_a_small_model():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from ktune.trainables.measure import model_size, serving_latency_ms
+
+    encoder = keras.layers.TextVectorization(max_tokens=50, output_sequence_length=8)
+    encoder.adapt(["a b c", "d e f"])
+    model = keras.Sequential(
+        [
+            keras.layers.Embedding(50, 4),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model(encoder(tf.constant(["a b"])))
+    size = model_size(model)
+    assert size["params"] == 50 * 4 + 4 * 3 + 3
+    assert size["model_mb"] == pytest.approx(size["params"] * 4 / 1e6)  # float32 weights
+    latency = serving_latency_ms(model, encoder, ["x", "y", "z"], ["a b", "c"])
+    assert 0 < latency < 10_000

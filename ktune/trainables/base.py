@@ -217,10 +217,14 @@ def objective_measure(payload: TrialPayload, family: Family):
 
     def measure(model: keras.Model, epoch: int) -> dict:
         out = {k: v for k, v in model_size(model).items() if k in wanted}
-        if "latency_ms" in wanted and epoch + 1 >= training.epochs:
-            encoder = family.string_encoder(payload.artefacts, training)
-            texts = payload.verify_texts
-            out["latency_ms"] = serving_latency_ms(model, encoder, payload.class_names, texts)
+        if "latency_ms" in wanted:
+            # None before the last epoch: Ray wants every objective in every result, and
+            # the searcher tells a trial ASHA stopped without it as pruned.
+            out["latency_ms"] = None
+            if epoch + 1 >= training.epochs:
+                encoder = family.string_encoder(payload.artefacts, training)
+                texts = payload.verify_texts
+                out["latency_ms"] = serving_latency_ms(model, encoder, payload.class_names, texts)
         return out
 
     return measure
