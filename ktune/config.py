@@ -345,7 +345,8 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
 def _parse_search(raw: Any, family: str, model: Mapping[str, Any] | None = None) -> SearchConfig:
     d = _section(raw, "search", _fields(SearchConfig))
     space_raw = d.pop("space", None)
-    objectives = parse_objectives(d.pop("objectives")) if "objectives" in d else None
+    raw_objectives = d.pop("objectives", None)
+    objectives = None if raw_objectives is None else parse_objectives(raw_objectives)
     if space_raw is not None and not isinstance(space_raw, Mapping):
         raise _fail("search.space", "must be a mapping of hyperparameter -> spec", space_raw)
     cfg: SearchConfig = _parse(

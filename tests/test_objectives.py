@@ -184,3 +184,10 @@ def test_model_size_and_serving_latency_of_a_small_model():
     assert size["model_mb"] == pytest.approx(size["params"] * 4 / 1e6)  # float32 weights
     latency = serving_latency_ms(model, encoder, ["x", "y", "z"], ["a b", "c"])
     assert 0 < latency < 10_000
+
+
+def test_objectives_null_is_one_metric(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text(f"name: x\nstorage: {tmp_path}\nsearch:\n  objectives: null\n")
+    cfg = load_config(p)
+    assert cfg.search.objectives is None and cfg.search.sampler == "tpe"
