@@ -191,3 +191,26 @@ def test_objectives_null_is_one_metric(tmp_path):
     p.write_text(f"name: x\nstorage: {tmp_path}\nsearch:\n  objectives: null\n")
     cfg = load_config(p)
     assert cfg.search.objectives is None and cfg.search.sampler == "tpe"
+
+
+def test_a_multi_objective_searcher_saves_and_restores(tmp_path):
+    """Ray saves the searcher with the experiment (resume): NSGA-II's lock is not pickled."""
+    from ktune.tuner import build_searcher
+
+    p = tmp_path / "exp.yaml"
+    p.write_text(f"name: x\nstorage: {tmp_path}\nsearch:\n{TWO}")
+    cfg = load_config(p)
+    searcher = build_searcher(cfg)
+    first = searcher.suggest("a")
+    searcher.on_trial_complete("a", {"val_accuracy": 0.5, "params": 100})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    again = build_searcher(cfg)
+    again.restore(str(tmp_path / "searcher.pkl"))
+    assert type(again._sampler).__name__ == "PicklableNSGAIISampler"
+    assert again.suggest("b") is not None and first is not None
+    # a result without an objective (ASHA stopped it before latency_ms): pruned
+    searcher.suggest("c")
+    searcher.on_trial_complete("c", {"val_accuracy": 0.4, "params": None})
+    states = {t.number: t.state.name for t in searcher._ot_study.get_trials(deepcopy=False)}
+    assert states[searcher._ot_trials["a"].number] == "COMPLETE"
+    assert states[searcher._ot_trials["c"].number] == "PRUNED"
