@@ -199,6 +199,11 @@ class ExperimentResult:
             "(test split, reported separately)",
             f"results: {storage.redact(self.path)}",
         ]
+        if self.pareto_front:
+            lines.insert(-1, "Pareto front (export one with: ktune export DIR --trial ID):")
+            for entry in self.pareto_front:
+                values = ", ".join(f"{k}={v:.4g}" for k, v in entry["objectives"].items())
+                lines.insert(-1, f"  {entry['trial']}: {values}")
         if self.export_dir:
             shown = storage.redact(self.export_dir)
             lines.append(f'exported: {shown}  (try: ktune predict {shown} "some text")')

@@ -62,6 +62,10 @@ def test_the_front_is_the_non_dominated_trials(finished):
         {"metric": "val_accuracy", "mode": "max"},
         {"metric": "params", "mode": "min"},
     ]
+    import ktune
+
+    summary = ktune.load(cfg.experiment_dir).summary()
+    assert "Pareto front" in summary and all(t in summary for t in front_ids)
     for entry in best["pareto_front"]:
         row = next(r for r in rows if r["trial"] == entry["trial"])
         assert entry["objectives"]["params"] == row["params"]
