@@ -111,7 +111,11 @@ def build_searcher(cfg: ExperimentConfig):
     if cfg.search.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
     elif cfg.search.sampler == "nsga2":
-        sampler = PicklableNSGAIISampler(seed=cfg.search.seed)
+        # Optuna's default generation (50 trials) would leave a small search all random
+        # draws: a generation as large as TPE's random start instead.
+        sampler = PicklableNSGAIISampler(
+            seed=cfg.search.seed, population_size=tpe_startup_trials(cfg.search.num_samples)
+        )
     else:
         sampler = optuna.samplers.TPESampler(
             seed=cfg.search.seed, n_startup_trials=tpe_startup_trials(cfg.search.num_samples)

@@ -48,6 +48,8 @@ def test_multi_objective_sampler_reaches_optuna(tmp_path, sampler, expected):
     assert searcher.metric == ["val_accuracy", "params"]
     assert searcher.mode == ["max", "min"]
     assert [d.name for d in searcher._ot_study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    if sampler == "nsga2":  # num_samples 8: generations of 3, not Optuna's 50
+        assert searcher._sampler._population_size == 3
 
 
 @pytest.mark.parametrize(
