@@ -4,7 +4,7 @@
                        [--verbose]
     ktune resume EXPERIMENT_DIR [--address ADDR] [--no-export] [--verbose]
     ktune report EXPERIMENT_DIR [EXPERIMENT_DIR ...] [--out PATH]
-    ktune export EXPERIMENT_DIR [--out DIR] [--force]
+    ktune export EXPERIMENT_DIR [--out DIR] [--force] [--trial ID]
     ktune predict EXPORT_DIR TEXT [TEXT ...] [--json]
     ktune submit EXP.yaml --address http://HEAD:8265 [--follow] [--with-project]
     ktune jobs --address http://HEAD:8265
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("experiment_dir", help="the experiment directory, <storage>/<name>")
     exp.add_argument("--out", help="target folder (default: EXPERIMENT_DIR/export)")
     exp.add_argument("--force", action="store_true", help="replace an existing export")
+    exp.add_argument(
+        "--trial",
+        help="a trial of the Pareto front (search.objectives) instead of the most accurate; "
+        "default --out: EXPERIMENT_DIR/export-TRIAL",
+    )
 
     pred = sub.add_parser("predict", help="classify texts with an exported SavedModel")
     pred.add_argument("export_dir", help="a folder written by ktune export")
@@ -299,7 +304,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         # A URI's files are downloaded to tmp; an unusable directory or an existing
         # target is one line before TensorFlow loads.
         result = api.load(args.experiment_dir, workdir=tmp)
-        done = result.export(args.out, force=args.force)
+        done = result.export(args.out, force=args.force, trial=args.trial)
     print(f"exported: {storage.redact(done)}")
     return 0
 

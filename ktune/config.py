@@ -24,6 +24,7 @@ from ktune import storage as _storage
 from ktune.errors import ConfigError
 from ktune.experiment_dir import EXPORT_DIR
 from ktune.experiment_file import read_experiment_file
+from ktune.objectives import METRICS, Objective, parse_objectives
 from ktune.search_spaces import Spec
 from ktune.tracking_config import TrackingConfig, parse_tracking
 
@@ -39,13 +40,12 @@ __all__ = [
     "parse_config",
     "read_experiment_file",
     "METRICS",
+    "Objective",
 ]
 
 SOURCES = ("builtin", "tfds", "csv", "jsonl")
 SCHEDULERS = ("asha", "fifo", "pbt", "pb2")
-SAMPLERS = ("tpe", "random")
-# metric -> the mode that makes sense for it
-METRICS = {"val_accuracy": "max", "val_loss": "min"}
+SAMPLERS = ("tpe", "random", "nsga2")  # nsga2: multi-objective (the default there)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -92,6 +92,9 @@ class SearchConfig:
     # (default: every searched key that keeps the model's shape).
     perturbation_interval: int = 1
     mutations: tuple[str, ...] | None = None
+    # Multi-objective search (a Pareto front, see ktune.objectives); ``metric`` is then
+    # the first per-epoch objective, which ASHA, checkpoints and best.json's trial follow.
+    objectives: tuple[Objective, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -345,6 +348,8 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
 def _parse_search(raw: Any, family: str, model: Mapping[str, Any] | None = None) -> SearchConfig:
     d = _section(raw, "search", _fields(SearchConfig))
     space_raw = d.pop("space", None)
+    raw_objectives = d.pop("objectives", None)
+    objectives = None if raw_objectives is None else parse_objectives(raw_objectives)
     if space_raw is not None and not isinstance(space_raw, Mapping):
         raise _fail("search.space", "must be a mapping of hyperparameter -> spec", space_raw)
     cfg: SearchConfig = _parse(
@@ -373,8 +378,35 @@ def _parse_search(raw: Any, family: str, model: Mapping[str, Any] | None = None)
             f"search.mode: {cfg.metric} is optimized with mode '{METRICS[cfg.metric]}', "
             f"got '{cfg.mode}'"
         )
+    cfg = _with_objectives(cfg, objectives, d)
     cfg = replace(cfg, space=space_of(family, model).resolve(space_raw))
     return replace(cfg, mutations=_mutations(cfg, d))
+
+
+def _with_objectives(
+    cfg: SearchConfig, objectives: tuple[Objective, ...] | None, given: Mapping[str, Any]
+) -> SearchConfig:
+    """With objectives, ``metric`` is their first per-epoch metric, the sampler NSGA-II
+    unless named; without, nsga2 has nothing to do."""
+    if objectives is None:
+        if cfg.sampler == "nsga2":
+            raise ConfigError("search.sampler: nsga2 is multi-objective; add search.objectives")
+        return cfg
+    if cfg.scheduler in ("pbt", "pb2"):
+        raise ConfigError(
+            f"search.objectives: scheduler {cfg.scheduler} follows one metric; "
+            "use asha or fifo with objectives"
+        )
+    first = next(o for o in objectives if o.metric in METRICS)
+    if "metric" in given and cfg.metric != first.metric:
+        raise ConfigError(
+            f"search.metric: {cfg.metric} conflicts with search.objectives, whose first "
+            f"per-epoch metric is {first.metric} (leave search.metric out)"
+        )
+    sampler = cfg.sampler if "sampler" in given else "nsga2"
+    return replace(
+        cfg, objectives=objectives, metric=first.metric, mode=first.mode, sampler=sampler
+    )
 
 
 def space_of(family: str, model: Mapping[str, Any] | None = None):

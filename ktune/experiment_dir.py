@@ -40,6 +40,7 @@ __all__ = [
     "RESULTS_FILE",
     "BEST_FILE",
     "EXPORT_DIR",
+    "front_trial",
     "read_spec",
     "read_experiment",
     "read_results",
@@ -95,6 +96,21 @@ def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
     return spec, json.loads(best_path.read_text())
 
 
+def front_trial(best: dict, trial: str | None) -> dict:
+    """``best.json``'s record of ``trial`` (None: the best trial): the best trial, or a
+    trial of a multi-objective search's Pareto front (``pareto_front``)."""
+    if trial is None or trial == best["trial"]:
+        return best
+    front = best.get("pareto_front") or []
+    for entry in front:
+        if entry["trial"] == trial:
+            return {**entry, "metrics": entry["objectives"]}
+    known = ", ".join(e["trial"] for e in front) or best["trial"]
+    raise ExperimentError(
+        f"--trial: {trial} is not a trial of the Pareto front; exportable: {known}"
+    )
+
+
 def read_results(exp_dir: str | Path):
     """``results.csv`` as a pandas DataFrame, one row a trial."""
     import pandas as pd
@@ -130,7 +146,10 @@ def fetch_experiment(uri: str, local: str | Path, *, trials: bool = False) -> Pa
     local = Path(local)
     if trials:
         return storage.download_dir(
-            uri, local, exclude=["checkpoint_*", EXPORT_DIR, ".export*"], key=_KEY
+            uri,
+            local,
+            exclude=["checkpoint_*", EXPORT_DIR, f"{EXPORT_DIR}-*", ".export*"],
+            key=_KEY,
         )
     local.mkdir(parents=True, exist_ok=True)
     for name in (SPEC_FILE, BEST_FILE, RESULTS_FILE, EXPERIMENT_FILE, JOURNAL_FILE):

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from ktune import storage
 from ktune.errors import ExperimentError
-from ktune.experiment_dir import EXPORT_DIR, read_results
+from ktune.experiment_dir import EXPORT_DIR, front_trial, read_results
 
 __all__ = ["ExperimentResult"]
 
@@ -77,6 +77,13 @@ class ExperimentResult:
         return self.best.get("export")
 
     @property
+    def pareto_front(self) -> list[dict]:
+        """A multi-objective search's Pareto front (``search.objectives``), most accurate
+        first: each trial's ``trial`` id, ``config``, ``objectives`` (metric -> value) and
+        ``checkpoint``. Empty for a search of one metric."""
+        return [dict(e) for e in self.best.get("pareto_front") or []]
+
+    @property
     def trials(self):
         """A pandas DataFrame, one row a trial: status, searched hyperparameters, epochs,
         best metric, error (``results.csv``)."""
@@ -97,18 +104,26 @@ class ExperimentResult:
             )
         return self._grid
 
-    def export(self, out: str | Path | None = None, *, force: bool = False) -> str:
+    def export(
+        self, out: str | Path | None = None, *, force: bool = False, trial: str | None = None
+    ) -> str:
         """Exports the best trial as a verified SavedModel that takes raw strings.
 
         Args:
-            out: str or Path. Target folder or URI. Defaults to ``<path>/export``.
+            out: str or Path. Target folder or URI. Defaults to ``<path>/export``, for
+                another trial than the best ``<path>/export-<trial>``.
             force: bool. Replace an existing export (only once the new one is verified).
                 Defaults to False.
+            trial: str or None. A trial of the Pareto front (:attr:`pareto_front`) to
+                export instead of the best (the most accurate). Defaults to None.
 
         Returns:
             str: where the export is.
         """
-        target = str(out) if out is not None else storage.join(self.path, EXPORT_DIR)
+        chosen = front_trial(self.best, trial)["trial"]  # an unknown trial fails here
+        other = chosen != self.best_trial
+        default = f"{EXPORT_DIR}-{chosen}" if other else EXPORT_DIR
+        target = str(out) if out is not None else storage.join(self.path, default)
         # Refused before TensorFlow loads (export_best checks again, for other callers).
         taken = storage.exists(target, "--out") if storage.is_uri(target) else Path(target).exists()
         if taken and not force:
@@ -119,9 +134,13 @@ class ExperimentResult:
         from ktune.export import export_best
 
         done = export_best(
-            self.dir, target if storage.is_uri(target) else Path(target), force=force
+            self.dir,
+            target if storage.is_uri(target) else Path(target),
+            force=force,
+            trial=chosen,
         )
-        self.best["export"] = str(done)
+        if not other:
+            self.best["export"] = str(done)
         return str(done)
 
     def load_model(self):
@@ -180,6 +199,11 @@ class ExperimentResult:
             "(test split, reported separately)",
             f"results: {storage.redact(self.path)}",
         ]
+        if self.pareto_front:
+            lines.insert(-1, "Pareto front (export one with: ktune export DIR --trial ID):")
+            for entry in self.pareto_front:
+                values = ", ".join(f"{k}={v:.4g}" for k, v in entry["objectives"].items())
+                lines.insert(-1, f"  {entry['trial']}: {values}")
         if self.export_dir:
             shown = storage.redact(self.export_dir)
             lines.append(f'exported: {shown}  (try: ktune predict {shown} "some text")')

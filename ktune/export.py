@@ -34,8 +34,9 @@ import tensorflow as tf
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune import storage
 from ktune.errors import ExperimentError
-from ktune.experiment_dir import read_experiment
+from ktune.experiment_dir import front_trial, read_experiment
 from ktune.rebuild import family_of_record
+from ktune.serving import ServingModule
 
 __all__ = [
     "export_best",
@@ -50,35 +51,6 @@ EXPORT_TOLERANCE = 1e-5
 METADATA_FILE = "metadata.json"
 
 
-class ServingModule(tf.Module):
-    """Raw strings in, class probabilities and names out.
-
-    Args:
-        encoder: callable. Strings -> the model's inputs, traceable by TensorFlow
-            (a ``TextVectorization`` layer, a hub preprocess layer, an in-graph tokenizer).
-        model: keras.Model. Model inputs -> class probabilities.
-        class_names: list of str. The name of each probability column.
-    """
-
-    def __init__(self, encoder: Any, model: Any, class_names: Sequence[str]):
-        super().__init__(name="ktune_serving")
-        self.encoder = encoder
-        self.model = model
-        self.class_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
-    def serve(self, texts: tf.Tensor) -> dict:
-        probabilities = self.model(self.encoder(texts), training=False)
-        best = tf.argmax(probabilities, axis=-1)
-        n = tf.shape(texts)[0]
-        return {
-            "probabilities": probabilities,
-            "label": tf.gather(self.class_names, best),
-            "score": tf.reduce_max(probabilities, axis=-1),
-            "class_names": tf.tile(self.class_names[tf.newaxis, :], [n, 1]),
-        }
-
-
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -91,15 +63,19 @@ def _versions() -> dict:
     return out
 
 
-def export_best(exp_dir: str | Path, out_dir: str | Path, *, force: bool = False) -> Path | str:
+def export_best(
+    exp_dir: str | Path, out_dir: str | Path, *, force: bool = False, trial: str | None = None
+) -> Path | str:
     """Exports the best trial of a finished experiment to ``out_dir``; returns it.
 
     ``exp_dir`` is a local folder holding ``ktune.json`` and ``best.json``; the best
     checkpoint they name and ``out_dir`` may be local paths or URIs. Refuses an existing
     ``out_dir`` unless ``force``; a previous export there is replaced only after the new
-    one is written and verified (and, on a URI, uploaded).
+    one is written and verified (and, on a URI, uploaded). ``trial``: another trial of a
+    multi-objective search's Pareto front (:func:`front_trial`).
     """
     spec, best = read_experiment(exp_dir)
+    best = front_trial(best, trial)
     remote_out = storage.is_uri(str(out_dir))
     out = str(out_dir) if remote_out else str(Path(out_dir).resolve())
     shown = storage.redact(out)

@@ -63,6 +63,7 @@ def prepare(cfg: ExperimentConfig, check_models: bool = True) -> tuple[Any, Any,
         class_names=list(data.class_names),
         verify_texts=verify_texts(data),
         build_model=build_model,
+        objectives=tuple(o.metric for o in cfg.search.objectives or ()),
     )
     return data, prepared, payload
 

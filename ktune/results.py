@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig, TrainingConfig
 from ktune.errors import SearchFailed
 from ktune.experiment_dir import BEST_FILE, JOURNAL_FILE, RESULTS_FILE
+from ktune.objectives import METRICS, pareto_front
 from ktune.staging import push_staged
 
-__all__ = ["finish_search", "result_rows", "evaluate_checkpoint"]
+__all__ = ["finish_search", "result_rows", "pareto_entries", "evaluate_checkpoint"]
 
 log = logging.getLogger("ktune")
 
@@ -48,8 +50,13 @@ def finish_search(
         if row["error"]:
             log.error("trial %s failed: %s", row["trial"], row["error"])
 
+    front = pareto_entries(cfg, grid, rows) if cfg.search.objectives else None
     try:
-        best = grid.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="all")
+        best = (
+            front[0]["result"]
+            if front
+            else grid.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="all")
+        )
     except RuntimeError:
         best = None
     checkpoint = (
@@ -93,6 +100,12 @@ def finish_search(
         "num_trials": len(rows),
         "wall_time_s": round(time.time() - started, 1),
     }
+    if front is not None:
+        best_info["objectives"] = [asdict(o) for o in cfg.search.objectives or ()]
+        # the front, most accurate first: its first trial is best.json's "trial"
+        best_info["pareto_front"] = [
+            {k: v for k, v in entry.items() if k != "result"} for entry in front
+        ]
     experiment_dir.write_best(exp_dir, best_info)
     push_staged(cfg, [BEST_FILE])  # last: a remote best.json means the search finished
     if cfg.export.enabled if export is None else export:
@@ -103,6 +116,55 @@ def finish_search(
         experiment_dir.write_best(exp_dir, best_info)
         push_staged(cfg, [BEST_FILE])
     return best_info
+
+
+def pareto_entries(cfg: ExperimentConfig, grid: Any, rows: list[dict]) -> list[dict]:
+    """The Pareto front of ``search.objectives`` over the trials' rows (``results.csv``),
+    most accurate first (``search.metric``): each trial's id, config, objective values,
+    best checkpoint (by ``search.metric``) and its ``ray.tune.Result``."""
+    objectives = cfg.search.objectives or ()
+    results = {Path(r.path).name: r for r in grid if r.path}
+    sign = -1 if cfg.search.mode == "max" else 1
+    front = sorted(
+        (rows[i] for i in pareto_front(rows, objectives)),
+        key=lambda row: sign * row[cfg.search.metric],
+    )
+    entries = []
+    for row in front:
+        result = results.get(row["trial"])
+        if result is None:
+            continue
+        checkpoint = result.get_best_checkpoint(cfg.search.metric, cfg.search.mode)
+        if checkpoint is None:
+            continue
+        entries.append(
+            {
+                "trial": row["trial"],
+                "config": dict(result.config),
+                "objectives": {o.metric: row[o.metric] for o in objectives},
+                "checkpoint": _location(cfg, checkpoint.path),
+                "result": result,
+            }
+        )
+    return entries
+
+
+def _objective_values(cfg: ExperimentConfig, result: Any, hist: Any) -> dict:
+    """Each objective other than ``search.metric``: a per-epoch metric's best value, a
+    measured one's last (``latency_ms`` only comes with a trial's last epoch)."""
+    out = {}
+    for o in cfg.search.objectives or ():
+        if o.metric == cfg.search.metric:
+            continue
+        value = None
+        if o.metric in METRICS:
+            if hist is not None and o.metric in hist:
+                series = hist[o.metric]
+                value = float(series.max() if o.mode == "max" else series.min())
+        else:
+            value = (result.metrics or {}).get(o.metric)
+        out[o.metric] = float(value) if value is not None else float("nan")
+    return out
 
 
 def result_rows(cfg: ExperimentConfig, grid: Any) -> list[dict]:
@@ -128,6 +190,7 @@ def result_rows(cfg: ExperimentConfig, grid: Any) -> list[dict]:
             # > 0: the trial's last run was restored from that epoch (retry, lost node, resume)
             "resumed_from_epoch": int((result.metrics or {}).get("resumed_from_epoch", 0)),
             cfg.search.metric: best_value if best_value is not None else float("nan"),
+            **_objective_values(cfg, result, hist),
             # the same one line as storage errors (storage._last_line: one helper, not two)
             "error": storage._last_line(result.error) if result.error else "",
         }

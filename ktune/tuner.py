@@ -1,5 +1,5 @@
-"""Builds the ``ray.tune.Tuner`` of an experiment: Optuna TPE search, ASHA or PBT/PB2,
-resources, storage.
+"""Builds the ``ray.tune.Tuner`` of an experiment: Optuna TPE search (NSGA-II or TPE
+over several ``search.objectives``), ASHA or PBT/PB2, resources, storage.
 
 The metric and mode are given to the searcher and the scheduler themselves: with
 ``max_concurrent_trials`` Tune wraps the searcher in a ``ConcurrencyLimiter`` that does not
@@ -9,8 +9,10 @@ pass ``TuneConfig``'s metric on (seen in Ray 2.60), and setting both is an error
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Mapping, Sequence
 
+import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
@@ -63,7 +65,14 @@ class DurableOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         if trial_id in self._completed_trials or self._knows(trial_id):
-            super().on_trial_complete(trial_id, result=result, error=error)
+            super().on_trial_complete(trial_id, result=self._complete_result(result), error=error)
+
+    def _complete_result(self, result: dict | None) -> dict | None:
+        """Several objectives: a trial stopped before its last epoch (ASHA) lacks
+        ``latency_ms``; told as pruned, not as a failed ``tell`` left running."""
+        if not isinstance(self.metric, list) or not result:
+            return result
+        return result if all(result.get(m) is not None for m in self.metric) else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         import optuna
@@ -76,12 +85,24 @@ class DurableOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler that Ray can save with its searcher: the sampler holds a
+    ``threading.Lock`` (Optuna 5), which is dropped when pickled and made anew."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def build_searcher(cfg: ExperimentConfig):
     """Optuna (TPE or random) over the family's define-by-run space; under PBT/PB2 Ray's
     BasicVariantGenerator draws the first population from the Tune form of the space
     (PBT then moves the population itself; a model-based searcher would not see that)."""
-    import optuna
-
     space = space_of(cfg.family, cfg.model)
     if cfg.search.scheduler in ("pbt", "pb2"):
         # The whole population runs at once (no concurrency limit): PBT compares and
@@ -89,6 +110,12 @@ def build_searcher(cfg: ExperimentConfig):
         return BasicVariantGenerator(random_state=cfg.search.seed)
     if cfg.search.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
+    elif cfg.search.sampler == "nsga2":
+        # Optuna's default generation (50 trials) would leave a small search all random
+        # draws: a generation as large as TPE's random start instead.
+        sampler = PicklableNSGAIISampler(
+            seed=cfg.search.seed, population_size=tpe_startup_trials(cfg.search.num_samples)
+        )
     else:
         sampler = optuna.samplers.TPESampler(
             seed=cfg.search.seed, n_startup_trials=tpe_startup_trials(cfg.search.num_samples)
@@ -99,10 +126,12 @@ def build_searcher(cfg: ExperimentConfig):
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(cfg.experiment_dir / JOURNAL_FILE))
     )
+    objectives = cfg.search.objectives
     return DurableOptunaSearch(
         space=space.space_fn(cfg.search.space),
-        metric=cfg.search.metric,
-        mode=cfg.search.mode,
+        # several objectives: Optuna's multi-objective study (TPE or NSGA-II)
+        metric=[o.metric for o in objectives] if objectives else cfg.search.metric,
+        mode=[o.mode for o in objectives] if objectives else cfg.search.mode,
         sampler=sampler,
         storage=storage,
         study_name=cfg.name,

@@ -6,7 +6,8 @@ The package, one part a module:
   (finished, running or stopped by a crash), each trial's epochs (:func:`read_history`);
 - :mod:`~ktune.report.study`: the finished trials rebuilt as an Optuna study, importances;
 - :mod:`~ktune.report.plots`: which plots are drawn (:func:`draw_plots`), from
-  :mod:`~ktune.report.study_plots` and :mod:`~ktune.report.trial_plots`, with their titles
+  :mod:`~ktune.report.study_plots`, :mod:`~ktune.report.trial_plots` and
+  :mod:`~ktune.report.pareto_plot` (a multi-objective search's front), with their titles
   and captions in :mod:`~ktune.report.figures`;
 - :mod:`~ktune.report.text`: the trial table and the summary in words;
 - :mod:`~ktune.report.html`: the page (:func:`render_html`, :func:`write_report`);

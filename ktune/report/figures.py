@@ -45,6 +45,13 @@ PLOTS = {
         "ending in x: stopped early by ASHA; red: failed; thick black: the best "
         "trial.",
     ),
+    "pareto": (
+        "pareto-front",
+        "Pareto front",
+        "Every trial on the first two search.objectives; red: the Pareto front (no other "
+        "trial is at least as good on every objective and better on one), each exportable "
+        "with ktune export --trial ID.",
+    ),
     "confusion": (
         "confusion-matrix",
         "Best trial on the test split",

@@ -244,7 +244,7 @@ def render_html(
     errors = [(t.trial, t.error) for t in record.trials if t.status == "ERROR" and t.error]
     if errors:
         parts.append("<p>Errors:</p>" + kv_table(errors))
-    for name in ("curves", "history", "slice", "parallel", "importance"):
+    for name in ("pareto", "curves", "history", "slice", "parallel", "importance"):
         if name not in pngs:
             continue
         parts.append(_figure(name, pngs[name], record.metric, file_names[name]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ktune.experiment_dir import BEST_FILE
 from ktune.report.figures import PLOTS, png, pyplot
 from ktune.report.load import ExperimentRecord
+from ktune.report.pareto_plot import pareto_plot, pareto_points
 from ktune.report.study import build_study, param_importances
 from ktune.report.study_plots import importance_plot, optuna_plot, slice_plot
 from ktune.report.text import one_line
@@ -64,6 +65,9 @@ def draw_plots(record: ExperimentRecord) -> tuple[dict[str, bytes], dict[str, fl
         attempt("curves", lambda: curves_plot(record))
     else:
         notes.append("No trial has reported an epoch yet: no learning curves.")
+    front = pareto_points(record)
+    if front is not None:
+        attempt("pareto", lambda: pareto_plot(record, front))
     matrix = (record.best_info or {}).get("test_confusion_matrix")
     if matrix:
         names = record.class_names or [str(i) for i in range(len(matrix))]

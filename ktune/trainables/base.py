@@ -73,6 +73,9 @@ class TrialPayload:
     verify_texts: Sequence[str] = ()
     # The user's own model: ``fn(config, info) -> keras.Model`` (see ktune.trainables.custom).
     build_model: Any = None
+    # search.objectives' metrics: those a trial measures of its model are reported too
+    # (``params``, ``model_mb`` every epoch; ``latency_ms`` with the last epoch).
+    objectives: Sequence[str] = ()
 
 
 def batch_size_of(config: Mapping[str, Any], training: TrainingConfig) -> int:
@@ -109,8 +112,16 @@ class ReportEpoch(ReportCheckpoint):
     beside the TF checkpoint a ``ktune_trial.json`` (family, config, training sizes,
     class names, artefacts) from which :func:`ktune.export_result` rebuilds the model."""
 
-    def __init__(self, optimizer: Any, start_epoch: int, trial_info: Mapping[str, Any]):
+    def __init__(
+        self,
+        optimizer: Any,
+        start_epoch: int,
+        trial_info: Mapping[str, Any],
+        measure: Any = None,
+    ):
         import ray
+
+        self._measure = measure  # fn(model, epoch) -> the objectives' measurements
 
         self._optimizer = optimizer
         self._start_epoch = start_epoch  # > 0: this run of the trial was restored
@@ -121,7 +132,9 @@ class ReportEpoch(ReportCheckpoint):
         super().__init__(extra_metrics=self._extra, write_files=self._write)
 
     def _extra(self, epoch: int) -> dict:
+        measured = self._measure(self.model, epoch) if self._measure else {}
         return {
+            **measured,
             # The optimizer's step drives the learning-rate schedule: a resumed trial continues it.
             "step": int(self._optimizer.iterations.numpy()),
             # The rate of the step just taken: after a PBT mutation, the new schedule's.
@@ -183,8 +196,39 @@ def run_trial(
         initial_epoch=start,
         shuffle=True,
         verbose=0,
-        callbacks=[ReportEpoch(optimizer, start, trial_info(payload, config, parent)), *callbacks],
+        callbacks=[
+            ReportEpoch(
+                optimizer,
+                start,
+                trial_info(payload, config, parent),
+                measure=objective_measure(payload, family) if payload.objectives else None,
+            ),
+            *callbacks,
+        ],
     )
+
+
+def objective_measure(payload: TrialPayload, family: Family):
+    """``fn(model, epoch)``: the model's size every epoch, and after the last epoch its
+    serving latency, when ``search.objectives`` name them (``ktune.trainables.measure``)."""
+    from ktune.trainables.measure import model_size, serving_latency_ms
+
+    wanted = set(payload.objectives)
+    training = payload.training
+
+    def measure(model: keras.Model, epoch: int) -> dict:
+        out = {k: v for k, v in model_size(model).items() if k in wanted}
+        if "latency_ms" in wanted:
+            # None before the last epoch: Ray wants every objective in every result, and
+            # the searcher tells a trial ASHA stopped without it as pruned.
+            out["latency_ms"] = None
+            if epoch + 1 >= training.epochs:
+                encoder = family.string_encoder(payload.artefacts, training)
+                texts = payload.verify_texts
+                out["latency_ms"] = serving_latency_ms(model, encoder, payload.class_names, texts)
+        return out
+
+    return measure
 
 
 def trial_info(payload: TrialPayload, config: Mapping[str, Any], parent: dict | None) -> dict:
