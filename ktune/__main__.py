@@ -1,5 +1,3 @@
-import sys
+from ktune.cli import entry
 
-from ktune.cli import main
-
-sys.exit(main())
+entry()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import optuna
 from ray import tune
@@ -21,7 +21,9 @@ from ray.tune.search.optuna import OptunaSearch
 from ktune.config import ExperimentConfig, space_of
 from ktune.experiment_dir import JOURNAL_FILE
 from ktune.search_spaces.base import Choice, Range, Spec, tpe_startup_trials, tune_domain
-from ktune.trainables.base import TrialPayload, run_trial
+
+if TYPE_CHECKING:  # the trial loop imports TensorFlow: the driver loads it in prepare's thread
+    from ktune.trainables.base import TrialPayload
 
 log = logging.getLogger("ktune")
 
@@ -261,6 +263,8 @@ def build_trainable(
 ):
     """``run_trial`` with its payload (put in the object store once) and its resources;
     every drawn config is checked in the driver (see :class:`TrialResources`)."""
+    from ktune.trainables.base import run_trial
+
     trainable = tune.with_parameters(run_trial, payload=payload, callbacks=list(callbacks))
     return tune.with_resources(
         trainable,
