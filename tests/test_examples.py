@@ -13,7 +13,7 @@ from conftest import REPO
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 # Real AG News texts, kept out of the repository: ../shared/data beside the checkout.
 AG_SAMPLE = REPO.parent / "shared" / "data" / "ag_news_sample.csv"
-NEEDS_SAMPLE = {"agnews_sample.yaml"}
+NEEDS_SAMPLE = {"agnews_sample.yaml", "agnews_pareto.yaml"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
