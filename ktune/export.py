@@ -154,7 +154,9 @@ def export_checkpoint(
     and only then moved into place; an existing ``out`` is replaced only at that moment.
     """
     from ktune.trainables.base import restore_model
+    from ktune.trainables.devices import driver_devices
 
+    driver_devices()  # `ktune export` beside a running search: no GPU memory taken at once
     model = restore_model(
         family, config, artefacts, len(class_names), training, str(checkpoint_dir)
     )

@@ -33,6 +33,9 @@ def prepare(cfg: ExperimentConfig, check_models: bool = True) -> tuple[Any, Any,
     from ktune.data import load_data
     from ktune.trainables import get_family
     from ktune.trainables.base import TrialPayload
+    from ktune.trainables.devices import driver_devices
+
+    driver_devices()  # before the first TensorFlow op of this process
 
     build_model = user_build_model(cfg)
     family = get_family(cfg.family)

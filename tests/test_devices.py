@@ -21,8 +21,9 @@ from conftest import subprocess_env
         (1, 0, 1, 16000, None, DevicePlan(1, 1, True, False, None)),  # gpu: 0 sees no GPU
         (2, 0, 0, None, None, DevicePlan(2, 2, True, False, None)),
         (4, 1, 1, 16000, None, DevicePlan(4, 2, False, True, None)),  # whole GPU: growth
-        (2, 0.5, 1, 16000, None, DevicePlan(2, 2, False, False, 8000)),  # half: half the memory
-        (1, 0.25, 1, 80000, None, DevicePlan(1, 1, False, False, 20000)),
+        (2, 0.5, 1, 16000, None, DevicePlan(2, 2, False, False, 7232)),  # half, less the context
+        (1, 0.25, 1, 80000, None, DevicePlan(1, 1, False, False, 19232)),
+        (1, 0.25, 1, 2000, None, DevicePlan(1, 1, False, False, 375)),  # a quarter at most
         (1, 0.5, 1, 16000, 3000, DevicePlan(1, 1, False, False, 3000)),  # explicit cap wins
         (1, 0.5, 1, None, None, DevicePlan(1, 1, False, True, None)),  # size unknown: growth
         (2.7, 0.5, 0, None, None, DevicePlan(2, 2, False, False, None)),  # no GPU visible

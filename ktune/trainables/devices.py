@@ -14,7 +14,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-__all__ = ["DevicePlan", "plan_devices", "apply_device_plan", "gpu_total_memory_mb"]
+__all__ = [
+    "DevicePlan",
+    "plan_devices",
+    "apply_device_plan",
+    "configure_devices",
+    "driver_devices",
+    "gpu_total_memory_mb",
+]
 
 log = logging.getLogger("ktune")
 
@@ -28,6 +35,11 @@ class DevicePlan:
     hide_gpus: bool  # gpu: 0 -> the trial sees no GPU
     memory_growth: bool  # a whole GPU: allocate as needed
     memory_limit_mb: int | None  # a GPU share: a hard cap, so trials can share a card
+
+
+# What a process on a GPU holds outside TensorFlow's allocator (its CUDA context, cuDNN and
+# cuBLAS handles), left out of a fractional trial's share of the card: at most a quarter.
+CONTEXT_RESERVE_MB = 768
 
 
 def plan_devices(
@@ -55,7 +67,10 @@ def plan_devices(
         )
     limit = memory_limit_mb
     if limit is None and gpu < 1 and total_memory_mb:
-        limit = int(total_memory_mb * gpu)
+        # The cap holds TensorFlow's allocator; each process's CUDA context comes on top
+        # of it: left out of the share, so the trials sharing a card fit on it.
+        share = total_memory_mb * gpu
+        limit = int(share - min(CONTEXT_RESERVE_MB, share / 4))
     # TensorFlow refuses memory growth on a device with a memory limit: one or the other.
     return DevicePlan(
         threads, inter, hide_gpus=False, memory_growth=limit is None, memory_limit_mb=limit
@@ -113,6 +128,20 @@ def apply_device_plan(plan: DevicePlan) -> bool:
         return False
     _applied = plan
     return True
+
+
+def driver_devices() -> None:
+    """In ktune's driver (data preparation, test evaluation, export): GPU memory grows as
+    needed, instead of TensorFlow's default of taking most of every card at its first op
+    while the trials need it. Nothing when TensorFlow already ran an op here (a user's
+    own set-up stands)."""
+    import tensorflow as tf
+
+    try:
+        for device in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(device, True)
+    except RuntimeError:
+        pass
 
 
 def configure_devices(cpu: float, gpu: float, memory_limit_mb: int | None = None) -> DevicePlan:
