@@ -113,6 +113,9 @@ def _ray_start_problem(error: Exception, address: str | None) -> str:
     return f"Ray could not start: {text[:200]} (see /tmp/ray/session_latest/logs)"
 
 
+_SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+
+
 @contextlib.contextmanager
 def tune_output(verbose: bool) -> Iterator[None]:
     """Ray Tune's console output for one ``fit``: its own (verbose) or none at all.
@@ -126,15 +129,20 @@ def tune_output(verbose: bool) -> Iterator[None]:
         return
     import optuna
 
-    saved_env = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    # ktune keeps 2 checkpoints a trial, so Tune snapshots the experiment after every
+    # second epoch on purpose (nothing lost in a crash); with short epochs Tune warns
+    # that this "may become a bottleneck" at each snapshot. A user's own setting stands.
+    saved_env = {k: os.environ.get(k) for k in ("RAY_AIR_NEW_OUTPUT", _SNAPSHOT_WARNING)}
     saved_level = optuna.logging.get_verbosity()
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ.setdefault(_SNAPSHOT_WARNING, "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         yield
     finally:
         optuna.logging.set_verbosity(saved_level)
-        if saved_env is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = saved_env
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

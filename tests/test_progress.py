@@ -241,3 +241,29 @@ def test_the_progress_table_does_not_load_the_report():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_tunes_snapshot_warning_is_off_unless_verbose_or_set(monkeypatch):
+    """ktune's 2 kept checkpoints make Tune snapshot on purpose; its "may become a
+    bottleneck" warning at each snapshot is off in the quiet output, a user's setting wins."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    from ktune.ray_start import tune_output
+
+    key = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+
+    def threshold() -> float:  # what Tune reads when a search starts
+        return _ExperimentCheckpointManager(
+            storage=None, checkpoint_period=10, sync_every_n_trial_checkpoints=None
+        )._excessive_sync_threshold
+
+    monkeypatch.delenv(key, raising=False)
+    with tune_output(verbose=False):
+        assert threshold() == 0
+    assert key not in os.environ
+    with tune_output(verbose=True):
+        assert threshold() == 5
+    monkeypatch.setenv(key, "2")
+    with tune_output(verbose=False):
+        assert threshold() == 2
+    assert os.environ[key] == "2"
