@@ -88,6 +88,18 @@ def tiny_experiment(tmp_path: Path, **over) -> dict:
     return cfg
 
 
+def ktune_cli(*args: str) -> subprocess.CompletedProcess:
+    """The ``ktune`` command in a subprocess, run from the checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", "ktune", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+
+
 def subprocess_env() -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -13,7 +13,7 @@ import yaml
 
 from ktune.config import parse_config
 
-from conftest import REPO, reload_in_fresh_process, subprocess_env, tiny_experiment
+from conftest import REPO, ktune_cli, reload_in_fresh_process, subprocess_env, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -36,17 +36,6 @@ def finished(tmp_path_factory, ray_session):
     cfg = parse_config(raw, source_path=str(exp_file))
     best = run_experiment(cfg)
     return cfg, best, exp_file
-
-
-def ktune_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ktune", *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=REPO,
-        timeout=300,
-    )
 
 
 def test_search_results(finished):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -15,7 +13,7 @@ import yaml
 from ktune.config import parse_config
 from ktune.objectives import Objective, dominates
 
-from conftest import REPO, reload_in_fresh_process, subprocess_env, tiny_experiment
+from conftest import ktune_cli, reload_in_fresh_process, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -84,17 +82,6 @@ def test_the_front_is_the_non_dominated_trials(finished):
         json.dumps(
             [{k: r[k] for k in ("trial", "embed_dim", "params", "val_accuracy")} for r in rows]
         ),
-    )
-
-
-def ktune_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ktune", *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=REPO,
-        timeout=300,
     )
 
 
