@@ -9,11 +9,35 @@ else from ktune's top level. :data:`WORKER_ENV` is what ktune passes to Ray's wo
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator, Mapping
 
-__all__ = ["WORKER_ENV"]
+__all__ = ["WORKER_ENV", "environment"]
 
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 for _name, _value in WORKER_ENV.items():
     os.environ.setdefault(_name, _value)
+
+
+@contextlib.contextmanager
+def environment(
+    values: Mapping[str, str], defaults: Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """Set ``values`` (and ``defaults`` where the variable is unset) in ``os.environ``
+    for the ``with`` block; every variable touched is restored afterwards (unset again if
+    it was unset), whether the block returns or raises."""
+    defaults = defaults or {}
+    saved: dict[str, str | None] = {k: os.environ.get(k) for k in {**defaults, **values}}
+    os.environ.update(values)
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, before in saved.items():
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before

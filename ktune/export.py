@@ -64,7 +64,12 @@ def _versions() -> dict:
 
 
 def export_best(
-    exp_dir: str | Path, out_dir: str | Path, *, force: bool = False, trial: str | None = None
+    exp_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    trial: str | None = None,
+    model: Any = None,
 ) -> Path | str:
     """Exports the best trial of a finished experiment to ``out_dir``; returns it.
 
@@ -72,7 +77,9 @@ def export_best(
     checkpoint they name and ``out_dir`` may be local paths or URIs. Refuses an existing
     ``out_dir`` unless ``force``; a previous export there is replaced only after the new
     one is written and verified (and, on a URI, uploaded). ``trial``: another trial of a
-    multi-objective search's Pareto front (:func:`front_trial`).
+    multi-objective search's Pareto front (:func:`front_trial`). ``model``: the Keras
+    model already restored from that checkpoint (the search's test evaluation hands it
+    over), so it is not restored again.
     """
     spec, best = read_experiment(exp_dir)
     best = front_trial(best, trial)
@@ -94,13 +101,13 @@ def export_best(
     work: Path | None = None
     try:
         checkpoint_dir = Path(checkpoint)
-        if remote_checkpoint:
+        if remote_checkpoint and model is None:
             work = storage.temporary_dir("ktune-export-")
             checkpoint_dir = storage.download_dir(checkpoint, work / "checkpoint", key="checkpoint")
         if not remote_out:
-            return _export_local(spec, best, exp_dir, checkpoint_dir, Path(out))
+            return _export_local(spec, best, exp_dir, checkpoint_dir, Path(out), model)
         work = work or storage.temporary_dir("ktune-export-")
-        built = _export_local(spec, best, exp_dir, checkpoint_dir, work / "export")
+        built = _export_local(spec, best, exp_dir, checkpoint_dir, work / "export", model)
         _publish(built, out, force=force)
         return out
     finally:
@@ -108,7 +115,9 @@ def export_best(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Path) -> Path:
+def _export_local(
+    spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Path, model: Any = None
+) -> Path:
     """Builds, verifies and moves into place a SavedModel in the local folder ``out``."""
     from ktune.config import TrainingConfig
 
@@ -131,6 +140,7 @@ def _export_local(spec: dict, best: dict, exp_dir, checkpoint_dir: Path, out: Pa
         out,
         verify_texts=spec["verify_texts"],
         metadata=metadata,
+        model=model,
     )
 
 
@@ -145,6 +155,7 @@ def export_checkpoint(
     *,
     verify_texts: Sequence[str],
     metadata: dict | None = None,
+    model: Any = None,
 ) -> Path:
     """A verified raw-string SavedModel of one trial's checkpoint, moved into ``out``.
 
@@ -152,14 +163,17 @@ def export_checkpoint(
     in-graph tokenizer, saved to a temporary sibling, reloaded and compared with the
     restored model on ``verify_texts`` (max abs difference <= :data:`EXPORT_TOLERANCE`),
     and only then moved into place; an existing ``out`` is replaced only at that moment.
+    ``model``: that checkpoint's model, already restored (then ``checkpoint_dir`` is not
+    read).
     """
     from ktune.trainables.base import restore_model
     from ktune.trainables.devices import driver_devices
 
     driver_devices()  # `ktune export` beside a running search: no GPU memory taken at once
-    model = restore_model(
-        family, config, artefacts, len(class_names), training, str(checkpoint_dir)
-    )
+    if model is None:
+        model = restore_model(
+            family, config, artefacts, len(class_names), training, str(checkpoint_dir)
+        )
     module = ServingModule(family.string_encoder(artefacts, training), model, class_names)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Iterator
 
-from ktune._keras_env import WORKER_ENV
+from ktune._keras_env import WORKER_ENV, environment
 from ktune.errors import RayStartError
 
 __all__ = ["init_ray", "check_address", "tune_output"]
@@ -132,17 +132,10 @@ def tune_output(verbose: bool) -> Iterator[None]:
     # ktune keeps 2 checkpoints a trial, so Tune snapshots the experiment after every
     # second epoch on purpose (nothing lost in a crash); with short epochs Tune warns
     # that this "may become a bottleneck" at each snapshot. A user's own setting stands.
-    saved_env = {k: os.environ.get(k) for k in ("RAY_AIR_NEW_OUTPUT", _SNAPSHOT_WARNING)}
     saved_level = optuna.logging.get_verbosity()
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    os.environ.setdefault(_SNAPSHOT_WARNING, "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        yield
+        with environment({"RAY_AIR_NEW_OUTPUT": "0"}, defaults={_SNAPSHOT_WARNING: "0"}):
+            yield
     finally:
         optuna.logging.set_verbosity(saved_level)
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -22,7 +22,13 @@ from ktune.experiment_dir import BEST_FILE, JOURNAL_FILE, RESULTS_FILE
 from ktune.objectives import METRICS, pareto_front
 from ktune.staging import push_staged
 
-__all__ = ["finish_search", "result_rows", "pareto_entries", "evaluate_checkpoint"]
+__all__ = [
+    "finish_search",
+    "result_rows",
+    "pareto_entries",
+    "evaluate_checkpoint",
+    "evaluate_model",
+]
 
 log = logging.getLogger("ktune")
 
@@ -41,6 +47,7 @@ def finish_search(
     completed an epoch.
     """
     from ktune.rebuild import family_for
+    from ktune.trainables.base import restore_model
 
     exp_dir = cfg.experiment_dir
     rows = result_rows(cfg, grid)
@@ -71,18 +78,13 @@ def finish_search(
     # On URI storage Ray downloads the checkpoint to a temporary folder for this block.
     with checkpoint.as_directory() as checkpoint_dir:
         source = cfg.source_path
-        test = evaluate_checkpoint(
-            family_for(
-                cfg.family,
-                (cfg.model or {}).get("build"),
-                Path(source).parent if source else None,
-            ),
-            best.config,
-            prepared.artefacts,
-            data,
-            cfg.training,
-            checkpoint_dir,
+        family = family_for(
+            cfg.family, (cfg.model or {}).get("build"), Path(source).parent if source else None
         )
+        model = restore_model(
+            family, best.config, prepared.artefacts, data.num_classes, cfg.training, checkpoint_dir
+        )
+    test = evaluate_model(family, model, prepared.artefacts, data, cfg.training)
     best_info = {
         "trial": Path(best.path).name,
         "trial_dir": _location(cfg, best.path),
@@ -111,7 +113,8 @@ def finish_search(
     if cfg.export.enabled if export is None else export:
         from ktune.export import export_best
 
-        out = str(export_best(exp_dir, cfg.export_path))
+        # the model just evaluated is the one best.json names: the export need not restore it
+        out = str(export_best(exp_dir, cfg.export_path, model=model))
         best_info["export"] = out
         experiment_dir.write_best(exp_dir, best_info)
         push_staged(cfg, [BEST_FILE])
@@ -218,17 +221,24 @@ def evaluate_checkpoint(
     training: TrainingConfig,
     checkpoint_dir: str,
 ) -> dict:
-    """Loss, accuracy and confusion matrix of a trial's checkpoint on the test split
-    (never seen in the search).
+    """:func:`evaluate_model` on the model restored from a trial's checkpoint."""
+    from ktune.trainables.base import restore_model
+
+    model = restore_model(family, config, artefacts, data.num_classes, training, checkpoint_dir)
+    return evaluate_model(family, model, artefacts, data, training)
+
+
+def evaluate_model(
+    family: Any, model: Any, artefacts: dict, data: Any, training: TrainingConfig
+) -> dict:
+    """Loss, accuracy and confusion matrix of a trained model on the test split (never
+    seen in the search).
 
     ``confusion_matrix`` is a list of rows of counts: row i holds the test texts of class
     i, column j those predicted as class j (classes in ``data.class_names`` order).
     """
     import numpy as np
 
-    from ktune.trainables.base import restore_model
-
-    model = restore_model(family, config, artefacts, data.num_classes, training, checkpoint_dir)
     probs = model.predict(
         family.encode(artefacts, training, data.test_texts), batch_size=256, verbose=0
     )

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ktune._keras_env import environment
 from ktune.config import ExperimentConfig
 from ktune.errors import ExperimentError
 
@@ -172,21 +173,14 @@ def check_tracking(cfg: ExperimentConfig) -> None:
     if cfg.tracking.mlflow is not None:
         uri = cfg.tracking.mlflow.uri
         # MLflow retries an unreachable server for minutes by default: ask once.
-        saved = {k: os.environ.get(k) for k in _ONE_TRY}
-        os.environ.update(_ONE_TRY)
         try:
             from mlflow import MlflowClient
 
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            with environment(_ONE_TRY):
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as e:
             line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExperimentError(f"tracking.mlflow.uri: {uri}: {line}") from None
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     if cfg.tracking.wandb is not None:
         from ray.air.integrations.wandb import _set_api_key
 

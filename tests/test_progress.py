@@ -267,3 +267,24 @@ def test_tunes_snapshot_warning_is_off_unless_verbose_or_set(monkeypatch):
     with tune_output(verbose=False):
         assert threshold() == 2
     assert os.environ[key] == "2"
+
+
+def test_environment_restores_what_it_touched_even_on_error(monkeypatch):
+    from ktune._keras_env import environment
+
+    monkeypatch.setenv("KTUNE_T_SET", "before")
+    monkeypatch.setenv("KTUNE_T_DEFAULT_SET", "user")
+    monkeypatch.delenv("KTUNE_T_UNSET", raising=False)
+    monkeypatch.delenv("KTUNE_T_DEFAULT_UNSET", raising=False)
+    with pytest.raises(RuntimeError):
+        with environment(
+            {"KTUNE_T_SET": "inside", "KTUNE_T_UNSET": "inside"},
+            defaults={"KTUNE_T_DEFAULT_SET": "ours", "KTUNE_T_DEFAULT_UNSET": "ours"},
+        ):
+            assert os.environ["KTUNE_T_SET"] == os.environ["KTUNE_T_UNSET"] == "inside"
+            assert os.environ["KTUNE_T_DEFAULT_SET"] == "user"  # a default never overrides
+            assert os.environ["KTUNE_T_DEFAULT_UNSET"] == "ours"
+            raise RuntimeError("the block fails")
+    assert os.environ["KTUNE_T_SET"] == "before"
+    assert os.environ["KTUNE_T_DEFAULT_SET"] == "user"
+    assert "KTUNE_T_UNSET" not in os.environ and "KTUNE_T_DEFAULT_UNSET" not in os.environ

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ktune._keras_env import environment
 from ktune.config import parse_config
 from ktune.errors import ConfigError
 
@@ -228,9 +229,7 @@ def tracked(tmp_path_factory, mlflow_server, ray_session):
         "MLFLOW_TRACKING_TOKEN": FAKE_MLFLOW_TOKEN,
         "WANDB_SILENT": "true",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         raw = tiny_experiment(
             tmp,
             name="tracked",
@@ -243,12 +242,6 @@ def tracked(tmp_path_factory, mlflow_server, ray_session):
         exp_file = tmp / "tracked.yaml"
         exp_file.write_text(yaml.safe_dump(raw))
         result = ktune.run(exp_file)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return result, mlflow_server, wandb_dir
 
 
