@@ -333,9 +333,23 @@ _COMMANDS = {
 }
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged, not the stream it was
+    at the first ``main()``: in a notebook or a test that swaps ``sys.stderr``, a later
+    run's log lines (some from threads) do not go to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("ktune: %(message)s"))
     logger = logging.getLogger("ktune")
     if not logger.handlers:

@@ -340,3 +340,19 @@ def test_the_library_returns_its_summary_and_prints_nothing(tmp_path, capsys):
     assert (
         capsys.readouterr().out == write_report(load_experiment(a), a / "report.html").text + "\n"
     )
+
+
+def test_cli_log_lines_follow_sys_stderr_after_main_returned(tmp_path):
+    """A notebook or test swaps ``sys.stderr``; a later log line (a data-loading thread's)
+    goes to the stream of the moment, not to the closed one ``main()`` first saw."""
+    import logging
+
+    first = io.StringIO()
+    with contextlib.redirect_stderr(first):
+        assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "missing" in first.getvalue()
+    first.close()
+    second = io.StringIO()
+    with contextlib.redirect_stderr(second):
+        logging.getLogger("ktune").info("after the swap")
+    assert second.getvalue() == "ktune: after the swap\n"
