@@ -333,10 +333,12 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
     """Ray keeps a trial's best ``num_to_keep`` checkpoints and deletes the others as soon
     as a newer one registers, before its next snapshot: killed in between, the snapshot
     names as the trial's latest a checkpoint that is gone, and the restored trial fails
-    ("does not exist on storage anymore"). Points such a trial at the oldest complete
-    checkpoint after the deleted one, marked with the epoch Ray last recorded so that the
-    trial reports its epochs again (:func:`ktune.trainables.base.starting_checkpoint`).
-    Returns the trials changed."""
+    ("does not exist on storage anymore"); killed during the deletion, it names a folder
+    with some of its files left (the weights without the metrics and trial file), from
+    which the trial would train its later epochs again. Points such a trial at the oldest
+    complete checkpoint after the deleted one, marked with the epoch Ray last recorded so
+    that the trial reports its epochs again (:func:`ktune.trainables.base.starting_checkpoint`);
+    a part-deleted folder goes into ``aside``. Returns the trials changed."""
     states = [f for f in exp_dir.glob("experiment_state-*.json") if is_whole(f.read_bytes())]
     if not states:
         return []
@@ -363,7 +365,7 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
         if latest is None or latest.checkpoint is None:
             continue
         named = Path(latest.checkpoint.path)
-        if not named.is_absolute() or named.exists():
+        if not named.is_absolute() or (named.exists() and is_complete(str(named))):
             continue
         later = sorted(
             (
@@ -375,6 +377,10 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
         )
         if not later:
             continue
+        if named.exists():  # what Ray's interrupted deletion left
+            part = aside / named.parent.name
+            part.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(named), part / named.name)
         handed = later[0]
         reported = (meta.get("last_result") or {}).get("epoch")
         (handed / UNREPORTED_FILE).write_text(json.dumps({"reported_epoch": reported}))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,16 +295,20 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path):
+@pytest.mark.parametrize("left", ["nothing", "the weights"])
+def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path, left):
     """Ray deletes a trial's worse checkpoints as soon as a better one registers, before
     its next snapshot: killed in between, the snapshot names a checkpoint that is gone.
     ``ktune resume`` points the trial at the next one on storage, marked with the epoch Ray
-    had recorded, and the trial reports that epoch and the later ones again."""
+    had recorded, and the trial reports that epoch and the later ones again. Killed during
+    the deletion, the named folder still holds some files (here the weights, without the
+    metrics and trial file: restored as such, the trial trained its last epochs again,
+    CI 2026-12-03): it is treated as deleted and set aside."""
     import cloudpickle
     from ray.train._internal.session import _TrainingResult
     from ray.tune import Checkpoint
 
-    from ktune.ray_state import BUNDLE_FILE, UNREPORTED_FILE, repair
+    from ktune.ray_state import BUNDLE_FILE, SET_ASIDE_DIR, UNREPORTED_FILE, repair
     from ktune.trainables.base import _continuations, _read_info, _unreported
 
     raw = tiny_experiment(tmp_path)
@@ -332,6 +337,11 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path):
     manager = cloudpickle.loads(bytes.fromhex(meta["checkpoint_manager"]["value"]))
     gone = trial / "checkpoint_000000"
     assert not gone.exists()
+    if left == "the weights":
+        gone.mkdir()
+        for f in folders[0].glob("ckpt*"):
+            shutil.copyfile(f, gone / f.name)
+        assert any(gone.iterdir())
     manager._latest_checkpoint_result = _TrainingResult(
         checkpoint=Checkpoint(
             str(gone), filesystem=manager._latest_checkpoint_result.checkpoint.filesystem
@@ -356,4 +366,10 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path):
     stored = [(Checkpoint(str(f)), _read_info(Checkpoint(str(f)))) for f in folders]
     origin = {**_read_info(handed), "epoch": _unreported(handed)}
     assert [info["epoch"] for _, info in _continuations(origin, stored)] == [2, 3]
+    assert not gone.exists()  # a part-deleted folder is set aside, not left to Ray
+    if left == "the weights":
+        [kept] = (exp_dir / SET_ASIDE_DIR).glob(f"*/{trial.name}/checkpoint_000000")
+        assert sorted(f.name for f in kept.iterdir()) == sorted(
+            f.name for f in folders[0].glob("ckpt*")
+        )
     assert repair(exp_dir) == []  # once put right, left alone
