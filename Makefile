@@ -42,7 +42,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
 # Side-by-side benchmarks (bench/README.md): all of them, about 25 min on 2 cores; run
-# alone on the machine. bench-quick: the same in their quick modes, under 10 min.
+# alone on the machine. bench-quick: the same in their quick modes, about 17 min.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
