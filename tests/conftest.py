@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +34,46 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+def kill_ray_under(temp_dir: str) -> None:
+    """SIGKILLs every process of the Ray instance whose session lives under ``temp_dir``.
+
+    Found by the ``RAY_TMPDIR`` every Ray process inherits from the driver (command lines
+    do not do: Ray renames its workers' process titles to ``ray::ImplicitFunc...``).
+    Repeats until none is left, so no trial writes to the storage after the "crash".
+    """
+    marker = f"RAY_TMPDIR={temp_dir}".encode()
+    for _ in range(50):
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+        if not found:
+            return
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short folder under /tmp (Ray's socket paths are long) for the ``RAY_TMPDIR`` and
+    ``TMPDIR`` of runs a test kills: their Ray session and the temporary folders a killed
+    process never removes (a checkpoint being reported) stay inside it. Afterwards every
+    process of that Ray is killed and the folder removed."""
+    temp = tempfile.mkdtemp(prefix="ktk-", dir="/tmp")
+    yield temp
+    kill_ray_under(temp)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +26,8 @@ import yaml
 from ktune.checkpoint_manifest import is_complete
 from ktune.ray_state import is_state_file
 
-from conftest import REPO, subprocess_env, tiny_experiment
-from test_resume import in_ray_snapshot, kill_ray_under, last_checkpoints
+from conftest import REPO, kill_ray_under, subprocess_env, tiny_experiment
+from test_resume import in_ray_snapshot, last_checkpoints
 
 EPOCHS, TRIALS = 3, 4
 
@@ -57,7 +56,7 @@ def _kill_when(
 
 
 @pytest.mark.slow
-def test_five_kills_and_resumes_lose_nothing(tmp_path):
+def test_five_kills_and_resumes_lose_nothing(tmp_path, ray_tmp):
     raw = tiny_experiment(tmp_path)
     raw["name"] = "crashes"
     raw["search"].update(num_samples=TRIALS, max_concurrent_trials=1, scheduler="fifo")
@@ -66,8 +65,12 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path):
     exp = tmp_path / "crashes.yaml"
     exp.write_text(yaml.safe_dump(raw))
     exp_dir = Path(raw["storage"]) / "crashes"
-    ray_tmp = tempfile.mkdtemp(prefix="ktc-", dir="/tmp")
-    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
+    env = {
+        **subprocess_env(),
+        "RAY_TMPDIR": ray_tmp,
+        "TMPDIR": ray_tmp,  # what a killed process leaves in its temporary folders, too
+        "TUNE_GLOBAL_CHECKPOINT_S": "2",
+    }
 
     logs = []
 

@@ -103,18 +103,19 @@ def ktune(*args: str, token: str | None, timeout: int = 600, **extra_env: str):
     env = subprocess_env()
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
         env.pop(name, None)
-    env["HOME"] = tempfile.mkdtemp(prefix="ktune-home-")  # no ~/.ray/auth_token to fall back on
     env.update(extra_env)
     if token:
         env["RAY_AUTH_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "ktune", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=timeout,
-    )
+    with tempfile.TemporaryDirectory(prefix="ktune-home-") as home:
+        env["HOME"] = home  # no ~/.ray/auth_token to fall back on
+        return subprocess.run(
+            [sys.executable, "-m", "ktune", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=timeout,
+        )
 
 
 def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):

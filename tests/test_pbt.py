@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -238,16 +237,21 @@ def test_an_exploited_trial_starts_from_the_donors_weights_with_its_new_rate(
 
 
 @pytest.mark.slow
-def test_resume_of_a_killed_pbt_search(tmp_path):
-    from test_resume import kill_ray_under, ktune_cli, last_checkpoints
+def test_resume_of_a_killed_pbt_search(tmp_path, ray_tmp):
+    from conftest import kill_ray_under
+    from test_resume import ktune_cli, last_checkpoints
 
     raw = pbt_experiment(tmp_path, "pbt")
     raw["data"]["train_size"] = 3000  # epochs of a few seconds: a window to kill in
     exp = tmp_path / "pbt.yaml"
     exp.write_text(yaml.safe_dump(raw))
     exp_dir = Path(raw["storage"]) / "pbt"
-    ray_tmp = tempfile.mkdtemp(prefix="ktp-", dir="/tmp")
-    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
+    env = {
+        **subprocess_env(),
+        "RAY_TMPDIR": ray_tmp,
+        "TMPDIR": ray_tmp,
+        "TUNE_GLOBAL_CHECKPOINT_S": "2",
+    }
     run = subprocess.Popen(
         [sys.executable, "-m", "ktune", "run", str(exp)],
         cwd=REPO,
@@ -270,7 +274,10 @@ def test_resume_of_a_killed_pbt_search(tmp_path):
     kill_ray_under(ray_tmp)
     assert not (exp_dir / "best.json").exists()
     resumed = ktune_cli(
-        "resume", str(exp_dir), "--no-export", env={**subprocess_env(), "RAY_TMPDIR": ray_tmp}
+        "resume",
+        str(exp_dir),
+        "--no-export",
+        env={**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp},
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     import csv

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, subprocess_env, tiny_experiment
+from conftest import REPO, kill_ray_under, subprocess_env, tiny_experiment  # noqa: F401 (re-exported)
 
 
 def ktune_cli(*args: str, env: dict | None = None, timeout: int = 600):
@@ -63,36 +62,8 @@ def in_ray_snapshot(exp_dir: Path) -> set[str]:
     }
 
 
-def kill_ray_under(temp_dir: str) -> None:
-    """SIGKILLs every process of the Ray instance whose session lives under ``temp_dir``.
-
-    Found by the ``RAY_TMPDIR`` every Ray process inherits from the driver (command lines
-    do not do: Ray renames its workers' process titles to ``ray::ImplicitFunc...``).
-    Repeats until none is left, so no trial writes to the storage after the "crash".
-    """
-    marker = f"RAY_TMPDIR={temp_dir}".encode()
-    for _ in range(50):
-        found = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                if marker in (proc / "environ").read_bytes().split(b"\0"):
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-        if not found:
-            return
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
-def test_resume_after_sigkill_continues_trials_and_study(tmp_path):
+def test_resume_after_sigkill_continues_trials_and_study(tmp_path, ray_tmp):
     raw = tiny_experiment(tmp_path)
     raw["name"] = "crashy"
     raw["search"].update(num_samples=3, max_concurrent_trials=1, scheduler="fifo")
@@ -102,11 +73,15 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path):
     exp.write_text(yaml.safe_dump(raw))
     exp_dir = Path(raw["storage"]) / "crashy"
 
-    ray_tmp = tempfile.mkdtemp(prefix="ktr-", dir="/tmp")
     # Ray snapshots the experiment every 10 s or more; a trial started after the newest
     # snapshot is unknown to a restore and starts afresh (README: Resuming). A 2 s period
     # (Ray's own knob) lets the kill below land on a trial the snapshot knows.
-    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
+    env = {
+        **subprocess_env(),
+        "RAY_TMPDIR": ray_tmp,
+        "TMPDIR": ray_tmp,
+        "TUNE_GLOBAL_CHECKPOINT_S": "2",
+    }
     run = subprocess.Popen(
         [sys.executable, "-m", "ktune", "run", str(exp)],
         cwd=REPO,
