@@ -258,7 +258,7 @@ def _temporary():
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ktune.experiment import fetch_experiment
+    from ktune.experiment_dir import fetch_experiment
     from ktune.report import REPORT_FILE, compare_experiments, load_experiment, write_report
 
     with _temporary() as tmp:

@@ -116,6 +116,34 @@ def test_the_confusion_matrix_counts_the_test_split(experiment):
 
 
 @pytest.mark.slow
+def test_the_report_reads_files_without_ray_or_tensorflow(experiment, tmp_path):
+    """`ktune report` reads the experiment's files: a fresh process that writes the report
+    has imported neither Ray nor TensorFlow (together about 4 s of every report)."""
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    script = (
+        "import sys\n"
+        "from ktune.cli import main\n"
+        "code = main(['report', sys.argv[1], '--out', sys.argv[2]])\n"
+        "print(code, sorted(m for m in ('ray', 'tensorflow') if m in sys.modules))\n"
+    )
+    out = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(experiment), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout[-2000:]
+    assert out.is_file()
+
+
+@pytest.mark.slow
 def test_the_terminal_summary(report, experiment):
     _, out = report
     assert "experiment tiny (transformer)" in out and "finished: 4/4 trials finished" in out
