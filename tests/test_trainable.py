@@ -51,3 +51,48 @@ def test_failed_trial_resumes_from_its_last_epoch(tmp_path, ray_session):
     # the optimizer (and so the learning-rate schedule) continued too
     assert [r["step"] for r in rows] == [steps_per_epoch * e for e in (1, 2, 3)]
     assert best["metrics"]["epoch"] >= 1
+
+
+def test_batches_cover_every_row_once_per_epoch_in_a_new_order():
+    """The trials' input pipeline: each epoch is every row once, in batches of the given
+    size (the last one partial), a new order each epoch when shuffled and the rows' own
+    order when not; dicts of arrays (the BERT families' inputs) stay paired with labels."""
+    import numpy as np
+
+    from ktune.trainables.base import batches
+
+    n, size = 23, 5
+    ids = np.arange(n, dtype=np.int32)
+    inputs = {"input_word_ids": np.stack([ids, ids * 10], axis=1), "input_mask": ids}
+    labels = ids % 4
+    train = batches(inputs, labels, size, shuffle=True)
+    orders = []
+    for _ in range(2):  # Keras iterates the dataset once per epoch
+        sizes, rows = [], []
+        for x, y in train:
+            sizes.append(len(y))
+            rows.extend(x["input_mask"].numpy().tolist())
+            assert (x["input_word_ids"].numpy()[:, 1] == x["input_mask"].numpy() * 10).all()
+            assert (y.numpy() == x["input_mask"].numpy() % 4).all()
+        assert sizes == [5, 5, 5, 5, 3]
+        assert sorted(rows) == list(range(n))
+        orders.append(rows)
+    assert orders[0] != orders[1] and orders[0] != list(range(n))
+    ordered = [
+        r for x, _ in batches(inputs, labels, size, shuffle=False) for r in x["input_mask"].numpy()
+    ]
+    assert ordered == list(range(n))
+
+
+def test_batches_do_not_autotune():
+    """Ending a trial inside ``fit`` (ASHA's stop) tears its iterator down; an autotuned
+    tf.data iterator waits for its tuning thread's next wake-up, seconds at a time, and the
+    next trial on that worker waited with it. Keras's own array adapter autotunes."""
+    import numpy as np
+
+    from ktune.trainables.base import batches
+
+    train = batches(np.zeros((8, 4), np.int32), np.zeros(8, np.int32), 4, shuffle=True)
+    assert train.options().autotune.enabled is False
+    # what a custom family may hand over and tf.data cannot hold: fit gets it as it is
+    assert batches([{"a": 1}, "b"], np.zeros(2, np.int32), 4, shuffle=True) is None

@@ -83,6 +83,35 @@ def batch_size_of(config: Mapping[str, Any], training: TrainingConfig) -> int:
     return int(config.get("batch_size", training.batch_size))
 
 
+def batches(inputs: Any, labels: np.ndarray, batch_size: int, shuffle: bool) -> Any:
+    """``(inputs, labels)`` as the ``tf.data`` pipeline ``fit`` reads: the batches Keras
+    cuts from arrays (a fresh order each epoch when ``shuffle``), without tf.data's
+    autotuning.
+
+    When ASHA stops a trial, Ray ends the trial's thread inside ``fit`` and the next trial
+    on that worker waits for it. Tearing down a tf.data iterator waits for its autotuning
+    thread, which wakes only every few seconds (its period grows to a minute): Keras's own
+    adapter for arrays autotunes, and the worker stood idle for up to 10 s between trials
+    (seen with ``py-spy dump --native`` in the quickstart: the trial thread in
+    ``~RootDataset::Iterator``). Without autotuning there is no such thread to wait for;
+    a batch is one gather, prefetched one ahead. Inputs ``tf.data`` cannot hold (a custom
+    family's) go to ``fit`` as they are (None here).
+    """
+    try:
+        data = tf.data.Dataset.from_tensors((inputs, labels))
+    except (TypeError, ValueError):
+        return None
+    order = tf.data.Dataset.range(len(labels))
+    if shuffle:
+        order = order.shuffle(len(labels), reshuffle_each_iteration=True)
+    pipeline = tf.data.Dataset.zip((order.batch(batch_size), data.repeat())).map(
+        lambda rows, both: tf.nest.map_structure(lambda a: tf.gather(a, rows), both)
+    )
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return pipeline.prefetch(1).with_options(options)
+
+
 def compile_model(
     model: keras.Model, config: Mapping[str, Any], training: TrainingConfig, n_train: int
 ) -> keras.optimizers.Optimizer:
@@ -187,14 +216,16 @@ def run_trial(
     start = restore(model, checkpoint)
     if start >= training.epochs:
         return
+    size = batch_size_of(config, training)
+    train = batches(payload.train_inputs, payload.train_labels, size, shuffle=True)
+    val = batches(payload.val_inputs, payload.val_labels, size, shuffle=False)
     model.fit(
-        payload.train_inputs,
-        payload.train_labels,
-        validation_data=(payload.val_inputs, payload.val_labels),
-        batch_size=batch_size_of(config, training),
+        *((train,) if train is not None else (payload.train_inputs, payload.train_labels)),
+        validation_data=val if val is not None else (payload.val_inputs, payload.val_labels),
+        batch_size=None if train is not None else size,
         epochs=training.epochs,
         initial_epoch=start,
-        shuffle=True,
+        shuffle=train is None,
         verbose=0,
         callbacks=[
             ReportEpoch(
