@@ -36,7 +36,7 @@ import tf_keras as keras
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.checkpoint_manifest import write_manifest
 
-__all__ = ["ReportCheckpoint", "restore", "CHECKPOINT_PREFIX", "METRICS_FILE"]
+__all__ = ["ReportCheckpoint", "restore", "batches", "CHECKPOINT_PREFIX", "METRICS_FILE"]
 
 # The checkpoint's file prefix inside a Ray checkpoint folder: <folder>/ckpt.index, ...
 CHECKPOINT_PREFIX = "ckpt"
@@ -155,3 +155,40 @@ class ReportCheckpoint(keras.callbacks.Callback):
                 self._write_files(d)
             write_manifest(d)  # last: a folder cut off mid-upload is told by it
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def batches(inputs: Any, labels: Any, batch_size: int, shuffle: bool) -> Any:
+    """``(inputs, labels)`` as the ``tf.data`` pipeline ``fit`` reads: the batches Keras
+    cuts from arrays (a fresh order each epoch when ``shuffle``), without tf.data's
+    autotuning.
+
+    When ASHA stops a trial, Ray ends the trial's thread inside ``fit`` and the next trial
+    on that worker waits for it. Tearing down a tf.data iterator waits for its autotuning
+    thread, which wakes only every few seconds (its period grows to a minute): Keras's own
+    adapter for arrays autotunes, and the worker stood idle for up to 10 s between trials
+    (seen with ``py-spy dump --native`` in the quickstart: the trial thread in
+    ``~RootDataset::Iterator``). Without autotuning there is no such thread to wait for;
+    a batch is one gather, prefetched one ahead.
+
+    Example (your own Tune function; ktune's trials read their data this way)::
+
+        model.fit(batches(x, y, 64, shuffle=True),
+                  validation_data=batches(xv, yv, 64, shuffle=False), epochs=10,
+                  initial_epoch=start, callbacks=[ReportCheckpoint()])
+
+    Returns None for inputs ``tf.data`` cannot hold (a custom family's): give ``fit``
+    those as they are.
+    """
+    try:
+        data = tf.data.Dataset.from_tensors((inputs, labels))
+    except (TypeError, ValueError):
+        return None
+    order = tf.data.Dataset.range(len(labels))
+    if shuffle:
+        order = order.shuffle(len(labels), reshuffle_each_iteration=True)
+    pipeline = tf.data.Dataset.zip((order.batch(batch_size), data.repeat())).map(
+        lambda rows, both: tf.nest.map_structure(lambda a: tf.gather(a, rows), both)
+    )
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return pipeline.prefetch(1).with_options(options)

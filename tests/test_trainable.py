@@ -59,7 +59,7 @@ def test_batches_cover_every_row_once_per_epoch_in_a_new_order():
     order when not; dicts of arrays (the BERT families' inputs) stay paired with labels."""
     import numpy as np
 
-    from ktune.trainables.base import batches
+    from ktune.keras import batches
 
     n, size = 23, 5
     ids = np.arange(n, dtype=np.int32)
@@ -90,7 +90,7 @@ def test_batches_do_not_autotune():
     next trial on that worker waited with it. Keras's own array adapter autotunes."""
     import numpy as np
 
-    from ktune.trainables.base import batches
+    from ktune.keras import batches
 
     train = batches(np.zeros((8, 4), np.int32), np.zeros(8, np.int32), 4, shuffle=True)
     assert train.options().autotune.enabled is False

@@ -29,7 +29,7 @@ import tf_keras as keras
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.checkpoint_manifest import is_complete
 from ktune.config import TrainingConfig
-from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, restore
+from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, batches, restore
 from ktune.optim import create_optimizer
 from ktune.search_spaces.base import TRIAL_DEFAULTS
 from ktune.trainables.devices import configure_devices
@@ -81,35 +81,6 @@ class TrialPayload:
 def batch_size_of(config: Mapping[str, Any], training: TrainingConfig) -> int:
     """A searched ``batch_size`` wins over ``training.batch_size``."""
     return int(config.get("batch_size", training.batch_size))
-
-
-def batches(inputs: Any, labels: np.ndarray, batch_size: int, shuffle: bool) -> Any:
-    """``(inputs, labels)`` as the ``tf.data`` pipeline ``fit`` reads: the batches Keras
-    cuts from arrays (a fresh order each epoch when ``shuffle``), without tf.data's
-    autotuning.
-
-    When ASHA stops a trial, Ray ends the trial's thread inside ``fit`` and the next trial
-    on that worker waits for it. Tearing down a tf.data iterator waits for its autotuning
-    thread, which wakes only every few seconds (its period grows to a minute): Keras's own
-    adapter for arrays autotunes, and the worker stood idle for up to 10 s between trials
-    (seen with ``py-spy dump --native`` in the quickstart: the trial thread in
-    ``~RootDataset::Iterator``). Without autotuning there is no such thread to wait for;
-    a batch is one gather, prefetched one ahead. Inputs ``tf.data`` cannot hold (a custom
-    family's) go to ``fit`` as they are (None here).
-    """
-    try:
-        data = tf.data.Dataset.from_tensors((inputs, labels))
-    except (TypeError, ValueError):
-        return None
-    order = tf.data.Dataset.range(len(labels))
-    if shuffle:
-        order = order.shuffle(len(labels), reshuffle_each_iteration=True)
-    pipeline = tf.data.Dataset.zip((order.batch(batch_size), data.repeat())).map(
-        lambda rows, both: tf.nest.map_structure(lambda a: tf.gather(a, rows), both)
-    )
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return pipeline.prefetch(1).with_options(options)
 
 
 def compile_model(
