@@ -173,6 +173,7 @@ def test_export_cli_on_missing_experiment(tmp_path):
 def test_an_export_killed_midway_leaves_the_previous_one_untouched(finished, tmp_path):
     import os
     import signal
+    import tempfile
     import time
 
     cfg, _, _ = finished
@@ -181,28 +182,30 @@ def test_an_export_killed_midway_leaves_the_previous_one_untouched(finished, tmp
     assert first.returncode == 0, first.stderr[-2000:]
     files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ktune",
-            "export",
-            str(cfg.experiment_dir),
-            "--out",
-            str(out),
-            "--force",
-        ],
-        cwd=REPO,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob(".model.tmp-*/saved_model.pb")):
-        assert proc.poll() is None, "the export finished before it could be interrupted"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-way: written, not yet verified and moved
-    proc.wait()
+    # the killed process cannot remove its temporary folder: it gets one of the test's
+    with tempfile.TemporaryDirectory(prefix="ktune-test-") as scratch:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ktune",
+                "export",
+                str(cfg.experiment_dir),
+                "--out",
+                str(out),
+                "--force",
+            ],
+            cwd=REPO,
+            env={**subprocess_env(), "TMPDIR": scratch},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(tmp_path.glob(".model.tmp-*/saved_model.pb")):
+            assert proc.poll() is None, "the export finished before it could be interrupted"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # mid-way: written, not yet verified and moved
+        proc.wait()
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
     from ktune.export import predict
 
