@@ -190,13 +190,20 @@ def run_trial(
     size = batch_size_of(config, training)
     train = batches(payload.train_inputs, payload.train_labels, size, shuffle=True)
     val = batches(payload.val_inputs, payload.val_labels, size, shuffle=False)
+    if train is None or val is None:  # inputs tf.data cannot hold: Keras's own adapter
+        data: dict[str, Any] = {
+            "x": payload.train_inputs,
+            "y": payload.train_labels,
+            "validation_data": (payload.val_inputs, payload.val_labels),
+            "batch_size": size,
+            "shuffle": True,
+        }
+    else:
+        data = {"x": train, "validation_data": val}
     model.fit(
-        *((train,) if train is not None else (payload.train_inputs, payload.train_labels)),
-        validation_data=val if val is not None else (payload.val_inputs, payload.val_labels),
-        batch_size=None if train is not None else size,
+        **data,
         epochs=training.epochs,
         initial_epoch=start,
-        shuffle=train is None,
         verbose=0,
         callbacks=[
             ReportEpoch(
