@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, kill_ray_under, subprocess_env, tiny_experiment  # noqa: F401 (re-exported)
+from conftest import REPO, kill_ray_under, subprocess_env, tiny_experiment
 
 
 def ktune_cli(*args: str, env: dict | None = None, timeout: int = 600):
