@@ -299,7 +299,7 @@ def resume_search(
     from ray import tune
 
     from ktune.config import DataConfig, load_config
-    from ktune.tuner import build_trainable
+    from ktune.tuner import build_trainable, trial_history_callbacks
 
     started = time.time()
     remote = storage.is_uri(str(exp_dir))
@@ -376,7 +376,7 @@ def resume_search(
         local = getattr(tuner, "_local_tuner", None)
         if local is not None:
             run_config = local.get_run_config()
-            run_config.callbacks = (
+            run_config.callbacks = trial_history_callbacks(
                 _progress_callbacks(cfg, verbose, progress)
                 + _storage_callbacks(cfg)
                 + tracking.callbacks

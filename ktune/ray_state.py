@@ -183,6 +183,41 @@ class SnapshotKeeper(tune.Callback):
         return None
 
 
+class KeepTrialHistory(tune.Callback):
+    """Keeps the history of a trial that Ray retries after a failure whole.
+
+    A trial that fails with ``max_failures`` left is restarted from its checkpoint, and
+    Ray's JSON and CSV loggers reopen its ``result.json`` and ``progress.csv`` by copying
+    them back from the storage. The storage holds them as of Ray's last snapshot of the
+    experiment (every 10 s or more, copied in the background): the rows of the epochs
+    reported since, up to the one just before the failure, were overwritten and lost,
+    though the trial went on from that epoch's checkpoint. On the failure, before the
+    restart, this puts the driver's own whole copies into the storage first (callbacks
+    passed to ``RunConfig`` run before the loggers Ray adds after them).
+    """
+
+    FILES = ("result.json", "progress.csv")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        import pyarrow.fs as pafs
+
+        storage = trial.storage
+        for name in self.FILES:
+            local = Path(trial.local_path, name)
+            remote = f"{storage.trial_fs_path}/{name}"
+            if not local.is_file() or (
+                isinstance(storage.storage_filesystem, pafs.LocalFileSystem)
+                and Path(remote).resolve() == local.resolve()
+            ):
+                continue
+            try:
+                pafs.copy_files(
+                    str(local), remote, destination_filesystem=storage.storage_filesystem
+                )
+            except OSError as e:  # the retry goes on; Ray's copy from its snapshot is used
+                log.warning("could not keep %s of %s: %s", name, trial, e)
+
+
 def history_rows(data: bytes, name: str) -> int | None:
     """How many whole records a trial file holds; ``None`` when it is cut short.
 

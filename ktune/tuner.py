@@ -340,10 +340,21 @@ def build_tuner(
                 checkpoint_score_order=cfg.search.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-            callbacks=list(tune_callbacks),
+            callbacks=trial_history_callbacks(tune_callbacks),
             verbose=verbose,
         ),
     )
+
+
+def trial_history_callbacks(tune_callbacks: Sequence[tune.Callback]) -> list:
+    """``tune_callbacks`` after ktune's :class:`~ktune.ray_state.KeepTrialHistory` (a
+    retried trial's history stays whole), unless the caller passed one already."""
+    from ktune.ray_state import KeepTrialHistory
+
+    callbacks = list(tune_callbacks)
+    if not any(isinstance(c, KeepTrialHistory) for c in callbacks):
+        callbacks.insert(0, KeepTrialHistory())
+    return callbacks
 
 
 def _has_space(search_alg) -> bool:

@@ -137,3 +137,62 @@ def test_trials_of_a_lost_node_are_rescheduled(tmp_path):
     assert out["lost"]["checkpoints_then"] == 1
     lost = results.set_index("trial").loc[out["lost"]["trial"]]
     assert lost["status"] == "TERMINATED" and lost["epochs"] == 3
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["with-ktune", "ray-alone"])
+def test_a_retried_trial_keeps_the_rows_reported_before_its_failure(
+    tmp_path, ray_session, monkeypatch, keep
+):
+    """Ray reopens a retried trial's ``result.json`` from its last snapshot of the
+    experiment: the rows reported since were lost (epoch 3 here, the one just before the
+    failure). ``KeepTrialHistory`` (in every ktune Tuner) keeps them. The snapshot is made
+    to fall between epochs 2 and 3 on purpose: one forced by the second checkpoint
+    (``num_to_keep=2``), no timed ones (``TUNE_GLOBAL_CHECKPOINT_S``). The run without
+    ktune's callback shows that the arrangement really loses the row."""
+    import tempfile
+    import time
+
+    from ray import tune
+
+    from ktune.tuner import trial_history_callbacks
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    marker = tmp_path / "failed-once"
+
+    def train(config):
+        start = 0
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                start = json.loads(Path(d, "epoch.json").read_text())
+        for epoch in range(start + 1, 5):
+            with tempfile.TemporaryDirectory() as d:
+                Path(d, "epoch.json").write_text(json.dumps(epoch))
+                tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+            if epoch == 2:
+                time.sleep(2)  # Ray's snapshot after the second checkpoint lands
+            if epoch == 3 and not marker.exists():
+                marker.touch()
+                raise RuntimeError("injected failure after epoch 3")
+
+    grid = tune.Tuner(
+        train,
+        run_config=tune.RunConfig(
+            name="retried",
+            storage_path=str(tmp_path / "results"),
+            failure_config=tune.FailureConfig(max_failures=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=trial_history_callbacks([]) if keep else [],
+            verbose=0,
+        ),
+    ).fit()
+    assert marker.exists(), "the injected failure never happened"
+    result = grid[0]
+    assert result.error is None
+    rows = [json.loads(line) for line in Path(result.path, "result.json").read_text().splitlines()]
+    epochs = [r["epoch"] for r in rows]
+    assert list(result.metrics_dataframe["epoch"]) == epochs
+    if keep:
+        assert epochs == [1, 2, 3, 4]
+    else:
+        assert epochs == [1, 2, 4], f"Ray alone no longer loses the row (upgrade?): {epochs}"
