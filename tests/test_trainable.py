@@ -50,6 +50,8 @@ def test_failed_trial_resumes_from_its_last_epoch(tmp_path, ray_session):
     steps_per_epoch = math.ceil(len(load_data(cfg.data).train_labels) / cfg.training.batch_size)
     # the optimizer (and so the learning-rate schedule) continued too
     assert [r["step"] for r in rows] == [steps_per_epoch * e for e in (1, 2, 3)]
+    # Keras's own time for each epoch, inside Ray's time between two reports
+    assert all(0 < r["epoch_fit_s"] < r["time_this_iter_s"] for r in rows), rows
     assert best["metrics"]["epoch"] >= 1
 
 

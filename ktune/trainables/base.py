@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -129,11 +130,19 @@ class ReportEpoch(ReportCheckpoint):
         # (None outside Ray: the contract tests fit a family without starting one.)
         self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         self._trial_json = json.dumps(dict(trial_info), default=str)
+        self._epoch_began = time.perf_counter()
         super().__init__(extra_metrics=self._extra, write_files=self._write)
 
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch_began = time.perf_counter()
+
     def _extra(self, epoch: int) -> dict:
+        # Keras's own time for the epoch (training and validation); Ray's time_this_iter_s
+        # adds this report's checkpoint and Ray's round trip to it.
+        fit_s = time.perf_counter() - self._epoch_began
         measured = self._measure(self.model, epoch) if self._measure else {}
         return {
+            "epoch_fit_s": fit_s,
             **measured,
             # The optimizer's step drives the learning-rate schedule: a resumed trial continues it.
             "step": int(self._optimizer.iterations.numpy()),
