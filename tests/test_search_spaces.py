@@ -163,6 +163,7 @@ def test_unknown_hyperparameter_suggests():
         ({"embed_dim": {"low": 16.0, "high": 64.0}}, "search.space.embed_dim"),
         ({"heads": [0, 1]}, "search.space.heads"),
         ({"dropout": 1.0}, "search.space.dropout"),
+        ({"word_dropout": {"low": 0.2, "high": 1.0}}, "search.space.word_dropout"),
         ({"warmup": {"low": 0.1}}, "search.space.warmup"),
         ({"learning_rate": {"low": 0.1, "high": 0.2, "step": 2}}, "search.space.learning_rate"),
         (
@@ -196,3 +197,15 @@ def test_define_by_run_is_picklable_and_still_samples():
     a, b = draw(fn, 20, seed=3), draw(clone, 20, seed=3)
     assert a == b
     assert all(c["embed_dim"] % c["heads"] == 0 for c in b)
+
+
+def test_word_dropout_is_off_by_default_and_drawn_when_searched():
+    family = get_space("transformer")
+    assert {c["word_dropout"] for c in draw(family.space_fn(family.resolve({})), 3)} == {0.0}
+    searched = draw(family.space_fn(family.resolve({"word_dropout": {"low": 0.2, "high": 0.5}})), 8)
+    rates = [c["word_dropout"] for c in searched]
+    assert all(0.2 <= r <= 0.5 for r in rates) and len(set(rates)) > 1
+    # a trial's config keeps it; one from before the key existed falls back on off
+    assert family.check_config(searched[0])["word_dropout"] == rates[0]
+    old = {k: v for k, v in searched[0].items() if k != "word_dropout"}
+    assert family.check_config(old)["word_dropout"] == 0.0

@@ -11,6 +11,7 @@ from ktune.trainables.transformer import (
     BagOfNgrams,
     TokenAndPositionEmbedding,
     TransformerBlock,
+    WordDropout,
     build_classifier,
 )
 
@@ -52,6 +53,7 @@ def test_block_ignores_masked_positions(seeded):
     [
         TokenAndPositionEmbedding(maxlen=7, vocab_size=50, embed_dim=12),
         TransformerBlock(embed_dim=12, num_heads=3, ff_dim=10, rate=0.2),
+        WordDropout(0.3),
     ],
 )
 def test_layer_config_round_trip(layer):
@@ -103,6 +105,38 @@ def test_bag_of_ngrams_is_sublinear_tf_of_unigrams_and_hashed_bigrams():
     np.testing.assert_allclose(compiled(ids).numpy(), out, atol=1e-6)
 
 
+def test_word_dropout_hides_words_only_while_training(seeded):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, 500, size=(400, 50)).astype("int32")
+    ids[:, 40:] = 0  # padding
+    layer = WordDropout(0.4)
+    hidden = layer(ids, training=True).numpy()
+    changed = hidden != ids
+    # every change hides a word behind the out-of-vocabulary id; padding stays padding
+    assert (hidden[changed] == 1).all()
+    assert not changed[:, 40:].any()
+    share = changed[:, :40].mean()
+    assert 0.37 < share < 0.43, share
+    # a new draw at every step
+    assert (layer(ids, training=True).numpy() != hidden).any()
+    np.testing.assert_array_equal(layer(ids, training=False).numpy(), ids)
+    np.testing.assert_array_equal(layer(ids).numpy(), ids)
+    np.testing.assert_array_equal(WordDropout(0.0)(ids, training=True).numpy(), ids)
+    with pytest.raises(ValueError, match="rate must be in"):
+        WordDropout(1.0)
+
+
+def test_classifier_with_word_dropout_is_deterministic_at_inference(seeded):
+    ids = np.random.default_rng(1).integers(2, 40, size=(64, 12)).astype("int32")
+    kwargs = dict(maxlen=12, vocab_size=40, embed_dim=8, heads=2, ff_dim=8, num_classes=3)
+    model = build_classifier(**kwargs, dropout=0.0, word_dropout=0.5, wide=True)
+    assert isinstance(model.get_layer("word_dropout"), WordDropout)
+    np.testing.assert_array_equal(model(ids).numpy(), model(ids, training=False).numpy())
+    # while training, the words each path reads change from call to call
+    assert not np.allclose(model(ids, training=True).numpy(), model(ids, training=True).numpy())
+    assert not any(isinstance(layer, WordDropout) for layer in build_classifier(**kwargs).layers)
+
+
 def test_wide_classifier_learns_what_the_bag_of_words_says(seeded):
     """The wide path alone must carry a signal the Transformer gets no time to learn: two
     classes told apart only by which of two tokens occurs, learnt in a few steps."""
@@ -137,7 +171,7 @@ def test_wide_classifier_learns_what_the_bag_of_words_says(seeded):
     )
 
 
-def test_wide_model_checkpoint_and_export_round_trip(tmp_path, seeded):
+def test_wide_model_with_word_dropout_checkpoint_and_export_round_trip(tmp_path, seeded):
     from ktune.config import parse_config
     from ktune.data import load_data
     from ktune.export import export_checkpoint
@@ -151,9 +185,17 @@ def test_wide_model_checkpoint_and_export_round_trip(tmp_path, seeded):
     data = load_data(cfg.data)
     family = get_family("transformer")
     prepared = family.prepare(data, cfg.training, cfg.model)
-    config = {"embed_dim": 8, "heads": 2, "ff_dim": 8, "learning_rate": 1e-2, "wide": True}
+    config = {
+        "embed_dim": 8,
+        "heads": 2,
+        "ff_dim": 8,
+        "learning_rate": 1e-2,
+        "wide": True,
+        "word_dropout": 0.3,
+    }
     model = family.build_model(config, prepared.artefacts, data.num_classes, cfg.training)
     assert model.get_layer("bag_of_ngrams") is not None
+    assert model.get_layer("word_dropout").rate == 0.3
     compile_model(model, config, cfg.training, len(data.train_labels))
     model.fit(prepared.train_inputs, data.train_labels, batch_size=64, epochs=1, verbose=0)
     ckpt = tmp_path / "checkpoint"  # as ktune.keras.ReportCheckpoint writes one
@@ -175,3 +217,17 @@ def test_wide_model_checkpoint_and_export_round_trip(tmp_path, seeded):
     served = reload_in_fresh_process(out, texts)
     expected = model.predict(family.encode(prepared.artefacts, cfg.training, texts), verbose=0)
     np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+
+
+def test_family_builds_the_drawn_word_dropout():
+    from ktune.config import TrainingConfig
+    from ktune.trainables import get_family
+
+    family = get_family("transformer")
+    config = {"embed_dim": 8, "heads": 2, "ff_dim": 8, "learning_rate": 1e-3}
+    artefacts = {"vocabulary": ["", "[UNK]", "a", "b"]}
+    training = TrainingConfig(maxlen=6)
+    model = family.build_model({**config, "word_dropout": 0.35}, artefacts, 2, training)
+    assert model.get_layer("word_dropout").rate == 0.35
+    plain = family.build_model(config, artefacts, 2, training)
+    assert not any(isinstance(layer, WordDropout) for layer in plain.layers)

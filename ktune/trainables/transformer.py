@@ -1,7 +1,8 @@
 """The ``transformer`` family: a Keras Transformer text classifier built from scratch.
 
-``TextVectorization`` -> :class:`TokenAndPositionEmbedding` -> N x :class:`TransformerBlock`
--> GlobalAveragePooling1D -> Dropout -> Dense(20, relu) -> Dropout -> Dense(C, softmax).
+``TextVectorization`` -> (:class:`WordDropout`) -> :class:`TokenAndPositionEmbedding` ->
+N x :class:`TransformerBlock` -> GlobalAveragePooling1D -> Dropout -> Dense(20, relu) ->
+Dropout -> Dense(C, softmax).
 
 Unlike the lesson it comes from, each of the ``heads`` attention heads is
 ``embed_dim // heads`` wide (the lesson made every head full width), and padding is
@@ -25,11 +26,42 @@ from ktune.trainables.family import Family, Prepared
 
 __all__ = [
     "BagOfNgrams",
+    "WordDropout",
     "TokenAndPositionEmbedding",
     "TransformerBlock",
     "TransformerFamily",
     "build_classifier",
 ]
+
+
+@keras.utils.register_keras_serializable(package="ktune")
+class WordDropout(keras.layers.Layer):
+    """While training, replaces each token id of a text by the out-of-vocabulary id (1)
+    with probability ``rate``; the identity at inference.
+
+    Dropout on the input words: a model trained from scratch on a few thousand texts
+    learns them by heart within a few epochs (train accuracy 0.99 by epoch 3 on the AG
+    News sample); hiding a share of each text's words at every step makes it read the
+    whole text instead of a few telling words. Padding (id 0) stays padding.
+
+    Args:
+        rate: float in [0, 1). Share of the words hidden at each training step.
+    """
+
+    def __init__(self, rate: float, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not 0 <= rate < 1:
+            raise ValueError(f"rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if not training or self.rate == 0:
+            return inputs
+        hidden = tf.random.uniform(tf.shape(inputs)) < self.rate
+        return tf.where(hidden & (inputs > 0), tf.ones_like(inputs), inputs)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rate": self.rate}
 
 
 @keras.utils.register_keras_serializable(package="ktune")
@@ -174,8 +206,12 @@ def build_classifier(
     num_blocks: int = 1,
     dropout: float = TRIAL_DEFAULTS["dropout"],
     wide: bool = False,
+    word_dropout: float = 0.0,
 ) -> keras.Model:
     """The lesson's classifier over token ids of shape ``(batch, maxlen)``.
+
+    ``word_dropout`` > 0 hides that share of each training text's words first
+    (:class:`WordDropout`), for both paths.
 
     With ``wide=True`` it is a wide & deep model: a linear layer over the texts'
     :class:`BagOfNgrams` adds its logits to the Transformer's before the softmax. On a few
@@ -183,7 +219,8 @@ def build_classifier(
     and a Transformer trained from scratch does not learn as fast.
     """
     inputs = keras.Input(shape=(maxlen,), dtype="int32", name="token_ids")
-    x = TokenAndPositionEmbedding(maxlen, vocab_size, embed_dim)(inputs)
+    ids = WordDropout(word_dropout, name="word_dropout")(inputs) if word_dropout else inputs
+    x = TokenAndPositionEmbedding(maxlen, vocab_size, embed_dim)(ids)
     for i in range(num_blocks):
         x = TransformerBlock(embed_dim, heads, ff_dim, dropout, name=f"transformer_block_{i}")(x)
     x = keras.layers.GlobalAveragePooling1D()(x)
@@ -197,7 +234,7 @@ def build_classifier(
         )(x)
         return keras.Model(inputs, outputs, name="transformer_classifier")
     deep = keras.layers.Dense(num_classes, name="deep_logits")(x)
-    bag = keras.layers.Dropout(dropout)(BagOfNgrams(vocab_size, name="bag_of_ngrams")(inputs))
+    bag = keras.layers.Dropout(dropout)(BagOfNgrams(vocab_size, name="bag_of_ngrams")(ids))
     wide_logits = keras.layers.Dense(num_classes, name="wide_logits")(bag)
     logits = keras.layers.Add(dtype="float32")([deep, wide_logits])
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
@@ -252,6 +289,7 @@ class TransformerFamily(Family):
             num_blocks=int(config.get("num_blocks", 1)),
             dropout=float(config.get("dropout", TRIAL_DEFAULTS["dropout"])),
             wide=bool(config.get("wide", False)),
+            word_dropout=float(config.get("word_dropout", 0.0)),
         )
 
     def string_encoder(self, artefacts: Mapping, training: TrainingConfig):
