@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from ktune.config import ExperimentConfig, space_of
 from ktune.experiment_dir import JOURNAL_FILE
+from ktune.schedulers import RevisingASHA
 from ktune.search_spaces.base import Choice, Range, Spec, tpe_startup_trials, tune_domain
 
 if TYPE_CHECKING:  # the trial loop imports TensorFlow: the driver loads it in prepare's thread
@@ -160,7 +161,7 @@ def build_scheduler(cfg: ExperimentConfig):
             interval=search.perturbation_interval,
         )
     epochs = cfg.training.epochs
-    return ASHAScheduler(
+    return RevisingASHA(
         time_attr="training_iteration",
         metric=search.metric,
         mode=search.mode,
