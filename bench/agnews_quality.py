@@ -151,10 +151,10 @@ def main() -> int:
                 again["name"] = f"agnews_sample_seed{seed}"
                 again["search"]["seed"] = seed
                 runs[f"seed{seed}"] = again
-            plain = copy.deepcopy(exp)
-            plain["name"] = "agnews_sample_no_word_dropout"
-            plain["search"]["space"]["word_dropout"] = 0.0
-            runs["no_word_dropout"] = plain
+            without = copy.deepcopy(exp)
+            without["name"] = "agnews_sample_no_word_dropout"
+            without["search"]["space"]["word_dropout"] = 0.0
+            runs["no_word_dropout"] = without
         for name, spec in runs.items():
             spec = copy.deepcopy(spec)
             spec["storage"] = str(Path(tmp) / "results")
