@@ -290,3 +290,39 @@ def test_two_local_searches_at_once_each_get_their_own_ray(tmp_path):
         assert "Traceback" not in out and "failed to start" not in out
     assert (tmp_path / "results" / "first" / "best.json").is_file()
     assert (tmp_path / "results" / "second" / "best.json").is_file()
+
+
+_OWN_RAY = r"""
+import time
+import psutil, ray
+from ktune.ray_start import init_ray
+
+init_ray(None)
+time.sleep(2)  # Ray's first-driver workers start within a second of ray.init
+raylet = next(
+    p for p in psutil.Process().children(recursive=True) if p.name().startswith("raylet")
+)
+idle = [p for p in raylet.children() if p.name().startswith("ray::IDLE")]
+print("IDLE", len(idle))
+ray.shutdown()
+"""
+
+
+def test_own_ray_starts_no_idle_workers():
+    """A Ray of a search's own starts no idle task workers beside it (Ray's default is one
+    per CPU for the first driver; a search runs only actors, which never reuse them)."""
+    import subprocess
+
+    from conftest import REPO, subprocess_env
+
+    env = {k: v for k, v in subprocess_env().items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", _OWN_RAY],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "IDLE 0" in done.stdout.splitlines(), done.stdout
