@@ -33,12 +33,6 @@ def init_ray(address: str | None, verbose: bool = False) -> None:
     to_driver = verbose or str(address or "").startswith("ray://")
     check_address(address)
     target = address or os.environ.get("RAY_ADDRESS") or "local"
-    own: dict = {}
-    if target == "local":
-        # A Ray of this run's own starts a Python worker per CPU for the first driver, for
-        # its tasks; a search runs none (Tune's trials are actors, each in a fresh process),
-        # so those workers only take a core for a second while the trials' workers start.
-        own["_system_config"] = {"prestart_worker_first_driver": False}
     try:
         context = ray.init(
             # No address: a Ray of this run's own (free ports, its own dashboard), never
@@ -48,7 +42,11 @@ def init_ray(address: str | None, verbose: bool = False) -> None:
             runtime_env={"env_vars": dict(WORKER_ENV)},
             log_to_driver=to_driver,
             logging_level=logging.INFO if verbose else logging.WARNING,
-            **own,
+            # A Ray of this run's own starts a Python worker per CPU for the first driver,
+            # for its tasks; a search runs none (Tune's trials are actors, each in a fresh
+            # process), so those workers only take a core while the trials' workers start.
+            # (A cluster joined keeps its own configuration: Ray refuses one from here.)
+            _system_config=({"prestart_worker_first_driver": False} if target == "local" else None),
         )
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
         with contextlib.suppress(Exception):
