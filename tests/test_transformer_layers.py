@@ -231,3 +231,27 @@ def test_family_builds_the_drawn_word_dropout():
     assert model.get_layer("word_dropout").rate == 0.35
     plain = family.build_model(config, artefacts, 2, training)
     assert not any(isinstance(layer, WordDropout) for layer in plain.layers)
+
+
+def test_compiled_model_traces_its_train_step_once(seeded):
+    """compile_model's metric exists before fit: Keras creating it (and its variables)
+    inside the first trace of the train step makes TensorFlow trace that step twice, about
+    1 s of every trial's first epoch on one core."""
+    from ktune.config import TrainingConfig
+    from ktune.keras import batches
+    from ktune.trainables.base import compile_model
+
+    x = np.random.default_rng(0).integers(0, 50, (64, 8)).astype(np.int32)
+    y = np.arange(64) % 4
+    model = build_classifier(maxlen=8, vocab_size=50, embed_dim=8, heads=1, ff_dim=8, num_classes=4)
+    config = {"learning_rate": 1e-3}
+    compile_model(model, config, TrainingConfig(epochs=2, batch_size=16, maxlen=8), len(y))
+    history = model.fit(
+        batches(x, y, 16, shuffle=True),
+        validation_data=batches(x, y, 16, shuffle=False),
+        epochs=2,
+        verbose=0,
+    )
+    assert sorted(history.history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert model.train_function.experimental_get_tracing_count() == 1
+    assert model.test_function.experimental_get_tracing_count() == 1
