@@ -12,7 +12,7 @@ from ktune.experiment_dir import BEST_FILE
 from ktune.report.figures import PLOTS, png, pyplot
 from ktune.report.load import ExperimentRecord
 from ktune.report.pareto_plot import pareto_plot, pareto_points
-from ktune.report.study import build_study, param_importances
+from ktune.report.study import build_study, param_importances_aside
 from ktune.report.study_plots import importance_plot, optuna_plot, slice_plot
 from ktune.report.text import one_line
 from ktune.report.trial_plots import confusion_plot, curves_plot
@@ -28,6 +28,8 @@ def draw_plots(record: ExperimentRecord) -> tuple[dict[str, bytes], dict[str, fl
     import optuna
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    # fANOVA runs in a child beside the plots below (about 2 s of one core)
+    importances_of = param_importances_aside(study, record.keys) if complete else None
 
     def attempt(name: str, make) -> None:
         try:
@@ -56,7 +58,7 @@ def draw_plots(record: ExperimentRecord) -> tuple[dict[str, bytes], dict[str, fl
             attempt("parallel", lambda: optuna_plot("parallel", study, record))
         else:
             notes.append("Parallel coordinates need at least 2 finished trials.")
-    importances, why = param_importances(study, record.keys) if complete else ({}, "")
+    importances, why = importances_of() if importances_of is not None else ({}, "")
     if importances:
         attempt("importance", lambda: importance_plot(importances, record))
     elif why:
