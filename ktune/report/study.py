@@ -127,14 +127,15 @@ def param_importances_aside(
 
     fANOVA's import of scikit-learn and its forest take about 2 s of ``ktune report``'s
     5 s on one core, beside the plots' 2-3 s on the other. Forked only where that is
-    safe: a ``fork`` start method, no thread besides this one, and neither TensorFlow
+    safe: Linux, no thread besides this one, and neither TensorFlow
     nor Ray (whose native threads a fork would copy mid-lock) loaded; otherwise, or
     when the child fails, computed here.
     """
     import multiprocessing
 
     forkable = (
-        "fork" in multiprocessing.get_all_start_methods()
+        sys.platform.startswith("linux")  # macOS: frameworks a fork leaves unusable
+        and "fork" in multiprocessing.get_all_start_methods()
         and threading.active_count() == 1
         and not any(m in sys.modules for m in ("tensorflow", "ray"))
     )
