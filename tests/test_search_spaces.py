@@ -164,6 +164,7 @@ def test_unknown_hyperparameter_suggests():
         ({"heads": [0, 1]}, "search.space.heads"),
         ({"dropout": 1.0}, "search.space.dropout"),
         ({"word_dropout": {"low": 0.2, "high": 1.0}}, "search.space.word_dropout"),
+        ({"adversarial": -0.03}, "search.space.adversarial"),
         ({"warmup": {"low": 0.1}}, "search.space.warmup"),
         ({"learning_rate": {"low": 0.1, "high": 0.2, "step": 2}}, "search.space.learning_rate"),
         (

@@ -8,6 +8,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ktune.trainables.transformer import (
+    AdversarialClassifier,
+    AdversarialPerturbation,
     BagOfNgrams,
     TokenAndPositionEmbedding,
     TransformerBlock,
@@ -171,7 +173,87 @@ def test_wide_classifier_learns_what_the_bag_of_words_says(seeded):
     )
 
 
-def test_wide_model_with_word_dropout_checkpoint_and_export_round_trip(tmp_path, seeded):
+def test_adversarial_step_trains_on_both_the_texts_and_their_perturbed_embeddings(seeded):
+    """One train step (graph mode, as ``fit`` runs it) equals the step worked out by hand:
+    the gradient of L(e) + L(e + d), where e is each text's embedded block and d is
+    epsilon * ||e|| along the gradient of the loss at e, held constant."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 20, size=(8, 5)).astype("int32")
+    labels = rng.integers(0, 3, size=8)
+    epsilon, rate = 0.05, 0.5
+
+    def model_of(cls, **extra):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input(shape=(5,), dtype="int32")
+        x = keras.layers.Embedding(20, 4, name="embedding")(inputs)
+        x = AdversarialPerturbation(name="adversarial_perturbation")(x)
+        x = keras.layers.Dense(6, activation="tanh")(keras.layers.Flatten()(x))
+        outputs = keras.layers.Dense(3, activation="softmax")(x)
+        model = cls(inputs, outputs, **extra)
+        model.compile(keras.optimizers.SGD(rate), "sparse_categorical_crossentropy")
+        return model
+
+    model = model_of(AdversarialClassifier, epsilon=epsilon)
+    reference = model_of(keras.Model)
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    embedding = reference.get_layer("embedding")
+    head = keras.Sequential(reference.layers[3:])  # Flatten, Dense, Dense
+    loss_of = lambda e: tf.reduce_mean(  # noqa: E731
+        keras.losses.sparse_categorical_crossentropy(labels, head(e))
+    )
+    with tf.GradientTape() as tape:
+        e = embedding(ids)
+        with tf.GradientTape() as inner:
+            inner.watch(e)
+            clean = loss_of(e)
+        g = inner.gradient(clean, e)
+        d = (
+            epsilon
+            * tf.norm(e, axis=[1, 2], keepdims=True)
+            * g
+            / tf.norm(g, axis=[1, 2], keepdims=True)
+        )
+        adversarial = loss_of(e + tf.stop_gradient(d))
+        total = clean + adversarial
+    assert float(adversarial) > float(clean)  # d points uphill
+    grads = tape.gradient(total, reference.trainable_variables)
+    expected = [
+        v.numpy() - rate * tf.convert_to_tensor(g).numpy()
+        for v, g in zip(reference.trainable_variables, grads)
+    ]
+
+    history = model.fit(ids, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for v, want in zip(model.trainable_variables, expected):
+        np.testing.assert_allclose(v.numpy(), want, atol=1e-5)
+    # The reported loss is the clean one, and the step without the perturbation differs.
+    assert history.history["loss"][0] == pytest.approx(float(clean), rel=1e-5)
+    reference.fit(ids, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert not np.allclose(reference.get_weights()[0], model.get_weights()[0], atol=1e-5)
+    with pytest.raises(ValueError, match="epsilon must be in"):
+        model_of(AdversarialClassifier, epsilon=0.0)
+
+
+def test_adversarial_classifier_is_the_plain_one_at_inference(tmp_path, seeded):
+    """The perturbation point has no weights: the same variables (a checkpoint of one
+    restores into the other) and the same predictions."""
+    ids = np.random.default_rng(1).integers(0, 40, size=(16, 12)).astype("int32")
+    kwargs = dict(maxlen=12, vocab_size=40, embed_dim=8, heads=2, ff_dim=8, num_classes=3)
+    model = build_classifier(**kwargs, wide=True, adversarial=0.03)
+    assert isinstance(model, AdversarialClassifier) and model.epsilon == 0.03
+    plain = build_classifier(**kwargs, wide=True)
+    assert not isinstance(plain, AdversarialClassifier)
+    assert not any(isinstance(layer, AdversarialPerturbation) for layer in plain.layers)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(ids, np.arange(16) % 3, batch_size=8, epochs=1, verbose=0)
+    tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(model=plain).read(str(tmp_path / "ckpt")).assert_existing_objects_matched()
+    np.testing.assert_allclose(model.predict(ids, verbose=0), plain.predict(ids, verbose=0))
+
+
+@pytest.mark.parametrize("extra", [{"wide": True, "word_dropout": 0.3}, {"adversarial": 0.03}])
+def test_wide_model_with_word_dropout_checkpoint_and_export_round_trip(tmp_path, seeded, extra):
     from ktune.config import parse_config
     from ktune.data import load_data
     from ktune.export import export_checkpoint
@@ -190,12 +272,14 @@ def test_wide_model_with_word_dropout_checkpoint_and_export_round_trip(tmp_path,
         "heads": 2,
         "ff_dim": 8,
         "learning_rate": 1e-2,
-        "wide": True,
-        "word_dropout": 0.3,
+        **extra,
     }
     model = family.build_model(config, prepared.artefacts, data.num_classes, cfg.training)
-    assert model.get_layer("bag_of_ngrams") is not None
-    assert model.get_layer("word_dropout").rate == 0.3
+    if "wide" in extra:
+        assert model.get_layer("bag_of_ngrams") is not None
+        assert model.get_layer("word_dropout").rate == 0.3
+    else:
+        assert model.epsilon == 0.03
     compile_model(model, config, cfg.training, len(data.train_labels))
     model.fit(prepared.train_inputs, data.train_labels, batch_size=64, epochs=1, verbose=0)
     ckpt = tmp_path / "checkpoint"  # as ktune.keras.ReportCheckpoint writes one
