@@ -171,8 +171,9 @@ class AdversarialPerturbation(keras.layers.Layer):
         self.delta: tf.Tensor | None = None
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        if self.delta is not None:
-            return self.seen + tf.cast(self.delta, self.seen.dtype)
+        seen, delta = self.seen, self.delta
+        if seen is not None and delta is not None:
+            return seen + tf.cast(delta, seen.dtype)
         if self.record:
             self.seen = inputs
         return inputs
@@ -192,7 +193,8 @@ class AdversarialClassifier(keras.Model):
 
     Build it as a functional model: ``AdversarialClassifier(inputs, outputs,
     epsilon=0.03)`` where the graph holds one layer named ``adversarial_perturbation``.
-    Each step costs about 1.8x the plain one.
+    Each step costs about 1.6x the plain one (6 epochs on the AG News sample: 24.6 s
+    against 15.3 s on one core).
     """
 
     def __init__(self, *args: Any, epsilon: float, **kwargs: Any):
