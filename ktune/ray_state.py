@@ -17,6 +17,11 @@ Two parts close that window (local storage; object stores write whole objects):
   ``result.json`` and ``progress.csv`` in the staging folder too and rewrites them in
   storage at every snapshot, so a kill can cut short the history of a trial that ended
   long before. Each changed file gets a whole copy in ``<trial>/.ktune-copy/``.
+* :class:`SearchGenerator` and :class:`BasicVariantGenerator`, the searchers ktune
+  hands Tune: they write their snapshot files beside the staging folder and rename each
+  into it, so that Ray's background copy of the previous snapshot never lists a
+  temporary file that is renamed away under it (seen as a ``FileNotFoundError``
+  traceback on the console, "Saving experiment state to storage ... failed").
 * :func:`repair`, before a resume: Ray's newest whole snapshot and every trial's longest
   whole history are put back; whatever is replaced moves to ``.ktune-set-aside/<time>/``.
 """
@@ -29,12 +34,15 @@ import fnmatch
 import io
 import json
 import logging
+import os
 import pickletools
 import shutil
 import time
 from pathlib import Path
 
 from ray import tune
+from ray.tune.search import BasicVariantGenerator as _RayBasicVariantGenerator
+from ray.tune.search.search_generator import SearchGenerator as _RaySearchGenerator
 
 from ktune.checkpoint_manifest import is_complete
 from ktune.storage import write_atomic
@@ -137,6 +145,42 @@ def read_bundle(exp_dir: Path) -> dict[str, bytes]:
         return {name: base64.b64decode(text) for name, text in raw["files"].items()}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+# Beside Ray's staging folder (``.../<experiment>/driver_artifacts``), which Ray copies
+# to storage; nothing copies its parent.
+SEARCHER_WRITES_DIR = ".ktune-searcher-writes"
+
+
+class _SnapshotBesideCopy:
+    """A Tune search algorithm whose snapshot files appear in the staging folder whole.
+
+    Ray's searchers write their state into the staging folder as a temporary file
+    (``.<uuid>-tmp-searcher-state-<session>.pkl``) renamed over the old one. Ray copies
+    that folder to storage in the background and starts the next snapshot without
+    waiting for the copy: a temporary file listed by the copy and renamed before it is
+    read fails the copy with a traceback on the console (seen under load, two searches
+    on 2 cores). Here the searcher writes into a private folder beside the staging
+    folder, on the same filesystem, and each finished file is renamed into place: the
+    staging folder only ever holds whole files under their final names.
+    """
+
+    def save_to_dir(self, dirpath: str, session_str: str) -> None:
+        staging = Path(dirpath)
+        private = staging.parent / SEARCHER_WRITES_DIR
+        private.mkdir(parents=True, exist_ok=True)
+        super().save_to_dir(str(private), session_str)  # type: ignore[misc]
+        for f in private.iterdir():
+            if f.is_file() and not f.name.startswith("."):  # a dead write's temporary file
+                os.replace(f, staging / f.name)
+
+
+class SearchGenerator(_SnapshotBesideCopy, _RaySearchGenerator):
+    """Ray's ``SearchGenerator`` (what Tune wraps a ``Searcher`` in) with whole snapshots."""
+
+
+class BasicVariantGenerator(_SnapshotBesideCopy, _RayBasicVariantGenerator):
+    """Ray's ``BasicVariantGenerator`` (random and grid search) with whole snapshots."""
 
 
 class SnapshotKeeper(tune.Callback):

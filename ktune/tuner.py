@@ -1,9 +1,10 @@
 """Builds the ``ray.tune.Tuner`` of an experiment: Optuna TPE search (NSGA-II or TPE
 over several ``search.objectives``), ASHA or PBT/PB2, resources, storage.
 
-The metric and mode are given to the searcher and the scheduler themselves: with
-``max_concurrent_trials`` Tune wraps the searcher in a ``ConcurrencyLimiter`` that does not
-pass ``TuneConfig``'s metric on (seen in Ray 2.60), and setting both is an error.
+The metric and mode are given to the searcher and the scheduler themselves: a
+``ConcurrencyLimiter`` does not pass ``TuneConfig``'s metric on (seen in Ray 2.60), and
+setting both is an error. A ``Searcher`` is limited and wrapped here, as Tune would, in
+ktune's :class:`~ktune.ray_state.SearchGenerator`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import optuna
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ktune.config import ExperimentConfig, space_of
 from ktune.experiment_dir import JOURNAL_FILE
+from ktune.ray_state import BasicVariantGenerator, SearchGenerator
 from ktune.schedulers import RevisingASHA
 from ktune.search_spaces.base import Choice, Range, Spec, tpe_startup_trials, tune_domain
 
@@ -313,6 +315,14 @@ def build_tuner(
         _set_metric(scheduler, cfg)
     else:
         scheduler = build_scheduler(cfg)
+    if isinstance(search_alg, Searcher):
+        # What Tune would do with a Searcher (limit, then wrap), with ktune's generator,
+        # whose snapshots never race Ray's background copy. A limiter passed in stands.
+        if not isinstance(search_alg, ConcurrencyLimiter):
+            search_alg = ConcurrencyLimiter(
+                search_alg, max_concurrent=cfg.search.max_concurrent_trials
+            )
+        search_alg = SearchGenerator(search_alg)
     return tune.Tuner(
         build_trainable(cfg, payload, callbacks),
         param_space=space,
@@ -320,10 +330,9 @@ def build_tuner(
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=cfg.search.num_samples,
-            # Tune applies this limit to Searchers only; a BasicVariantGenerator has its own.
-            max_concurrent_trials=None
-            if isinstance(search_alg, BasicVariantGenerator)
-            else cfg.search.max_concurrent_trials,
+            # Applied above (a BasicVariantGenerator has its own limit: PBT's whole
+            # population runs at once).
+            max_concurrent_trials=None,
             # Short folder names: the hyperparameters are in each trial's params.json.
             trial_dirname_creator=trial_dirname,
             # The next trial runs in the finished trial's worker: TensorFlow, the payload
