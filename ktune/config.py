@@ -23,7 +23,7 @@ from ktune import families
 from ktune import storage as _storage
 from ktune.errors import ConfigError
 from ktune.experiment_dir import EXPORT_DIR
-from ktune.experiment_file import read_experiment_file
+from ktune.experiment_file import experiment_document, read_experiment_file
 from ktune.objectives import METRICS, Objective, parse_objectives
 from ktune.search_spaces import Spec
 from ktune.tracking_config import TrackingConfig, parse_tracking
@@ -134,6 +134,13 @@ class ExperimentConfig:
     model: Mapping[str, Any] = field(default_factory=dict)  # family options: handles, names
     address: str | None = None
     source_path: str | None = None  # the experiment file, for messages and metadata
+    # The folder the experiment's relative paths (data files, model.build's module) were
+    # read against: the experiment file's, or the working directory for a dict.
+    base_dir: str | None = None
+    # The experiment as parsed, as YAML (after the Python API merged its overrides into
+    # it): written to the experiment folder when it differs from the file, so a resume
+    # runs what was run.
+    document: str | None = None
     # URI storage only: the driver's local working copy of the experiment (default:
     # ktune.storage.staging_dir(experiment_path)); resume sets the one the run used.
     staging_dir: str | None = None
@@ -558,12 +565,21 @@ def parse_config(
         model=model,
         address=None if addr is None else _str("address", addr),
         source_path=source_path,
+        base_dir=str(base.resolve()),
+        document=experiment_document(raw),
         tracking=tracking,
     )
 
 
-def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
-    """Reads and validates an experiment file. Raises ConfigError naming the key or file."""
+def load_config(
+    path: str | Path, *, base_dir: str | Path | None = None, **overrides: Any
+) -> ExperimentConfig:
+    """Reads and validates an experiment file. Raises ConfigError naming the key or file.
+
+    Relative paths in it are read against ``base_dir``, by default the file's own folder
+    (``ktune resume`` passes the folder of the file the search was started from).
+    """
     raw = read_experiment_file(path)
     p = Path(path)
-    return parse_config(raw, base_dir=p.resolve().parent, source_path=str(p.resolve()), **overrides)
+    base = Path(base_dir) if base_dir is not None else p.resolve().parent
+    return parse_config(raw, base_dir=base, source_path=str(p.resolve()), **overrides)

@@ -33,6 +33,7 @@ from ktune.config import ExperimentConfig
 from ktune.errors import ExperimentError
 from ktune.experiment_dir import EXPERIMENT_FILE, JOURNAL_FILE, SPEC_FILE
 from ktune.experiment_dir import fetch_experiment as fetch_experiment  # old home; moved
+from ktune.experiment_file import experiment_as_run
 from ktune.prepare import prepare
 from ktune.ray_start import check_address, init_ray, tune_output
 from ktune.results import finish_search
@@ -237,8 +238,15 @@ def run_search(
             "results: %s (ktune's files staged in %s)", storage.redact(cfg.experiment_path), exp_dir
         )
     exp_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.source_path:
-        experiment_dir.write_experiment_file(exp_dir, cfg.source_path)
+    as_run = experiment_as_run(cfg.source_path, cfg.document)
+    if as_run is not None:
+        experiment_dir.write_experiment_file(exp_dir, as_run)
+    else:
+        log.warning(
+            "%s: the experiment has no YAML form (a value YAML cannot hold), so it "
+            "cannot be resumed; pass plain values or a file",
+            storage.redact(cfg.experiment_path),
+        )
     experiment_dir.write_spec(
         exp_dir,
         experiment_dir.new_spec(cfg, data.class_names, prepared.artefacts, payload.verify_texts),
@@ -262,6 +270,43 @@ def run_search(
         best = finish_search(cfg, grid, data, prepared, started, export)
         tracking.finish(best)
     return best, grid
+
+
+def resume_config(
+    exp_dir: Path,
+    spec: dict,
+    storage_value: str,
+    name: str,
+    address: str | None = None,
+    staging_dir: str | None = None,
+) -> ExperimentConfig:
+    """The config a resume runs: the experiment as run (``experiment.yaml`` in
+    ``exp_dir``), its relative paths read against the folder of the file the search was
+    started from (``ktune.json``'s ``build_base_dir``), the data section as the first run
+    resolved it, and the first run's trial budget and export folder."""
+    from ktune.config import DataConfig, load_config
+
+    base = spec.get("build_base_dir")
+    cfg = load_config(
+        exp_dir / EXPERIMENT_FILE,
+        # Experiments from before build_base_dir was written for dicts, or whose folder is
+        # gone: the experiment folder, where relative paths may still be found.
+        base_dir=base if base and Path(base).is_dir() else None,
+        num_samples=spec["num_samples"],
+        storage=storage_value,
+        address=address,
+    )
+    # JSON made the data section's tuples lists
+    data_cfg: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()
+    }
+    return replace(
+        cfg,
+        name=name,
+        data=DataConfig(**data_cfg),
+        export=replace(cfg.export, dir=spec["export_dir"]),
+        staging_dir=staging_dir,
+    )
 
 
 def resume_experiment(
@@ -298,7 +343,6 @@ def resume_search(
     """
     from ray import tune
 
-    from ktune.config import DataConfig, load_config
     from ktune.tuner import build_trainable, trial_history_callbacks
 
     started = time.time()
@@ -314,8 +358,13 @@ def resume_search(
         if not d.is_dir():
             raise ExperimentError(f"{d}: no such experiment directory")
         storage_value, name = str(d.parent), d.name
-    if not (d / SPEC_FILE).is_file() or not (d / EXPERIMENT_FILE).is_file():
+    if not (d / SPEC_FILE).is_file():
         raise ExperimentError(f"{shown}: not a ktune experiment directory (no {SPEC_FILE})")
+    if not (d / EXPERIMENT_FILE).is_file():
+        raise ExperimentError(
+            f"{shown}: no {EXPERIMENT_FILE} (the experiment as run), so there is nothing to "
+            "resume from; start it again under a new name"
+        )
     if not remote:
         from ktune.ray_state import SET_ASIDE_DIR, repair, searcher_lost
 
@@ -338,23 +387,7 @@ def resume_search(
             f"{shown}: {SPEC_FILE} is cut short (the run died while Ray copied it) and no "
             "whole copy is left; the experiment cannot be resumed"
         ) from None
-    cfg = load_config(
-        d / EXPERIMENT_FILE,
-        num_samples=spec["num_samples"],
-        storage=storage_value,
-        address=address,
-    )
-    # JSON made the data section's tuples lists
-    data_cfg: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()
-    }
-    cfg = replace(
-        cfg,
-        name=name,
-        data=DataConfig(**data_cfg),
-        export=replace(cfg.export, dir=spec["export_dir"]),
-        staging_dir=str(d) if remote else None,
-    )
+    cfg = resume_config(d, spec, storage_value, name, address, str(d) if remote else None)
     check_address(cfg.address)
     _check_tracking(cfg)
 

@@ -1,7 +1,8 @@
 """What an experiment folder ``<storage>/<name>`` holds besides Ray's own files, read and
 written in one place.
 
-- ``experiment.yaml``: the experiment file as run;
+- ``experiment.yaml``: the experiment as run (the file itself, or the experiment as parsed
+  when Python passed a dict or merged sections into the file);
 - ``ktune.json`` (the *spec*): what export needs to rebuild a trial's model (family,
   training sizes, class names, artefacts such as the vocabulary, texts to verify an
   export on), and where the experiment and its staging folder are;
@@ -190,9 +191,9 @@ def _write_json(path: Path, data: Any) -> None:
     storage.write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def write_experiment_file(exp_dir: Path, source: str | Path) -> None:
-    """Copies the experiment file as run into the folder."""
-    storage.write_atomic(Path(exp_dir) / EXPERIMENT_FILE, Path(source).read_bytes())
+def write_experiment_file(exp_dir: Path, text: str | bytes) -> None:
+    """Writes the experiment as run (:func:`ktune.experiment_file.experiment_as_run`)."""
+    storage.write_atomic(Path(exp_dir) / EXPERIMENT_FILE, text)
 
 
 def new_spec(
@@ -220,7 +221,9 @@ def new_spec(
         "data": asdict(cfg.data),
         "build_model": (cfg.model or {}).get("build") or None,
         # where model.build's module is found again (the experiment file's folder)
-        "build_base_dir": str(Path(cfg.source_path).parent) if cfg.source_path else None,
+        # where relative paths were read (the experiment file's folder): model.build's
+        # module on export, data files and the module again on resume
+        "build_base_dir": cfg.base_dir,
     }
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from ktune.errors import ConfigError
 
-__all__ = ["read_experiment_file"]
+__all__ = ["experiment_as_run", "experiment_document", "read_experiment_file"]
 
 
 def read_experiment_file(path: str | Path) -> dict | None:
@@ -43,6 +43,45 @@ def read_experiment_file(path: str | Path) -> dict | None:
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the experiment file must be a YAML mapping of keys")
     return None if raw is None else dict(raw)
+
+
+def experiment_document(raw: Mapping[str, Any] | None) -> str | None:
+    """``raw`` (an experiment as parsed, maybe a dict from Python) as YAML text, or None
+    when a value has no YAML form. Tuples become lists, NumPy scalars and paths plain
+    values, so what a Python caller passed can be written as the experiment file."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: plain(v) for key, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        item = getattr(value, "item", None)  # NumPy scalars
+        if callable(item) and type(value).__module__ == "numpy":
+            return item()
+        return value
+
+    try:
+        return yaml.safe_dump(plain(raw or {}), sort_keys=False)
+    except yaml.YAMLError:
+        return None
+
+
+def experiment_as_run(source_path: str | None, document: str | None) -> str | bytes | None:
+    """The text ``experiment.yaml`` holds, so that ``ktune resume`` runs the experiment
+    that ran: the experiment file itself (comments and all) when that is what was parsed,
+    else ``document``, the experiment as parsed (a dict from Python, or a file with
+    sections the Python API merged into it). None when there is neither."""
+    as_parsed = yaml.safe_load(document) if document is not None else None
+    if source_path:
+        try:
+            text = Path(source_path).read_bytes()
+            if as_parsed is None or read_experiment_file(source_path) == as_parsed:
+                return text
+        except (ConfigError, OSError):  # moved or edited since it was read
+            pass
+    return document
 
 
 # --- reading the YAML: a key written twice is an error, not "the last one wins" ------------

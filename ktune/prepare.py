@@ -88,7 +88,7 @@ def user_build_model(cfg: ExperimentConfig) -> Callable | None:
 
     from ktune.trainables.custom import import_build_model
 
-    base = Path(cfg.source_path).parent if cfg.source_path else Path.cwd()
+    base = Path(cfg.base_dir) if cfg.base_dir else Path.cwd()
     fn = import_build_model(reference, base_dir=base)
     module = sys.modules.get(getattr(fn, "__module__", ""))
     if module is not None and not module.__name__.startswith("ktune"):

@@ -363,8 +363,13 @@ def repair(exp_dir: str | Path) -> list[str]:
         write_atomic(path, copy)
         restored.append(name)
     trials = repair_trial_files(exp_dir, aside)
-    relinked = relink_deleted_checkpoints(exp_dir, aside)
+    relinked, forgotten = relink_deleted_checkpoints(exp_dir, aside)
     notes = []
+    if forgotten:
+        notes.append(
+            f"{', '.join(forgotten)}: deleted by Ray after its last snapshot (a better "
+            "checkpoint replaced it); forgotten, so the trial's next checkpoint registers"
+        )
     if relinked:
         notes.append(
             f"{', '.join(relinked)}: Ray's snapshot named a checkpoint it had since deleted "
@@ -408,7 +413,7 @@ def _checkpoint_index(path: Path) -> int:
     return int(path.name.split("_", 1)[1]) if path.name.startswith("checkpoint_") else -1
 
 
-def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
+def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> tuple[list[str], list[str]]:
     """Ray keeps a trial's best ``num_to_keep`` checkpoints and deletes the others as soon
     as a newer one registers, before its next snapshot: killed in between, the snapshot
     names as the trial's latest a checkpoint that is gone, and the restored trial fails
@@ -417,10 +422,12 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
     which the trial would train its later epochs again. Points such a trial at the oldest
     complete checkpoint after the deleted one, marked with the epoch Ray last recorded so
     that the trial reports its epochs again (:func:`ktune.trainables.base.starting_checkpoint`);
-    a part-deleted folder goes into ``aside``. Returns the trials changed."""
+    a part-deleted folder goes into ``aside``. An older checkpoint the snapshot still
+    counts among those kept, deleted since, is forgotten. Returns the trials pointed at
+    another checkpoint and the checkpoints forgotten (``trial/checkpoint_...``)."""
     states = [f for f in exp_dir.glob("experiment_state-*.json") if is_whole(f.read_bytes())]
     if not states:
-        return []
+        return [], []
     newest = max(states)
     try:
         import cloudpickle
@@ -431,8 +438,9 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
         state = json.loads(newest.read_text())
         entries = state["trial_data"]
     except (ImportError, ValueError, KeyError):
-        return []
-    changed = []
+        return [], []
+    changed: list[str] = []
+    forgotten: list[str] = []
     for entry in entries:
         try:
             meta = json.loads(entry[1])
@@ -441,6 +449,27 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
             latest = manager._latest_checkpoint_result
         except Exception:  # noqa: BLE001 - not the layout this was written for: leave it
             continue
+        # An older kept checkpoint Ray deleted after the snapshot (a better one replaced
+        # it): the restored manager would delete it again when the trial's next
+        # checkpoint registers, fail (FileNotFoundError, Ray's "Error handling
+        # checkpoint" traceback) and skip the rest of that registration.
+        kept = [
+            r
+            for r in manager._checkpoint_results
+            if r is latest
+            or r.checkpoint is None
+            or not Path(r.checkpoint.path).is_absolute()
+            or Path(r.checkpoint.path).exists()
+        ]
+        if len(kept) < len(manager._checkpoint_results):
+            forgotten += [
+                "/".join(Path(r.checkpoint.path).parts[-2:])
+                for r in manager._checkpoint_results
+                if not any(r is k for k in kept)
+            ]
+            manager._checkpoint_results = kept
+            field["value"] = cloudpickle.dumps(manager).hex()
+            entry[1] = json.dumps(meta, indent=2)
         if latest is None or latest.checkpoint is None:
             continue
         named = Path(latest.checkpoint.path)
@@ -483,8 +512,8 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> list[str]:
         field["value"] = cloudpickle.dumps(manager).hex()
         entry[1] = json.dumps(meta, indent=2)
         changed.append(named.parent.name)
-    if changed:
+    if changed or forgotten:
         aside.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(newest, aside / newest.name)
         write_atomic(newest, json.dumps(state))
-    return changed
+    return changed, forgotten

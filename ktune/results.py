@@ -77,10 +77,7 @@ def finish_search(
     )
     # On URI storage Ray downloads the checkpoint to a temporary folder for this block.
     with checkpoint.as_directory() as checkpoint_dir:
-        source = cfg.source_path
-        family = family_for(
-            cfg.family, (cfg.model or {}).get("build"), Path(source).parent if source else None
-        )
+        family = family_for(cfg.family, (cfg.model or {}).get("build"), cfg.base_dir)
         model = restore_model(
             family, best.config, prepared.artefacts, data.num_classes, cfg.training, checkpoint_dir
         )

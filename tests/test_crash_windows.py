@@ -376,3 +376,62 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path, l
             f.name for f in folders[0].glob("ckpt*")
         )
     assert repair(exp_dir) == []  # once put right, left alone
+
+
+def test_snapshot_keeping_an_older_checkpoint_deleted_since_forgets_it(tmp_path):
+    """Ray counts a trial's best checkpoints in its snapshot and deletes the worse ones as
+    soon as a better one registers. Killed after such a deletion and before the next
+    snapshot, the restored trial's bookkeeping still keeps the deleted one: when the
+    resumed trial's next checkpoint registers, Ray deletes it again and fails
+    (FileNotFoundError; an "Error handling checkpoint" traceback on the console, and the
+    rest of that registration skipped; seen resuming the AG News example, 2026-12-04).
+    ``repair`` forgets it, so the registration goes through."""
+    import cloudpickle
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint, CheckpointConfig
+
+    from ktune.ray_state import repair
+
+    exp_dir = tmp_path / "exp"
+    trial = exp_dir / "trial_a1"
+
+    def checkpoint(index: int, accuracy: float) -> _TrainingResult:
+        folder = trial / f"checkpoint_{index:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ckpt.index").write_text("weights")
+        return _TrainingResult(
+            checkpoint=Checkpoint(str(folder)),
+            metrics={"val_accuracy": accuracy, "epoch": index + 1},
+        )
+
+    manager = _CheckpointManager(
+        CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"
+        )
+    )
+    manager.register_checkpoint(checkpoint(0, 0.5))
+    manager.register_checkpoint(checkpoint(1, 0.7))
+    snapshot = exp_dir / "experiment_state-2026-12-04_15-00-30.json"
+    meta = {"checkpoint_manager": {"value": cloudpickle.dumps(manager).hex()}}
+    snapshot.write_text(json.dumps({"trial_data": [["{}", json.dumps(meta)]]}))
+    manager.register_checkpoint(checkpoint(2, 0.8))  # after the snapshot: deletes epoch 1's
+    assert not (trial / "checkpoint_000000").exists()
+
+    def restored() -> _CheckpointManager:
+        entry = json.loads(snapshot.read_text())["trial_data"][0][1]
+        return cloudpickle.loads(bytes.fromhex(json.loads(entry)["checkpoint_manager"]["value"]))
+
+    with pytest.raises(FileNotFoundError):  # what Ray's resume met
+        restored().register_checkpoint(checkpoint(2, 0.8))
+
+    notes = repair(exp_dir)
+    assert len(notes) == 1 and "trial_a1/checkpoint_000000" in notes[0], notes
+    resumed = restored()
+    resumed.register_checkpoint(checkpoint(2, 0.8))  # the epoch reported again on resume
+    assert [Path(r.checkpoint.path).name for r in resumed._checkpoint_results] == [
+        "checkpoint_000001",
+        "checkpoint_000002",
+    ]
+    assert (trial / "checkpoint_000001").is_dir()  # the kept ones stay
+    assert repair(exp_dir) == []  # once put right, left alone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from ktune.data import AG_NEWS_CLASSES, generate_builtin
 
 from conftest import REPO, kill_ray_under, subprocess_env, tiny_experiment
 
@@ -68,8 +71,23 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path, ray_tmp):
     raw["name"] = "crashy"
     raw["search"].update(num_samples=3, max_concurrent_trials=1, scheduler="fifo")
     raw["training"]["epochs"] = 3
-    raw["data"]["train_size"] = 4000  # epochs of a few seconds: a window to kill in
-    exp = tmp_path / "crashy.yaml"
+    # The user's own CSV beside the experiment file, named by a relative path: the resume
+    # reads it from there, not from beside the experiment folder's copy of the file.
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    titles, descriptions, labels = generate_builtin(4000, seed=3)  # epochs of a few seconds
+    with (project / "data" / "news.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["title", "description", "label"])
+        out.writerows(zip(titles, descriptions, [AG_NEWS_CLASSES[i] for i in labels]))
+    raw["data"] = {
+        "source": "csv",
+        "train": "data/news.csv",
+        "text": ["title", "description"],
+        "test_fraction": 0.03,
+        "seed": 3,
+    }
+    exp = project / "crashy.yaml"
     exp.write_text(yaml.safe_dump(raw))
     exp_dir = Path(raw["storage"]) / "crashy"
 

@@ -1,0 +1,154 @@
+"""What `ktune resume` runs: the experiment as the first run ran it, wherever its relative
+paths pointed and whatever the Python API merged into it. No Ray: the first run's folder
+is written by the functions `ktune run` writes it with, and read back by resume's own."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ktune.api import _experiment_config
+from ktune.errors import ExperimentError
+from ktune.experiment import resume_config, resume_search
+from ktune.experiment_dir import (
+    EXPERIMENT_FILE,
+    new_spec,
+    read_spec,
+    write_experiment_file,
+    write_spec,
+)
+from ktune.experiment_file import experiment_as_run, experiment_document
+
+FILE = """\
+# my experiment: the data lives beside this file
+name: mine
+family: transformer
+data:
+  source: csv
+  train: data/train.csv      # relative to this file's folder
+  text: [title, description]
+  test_fraction: 0.2
+search:
+  num_samples: 3
+  space:
+    embed_dim: [8, 16]
+    learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
+training:
+  epochs: 3
+  maxlen: 16
+"""
+
+
+def write_csv(path: Path, rows: int = 20) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["title", "description", "label"])
+        for i in range(rows):
+            out.writerow([f"title {i}", f"text {i}", ["a", "b"][i % 2]])
+
+
+def first_run(experiment, overrides: dict) -> Path:
+    """The experiment folder as `ktune run` starts it (ktune.json and the experiment)."""
+    cfg = _experiment_config(experiment, overrides)
+    exp_dir = cfg.experiment_dir
+    exp_dir.mkdir(parents=True)
+    as_run = experiment_as_run(cfg.source_path, cfg.document)
+    assert as_run is not None
+    write_experiment_file(exp_dir, as_run)
+    write_spec(exp_dir, new_spec(cfg, ["a", "b"], {"vocabulary": []}, []))
+    return exp_dir
+
+
+def resumed(exp_dir: Path):
+    return resume_config(exp_dir, read_spec(exp_dir), str(exp_dir.parent), exp_dir.name)
+
+
+def same_experiment(a, b) -> None:
+    for section in ("family", "data", "search", "training", "resources", "model", "base_dir"):
+        assert getattr(a, section) == getattr(b, section), section
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An experiment file with its data beside it; the shell somewhere else."""
+    folder = tmp_path / "project"
+    write_csv(folder / "data" / "train.csv")
+    (folder / "mine.yaml").write_text(FILE)
+    monkeypatch.chdir(tmp_path)
+    return folder
+
+
+def test_resume_reads_relative_data_paths_where_the_file_was(project, tmp_path):
+    runs = tmp_path / "elsewhere" / "runs"
+    exp_dir = first_run(project / "mine.yaml", {"storage": str(runs)})
+    # the copy keeps the file as written, comments and relative path included
+    assert (exp_dir / EXPERIMENT_FILE).read_text() == FILE
+    # data/train.csv is not beside the copy: read against the copy's folder it is missing
+    assert not (exp_dir / "data" / "train.csv").exists()
+
+    cfg = resumed(exp_dir)
+    first = _experiment_config(project / "mine.yaml", {"storage": str(runs)})
+    same_experiment(cfg, first)
+    assert cfg.data.train == str(project / "data" / "train.csv")
+    assert cfg.base_dir == str(project)
+
+
+def test_resume_runs_the_sections_the_python_api_merged_in(project, tmp_path):
+    overrides = {
+        "storage": str(tmp_path / "runs"),
+        "training": {"epochs": 1},
+        "search": {"space": {"embed_dim": [32]}},
+    }
+    exp_dir = first_run(project / "mine.yaml", overrides)
+    cfg = resumed(exp_dir)
+    assert cfg.training.epochs == 1  # the file says 3
+    assert (
+        cfg.search.space["embed_dim"]
+        == _experiment_config(project / "mine.yaml", overrides).search.space["embed_dim"]
+    )
+    same_experiment(cfg, _experiment_config(project / "mine.yaml", overrides))
+    # what was written is the experiment as run, which runs again as it is
+    written = yaml.safe_load((exp_dir / EXPERIMENT_FILE).read_text())
+    assert written["training"]["epochs"] == 1
+    assert written["data"]["train"] == "data/train.csv"
+
+
+def test_resume_of_a_dict_experiment(project, tmp_path, monkeypatch):
+    raw = yaml.safe_load(FILE)
+    # a NumPy value, as Python callers pass them
+    raw["search"]["space"]["learning_rate"] = {"low": np.float64(1e-3), "high": 1e-2}
+    monkeypatch.chdir(project)  # a dict's relative paths: the working directory
+    exp_dir = first_run(raw, {"storage": str(tmp_path / "runs")})
+    first = _experiment_config(raw, {"storage": str(tmp_path / "runs")})
+    monkeypatch.chdir(tmp_path)
+    cfg = resumed(exp_dir)
+    same_experiment(cfg, first)
+    assert cfg.data.train == str(project / "data" / "train.csv")
+
+
+def test_a_moved_project_is_one_clear_error_naming_the_file(project, tmp_path):
+    exp_dir = first_run(project / "mine.yaml", {"storage": str(tmp_path / "runs")})
+    project.rename(tmp_path / "moved")
+    with pytest.raises(Exception, match=r"data\.train: file not found"):
+        resumed(exp_dir)
+
+
+def test_experiment_document_writes_plain_values_or_nothing():
+    text = experiment_document(
+        {"a": (1, 2), "b": np.int64(3), "c": Path("/x/y"), "d": {"e": np.float32(0.5)}}
+    )
+    assert yaml.safe_load(text) == {"a": [1, 2], "b": 3, "c": "/x/y", "d": {"e": 0.5}}
+    assert experiment_document({"model": {"build": lambda config, info: None}}) is None
+
+
+def test_resume_without_the_experiment_says_so(tmp_path):
+    exp_dir = tmp_path / "runs" / "mine"
+    exp_dir.mkdir(parents=True)
+    (exp_dir / "ktune.json").write_text("{}")
+    with pytest.raises(ExperimentError, match=r"no experiment\.yaml \(the experiment as run\)"):
+        resume_search(exp_dir)
