@@ -571,15 +571,8 @@ def parse_config(
     )
 
 
-def load_config(
-    path: str | Path, *, base_dir: str | Path | None = None, **overrides: Any
-) -> ExperimentConfig:
-    """Reads and validates an experiment file. Raises ConfigError naming the key or file.
-
-    Relative paths in it are read against ``base_dir``, by default the file's own folder
-    (``ktune resume`` passes the folder of the file the search was started from).
-    """
+def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
+    """Reads and validates an experiment file. Raises ConfigError naming the key or file."""
     raw = read_experiment_file(path)
     p = Path(path)
-    base = Path(base_dir) if base_dir is not None else p.resolve().parent
-    return parse_config(raw, base_dir=base, source_path=str(p.resolve()), **overrides)
+    return parse_config(raw, base_dir=p.resolve().parent, source_path=str(p.resolve()), **overrides)

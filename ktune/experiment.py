@@ -284,14 +284,24 @@ def resume_config(
     ``exp_dir``), its relative paths read against the folder of the file the search was
     started from (``ktune.json``'s ``build_base_dir``), the data section as the first run
     resolved it, and the first run's trial budget and export folder."""
-    from ktune.config import DataConfig, load_config
+    from ktune.config import DataConfig, parse_config
+    from ktune.experiment_file import read_experiment_file
 
+    path = exp_dir / EXPERIMENT_FILE
+    raw = read_experiment_file(path) or {}
+    # The data files as the first run found them (absolute paths), wherever the file that
+    # named them has gone since (a Ray Job's working directory, say).
+    if isinstance(raw.get("data"), dict):
+        for key in ("train", "test", "data_dir"):
+            if key in raw["data"] and spec["data"].get(key):
+                raw["data"][key] = spec["data"][key]
     base = spec.get("build_base_dir")
-    cfg = load_config(
-        exp_dir / EXPERIMENT_FILE,
-        # Experiments from before build_base_dir was written for dicts, or whose folder is
-        # gone: the experiment folder, where relative paths may still be found.
-        base_dir=base if base and Path(base).is_dir() else None,
+    cfg = parse_config(
+        raw,
+        # model.build's module; experiments from before build_base_dir was written for
+        # dicts, or whose folder is gone: the experiment folder
+        base_dir=base if base and Path(base).is_dir() else exp_dir,
+        source_path=str(path),
         num_samples=spec["num_samples"],
         storage=storage_value,
         address=address,

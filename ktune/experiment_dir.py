@@ -220,7 +220,6 @@ def new_spec(
         "verify_texts": verify_texts,
         "data": asdict(cfg.data),
         "build_model": (cfg.model or {}).get("build") or None,
-        # where model.build's module is found again (the experiment file's folder)
         # where relative paths were read (the experiment file's folder): model.build's
         # module on export, data files and the module again on resume
         "build_base_dir": cfg.base_dir,

@@ -131,6 +131,22 @@ def test_resume_of_a_dict_experiment(project, tmp_path, monkeypatch):
     assert cfg.data.train == str(project / "data" / "train.csv")
 
 
+def test_resume_needs_the_data_not_the_file_that_named_it(tmp_path, monkeypatch):
+    # a Ray Job's working directory, say: the experiment file's folder is gone by the
+    # time the search is resumed; the data it named is where the first run found it
+    write_csv(tmp_path / "shared" / "news.csv")
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "mine.yaml").write_text(FILE.replace("data/train.csv", "../shared/news.csv"))
+    exp_dir = first_run(job / "mine.yaml", {"storage": str(tmp_path / "runs")})
+    first = _experiment_config(job / "mine.yaml", {"storage": str(tmp_path / "runs")})
+    (job / "mine.yaml").unlink()
+    job.rmdir()
+    cfg = resumed(exp_dir)
+    assert cfg.data == first.data and cfg.training == first.training
+    assert cfg.data.train == str(tmp_path / "shared" / "news.csv")
+
+
 def test_a_moved_project_is_one_clear_error_naming_the_file(project, tmp_path):
     exp_dir = first_run(project / "mine.yaml", {"storage": str(tmp_path / "runs")})
     project.rename(tmp_path / "moved")
