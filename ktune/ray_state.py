@@ -413,6 +413,55 @@ def _checkpoint_index(path: Path) -> int:
     return int(path.name.split("_", 1)[1]) if path.name.startswith("checkpoint_") else -1
 
 
+def _relink(manager, meta: dict, aside: Path) -> str | None:
+    """Points ``manager``'s latest checkpoint, deleted or part-deleted, at the oldest
+    complete one after it (see :func:`relink_deleted_checkpoints`); returns the trial's
+    folder name when it did."""
+    from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    latest = manager._latest_checkpoint_result
+    if latest is None or latest.checkpoint is None:
+        return None
+    named = Path(latest.checkpoint.path)
+    if not named.is_absolute() or (named.exists() and is_complete(str(named))):
+        return None
+    later = sorted(
+        (
+            p
+            for p in named.parent.glob("checkpoint_*")
+            if is_complete(str(p)) and _checkpoint_index(p) > _checkpoint_index(named)
+        ),
+        key=_checkpoint_index,
+    )
+    if not later:
+        return None
+    if named.exists():  # what Ray's interrupted deletion left
+        part = aside / named.parent.name
+        part.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(named), part / named.name)
+    handed = later[0]
+    reported = (meta.get("last_result") or {}).get("epoch")
+    (handed / UNREPORTED_FILE).write_text(json.dumps({"reported_epoch": reported}))
+    try:
+        metrics = json.loads((handed / "metrics.json").read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    result = _TrainingResult(
+        checkpoint=Checkpoint(str(handed), filesystem=latest.checkpoint.filesystem),
+        metrics=metrics,
+    )
+    manager._checkpoint_results = [
+        r
+        for r in manager._checkpoint_results
+        if r.checkpoint is not None and Path(r.checkpoint.path).exists()
+    ]
+    _insert_into_sorted_list(manager._checkpoint_results, result, key=manager._get_checkpoint_score)
+    manager._latest_checkpoint_result = result
+    return named.parent.name
+
+
 def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> tuple[list[str], list[str]]:
     """Ray keeps a trial's best ``num_to_keep`` checkpoints and deletes the others as soon
     as a newer one registers, before its next snapshot: killed in between, the snapshot
@@ -431,9 +480,10 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> tuple[list[str], l
     newest = max(states)
     try:
         import cloudpickle
-        from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
-        from ray.train._internal.session import _TrainingResult
-        from ray.tune import Checkpoint
+
+        # the Ray internals _relink uses: without them, not the layout this was written for
+        import ray.train._internal.checkpoint_manager  # noqa: F401
+        import ray.train._internal.session  # noqa: F401
 
         state = json.loads(newest.read_text())
         entries = state["trial_data"]
@@ -453,65 +503,25 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> tuple[list[str], l
         # it): the restored manager would delete it again when the trial's next
         # checkpoint registers, fail (FileNotFoundError, Ray's "Error handling
         # checkpoint" traceback) and skip the rest of that registration.
-        kept = [
+        gone = [
             r
             for r in manager._checkpoint_results
-            if r is latest
-            or r.checkpoint is None
-            or not Path(r.checkpoint.path).is_absolute()
-            or Path(r.checkpoint.path).exists()
+            if r is not latest
+            and r.checkpoint is not None
+            and Path(r.checkpoint.path).is_absolute()
+            and not Path(r.checkpoint.path).exists()
         ]
-        if len(kept) < len(manager._checkpoint_results):
-            forgotten += [
-                "/".join(Path(r.checkpoint.path).parts[-2:])
-                for r in manager._checkpoint_results
-                if not any(r is k for k in kept)
+        if gone:
+            forgotten += ["/".join(Path(r.checkpoint.path).parts[-2:]) for r in gone]
+            manager._checkpoint_results = [
+                r for r in manager._checkpoint_results if not any(r is g for g in gone)
             ]
-            manager._checkpoint_results = kept
+        relinked = _relink(manager, meta, aside)
+        if relinked:
+            changed.append(relinked)
+        if gone or relinked:
             field["value"] = cloudpickle.dumps(manager).hex()
             entry[1] = json.dumps(meta, indent=2)
-        if latest is None or latest.checkpoint is None:
-            continue
-        named = Path(latest.checkpoint.path)
-        if not named.is_absolute() or (named.exists() and is_complete(str(named))):
-            continue
-        later = sorted(
-            (
-                p
-                for p in named.parent.glob("checkpoint_*")
-                if is_complete(str(p)) and _checkpoint_index(p) > _checkpoint_index(named)
-            ),
-            key=_checkpoint_index,
-        )
-        if not later:
-            continue
-        if named.exists():  # what Ray's interrupted deletion left
-            part = aside / named.parent.name
-            part.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(named), part / named.name)
-        handed = later[0]
-        reported = (meta.get("last_result") or {}).get("epoch")
-        (handed / UNREPORTED_FILE).write_text(json.dumps({"reported_epoch": reported}))
-        try:
-            metrics = json.loads((handed / "metrics.json").read_text())
-        except (OSError, ValueError):
-            metrics = {}
-        result = _TrainingResult(
-            checkpoint=Checkpoint(str(handed), filesystem=latest.checkpoint.filesystem),
-            metrics=metrics,
-        )
-        manager._checkpoint_results = [
-            r
-            for r in manager._checkpoint_results
-            if r.checkpoint is not None and Path(r.checkpoint.path).exists()
-        ]
-        _insert_into_sorted_list(
-            manager._checkpoint_results, result, key=manager._get_checkpoint_score
-        )
-        manager._latest_checkpoint_result = result
-        field["value"] = cloudpickle.dumps(manager).hex()
-        entry[1] = json.dumps(meta, indent=2)
-        changed.append(named.parent.name)
     if changed or forgotten:
         aside.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(newest, aside / newest.name)
