@@ -281,9 +281,9 @@ def resume_config(
     staging_dir: str | None = None,
 ) -> ExperimentConfig:
     """The config a resume runs: the experiment as run (``experiment.yaml`` in
-    ``exp_dir``), its relative paths read against the folder of the file the search was
-    started from (``ktune.json``'s ``build_base_dir``), the data section as the first run
-    resolved it, and the first run's trial budget and export folder."""
+    ``exp_dir``) on the data files the first run read (``ktune.json``'s resolved paths),
+    ``model.build``'s module from the folder the first run found it in
+    (``build_base_dir``), and the first run's trial budget and export folder."""
     from ktune.config import DataConfig, parse_config
     from ktune.experiment_file import read_experiment_file
 

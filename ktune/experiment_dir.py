@@ -221,7 +221,7 @@ def new_spec(
         "data": asdict(cfg.data),
         "build_model": (cfg.model or {}).get("build") or None,
         # where relative paths were read (the experiment file's folder): model.build's
-        # module on export, data files and the module again on resume
+        # module is found there again on export and resume
         "build_base_dir": cfg.base_dir,
     }
 
