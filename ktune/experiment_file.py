@@ -72,13 +72,14 @@ def experiment_as_run(source_path: str | None, document: str | None) -> str | by
     """The text ``experiment.yaml`` holds, so that ``ktune resume`` runs the experiment
     that ran: the experiment file itself (comments and all) when that is what was parsed,
     else ``document``, the experiment as parsed (a dict from Python, or a file with
-    sections the Python API merged into it). None when there is neither."""
-    as_parsed = yaml.safe_load(document) if document is not None else None
+    sections the Python API merged into it). None when ``document`` is None: something
+    merged in has no YAML form, so the file alone is not what ran."""
+    if document is None:
+        return None
     if source_path:
         try:
-            text = Path(source_path).read_bytes()
-            if as_parsed is None or read_experiment_file(source_path) == as_parsed:
-                return text
+            if read_experiment_file(source_path) == yaml.safe_load(document):
+                return Path(source_path).read_bytes()
         except (ConfigError, OSError):  # moved or edited since it was read
             pass
     return document

@@ -162,6 +162,14 @@ def test_experiment_document_writes_plain_values_or_nothing():
     assert experiment_document({"model": {"build": lambda config, info: None}}) is None
 
 
+def test_a_file_with_a_value_merged_in_that_yaml_cannot_hold_is_not_written(project):
+    # the file alone is not the experiment that ran: nothing is written (run_search warns
+    # that the experiment cannot be resumed) rather than the file without the value
+    source = str(project / "mine.yaml")
+    assert experiment_as_run(source, None) is None
+    assert experiment_as_run(source, experiment_document(yaml.safe_load(FILE))) == FILE.encode()
+
+
 def test_resume_without_the_experiment_says_so(tmp_path):
     exp_dir = tmp_path / "runs" / "mine"
     exp_dir.mkdir(parents=True)
