@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
             default=16,
             help="hidden units per attention head, A = H / head_size (default 16)",
         )
+    for command in sub.choices.values():
+        command.set_defaults(command_parser=command)  # for main's errors, with its usage
     return parser
 
 
@@ -347,8 +349,22 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; an argument no option takes is one error from that command's own
+    parser, with its usage (argparse's top-level error shows only ``ktune COMMAND``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = ""
+        if args.command == "export" and len(extra) == 1 and not extra[0].startswith("-"):
+            where = f"ktune export {args.experiment_dir} --out {extra[0]}"
+            hint = f" (the target folder is --out: {where})"
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("ktune: %(message)s"))
     logger = logging.getLogger("ktune")

@@ -468,3 +468,29 @@ def test_cli_run_bad_file_exits_2_and_writes_nothing(tmp_path, text, key):
     assert key in lines[0]
     assert not storage.exists()
     assert sorted(x.name for x in tmp_path.iterdir()) == ["exp.yaml"]
+
+
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (
+            ["export", "runs/exp", "out"],
+            "ktune export: error: unrecognized arguments: out "
+            "(the target folder is --out: ktune export runs/exp --out out)",
+        ),
+        (["run", "exp.yaml", "--bogus"], "ktune run: error: unrecognized arguments: --bogus"),
+    ],
+)
+def test_cli_an_argument_no_option_takes_is_the_commands_own_error(
+    tmp_path, monkeypatch, capsys, argv, error
+):
+    from ktune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    usage, line = capsys.readouterr().err.strip().rsplit("\n", 1)
+    assert usage.startswith(f"usage: ktune {argv[0]} ")  # the command's usage, not ktune's
+    assert line == error
+    assert list(tmp_path.iterdir()) == []
