@@ -314,6 +314,20 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
                 raise ConfigError(f"data.{name}: file not found: {path}")
             paths[name] = str(path)
         cfg = replace(cfg, **paths)
+        if cfg.test is not None and cfg.test == cfg.train:
+            raise ConfigError(f"data.test: the same file as data.train ({cfg.test})")
+        if cfg.label in cfg.text:
+            raise ConfigError(f"data.text: holds the label column '{cfg.label}'")
+        for name in ("train_size", "test_size", "name", "data_dir", "test_fraction"):
+            if d.get(name) is not None and (name != "test_fraction" or cfg.test is not None):
+                raise ConfigError(
+                    f"data.{name}: not used with "
+                    + (
+                        "data.test (that file is the test split)"
+                        if name == "test_fraction"
+                        else f"source '{cfg.source}' (used with builtin or tfds)"
+                    )
+                )
         if cfg.label_names is not None and len(set(cfg.label_names)) != len(cfg.label_names):
             raise ConfigError(
                 f"data.label_names: names must be unique, got {list(cfg.label_names)}"
@@ -342,6 +356,7 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
             "label_names",
             "columns",
             "unescape_backslash",
+            "test_fraction",
         ):
             if name in d:
                 raise ConfigError(

@@ -19,15 +19,17 @@ by class and seeded.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -262,11 +264,23 @@ def _read_rows(
         yield from _read_headerless(path, text, list(columns))
     elif source == "csv":
         # newline="": quoted fields keep their line breaks (and \x0c, U+2028 stay text).
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if not reader.fieldnames:
-            raise DataError(f"{path}: no header row")
-        for row in reader:
-            yield reader.line_num, row
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        with _csv_errors(path, reader):
+            header = reader.fieldnames
+            if not header:
+                raise DataError(f"{path}: no header row")
+            twice = sorted({h for h in header if header.count(h) > 1})
+            if twice:
+                raise DataError(f"{path}: line 1: the header names {', '.join(twice)} twice")
+            for row in reader:
+                # DictReader files extra fields under None and fills missing ones with None.
+                if None in row or None in row.values():
+                    n = len(header) + len(row.get(None) or ()) - list(row.values()).count(None)
+                    raise DataError(
+                        f"{path}: line {reader.line_num}: {n} field{'s' * (n != 1)}, the header "
+                        f"has {len(header)} ({', '.join(header)}); quote a text holding a comma"
+                    )
+                yield reader.line_num, row
     else:
         # JSON Lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085, ...
         for i, line in enumerate(text.split("\n"), start=1):
@@ -283,7 +297,12 @@ def _read_rows(
 
 def _read_headerless(path: str, text: str, columns: list[str]) -> Iterable[tuple[int, dict]]:
     """Rows of a csv file without a header row, keyed by ``data.columns``; (first line, row)."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    with _csv_errors(path, reader):
+        yield from _headerless_rows(path, reader, columns)
+
+
+def _headerless_rows(path: str, reader: Any, columns: list[str]) -> Iterable[tuple[int, dict]]:
     end = 0  # the last line of the previous record
     for fields in reader:
         line, end = end + 1, reader.line_num
@@ -294,7 +313,7 @@ def _read_headerless(path: str, text: str, columns: list[str]) -> Iterable[tuple
                 f"{path}: line {line}: {len(fields)} field{'s' * (len(fields) != 1)}, "
                 f"data.columns names {len(columns)} ({', '.join(columns)})"
             )
-        if line == 1 and [f.strip() for f in fields] == columns:
+        if line == 1 and [f.strip().casefold() for f in fields] == [c.casefold() for c in columns]:
             raise DataError(
                 f"{path}: line 1 is a header row ({', '.join(columns)}); data.columns is for "
                 "files without one: remove data.columns"
@@ -302,11 +321,25 @@ def _read_headerless(path: str, text: str, columns: list[str]) -> Iterable[tuple
         yield line, dict(zip(columns, fields))
 
 
+@contextlib.contextmanager
+def _csv_errors(path: str, reader: Any) -> Iterator[None]:
+    """A quoting error of the csv module (an unclosed quote, a character after a closing
+    one) as one DataError naming the line, instead of rows merged or cut silently."""
+    try:
+        yield
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num}: {e} (check the quotes)") from None
+
+
 # A run of backslashes, with the spaces around it: AG News' line break (`\` or `\\`).
 _BACKSLASHES = re.compile(r"[ \t]*\\+[ \t]*")
 
 
-def _text_value(value: Any, unescape: bool) -> str:
+def _text_value(value: Any, unescape: bool, where: str) -> str:
+    if isinstance(value, (bool, list, dict)):
+        raise DataError(
+            f"{where}: a text must be a string, got {type(value).__name__} {value!r:.60}"
+        )
     text = str(value)
     return (_BACKSLASHES.sub(" ", text) if unescape else text).strip()
 
@@ -322,10 +355,18 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
                     f"(has: {', '.join(map(str, row))}); set data.text / data.label"
                 )
         text = " ".join(
-            _text_value(row[c], cfg.unescape_backslash) for c in cfg.text if row[c] is not None
+            _text_value(row[c], cfg.unescape_backslash, f"{path}: line {line}: column '{c}'")
+            for c in cfg.text
+            if row[c] is not None
         ).strip()
         label = row[cfg.label]
-        if label is None or (isinstance(label, str) and not label.strip()):
+        if rows == 1:
+            first = (line, label, bool(text))
+        if (
+            label is None
+            or (isinstance(label, str) and not label.strip())
+            or (isinstance(label, float) and math.isnan(label))
+        ):
             raise DataError(f"{path}: line {line}: empty label in column '{cfg.label}'")
         if not text:
             empty += 1
@@ -338,6 +379,14 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
         raise DataError(f"{path}: every row has an empty text in {list(cfg.text)}")
     if empty:
         log.warning("%s: dropped %d row(s) with empty text", path, empty)
+    if cfg.columns and _as_int(first[1]) is None and len(labels) > 1:
+        rest = labels[1:] if first[2] else labels
+        if _all_ints(rest) is not None:  # a header row whose names differ from data.columns
+            raise DataError(
+                f"{path}: line {first[0]} looks like a header row (label {first[1]!r}, every "
+                "other label is an integer); data.columns is for files without one: remove "
+                "that line or data.columns"
+            )
     return texts, labels
 
 
@@ -346,6 +395,8 @@ def _as_int(v: Any) -> int | None:
         return None
     if isinstance(v, int):
         return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)  # JSON's 1.0 is the class 1
     if isinstance(v, str) and v.lstrip("-").isdigit():
         return int(v)
     return None
@@ -414,6 +465,12 @@ def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.n
         # Both files share one label encoding, fixed by the declared names or the union.
         y_all, names = _encode_labels(list(raw_y) + list(raw_yt), names, f"{cfg.train}, {cfg.test}")
         y, yt = y_all[: len(x)], y_all[len(x) :]
+        unseen = sorted(set(yt.tolist()) - set(y.tolist()))
+        if unseen:
+            raise DataError(
+                f"{cfg.test}: label(s) {', '.join(repr(names[i]) for i in unseen)} never occur in "
+                f"{cfg.train}: a model cannot learn them (spelled differently?)"
+            )
     else:
         y, names = _encode_labels(raw_y, names, cfg.train)
         test_idx, train_idx = _split_indices(y, cfg.test_fraction, cfg.seed + 7919)
@@ -462,6 +519,14 @@ def load_data(cfg: DataConfig) -> TextDataset:
     """Loads a source and splits its training part into train / validation (seeded)."""
     x, y, xt, yt, names = _LOADERS[cfg.source](cfg)
     val_idx, train_idx = _split_indices(y, cfg.validation_fraction, cfg.seed)
+    left = np.bincount(np.asarray(y)[train_idx], minlength=len(names))
+    empty = [str(names[c]) for c in np.unique(np.concatenate([y, yt]).astype(int)) if not left[c]]
+    if empty:
+        raise DataError(
+            f"{cfg.train or cfg.source}: class(es) {', '.join(empty)} have no training example "
+            "left after the test and validation splits: give them more examples (or lower "
+            "data.test_fraction / data.validation_fraction)"
+        )
     texts = np.asarray(x, dtype=object)
     return TextDataset(
         class_names=[str(n) for n in names],

@@ -494,3 +494,26 @@ def test_cli_an_argument_no_option_takes_is_the_commands_own_error(
     assert usage.startswith(f"usage: ktune {argv[0]} ")  # the command's usage, not ktune's
     assert line == error
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        ("text: [text, label]", "data.text: holds the label column 'label'"),
+        ("test: t.csv", r"data.test: the same file as data.train \(.*t.csv\)"),
+        ("train_size: 100", r"data.train_size: not used with source 'csv' \(used with builtin"),
+        ("test: u.csv\n  test_fraction: 0.2", r"data.test_fraction: not used with data.test"),
+    ],
+)
+def test_data_keys_that_would_be_ignored_or_leak_are_errors(tmp_path, data, error):
+    for name in ("t.csv", "u.csv"):
+        (tmp_path / name).write_text("text,label\na,x\nb,y\n", encoding="utf-8")
+    text = f"name: x\ndata:\n  source: csv\n  train: t.csv\n  {data}\n"
+    with pytest.raises(ConfigError, match=error):
+        load_config(write(tmp_path, text))
+
+
+def test_test_fraction_with_builtin_data_is_an_error(tmp_path):
+    text = "name: x\ndata:\n  source: builtin\n  test_fraction: 0.2\n"
+    with pytest.raises(ConfigError, match=r"data.test_fraction: only used with source csv"):
+        load_config(write(tmp_path, text))

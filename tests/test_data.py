@@ -206,7 +206,9 @@ def test_csv_undecodable_bytes(tmp_path):
 
 def test_csv_utf8_bom_accepted(tmp_path):
     p = tmp_path / "t.csv"
-    p.write_bytes("text,label\nähm,a\nnoch,b\nmehr,a\n".encode("utf-8-sig"))
+    p.write_bytes(
+        "text,label\nähm,a\nnoch,b\nmehr,a\nweiter,b\nund,a\ndann,b\n".encode("utf-8-sig")
+    )
     ds = load_data(csv_cfg(p))
     assert ds.class_names == ["a", "b"]
 
@@ -249,14 +251,18 @@ def test_csv_test_file_given(tmp_path):
     test = write_csv(
         tmp_path / "test.csv",
         ["text", "label"],
-        [["held out one", "pos"], ["held out two", "neutral"]],
+        [["held out one", "pos"], ["held out two", "neg"]],
     )
     ds = load_data(csv_cfg(train, test=str(test), validation_fraction=0.25))
     assert list(ds.test_texts) == ["held out one", "held out two"]
     # one label encoding across both files
-    assert ds.class_names == ["neg", "neutral", "pos"]
-    assert [ds.class_names[i] for i in ds.test_labels] == ["pos", "neutral"]
+    assert ds.class_names == ["neg", "pos"]
+    assert [ds.class_names[i] for i in ds.test_labels] == ["pos", "neg"]
     assert len(ds.train_texts) == 15 and len(ds.val_texts) == 5
+    # a test label the training file never has (spelled otherwise) cannot be learned
+    write_csv(test, ["text", "label"], [["held out one", "pos"], ["held out two", "Neg"]])
+    with pytest.raises(DataError, match=r"test.csv: label\(s\) 'Neg' never occur in .*train.csv"):
+        load_data(csv_cfg(train, test=str(test)))
 
 
 def test_csv_test_split_from_train(tmp_path):
@@ -673,3 +679,78 @@ def test_tfds_real_load_without_network_fails_at_the_download(tmp_path, monkeypa
         assert len(message.splitlines()) == 1
     else:
         assert ds.class_names == ["World", "Sports", "Business", "Sci/Tech"]
+
+
+# --- files that would otherwise be read wrong without a word ------------------------------
+
+_TWO = "".join(f"{'pos' if i % 2 else 'neg'} {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+_AG = "".join(f'"{1 + i % 4}","title {i}","text {i}"\n' for i in range(40))
+
+
+@pytest.mark.parametrize(
+    "name, content, extra, error",
+    [
+        (  # an unquoted comma: a field too many would shift the label (a class "world")
+            "comma.csv",
+            "text,label\n" + _TWO + "Hello, world,pos\n",
+            {},
+            r"comma.csv: line 22: 3 fields, the header has 2 \(text, label\); quote a text holding",
+        ),
+        (  # a field too few: the label would be None
+            "short.csv",
+            "label,title,description\n1,A,a\n2,B title\n",
+            {"text": ("title", "description")},
+            r"short.csv: line 3: 2 fields, the header has 3",
+        ),
+        (  # an unclosed quote would merge the rows after it into one text
+            "quote.csv",
+            'text,label\nGood,pos\n"Opening quote never closed,pos\nBad movie,neg\n"x" y,neg\n',
+            {},
+            r"quote.csv: line \d+: .* \(check the quotes\)",
+        ),
+        (
+            "dup.csv",
+            "text,text,label\na,b,pos\n",
+            {},
+            r"dup.csv: line 1: the header names text twice",
+        ),
+        (  # Kaggle's AG News header is not data.columns' names: a class "Class Index"
+            "kaggle.csv",
+            '"Class Index","Title","Description"\n' + _AG,
+            {"columns": ("label", "title", "description"), "text": ("title", "description")},
+            r"kaggle.csv: line 1 looks like a header row \(label 'Class Index', every other",
+        ),
+        (  # the header in other letter case
+            "case.csv",
+            "Label,Title,Description\n" + _AG,
+            {"columns": ("label", "title", "description"), "text": ("title", "description")},
+            r"case.csv: line 1 is a header row",
+        ),
+        ("nan.jsonl", '{"text": "a", "label": NaN}\n', {}, r"nan.jsonl: line 1: empty label"),
+        (
+            "list.jsonl",
+            '{"text": ["a", "list"], "label": 1}\n',
+            {},
+            r"list.jsonl: line 1: column 'text': a text must be a string, got list",
+        ),
+        (  # class y's only example lands in the validation split (a tie the seed breaks)
+            "rare.csv",
+            "text,label\na,x\nb,x\nc,y\n",
+            {"test_fraction": 0.2, "seed": 86},
+            r"rare.csv: class\(es\) y have no training example left after the test and",
+        ),
+    ],
+)
+def test_a_file_read_wrong_is_one_error_naming_it(tmp_path, name, content, extra, error):
+    p = tmp_path / name
+    p.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=error):
+        load_data(DataConfig(source=p.suffix[1:], train=str(p), **extra))
+
+
+def test_json_integral_floats_are_the_integer_classes(tmp_path):
+    p = tmp_path / "f.jsonl"
+    rows = [{"text": f"t {i}", "label": [1, 1.0, 2, 2.0][i % 4]} for i in range(40)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    ds = load_data(DataConfig(source="jsonl", train=str(p)))
+    assert ds.class_names == ["1", "2"]
