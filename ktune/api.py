@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ktune import experiment_dir as _experiment_dir
 from ktune import storage
 from ktune.config import ExperimentConfig, parse_config
-from ktune.errors import ConfigError, ExperimentError
+from ktune.errors import ConfigError, ExperimentError, text_list
 from ktune.experiment_file import read_experiment_file
 from ktune.experiment_result import ExperimentResult
 
@@ -252,6 +252,7 @@ def predict(export_dir: str | Path, texts: Sequence[str]) -> list[dict]:
         ktune.predict("results/quickstart/export", ["Striker scores twice"])[0]["label"]
     """
     given = str(export_dir)
+    texts = text_list(texts)  # before any download or TensorFlow
     tmp = None
     try:
         if storage.is_uri(given):
@@ -268,7 +269,7 @@ def predict(export_dir: str | Path, texts: Sequence[str]) -> list[dict]:
             raise ExperimentError(f"{d}: not a SavedModel export (no saved_model.pb)")
         from ktune.export import predict as predict_export
 
-        return predict_export(d, list(texts))
+        return predict_export(d, texts)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -427,9 +428,15 @@ def _space_for(family: str, build_model: Callable | None):
     return CustomModelSpace() if build_model is not None else get_space(family)
 
 
-def _trial_info(result_or_checkpoint: Any) -> tuple[Any, dict]:
-    """(checkpoint, ktune_trial.json) of a ray.tune.Result or Checkpoint of a ktune trial."""
-    from ray import tune
+def _trial_info(
+    result_or_checkpoint: Any, metric: str | None = "val_accuracy", mode: str = "max"
+) -> tuple[Any, dict]:
+    """(checkpoint, ktune_trial.json) of a ray.tune.Result or Checkpoint of a ktune trial.
+
+    Of a Result, the checkpoint of its best epoch by ``metric`` (Ray's ``Result.checkpoint``
+    is the latest, which an overfitting trial made worse); ``metric=None``: the latest.
+    """
+    from ray import train, tune
 
     from ktune.trainables.base import TRIAL_FILE
 
@@ -440,9 +447,23 @@ def _trial_info(result_or_checkpoint: Any) -> tuple[Any, dict]:
             raise ExperimentError(
                 "result: this trial reported no checkpoint (did it finish an epoch?)"
             )
+        if metric is not None:
+            if mode not in ("max", "min"):
+                raise ExperimentError(f"mode: 'max' or 'min', got {mode!r}")
+            kept = [(c, m.get(metric)) for c, m in result_or_checkpoint.best_checkpoints or ()]
+            scored = [(c, v) for c, v in kept if v is not None]
+            if kept and not scored:
+                raise ExperimentError(
+                    f"metric: no checkpoint of this trial reported {metric!r} (pass the name "
+                    "your trials report, or metric=None for the latest checkpoint)"
+                )
+            if scored:  # the first of equals, as Ray's own get_best_checkpoint
+                pick = max if mode == "max" else min
+                checkpoint = pick(scored, key=lambda cv: cv[1])[0]
     elif isinstance(result_or_checkpoint, (str, Path)):
         checkpoint = tune.Checkpoint(str(result_or_checkpoint))
-    if not isinstance(checkpoint, tune.Checkpoint):
+    # ray.train's Checkpoint too: Ray 2.60's Result.from_path(trial_dir) holds those.
+    if not isinstance(checkpoint, (tune.Checkpoint, train.Checkpoint)):
         raise ExperimentError(
             f"result: expected a ray.tune.Result or Checkpoint, got "
             f"{type(result_or_checkpoint).__name__}"
@@ -463,20 +484,29 @@ def _family_of_info(info: dict, build_model: Callable | None):
     return family_for(info["family"], build_model or info.get("build_model"), key="build_model")
 
 
-def load_model(result_or_checkpoint: Any, *, build_model: Callable | None = None):
+def load_model(
+    result_or_checkpoint: Any,
+    *,
+    build_model: Callable | None = None,
+    metric: str | None = "val_accuracy",
+    mode: str = "max",
+):
     """The Keras model of a ktune trial's checkpoint (like KerasTuner's ``get_best_models``).
 
     Args:
         result_or_checkpoint: a ``ray.tune.Result``, ``ray.tune.Checkpoint`` or folder.
         build_model: callable or None. Your ``build_model`` when the trial used one that
             cannot be imported by name (defined in ``__main__``).
+        metric, mode: of a Result, the checkpoint of the epoch best by ``metric``
+            (default: the highest ``val_accuracy``), not Ray's ``Result.checkpoint``,
+            the latest; ``metric=None`` takes the latest.
 
     Returns:
         keras.Model: rebuilt for the trial's config, weights restored.
     """
     from ktune.rebuild import restore_from_record
 
-    checkpoint, info = _trial_info(result_or_checkpoint)
+    checkpoint, info = _trial_info(result_or_checkpoint, metric, mode)
     family = _family_of_info(info, build_model)
     with checkpoint.as_directory() as d:
         return restore_from_record(family, info["config"], info, d)
@@ -488,6 +518,8 @@ def export_result(
     *,
     force: bool = False,
     build_model: Callable | None = None,
+    metric: str | None = "val_accuracy",
+    mode: str = "max",
 ) -> Path:
     """A verified SavedModel that takes raw strings, from any ktune trial's result.
 
@@ -501,6 +533,7 @@ def export_result(
         out: str or Path. A local folder that must not exist (unless ``force``).
         force: bool. Replace an existing export once the new one is verified.
         build_model: callable or None. As in :func:`load_model`.
+        metric, mode: which checkpoint of a Result, as in :func:`load_model`.
 
     Returns:
         Path: the export folder.
@@ -513,7 +546,7 @@ def export_result(
         raise ExperimentError(
             f"{target}: export target already exists (use force=True to replace it)"
         )
-    checkpoint, info = _trial_info(result_or_checkpoint)
+    checkpoint, info = _trial_info(result_or_checkpoint, metric, mode)
     family = _family_of_info(info, build_model)
     with checkpoint.as_directory() as d:
         return export_checkpoint(
@@ -526,4 +559,5 @@ def export_result(
             target,
             verify_texts=info["verify_texts"] or ["a text", ""],
             metadata={"family": info["family"], "checkpoint": checkpoint.path},
+            unescape_backslash=bool(info.get("unescape_backslash")),
         )

@@ -340,7 +340,12 @@ def _text_value(value: Any, unescape: bool, where: str) -> str:
         raise DataError(
             f"{where}: a text must be a string, got {type(value).__name__} {value!r:.60}"
         )
-    text = str(value)
+    return clean_text(str(value), unescape)
+
+
+def clean_text(text: str, unescape: bool) -> str:
+    """A text as the models read it: stripped, and with ``unescape`` (data.unescape_backslash)
+    each run of backslashes, with the spaces around it, one space (AG News' line break)."""
     return (_BACKSLASHES.sub(" ", text) if unescape else text).strip()
 
 

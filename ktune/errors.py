@@ -39,3 +39,11 @@ class RayStartError(KtuneUserError):
 
 class SearchFailed(Exception):
     """The search ran but produced nothing usable (every trial failed): exit code 1."""
+
+
+def text_list(texts) -> list:
+    """``texts`` as a list; one str is a TypeError (it would be classified letter by
+    letter: a str is a sequence of one-letter texts)."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"texts: a list of texts, got one {type(texts).__name__} ({texts!r:.40})")
+    return list(texts)

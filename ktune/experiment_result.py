@@ -8,13 +8,17 @@ method needs them.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ktune import storage
-from ktune.errors import ExperimentError
+from ktune.errors import ExperimentError, text_list
 from ktune.experiment_dir import EXPORT_DIR, front_trial, read_results
+
+log = logging.getLogger("ktune")
 
 __all__ = ["ExperimentResult"]
 
@@ -75,6 +79,28 @@ class ExperimentResult:
     def export_dir(self) -> str | None:
         """Where the best trial was exported, if it was."""
         return self.best.get("export")
+
+    def _export_is_best(self, exported: Path) -> bool:
+        """A local export of this experiment's best checkpoint (its metadata says so): a
+        ``--force`` export of another trial to the same folder is not used for it."""
+        if storage.is_uri(str(exported)) or not (exported / "saved_model.pb").is_file():
+            return False
+        try:
+            meta = json.loads((exported / "metadata.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        made_from = meta.get("checkpoint")
+        # By trial and checkpoint folder: the same in a copy of the experiment elsewhere.
+        best = (self.best.get("trial"), Path(str(self.best.get("checkpoint"))).name)
+        if (meta.get("trial"), Path(str(made_from)).name) != best:
+            log.warning(
+                "%s holds another model than the best trial's (%s): predicting from the "
+                "best checkpoint instead",
+                exported,
+                made_from,
+            )
+            return False
+        return True
 
     @property
     def pareto_front(self) -> list[dict]:
@@ -153,20 +179,25 @@ class ExperimentResult:
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
         """Label, score and per-class probabilities of each text, from the export when
-        there is a local one, else from the best checkpoint (the same model)."""
+        there is a local one of the best checkpoint, else from that checkpoint."""
         from ktune.export import predict
 
+        texts = text_list(texts)
+        if not texts:
+            return []
         exported = self.export_dir
-        if exported and not storage.is_uri(exported) and Path(exported, "saved_model.pb").is_file():
+        if exported and self._export_is_best(Path(exported)):
             return predict(exported, texts)
         from ktune.config import TrainingConfig
+        from ktune.data import clean_text
         from ktune.rebuild import family_of_record
 
         family = family_of_record(self.spec)
         training = TrainingConfig(**self.spec["training"])
         model = self.load_model()
-        texts = list(texts)
-        probs = model.predict(family.encode(self.spec["artefacts"], training, texts), verbose=0)
+        unescape = bool(self.spec.get("data", {}).get("unescape_backslash"))
+        cleaned = [clean_text(t, unescape) for t in texts]  # as the training texts were
+        probs = model.predict(family.encode(self.spec["artefacts"], training, cleaned), verbose=0)
         names = list(self.spec["class_names"])
         return [
             {

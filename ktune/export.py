@@ -33,7 +33,7 @@ import tensorflow as tf
 
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune import storage
-from ktune.errors import ExperimentError
+from ktune.errors import ExperimentError, text_list
 from ktune.experiment_dir import front_trial, read_experiment
 from ktune.rebuild import family_of_record
 from ktune.serving import ServingModule
@@ -88,6 +88,8 @@ def export_best(
     shown = storage.redact(out)
     if not force and (storage.exists(out, "--out") if remote_out else Path(out).exists()):
         raise ExperimentError(f"{shown}: export target already exists (use --force to replace it)")
+    if not remote_out:
+        check_replaceable(Path(out))
     checkpoint = best["checkpoint"]
     remote_checkpoint = storage.is_uri(checkpoint)
     if remote_checkpoint:
@@ -141,7 +143,20 @@ def _export_local(
         verify_texts=spec["verify_texts"],
         metadata=metadata,
         model=model,
+        unescape_backslash=bool(spec.get("data", {}).get("unescape_backslash")),
     )
+
+
+def check_replaceable(out: Path) -> None:
+    """``--force`` replaces an export, never a folder that is not one (the experiment's
+    own folder given as ``--out`` would be deleted with its trials and results)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ExperimentError(f"{out}: not a folder; an export is written as a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").is_file():
+        raise ExperimentError(
+            f"{out}: exists and is not an export (no saved_model.pb); --force replaces only "
+            "an export: choose another --out"
+        )
 
 
 def export_checkpoint(
@@ -156,6 +171,7 @@ def export_checkpoint(
     verify_texts: Sequence[str],
     metadata: dict | None = None,
     model: Any = None,
+    unescape_backslash: bool = False,
 ) -> Path:
     """A verified raw-string SavedModel of one trial's checkpoint, moved into ``out``.
 
@@ -164,17 +180,20 @@ def export_checkpoint(
     restored model on ``verify_texts`` (max abs difference <= :data:`EXPORT_TOLERANCE`),
     and only then moved into place; an existing ``out`` is replaced only at that moment.
     ``model``: that checkpoint's model, already restored (then ``checkpoint_dir`` is not
-    read).
+    read). ``unescape_backslash``: the export cleans raw texts as ``data.unescape_backslash``
+    cleaned the training texts.
     """
     from ktune.trainables.base import restore_model
     from ktune.trainables.devices import driver_devices
 
+    check_replaceable(out)
     driver_devices()  # `ktune export` beside a running search: no GPU memory taken at once
     if model is None:
         model = restore_model(
             family, config, artefacts, len(class_names), training, str(checkpoint_dir)
         )
-    module = ServingModule(family.string_encoder(artefacts, training), model, class_names)
+    encoder = family.string_encoder(artefacts, training)
+    module = ServingModule(encoder, model, class_names, unescape_backslash)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(out)
@@ -207,6 +226,7 @@ def export_checkpoint(
             if is_dataclass(training) and not isinstance(training, type)
             else dict(training),
             "class_names": list(class_names),
+            "unescape_backslash": unescape_backslash,
             "verified": {"texts": len(texts), "max_abs_diff": diff},
             "versions": _versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -258,11 +278,17 @@ def _delete_quietly(uri: str) -> None:
 
 
 def _remove_stale_siblings(out: Path) -> None:
-    """Temporary folders left by an export that was killed (its process is gone)."""
-    for path in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(path, ignore_errors=True)
+    """Temporary folders left by an export that was killed (its process is gone); the
+    previous export put aside by one killed between its two renames goes back in place."""
+    for kind in ("old", "tmp"):
+        for path in out.parent.glob(f".{out.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
+                continue
+            if kind == "old" and not out.exists():
+                path.rename(out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def load_export(export_dir: str | Path):
@@ -283,6 +309,7 @@ def load_export(export_dir: str | Path):
 
 def predict(export_dir: str | Path, texts: Sequence[str]) -> list[dict]:
     """Label, score and per-class probabilities for each text."""
+    texts = text_list(texts)
     out = load_export(export_dir)(tf.constant(list(texts), tf.string))
     names = [n.decode("utf-8") for n in out["class_names"].numpy()[0]] if len(texts) else []
     return [

@@ -65,6 +65,7 @@ def prepare(cfg: ExperimentConfig, check_models: bool = True) -> tuple[Any, Any,
         gpu_memory_mb=cfg.resources.gpu_memory_mb,
         class_names=list(data.class_names),
         verify_texts=verify_texts(data),
+        unescape_backslash=cfg.data.unescape_backslash,
         build_model=build_model,
         objectives=tuple(o.metric for o in cfg.search.objectives or ()),
     )

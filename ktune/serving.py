@@ -24,16 +24,27 @@ class ServingModule(tf.Module):
             (a ``TextVectorization`` layer, a hub preprocess layer, an in-graph tokenizer).
         model: keras.Model. Model inputs -> class probabilities.
         class_names: list of str. The name of each probability column.
+        unescape_backslash: bool. Read a run of backslashes (and the spaces around it) as
+            one space first, as ``data.unescape_backslash`` did to the training texts.
     """
 
-    def __init__(self, encoder: Any, model: Any, class_names: Sequence[str]):
+    def __init__(
+        self,
+        encoder: Any,
+        model: Any,
+        class_names: Sequence[str],
+        unescape_backslash: bool = False,
+    ):
         super().__init__(name="ktune_serving")
         self.encoder = encoder
+        self.unescape_backslash = unescape_backslash
         self.model = model
         self.class_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
     def serve(self, texts: tf.Tensor) -> dict:
+        if self.unescape_backslash:  # the same text the model was trained on (ktune.data)
+            texts = tf.strings.strip(tf.strings.regex_replace(texts, r"[ \t]*\\+[ \t]*", " "))
         probabilities = self.model(self.encoder(texts), training=False)
         best = tf.argmax(probabilities, axis=-1)
         n = tf.shape(texts)[0]

@@ -197,3 +197,106 @@ def test_scheduler_searcher_and_callbacks_replace_the_yaml(ray_session, tmp_path
     for config in (x.config for x in r.grid):
         assert config["embed_dim"] % config["heads"] == 0
         assert 1e-5 <= config["learning_rate"] <= 2e-5
+
+
+# --- the model a result names, and where an export may go ---------------------------------
+
+
+def _weights(model):
+    import numpy as np
+
+    return np.concatenate([w.ravel() for w in model.get_weights()])
+
+
+@pytest.mark.slow
+def test_a_results_model_and_export_are_of_its_best_epoch_not_its_latest(finished, tmp_path):
+    import numpy as np
+    from ray import tune
+
+    trial = next(Path(x.path) for x in finished.grid if len(list(Path(x.path).glob("check*"))) > 1)
+    result = tune.Result.from_path(str(trial))  # Ray's own reading of the trial's folder
+    by_epoch = {m["epoch"]: c for c, m in result.best_checkpoints}
+    first, last = by_epoch[min(by_epoch)], by_epoch[max(by_epoch)]
+    assert result.checkpoint.path == last.path  # Ray's Result.checkpoint is the latest
+    picked = _weights(ktune.load_model(result, metric="epoch", mode="min"))
+    np.testing.assert_array_equal(picked, _weights(ktune.load_model(first.path)))
+    assert not np.array_equal(picked, _weights(ktune.load_model(result, metric=None)))
+    # by default the epoch of the highest val_accuracy, as Ray's get_best_checkpoint ranks
+    best = result.get_best_checkpoint("val_accuracy", "max")
+    np.testing.assert_array_equal(
+        _weights(ktune.load_model(result)), _weights(ktune.load_model(best.path))
+    )
+    out = ktune.export_result(result, tmp_path / "e", metric="epoch", mode="min")
+    assert json.loads((out / "metadata.json").read_text())["checkpoint"] == first.path
+    with pytest.raises(ktune.ExperimentError, match="no checkpoint of this trial reported 'f1'"):
+        ktune.load_model(result, metric="f1")
+
+
+@pytest.mark.slow
+def test_force_never_replaces_a_folder_that_is_not_an_export(finished):
+    before = sorted(p.name for p in finished.dir.iterdir())
+    with pytest.raises(ktune.ExperimentError, match="is not an export .*choose another --out"):
+        finished.export(finished.dir, force=True)  # was: the experiment deleted, an export there
+    with pytest.raises(ktune.ExperimentError, match="is not an export"):
+        finished.export(finished.dir.parent, force=True)
+    assert sorted(p.name for p in finished.dir.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_predict_takes_a_list_and_never_a_foreign_export(finished, tmp_path, caplog):
+    import logging
+
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"a list of texts, got one str \('Rates rise'\)"):
+        finished.predict("Rates rise")  # was: 10 predictions, one per letter
+    with pytest.raises(TypeError, match="a list of texts"):
+        ktune.predict(finished.export_dir, "Rates rise")
+    loaded = ktune.load(finished.dir)
+    other = next(Path(x.path) for x in loaded.grid if Path(x.path).name != loaded.best_trial)
+    foreign = ktune.export_result(str(sorted(other.glob("checkpoint_*"))[-1]), tmp_path / "x")
+    loaded.best["export"] = str(foreign)  # another trial's model where the export was
+    with caplog.at_level(logging.WARNING, logger="ktune"):
+        got = loaded.predict(TEXTS)
+    assert "holds another model than the best trial's" in caplog.text
+    loaded.best.pop("export")
+    want = loaded.predict(TEXTS)  # from the best checkpoint
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(
+            list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-6
+        )
+    assert loaded.predict([]) == []  # was: Keras's "Expected input data to be non-empty"
+
+
+def test_an_export_cleans_raw_texts_as_unescape_backslash_cleaned_the_training_texts():
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from ktune.serving import ServingModule
+
+    encoder = keras.layers.TextVectorization(vocabulary=["deal", "tax"], output_sequence_length=4)
+    inputs = keras.Input(shape=(4,), dtype="int64")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(4, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    texts = tf.constant(["deal \\\\ tax ", "deal tax", "deal\\tax"])
+    plain = ServingModule(encoder, model, ["a", "b"])
+    cleaning = ServingModule(encoder, model, ["a", "b"], unescape_backslash=True)
+    raw = plain.serve(texts)["probabilities"].numpy()
+    clean = cleaning.serve(texts)["probabilities"].numpy()
+    np.testing.assert_allclose(clean[0], clean[1])
+    np.testing.assert_allclose(clean[2], clean[1])
+    assert not np.allclose(raw[2], raw[1])  # "deal\tax" is one unknown word without it
+
+
+def test_a_previous_export_put_aside_by_a_killed_export_goes_back(tmp_path):
+    from ktune.export import _remove_stale_siblings
+
+    out = tmp_path / "export"
+    aside = tmp_path / ".export.old-999999999"  # no such process
+    aside.mkdir()
+    (aside / "saved_model.pb").write_text("the previous export")
+    (tmp_path / ".export.tmp-999999999").mkdir()
+    _remove_stale_siblings(out)
+    assert (out / "saved_model.pb").read_text() == "the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

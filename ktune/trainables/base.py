@@ -77,6 +77,8 @@ class TrialPayload:
     # search.objectives' metrics: those a trial measures of its model are reported too
     # (``params``, ``model_mb`` every epoch; ``latency_ms`` with the last epoch).
     objectives: Sequence[str] = ()
+    # data.unescape_backslash: an export of a checkpoint reads raw texts the same way.
+    unescape_backslash: bool = False
 
 
 def batch_size_of(config: Mapping[str, Any], training: TrainingConfig) -> int:
@@ -263,6 +265,7 @@ def trial_info(payload: TrialPayload, config: Mapping[str, Any], parent: dict | 
         "class_names": list(payload.class_names),
         "artefacts": payload.artefacts,
         "verify_texts": list(payload.verify_texts),
+        "unescape_backslash": payload.unescape_backslash,
         "build_model": callable_reference(payload.build_model),
         # This run of the trial and the checkpoint it started from: which of the
         # trial's checkpoints continue which (PBT rewrites a trial's folders).
