@@ -366,7 +366,7 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
         ).strip()
         label = row[cfg.label]
         if rows == 1:
-            first = (line, label, bool(text))
+            first = (line, label.strip() if isinstance(label, str) else label, bool(text))
         if (
             label is None
             or (isinstance(label, str) and not label.strip())

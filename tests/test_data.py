@@ -754,3 +754,12 @@ def test_json_integral_floats_are_the_integer_classes(tmp_path):
     p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     ds = load_data(DataConfig(source="jsonl", train=str(p)))
     assert ds.class_names == ["1", "2"]
+
+
+def test_a_headerless_first_row_with_a_spaced_integer_label_is_data(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text('"3 ","a","b"\n' + "".join(f'"{3 + i % 2}","t{i}","d{i}"\n' for i in range(20)))
+    cfg = DataConfig(source="csv", train=str(p), columns=("label", "title", "description"))
+    ds = load_data(replace(cfg, text=("title", "description")))
+    assert ds.class_names == ["3", "4"]
+    assert len(ds.train_texts) + len(ds.val_texts) + len(ds.test_texts) == 21
