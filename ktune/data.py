@@ -402,7 +402,7 @@ def _as_int(v: Any) -> int | None:
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)  # JSON's 1.0 is the class 1
-    if isinstance(v, str) and v.lstrip("-").isdigit():
+    if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v):  # not "²" or "--1" (isdigit)
         return int(v)
     return None
 

@@ -7,6 +7,7 @@ naming the file (and the line). Validation of the keys is :mod:`ktune.config`'s.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -135,6 +136,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     except TypeError:  # unhashable: the constructor reports it
                         pass
                 self._check_unique_keys(value_node, path, seen)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """``010`` is ten, as in YAML 1.2 and as its writer meant, not YAML 1.1's octal
+        eight (``epochs: 010`` ran 8 epochs)."""
+        value = str(self.construct_scalar(node))
+        if re.fullmatch(r"[-+]?0[0-9_]+", value):
+            return int(value.replace("_", ""), 10)
+        return super().construct_yaml_int(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
 
 
 def _load_yaml(text: str) -> Any:

@@ -517,3 +517,9 @@ def test_test_fraction_with_builtin_data_is_an_error(tmp_path):
     text = "name: x\ndata:\n  source: builtin\n  test_fraction: 0.2\n"
     with pytest.raises(ConfigError, match=r"data.test_fraction: only used with source csv"):
         load_config(write(tmp_path, text))
+
+
+def test_a_number_with_a_leading_zero_is_decimal_not_yaml_1_1_octal(tmp_path):
+    cfg = load_config(write(tmp_path, "name: x\ntraining:\n  epochs: 010\n  maxlen: 0x20\n"))
+    assert cfg.training.epochs == 10  # PyYAML alone: 8
+    assert cfg.training.maxlen == 32

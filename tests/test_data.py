@@ -763,3 +763,9 @@ def test_a_headerless_first_row_with_a_spaced_integer_label_is_data(tmp_path):
     ds = load_data(replace(cfg, text=("title", "description")))
     assert ds.class_names == ["3", "4"]
     assert len(ds.train_texts) + len(ds.val_texts) + len(ds.test_texts) == 21
+
+
+def test_labels_that_only_look_numeric_are_names(tmp_path):
+    rows = [[f"t{i}", ["1", "2", "²", "--1"][i % 4]] for i in range(40)]
+    ds = load_data(csv_cfg(write_csv(tmp_path / "t.csv", ["text", "label"], rows)))
+    assert ds.class_names == ["--1", "1", "2", "²"]  # was: ValueError from int("²")
