@@ -432,8 +432,19 @@ def _encode_labels(
             if len(distinct) == len(names):
                 rank = {c: i for i, c in enumerate(distinct)}
                 return np.asarray([rank[i] for i in ints], np.int32), list(names)
+            shown = ", ".join(map(str, distinct[:8])) + (", ..." if len(distinct) > 8 else "")
+            if distinct[0] >= 1 and distinct[-1] < len(names):  # 1-based would fit too
+                log.warning(
+                    "%s: labels %s read as 0-based ids into data.label_names (%d = %r); if "
+                    "they count from 1 (1 = %r), a class has no example: with one of each "
+                    "class they map onto the names in order",
+                    path,
+                    shown,
+                    distinct[0],
+                    names[distinct[0]],
+                    names[0],
+                )
             if distinct[0] < 0 or distinct[-1] >= len(names):
-                shown = ", ".join(map(str, distinct[:8])) + (", ..." if len(distinct) > 8 else "")
                 raise DataError(
                     f"{path}: the labels are {len(distinct)} distinct integers ({shown}) but "
                     f"data.label_names names {len(names)} classes {list(names)}: give one "

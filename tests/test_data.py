@@ -769,3 +769,16 @@ def test_labels_that_only_look_numeric_are_names(tmp_path):
     rows = [[f"t{i}", ["1", "2", "²", "--1"][i % 4]] for i in range(40)]
     ds = load_data(csv_cfg(write_csv(tmp_path / "t.csv", ["text", "label"], rows)))
     assert ds.class_names == ["--1", "1", "2", "²"]  # was: ValueError from int("²")
+
+
+def test_integer_labels_that_may_count_from_one_or_zero_are_read_with_a_warning(tmp_path, caplog):
+    rows = [[f"t{i}", str(1 + i % 3)] for i in range(30)]  # 1..3 beside four names
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], rows)
+    with caplog.at_level(logging.WARNING, logger="ktune"):
+        ds = load_data(csv_cfg(p, label_names=("World", "Sports", "Business", "Sci/Tech")))
+    assert sorted({ds.class_names[i] for i in ds.train_labels}) == [
+        "Business",
+        "Sci/Tech",
+        "Sports",
+    ]
+    assert "labels 1, 2, 3 read as 0-based ids into data.label_names (1 = 'Sports')" in caplog.text
