@@ -147,6 +147,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
+# `1e-4` and `1.0e5` are numbers, as in YAML 1.2 (YAML 1.1 wants a dot and a signed
+# exponent, so PyYAML read them as strings, and a choice [1e-4, 1e-3] of one's own
+# model's key reached its build function as "1e-4").
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _load_yaml(text: str) -> Any:

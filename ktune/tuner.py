@@ -186,6 +186,16 @@ def build_population_scheduler(
     from ray.tune.schedulers.pb2 import PB2
 
     if kind == "pb2":
+        for name, spec in mutations.items():
+            if isinstance(spec, Range) and (spec.log or spec.integer):
+                log.warning(
+                    "search.space.%s: PB2 explores [%s, %s] on a linear scale as floats "
+                    "(Ray's PB2 has no %s ranges): its proposals crowd the top of a log range",
+                    name,
+                    spec.low,
+                    spec.high,
+                    "log" if spec.log else "integer",
+                )
         return PB2(
             time_attr="training_iteration",
             metric=metric,

@@ -523,3 +523,22 @@ def test_a_number_with_a_leading_zero_is_decimal_not_yaml_1_1_octal(tmp_path):
     cfg = load_config(write(tmp_path, "name: x\ntraining:\n  epochs: 010\n  maxlen: 0x20\n"))
     assert cfg.training.epochs == 10  # PyYAML alone: 8
     assert cfg.training.maxlen == 32
+
+
+def test_exponent_numbers_are_numbers_as_in_yaml_1_2(tmp_path):
+    # PyYAML alone (YAML 1.1) reads 1e-4 and 1.0e5 as strings: an own model's key drawn
+    # from [1e-4, 1e-3] reached its build function as "1e-4"
+    text = """\
+        name: x
+        model: {build: "mymodels:build"}
+        search:
+          space:
+            learning_rate: {low: 1e-4, high: 1.0e-2, log: true}
+            l2: [1e-4, 1e-3]
+            scale: 1.0e5
+        """
+    (tmp_path / "mymodels.py").write_text("def build(config, info):\n    pass\n")
+    space = load_config(write(tmp_path, text)).search.space
+    assert space["l2"] == Choice((1e-4, 1e-3))
+    assert space["scale"] == Fixed(1e5)
+    assert space["learning_rate"] == Range(1e-4, 1e-2, log=True)

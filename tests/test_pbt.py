@@ -287,3 +287,17 @@ def test_resume_of_a_killed_pbt_search(tmp_path, ray_tmp):
     assert all(int(r["epochs"]) == EPOCHS for r in rows)  # PBT stops no trial early
     best = json.loads((exp_dir / "best.json").read_text())
     assert best["num_trials"] == 4
+
+
+def test_pb2_says_it_explores_a_log_range_linearly(caplog):
+    import logging
+
+    from ktune.search_spaces import Range
+    from ktune.tuner import build_population_scheduler
+
+    mutations = {"learning_rate": Range(1e-5, 1e-2, log=True), "dropout": Range(0.0, 0.3)}
+    with caplog.at_level(logging.WARNING, logger="ktune"):
+        pb2 = build_population_scheduler("pb2", mutations, metric="val_accuracy", mode="max")
+    assert pb2._hyperparam_bounds == {"learning_rate": [1e-5, 1e-2], "dropout": [0.0, 0.3]}
+    assert caplog.text.count("on a linear scale") == 1
+    assert "search.space.learning_rate: PB2 explores [1e-05, 0.01] on a linear scale" in caplog.text
