@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.samplers import TPESampler
 
-import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
+import ktune  # (also sets TF_USE_LEGACY_KERAS before anything imports TF)
 from ktune import families
 from ktune.errors import ConfigError
 from ktune.search_spaces import Choice, Fixed, Range, get_space, parse_spec
@@ -210,3 +210,27 @@ def test_word_dropout_is_off_by_default_and_drawn_when_searched():
     assert family.check_config(searched[0])["word_dropout"] == rates[0]
     old = {k: v for k, v in searched[0].items() if k != "word_dropout"}
     assert family.check_config(old)["word_dropout"] == 0.0
+
+
+def test_tune_form_heads_follow_the_searchers_seed_not_pythons_random():
+    import random
+
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = ktune.search_space(
+        "transformer", {"embed_dim": [32, 48], "heads": [1, 2, 3, 8]}, backend="tune"
+    )
+
+    def draws(python_seed: int) -> list:
+        random.seed(python_seed)  # was the source of heads, so two runs of one seed differed
+        state = np.random.RandomState(0)
+        return [
+            (v["config"]["embed_dim"], v["config"]["heads"])
+            for _ in range(12)
+            for _, v in generate_variants({"config": space}, random_state=state)
+        ]
+
+    first = draws(1)
+    assert draws(2) == first
+    assert all(e % h == 0 for e, h in first) and len(set(first)) > 2

@@ -124,8 +124,16 @@ class TransformerSpace(FamilySpace):
         out = super().tune_space(space)
         heads = tuple(listed(space["heads"]))
         if any(e % h for e in listed(space["embed_dim"]) for h in heads):
+            # The pick among the divisors comes from a draw of Ray's own (seeded by the
+            # searcher's random_state, as every other key), not from Python's global random.
+            # Ray resolves the keys in this order, and a sample_from reads those before it.
+            out = {k: v for k, v in out.items() if k != "heads"}
+            out[HEADS_DRAW] = tune.uniform(0, 1)
             out["heads"] = tune.sample_from(DivisorHeads(heads))
         return out
+
+
+HEADS_DRAW = "heads_for_embed_dim_draw"  # a draw name (is_draw_name): not a config key
 
 
 @dataclass(frozen=True)
@@ -135,15 +143,14 @@ class DivisorHeads:
     choices: tuple[int, ...]
 
     def __call__(self, spec: Any) -> int:
-        import random
-
         embed_dim = int(spec.config["embed_dim"])
         valid = [h for h in self.choices if embed_dim % h == 0]
         if not valid:
             raise ConfigError(
                 f"heads: no choice in {list(self.choices)} divides embed_dim {embed_dim}"
             )
-        return random.choice(valid)
+        draw = float(spec.config[HEADS_DRAW])
+        return valid[min(int(draw * len(valid)), len(valid) - 1)]
 
 
 def heads_choices(space: Mapping[str, Spec], embed_dim: int) -> list[int]:
