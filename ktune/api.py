@@ -450,16 +450,16 @@ def _trial_info(
         if metric is not None:
             if mode not in ("max", "min"):
                 raise ExperimentError(f"mode: 'max' or 'min', got {mode!r}")
-            kept = [(c, m.get(metric)) for c, m in result_or_checkpoint.best_checkpoints or ()]
-            scored = [(c, v) for c, v in kept if v is not None]
-            if kept and not scored:
+            from ktune.results import best_checkpoint
+
+            picked = best_checkpoint(result_or_checkpoint, metric, mode)
+            if result_or_checkpoint.best_checkpoints and picked is None:
                 raise ExperimentError(
-                    f"metric: no checkpoint of this trial reported {metric!r} (pass the name "
-                    "your trials report, or metric=None for the latest checkpoint)"
+                    f"metric: no checkpoint of this trial reported a finite {metric!r} (pass "
+                    "the name your trials report, or metric=None for the latest checkpoint)"
                 )
-            if scored:  # the first of equals, as Ray's own get_best_checkpoint
-                pick = max if mode == "max" else min
-                checkpoint = pick(scored, key=lambda cv: cv[1])[0]
+            if picked is not None:
+                checkpoint = picked[0]
     elif isinstance(result_or_checkpoint, (str, Path)):
         checkpoint = tune.Checkpoint(str(result_or_checkpoint))
     # ray.train's Checkpoint too: Ray 2.60's Result.from_path(trial_dir) holds those.

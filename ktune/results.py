@@ -10,6 +10,7 @@ the files are written to the staging folder and uploaded, ``best.json`` last: a 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,7 @@ from ktune.staging import push_staged
 
 __all__ = [
     "finish_search",
+    "best_checkpoint",
     "result_rows",
     "pareto_entries",
     "evaluate_checkpoint",
@@ -31,6 +33,40 @@ __all__ = [
 ]
 
 log = logging.getLogger("ktune")
+
+
+def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict] | None:
+    """(checkpoint, its metrics) of a ``ray.tune.Result``'s kept checkpoint best by
+    ``metric``, the first of equals; None when no checkpoint has a finite value.
+
+    Not Ray's ``Result.get_best_checkpoint``: it ranks a NaN first (nothing compares below
+    it), so a trial whose loss diverged after a good epoch was restored, tested and
+    exported at its NaN epoch.
+    """
+    sign = 1 if mode == "max" else -1
+    best: tuple[Any, dict, float] | None = None
+    for checkpoint, metrics in result.best_checkpoints or ():
+        value = metrics.get(metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value) and (best is None or sign * value > sign * best[2]):
+            best = (checkpoint, metrics, value)
+    return None if best is None else (best[0], best[1])
+
+
+def _best_result(grid: Any, metric: str, mode: str) -> Any:
+    """The trial whose best kept checkpoint is best (the first of equals, in grid order).
+
+    Not Ray's ``ResultGrid.get_best_result``: it keeps each trial's running best as
+    ``min(value, best)``, which a later NaN turns into NaN, so a trial that diverged after
+    the best epoch of the search was passed over for a worse one."""
+    sign = 1 if mode == "max" else -1
+    best, best_value = None, 0.0
+    for result in grid:
+        picked = best_checkpoint(result, metric, mode)
+        if picked is not None and (best is None or sign * picked[1][metric] > sign * best_value):
+            best, best_value = result, picked[1][metric]
+    return best
 
 
 def finish_search(
@@ -58,23 +94,15 @@ def finish_search(
             log.error("trial %s failed: %s", row["trial"], row["error"])
 
     front = pareto_entries(cfg, grid, rows) if cfg.search.objectives else None
-    try:
-        best = (
-            front[0]["result"]
-            if front
-            else grid.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="all")
-        )
-    except RuntimeError:
-        best = None
-    checkpoint = (
-        None if best is None else best.get_best_checkpoint(cfg.search.metric, cfg.search.mode)
-    )
-    if best is None or checkpoint is None:
+    metric, mode = cfg.search.metric, cfg.search.mode
+    best = front[0]["result"] if front else _best_result(grid, metric, mode)
+    picked = None if best is None else best_checkpoint(best, metric, mode)
+    if best is None or picked is None:
         shown = storage.redact(cfg.experiment_path)
-        raise SearchFailed(f"{shown}: no trial completed an epoch; see the errors above")
-    best_metrics = next(
-        (m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics
-    )
+        raise SearchFailed(
+            f"{shown}: no trial completed an epoch with a finite {metric}; see the errors above"
+        )
+    checkpoint, best_metrics = picked
     # On URI storage Ray downloads the checkpoint to a temporary folder for this block.
     with checkpoint.as_directory() as checkpoint_dir:
         family = family_for(cfg.family, (cfg.model or {}).get("build"), cfg.base_dir)
@@ -134,9 +162,10 @@ def pareto_entries(cfg: ExperimentConfig, grid: Any, rows: list[dict]) -> list[d
         result = results.get(row["trial"])
         if result is None:
             continue
-        checkpoint = result.get_best_checkpoint(cfg.search.metric, cfg.search.mode)
-        if checkpoint is None:
+        picked = best_checkpoint(result, cfg.search.metric, cfg.search.mode)
+        if picked is None:
             continue
+        checkpoint = picked[0]
         entries.append(
             {
                 "trial": row["trial"],

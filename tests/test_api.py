@@ -228,7 +228,9 @@ def test_a_results_model_and_export_are_of_its_best_epoch_not_its_latest(finishe
     )
     out = ktune.export_result(result, tmp_path / "e", metric="epoch", mode="min")
     assert json.loads((out / "metadata.json").read_text())["checkpoint"] == first.path
-    with pytest.raises(ktune.ExperimentError, match="no checkpoint of this trial reported 'f1'"):
+    with pytest.raises(
+        ktune.ExperimentError, match="no checkpoint of this trial reported a finite 'f1'"
+    ):
         ktune.load_model(result, metric="f1")
 
 

@@ -1,0 +1,50 @@
+"""Which trial and which epoch a search names best, when a trial's metric turned NaN.
+
+Ray's own ranking lets a NaN win: ``Result.get_best_checkpoint`` sorts it first for
+``min``, and ``ResultGrid.get_best_result`` keeps a trial's running best as
+``min(value, best)``, which a later NaN poisons. ktune ranks the kept checkpoints itself,
+skipping values that are not finite. Real ``ray.tune.Result`` objects, no search.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from ray import tune
+
+from ktune.results import _best_result, best_checkpoint
+
+
+def _result(name: str, losses: list[float]) -> tune.Result:
+    kept = [
+        (tune.Checkpoint(f"/tmp/{name}/checkpoint_{i:06d}"), {"val_loss": v, "epoch": i + 1})
+        for i, v in enumerate(losses)
+    ]
+    # Ray's checkpoint manager lists the kept checkpoints by score, where a NaN sorts first
+    kept.sort(key=lambda cm: not math.isnan(cm[1]["val_loss"]))
+    return tune.Result(
+        metrics=kept[0][1], checkpoint=kept[0][0], error=None, path=f"/tmp/{name}",
+        best_checkpoints=kept,
+    )  # fmt: skip
+
+
+def test_a_nan_epoch_is_never_the_best_checkpoint():
+    diverged = _result("a", [0.5, math.nan])
+    assert math.isnan(
+        next(
+            m
+            for c, m in diverged.best_checkpoints
+            if c.path == diverged.get_best_checkpoint("val_loss", "min").path
+        )["val_loss"]
+    )  # fmt: skip  (Ray's own pick: the NaN epoch)
+    checkpoint, metrics = best_checkpoint(diverged, "val_loss", "min")
+    assert checkpoint.path.endswith("checkpoint_000000") and metrics["val_loss"] == 0.5
+    assert best_checkpoint(_result("b", [math.nan, math.inf]), "val_loss", "min") is None
+
+
+@pytest.mark.parametrize("mode, best", [("min", "a"), ("max", "b")])
+def test_the_best_trial_is_the_best_finite_epoch_the_first_of_equals(mode, best):
+    grid = [_result("a", [0.5, math.nan]), _result("b", [0.9, 0.8]), _result("c", [0.5])]
+    assert _best_result(grid, "val_loss", mode).path == f"/tmp/{best}"
+    assert _best_result([_result("d", [math.nan])], "val_loss", mode) is None
