@@ -539,13 +539,14 @@ def export_result(
         Path: the export folder.
     """
     from ktune.config import TrainingConfig
-    from ktune.export import export_checkpoint
+    from ktune.export import check_replaceable, export_checkpoint
 
     target = Path(out).resolve()
     if target.exists() and not force:
         raise ExperimentError(
             f"{target}: export target already exists (use force=True to replace it)"
         )
+    check_replaceable(target)
     checkpoint, info = _trial_info(result_or_checkpoint, metric, mode)
     family = _family_of_info(info, build_model)
     with checkpoint.as_directory() as d:

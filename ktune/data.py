@@ -332,13 +332,16 @@ def _csv_errors(path: str, reader: Any) -> Iterator[None]:
 
 
 # A run of backslashes, with the spaces around it: AG News' line break (`\` or `\\`).
-_BACKSLASHES = re.compile(r"[ \t]*\\+[ \t]*")
+# (ktune.serving's exports clean raw texts with the same pattern.)
+BACKSLASH_RUN = r"[ \t]*\\+[ \t]*"
+_BACKSLASHES = re.compile(BACKSLASH_RUN)
 
 
-def _text_value(value: Any, unescape: bool, where: str) -> str:
+def _text_value(value: Any, unescape: bool, path: str, line: int, column: str) -> str:
     if isinstance(value, (bool, list, dict)):
         raise DataError(
-            f"{where}: a text must be a string, got {type(value).__name__} {value!r:.60}"
+            f"{path}: line {line}: column '{column}': a text must be a string, got "
+            f"{type(value).__name__} {value!r:.60}"
         )
     return clean_text(str(value), unescape)
 
@@ -360,7 +363,7 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
                     f"(has: {', '.join(map(str, row))}); set data.text / data.label"
                 )
         text = " ".join(
-            _text_value(row[c], cfg.unescape_backslash, f"{path}: line {line}: column '{c}'")
+            _text_value(row[c], cfg.unescape_backslash, path, line, c)
             for c in cfg.text
             if row[c] is not None
         ).strip()

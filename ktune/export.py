@@ -150,7 +150,7 @@ def _export_local(
 def check_replaceable(out: Path) -> None:
     """``--force`` replaces an export, never a folder that is not one (the experiment's
     own folder given as ``--out`` would be deleted with its trials and results)."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.exists() and not out.is_dir():
         raise ExperimentError(f"{out}: not a folder; an export is written as a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").is_file():
         raise ExperimentError(
@@ -186,7 +186,6 @@ def export_checkpoint(
     from ktune.trainables.base import restore_model
     from ktune.trainables.devices import driver_devices
 
-    check_replaceable(out)
     driver_devices()  # `ktune export` beside a running search: no GPU memory taken at once
     if model is None:
         model = restore_model(
@@ -310,7 +309,7 @@ def load_export(export_dir: str | Path):
 def predict(export_dir: str | Path, texts: Sequence[str]) -> list[dict]:
     """Label, score and per-class probabilities for each text."""
     texts = text_list(texts)
-    out = load_export(export_dir)(tf.constant(list(texts), tf.string))
+    out = load_export(export_dir)(tf.constant(texts, tf.string))
     names = [n.decode("utf-8") for n in out["class_names"].numpy()[0]] if len(texts) else []
     return [
         {

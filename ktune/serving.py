@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ktune.data import BACKSLASH_RUN
 
 __all__ = ["ServingModule"]
 
@@ -44,7 +45,7 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
     def serve(self, texts: tf.Tensor) -> dict:
         if self.unescape_backslash:  # the same text the model was trained on (ktune.data)
-            texts = tf.strings.strip(tf.strings.regex_replace(texts, r"[ \t]*\\+[ \t]*", " "))
+            texts = tf.strings.strip(tf.strings.regex_replace(texts, BACKSLASH_RUN, " "))
         probabilities = self.model(self.encoder(texts), training=False)
         best = tf.argmax(probabilities, axis=-1)
         n = tf.shape(texts)[0]

@@ -190,11 +190,12 @@ def build_population_scheduler(
             if isinstance(spec, Range) and (spec.log or spec.integer):
                 log.warning(
                     "search.space.%s: PB2 explores [%s, %s] on a linear scale as floats "
-                    "(Ray's PB2 has no %s ranges): its proposals crowd the top of a log range",
+                    "(Ray's PB2 has no %s ranges)%s",
                     name,
                     spec.low,
                     spec.high,
                     "log" if spec.log else "integer",
+                    ": its proposals crowd the top of the range" if spec.log else "",
                 )
         return PB2(
             time_attr="training_iteration",

@@ -241,6 +241,8 @@ def test_force_never_replaces_a_folder_that_is_not_an_export(finished):
         finished.export(finished.dir, force=True)  # was: the experiment deleted, an export there
     with pytest.raises(ktune.ExperimentError, match="is not an export"):
         finished.export(finished.dir.parent, force=True)
+    with pytest.raises(ktune.ExperimentError, match="is not an export"):  # the Python API too
+        ktune.export_result(finished.best["checkpoint"], finished.dir, force=True)
     assert sorted(p.name for p in finished.dir.iterdir()) == before
 
 
