@@ -216,7 +216,30 @@ def build_population_scheduler(
             k: list(spec.values) if isinstance(spec, Choice) else tune_domain(spec)
             for k, spec in mutations.items()
         },
+        custom_explore_fn=KeepInRange(
+            {k: spec for k, spec in mutations.items() if isinstance(spec, Range)}
+        ),
     )
+
+
+class KeepInRange:
+    """PBT's ``custom_explore_fn``: each mutated value of a range back inside the range.
+
+    Ray's PBT multiplies a continuous value by 0.8 or 1.2 and does not look at its
+    domain's bounds, so a trial near the top of ``dropout: {low: 0.1, high: 0.9}`` was
+    handed 1.08 (and failed its config check), and a learning rate walked out of the
+    range the space names. Clamped here, integers rounded.
+    """
+
+    def __init__(self, ranges: Mapping[str, Range]):
+        self.ranges = dict(ranges)
+
+    def __call__(self, config: dict) -> dict:
+        for name, spec in self.ranges.items():
+            if name in config:
+                value = min(max(config[name], spec.low), spec.high)
+                config[name] = int(round(value)) if spec.integer else float(value)
+        return config
 
 
 def trial_dirname(trial) -> str:

@@ -301,3 +301,35 @@ def test_pb2_says_it_explores_a_log_range_linearly(caplog):
     assert pb2._hyperparam_bounds == {"learning_rate": [1e-5, 1e-2], "dropout": [0.0, 0.3]}
     assert caplog.text.count("on a linear scale") == 1
     assert "search.space.learning_rate: PB2 explores [1e-05, 0.01] on a linear scale" in caplog.text
+
+
+def test_pbt_keeps_a_mutated_value_inside_its_range():
+    """Ray's PBT multiplies by 1.2 (or 0.8) without looking at the bounds: a dropout near
+    the top of its range went past 1 and the trial failed. Ray's own explore step, forced
+    to perturb (never resample), up from the top and down from the bottom."""
+    import random
+    from types import SimpleNamespace
+
+    from ktune.search_spaces import Range
+    from ktune.tuner import build_population_scheduler
+
+    mutations = {
+        "dropout": Range(0.1, 0.9),
+        "learning_rate": Range(1e-4, 1e-2, log=True),
+        "epochs_hint": Range(2, 9, integer=True),
+    }
+    pbt = build_population_scheduler("pbt", mutations, metric="val_accuracy", mode="max")
+    pbt._resample_probability = 0.0
+    top = SimpleNamespace(config={"dropout": 0.88, "learning_rate": 9e-3, "epochs_hint": 9})
+    bottom = SimpleNamespace(config={"dropout": 0.11, "learning_rate": 1.1e-4, "epochs_hint": 2})
+    random.seed(0)
+    seen = {"dropout": set(), "learning_rate": set(), "epochs_hint": set()}
+    for donor in (top, bottom) * 20:
+        new, _ = pbt._get_new_config(None, donor)
+        for name, spec in mutations.items():
+            assert spec.low <= new[name] <= spec.high, (name, new[name])
+            seen[name].add(new[name])
+    assert {0.9, 0.1} <= seen["dropout"]  # clamped at both ends, not left where it was
+    assert {1e-2, 1e-4} <= seen["learning_rate"]
+    assert all(isinstance(v, int) for v in seen["epochs_hint"]) and 9 in seen["epochs_hint"]
+    assert 0.88 * 0.8 in seen["dropout"]  # a perturbation inside the range is Ray's own
