@@ -26,6 +26,7 @@ from ktune.experiment_dir import EXPORT_DIR
 from ktune.experiment_file import experiment_document, read_experiment_file
 from ktune.objectives import METRICS, Objective, parse_objectives
 from ktune.search_spaces import Spec
+from ktune.search_spaces.base import mutable_keys
 from ktune.tracking_config import TrackingConfig, parse_tracking
 
 __all__ = [
@@ -145,6 +146,9 @@ class ExperimentConfig:
     # ktune.storage.staging_dir(experiment_path)); resume sets the one the run used.
     staging_dir: str | None = None
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow, W&B
+    # ensemble.seeds: the best configuration trained with this many seeds (the best trial
+    # the first), their probabilities averaged (ktune.ensemble); 1 is off
+    ensemble_seeds: int = 1
 
     @property
     def remote(self) -> bool:
@@ -402,7 +406,7 @@ def _parse_search(raw: Any, family: str, model: Mapping[str, Any] | None = None)
         )
     cfg = _with_objectives(cfg, objectives, d)
     cfg = replace(cfg, space=space_of(family, model).resolve(space_raw))
-    return replace(cfg, mutations=_mutations(cfg, d))
+    return replace(cfg, mutations=mutable_keys(cfg.scheduler, cfg.space, cfg.mutations, d))
 
 
 def _with_objectives(
@@ -438,47 +442,6 @@ def space_of(family: str, model: Mapping[str, Any] | None = None):
 
         return CustomModelSpace()
     return families.get_space(family)
-
-
-def _mutations(cfg: SearchConfig, given: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """PBT/PB2: the hyperparameters that may mutate; only those that keep the model's shape."""
-    from ktune.search_spaces.base import MUTABLE_KEYS, Range, searched_keys
-
-    if cfg.scheduler not in ("pbt", "pb2"):
-        for name in ("mutations", "perturbation_interval"):
-            if name in given:
-                raise ConfigError(f"search.{name}: only used with scheduler pbt or pb2")
-        return None
-    searched = searched_keys(cfg.space)
-    if cfg.mutations is None:
-        keys = tuple(k for k in searched if k in MUTABLE_KEYS)
-        if not keys:
-            raise ConfigError(
-                f"search.scheduler: {cfg.scheduler} mutates {', '.join(MUTABLE_KEYS)}, and the "
-                "space searches none of them (give one a range)"
-            )
-    else:
-        keys = cfg.mutations
-        for name in keys:
-            if name not in MUTABLE_KEYS:
-                raise ConfigError(
-                    f"search.mutations: {name} cannot mutate: an exploited trial loads the "
-                    f"donor's weights, so only {', '.join(MUTABLE_KEYS)} (which keep the "
-                    "model's shape) may"
-                )
-            if name not in searched:
-                raise ConfigError(
-                    f"search.mutations: {name} is not searched (give it a range "
-                    "or choices in search.space)"
-                )
-    if cfg.scheduler == "pb2":
-        for name in keys:
-            if not isinstance(cfg.space[name], Range):
-                raise ConfigError(
-                    f"search.space.{name}: PB2 mutates continuous ranges only "
-                    f"({{low, high}}), got {cfg.space[name].describe()}"
-                )
-    return keys
 
 
 def _parse_training(raw: Any) -> TrainingConfig:
@@ -525,6 +488,7 @@ TOP_LEVEL = (
     "export",
     "address",
     "tracking",
+    "ensemble",
 )
 
 
@@ -568,6 +532,7 @@ def parse_config(
     tracking = parse_tracking(top.get("tracking"))
     if tracking.mlflow and tracking.mlflow.register and not export.enabled:
         raise ConfigError("tracking.mlflow.register: registers the export; set export.enabled")
+    seeds = _ensemble_seeds(top.get("ensemble"), family, search, storage_location)
     return ExperimentConfig(
         name=name,
         family=family,
@@ -583,7 +548,21 @@ def parse_config(
         base_dir=str(base.resolve()),
         document=experiment_document(raw),
         tracking=tracking,
+        ensemble_seeds=seeds,
     )
+
+
+def _ensemble_seeds(raw: Any, family: str, search: SearchConfig, storage: str) -> int:
+    seeds = _int("ensemble.seeds", _section(raw or {}, "ensemble", ("seeds",)).get("seeds", 1))
+    if seeds > 1 and family != "transformer":
+        raise ConfigError(f"ensemble.seeds: {seeds} seeds are for the transformer family only")
+    if seeds > 1 and search.objectives:
+        raise ConfigError("ensemble.seeds: averages one best trial; not with search.objectives")
+    if seeds > 1 and _storage.is_uri(storage):
+        raise ConfigError(
+            "ensemble.seeds: needs local storage (the members are saved in the experiment folder)"
+        )
+    return seeds
 
 
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:

@@ -92,7 +92,10 @@ class ExperimentResult:
         made_from = meta.get("checkpoint")
         # By trial and checkpoint folder: the same in a copy of the experiment elsewhere.
         best = (self.best.get("trial"), Path(str(self.best.get("checkpoint"))).name)
-        if (meta.get("trial"), Path(str(made_from)).name) != best:
+        seeds = (self.best.get("ensemble") or {}).get("seeds")
+        if (meta.get("trial"), Path(str(made_from)).name) != best or (
+            meta.get("ensemble_seeds") != seeds
+        ):
             log.warning(
                 "%s holds another model than the best trial's (%s): predicting from the "
                 "best checkpoint instead",
@@ -170,12 +173,27 @@ class ExperimentResult:
         return str(done)
 
     def load_model(self):
-        """The best trial's Keras model, rebuilt and restored from its checkpoint."""
+        """The best trial's Keras model, rebuilt and restored from its checkpoint; with
+        ``ensemble.seeds``, the ensemble's (the mean of its members' probabilities)."""
         from ktune.rebuild import family_of_record, restore_from_record
 
         family = family_of_record(self.spec)
         with self.best_checkpoint.as_directory() as d:
-            return restore_from_record(family, self.best_config, self.spec, d)
+            model = restore_from_record(family, self.best_config, self.spec, d)
+        if not self.best.get("ensemble"):
+            return model
+        from ktune.config import TrainingConfig
+        from ktune.ensemble import ensemble_model
+
+        return ensemble_model(
+            self.dir,
+            self.best,
+            family,
+            self.spec["artefacts"],
+            len(self.spec["class_names"]),
+            TrainingConfig(**self.spec["training"]),
+            model,
+        )
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
         """Label, score and per-class probabilities of each text, from the export when
@@ -230,6 +248,14 @@ class ExperimentResult:
             "(test split, reported separately)",
             f"results: {storage.redact(self.path)}",
         ]
+        ensemble = self.best.get("ensemble")
+        if ensemble:
+            alone = ", ".join(f"{m['test_accuracy']:.4f}" for m in ensemble["members"])
+            lines.insert(
+                -1,
+                f"  test_accuracy is the ensemble's: the mean of seeds {ensemble['seeds']} "
+                f"(ensemble.seeds); each alone: {alone}",
+            )
         if self.pareto_front:
             lines.insert(-1, "Pareto front (export one with: ktune export DIR --trial ID):")
             for entry in self.pareto_front:

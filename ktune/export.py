@@ -124,6 +124,20 @@ def _export_local(
     from ktune.config import TrainingConfig
 
     family = family_of_record(spec)
+    training = TrainingConfig(**spec["training"])
+    if model is None and best.get("ensemble"):
+        from ktune.ensemble import ensemble_model
+        from ktune.trainables.base import restore_model
+        from ktune.trainables.devices import driver_devices
+
+        driver_devices()
+        num_classes = len(spec["class_names"])
+        first = restore_model(
+            family, best["config"], spec["artefacts"], num_classes, training, str(checkpoint_dir)
+        )
+        model = ensemble_model(
+            exp_dir, best, family, spec["artefacts"], num_classes, training, first
+        )
     metadata = {
         "family": spec["family"],
         "experiment": spec.get("experiment_path") or str(Path(exp_dir).resolve()),
@@ -131,13 +145,15 @@ def _export_local(
         "metrics": best["metrics"],
         "test_accuracy": best.get("test_accuracy"),
         "checkpoint": best["checkpoint"],
+        # ensemble.seeds: the mean of these seeds' models, the best trial's the first
+        "ensemble_seeds": (best.get("ensemble") or {}).get("seeds"),
     }
     return export_checkpoint(
         family,
         best["config"],
         spec["artefacts"],
         spec["class_names"],
-        TrainingConfig(**spec["training"]),
+        training,
         checkpoint_dir,
         out,
         verify_texts=spec["verify_texts"],

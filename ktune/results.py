@@ -109,6 +109,11 @@ def finish_search(
         model = restore_model(
             family, best.config, prepared.artefacts, data.num_classes, cfg.training, checkpoint_dir
         )
+    ensemble = None
+    if cfg.ensemble_seeds > 1:
+        model, ensemble = _seed_ensemble(
+            cfg, family, best, checkpoint.path, best_metrics, model, data, prepared
+        )
     test = evaluate_model(family, model, prepared.artefacts, data, cfg.training)
     best_info = {
         "trial": Path(best.path).name,
@@ -127,6 +132,8 @@ def finish_search(
         "num_trials": len(rows),
         "wall_time_s": round(time.time() - started, 1),
     }
+    if ensemble is not None:
+        best_info["ensemble"] = ensemble
     if front is not None:
         best_info["objectives"] = [asdict(o) for o in cfg.search.objectives or ()]
         # the front, most accurate first: its first trial is best.json's "trial"
@@ -144,6 +151,54 @@ def finish_search(
         experiment_dir.write_best(exp_dir, best_info)
         push_staged(cfg, [BEST_FILE])
     return best_info
+
+
+def _seed_ensemble(
+    cfg: ExperimentConfig,
+    family: Any,
+    best: Any,
+    checkpoint_path: str,
+    best_metrics: dict,
+    model: Any,
+    data: Any,
+    prepared: Any,
+) -> tuple[Any, dict]:
+    """``ensemble.seeds``: the best configuration trained with more seeds; the averaged
+    model, and best.json's ``ensemble`` (each member's seed, checkpoint, validation
+    metrics and test accuracy alone)."""
+    from ktune.ensemble import average_models, train_members
+
+    seeds = [cfg.search.seed + i for i in range(1, cfg.ensemble_seeds)]
+    log.info("ensemble: training the best configuration with seeds %s", ", ".join(map(str, seeds)))
+    members, models = train_members(
+        cfg.experiment_dir,
+        family,
+        best.config,
+        prepared,
+        data,
+        cfg.training,
+        seeds,
+        cfg.search.metric,
+        cfg.search.mode,
+    )
+    first = {
+        "seed": cfg.search.seed,
+        "checkpoint": _location(cfg, checkpoint_path),
+        "metrics": best_metrics,
+    }
+    members = [first, *members]
+    for member, alone in zip(members, [model, *models]):
+        member["test_accuracy"] = evaluate_model(
+            family, alone, prepared.artefacts, data, cfg.training
+        )["accuracy"]
+        member["metrics"] = {k: v for k, v in member["metrics"].items() if k in _MEMBER_METRICS}
+    return average_models([model, *models]), {
+        "seeds": [m["seed"] for m in members],
+        "members": members,
+    }
+
+
+_MEMBER_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "epoch")
 
 
 def pareto_entries(cfg: ExperimentConfig, grid: Any, rows: list[dict]) -> list[dict]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 __all__ = [
     "MISSING",
@@ -113,3 +113,13 @@ def last_line(text: str) -> str:
     traceback or error message that says what went wrong, for one cell or one note."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+def ensemble_note(best_info: Mapping) -> str:
+    """With ``ensemble.seeds`` the test accuracy is the ensemble's: say so, and the best
+    trial's alone."""
+    ensemble = best_info.get("ensemble")
+    if not ensemble:
+        return ""
+    alone = metric_text(ensemble["members"][0].get("test_accuracy"))
+    return f" (ensemble of seeds {ensemble['seeds']}; the trial alone {alone})"

@@ -23,7 +23,7 @@ from ktune.report.plots import draw_plots
 from ktune.report.study import read_optuna_study
 from ktune.report.text import best_line, status_line, summary_text, trial_table
 from ktune.storage import write_atomic
-from ktune.tables import format_duration, metric_text, value_text
+from ktune.tables import ensemble_note, format_duration, metric_text, value_text
 
 __all__ = ["REPORT_FILE", "WrittenReport", "render_html", "write_report"]
 
@@ -153,7 +153,8 @@ def _best_trial_html(
         if k in metrics and k != record.metric:
             pairs.append((k, metric_text(metrics[k])))
     if info:
-        pairs.append(("test accuracy", metric_text(info.get("test_accuracy"))))
+        tested = metric_text(info.get("test_accuracy")) + ensemble_note(info)
+        pairs.append(("test accuracy", tested))
         pairs.append(("test loss", metric_text(info.get("test_loss"))))
         pairs.append(("checkpoint", info.get("checkpoint", "-")))
         if info.get("export"):

@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from ktune.report.load import ExperimentRecord
-from ktune.tables import FINISHED, format_duration, last_line, metric_text, render_table, value_text
+from ktune.tables import (
+    FINISHED,
+    ensemble_note,
+    format_duration,
+    last_line,
+    metric_text,
+    render_table,
+    value_text,
+)
 
 __all__ = ["table_text", "trial_table", "summary_text", "status_line", "best_line", "one_line"]
 
@@ -70,6 +78,7 @@ def best_line(record: ExperimentRecord) -> str:
     line += f" at epoch {b[0]}" if b else ""
     if record.best_info and record.best_info.get("test_accuracy") is not None:
         line += f", test_accuracy={metric_text(record.best_info['test_accuracy'])}"
+        line += ensemble_note(record.best_info)
     elif not record.finished:
         line += " (so far)"
     return line

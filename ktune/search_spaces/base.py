@@ -376,3 +376,49 @@ def searched_keys(space: Mapping[str, Spec]) -> list[str]:
         keys = [k for k in keys if k != "heads"]
         keys.insert(keys.index("embed_dim") + 1, "heads")
     return keys
+
+
+def mutable_keys(
+    scheduler: str,
+    space: Mapping[str, Spec],
+    mutations: tuple[str, ...] | None,
+    given: Mapping[str, Any],
+) -> tuple[str, ...] | None:
+    """PBT/PB2: the hyperparameters that may mutate (``search.mutations``, or every
+    searched one that keeps the model's shape); None for other schedulers. ``given``: the
+    search section's keys as written."""
+    if scheduler not in ("pbt", "pb2"):
+        for name in ("mutations", "perturbation_interval"):
+            if name in given:
+                raise ConfigError(f"search.{name}: only used with scheduler pbt or pb2")
+        return None
+    searched = searched_keys(space)
+    if mutations is None:
+        keys = tuple(k for k in searched if k in MUTABLE_KEYS)
+        if not keys:
+            raise ConfigError(
+                f"search.scheduler: {scheduler} mutates {', '.join(MUTABLE_KEYS)}, and the "
+                "space searches none of them (give one a range)"
+            )
+    else:
+        keys = mutations
+        for name in keys:
+            if name not in MUTABLE_KEYS:
+                raise ConfigError(
+                    f"search.mutations: {name} cannot mutate: an exploited trial loads the "
+                    f"donor's weights, so only {', '.join(MUTABLE_KEYS)} (which keep the "
+                    "model's shape) may"
+                )
+            if name not in searched:
+                raise ConfigError(
+                    f"search.mutations: {name} is not searched (give it a range "
+                    "or choices in search.space)"
+                )
+    if scheduler == "pb2":
+        for name in keys:
+            if not isinstance(space[name], Range):
+                raise ConfigError(
+                    f"search.space.{name}: PB2 mutates continuous ranges only "
+                    f"({{low, high}}), got {space[name].describe()}"
+                )
+    return keys

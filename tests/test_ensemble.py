@@ -1,0 +1,157 @@
+"""ensemble.seeds: the best configuration trained with more seeds, probabilities averaged.
+What is tested, exported and loaded is the mean of the members, each as saved."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+import ktune
+from ktune.config import parse_config
+
+from conftest import ktune_cli, reload_in_fresh_process, tiny_experiment
+
+TEXTS = [
+    "Striker scores twice as the league leaders win the cup final",
+    "Shares fell after the bank cut its profit forecast",
+    "New chip doubles battery life of phones",
+]
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"ensemble": {"seeds": 0}}, "ensemble.seeds: must be >= 1, got 0"),
+        ({"ensemble": {"seeds": "3"}}, "ensemble.seeds: must be an integer, got '3'"),
+        ({"ensemble": {"seed": 3}}, "ensemble.seed: unknown key"),
+        ({"ensemble": 3}, "ensemble: must be a mapping"),
+        (
+            {"ensemble": {"seeds": 3}, "family": "tfhub_bert"},
+            "ensemble.seeds: 3 seeds are for the transformer family only",
+        ),
+        (
+            {
+                "ensemble": {"seeds": 2},
+                "search": {"objectives": [{"metric": "val_accuracy"}, {"metric": "params"}]},
+            },
+            "ensemble.seeds: averages one best trial; not with search.objectives",
+        ),
+        (
+            {"ensemble": {"seeds": 2}, "storage": "s3://bucket/prefix"},
+            "ensemble.seeds: needs local storage",
+        ),
+    ],
+)
+def test_bad_ensemble_settings_name_the_key(over, match):
+    with pytest.raises(ktune.ConfigError, match=match):
+        parse_config({"name": "x", **over})
+
+
+def test_one_seed_is_the_default_and_means_off():
+    assert parse_config({"name": "x"}).ensemble_seeds == 1
+    assert parse_config({"name": "x", "ensemble": {"seeds": 1}}).ensemble_seeds == 1
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, ray_session):
+    from ktune.experiment import run_experiment
+
+    tmp = tmp_path_factory.mktemp("ensemble")
+    raw = tiny_experiment(tmp, search__num_samples=2, ensemble={"seeds": 3})
+    exp_file = tmp / "tiny.yaml"
+    exp_file.write_text(yaml.safe_dump(raw))
+    cfg = parse_config(raw, source_path=str(exp_file))
+    best = run_experiment(cfg)
+    return cfg, best
+
+
+def _members(cfg, best):
+    """Each member restored on its own from its saved checkpoint."""
+    from ktune.rebuild import family_of_record, restore_from_record
+
+    spec = json.loads((cfg.experiment_dir / "ktune.json").read_text())
+    family = family_of_record(spec)
+    folders = [best["ensemble"]["members"][0]["checkpoint"]] + [
+        str(cfg.experiment_dir / m["checkpoint"]) for m in best["ensemble"]["members"][1:]
+    ]
+    return family, spec, [restore_from_record(family, best["config"], spec, d) for d in folders]
+
+
+@pytest.mark.slow
+def test_the_export_and_test_accuracy_are_the_mean_of_the_saved_members(finished):
+    from ktune.config import TrainingConfig
+    from ktune.data import load_data
+
+    cfg, best = finished
+    ensemble = best["ensemble"]
+    assert ensemble["seeds"] == [0, 1, 2]
+    members = ensemble["members"]
+    assert members[0]["checkpoint"] == best["checkpoint"]  # the best trial is the first
+    for member in members[1:]:
+        assert (cfg.experiment_dir / member["checkpoint"] / "ckpt.index").is_file()
+        assert 1 <= member["metrics"]["epoch"] <= 2 and "val_accuracy" in member["metrics"]
+
+    family, spec, models = _members(cfg, best)
+    training = TrainingConfig(**spec["training"])
+    ids = family.encode(spec["artefacts"], training, TEXTS)
+    alone = [m.predict(ids, verbose=0) for m in models]
+    # Three seeds, three different models: the mean is not any one of them.
+    assert min(np.max(np.abs(a - alone[0])) for a in alone[1:]) > 1e-3
+    mean = np.mean(alone, axis=0)
+    exported = reload_in_fresh_process(best["export"], TEXTS)["probabilities"]
+    np.testing.assert_allclose(exported, mean, atol=1e-5)
+
+    data = load_data(cfg.data)
+    test_ids = family.encode(spec["artefacts"], training, list(data.test_texts))
+    probs = [m.predict(test_ids, verbose=0) for m in models]
+    accuracy = float(np.mean(np.mean(probs, axis=0).argmax(-1) == data.test_labels))
+    assert best["test_accuracy"] == pytest.approx(accuracy)
+    for member, p in zip(members, probs):
+        assert member["test_accuracy"] == pytest.approx(np.mean(p.argmax(-1) == data.test_labels))
+    meta = json.loads((cfg.experiment_dir / "export" / "metadata.json").read_text())
+    assert meta["ensemble_seeds"] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_export_cli_load_and_predict_rebuild_the_ensemble_from_disk(finished, tmp_path):
+    cfg, best = finished
+    out = tmp_path / "again"
+    done = ktune_cli("export", str(cfg.experiment_dir), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = reload_in_fresh_process(out, TEXTS)["probabilities"]
+    first = reload_in_fresh_process(best["export"], TEXTS)["probabilities"]
+    np.testing.assert_allclose(again, first, atol=1e-5)
+
+    result = ktune.load(cfg.experiment_dir)
+    predicted = result.predict(TEXTS)  # from the export, which is the ensemble's
+    np.testing.assert_allclose(
+        [list(p["probabilities"].values()) for p in predicted], first, atol=1e-5
+    )
+    from ktune.config import TrainingConfig
+    from ktune.rebuild import family_of_record
+
+    family = family_of_record(result.spec)
+    ids = family.encode(result.spec["artefacts"], TrainingConfig(**result.spec["training"]), TEXTS)
+    np.testing.assert_allclose(result.load_model().predict(ids, verbose=0), first, atol=1e-5)
+    assert "the mean of seeds [0, 1, 2]" in result.summary()
+    report = ktune_cli("report", str(cfg.experiment_dir))
+    assert report.returncode == 0, report.stderr[-2000:]
+    alone = f"{best['ensemble']['members'][0]['test_accuracy']:.4f}"
+    assert f"(ensemble of seeds [0, 1, 2]; the trial alone {alone})" in report.stdout
+
+
+@pytest.mark.slow
+def test_a_missing_member_is_an_error_not_a_smaller_ensemble(finished, tmp_path):
+    import shutil
+
+    cfg, best = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(cfg.experiment_dir, copy)
+    shutil.rmtree(copy / best["ensemble"]["members"][2]["checkpoint"])
+    done = ktune_cli("export", str(copy), "--out", str(tmp_path / "out"))
+    assert done.returncode != 0
+    assert "an ensemble member's checkpoint is missing" in done.stderr
+    assert not (tmp_path / "out").exists()
