@@ -74,6 +74,8 @@ def train_members(
     members, models = [], []
     folder = Path(exp_dir) / ENSEMBLE_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".seed_*.tmp-*"):  # a member cut off by a kill
+        shutil.rmtree(stale, ignore_errors=True)
     config = family.space.check_config(config)
     size = batch_size_of(config, training)
     for seed in seeds:

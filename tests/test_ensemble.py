@@ -4,15 +4,20 @@ What is tested, exported and loaded is the mean of the members, each as saved.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
+from test_crash_windows import _kill_when
 
 import ktune
 from ktune.config import parse_config
 
-from conftest import ktune_cli, reload_in_fresh_process, tiny_experiment
+from conftest import REPO, ktune_cli, reload_in_fresh_process, subprocess_env, tiny_experiment
 
 TEXTS = [
     "Striker scores twice as the league leaders win the cup final",
@@ -155,3 +160,52 @@ def test_a_missing_member_is_an_error_not_a_smaller_ensemble(finished, tmp_path)
     assert done.returncode != 0
     assert "an ensemble member's checkpoint is missing" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_training_members_resumes_to_the_whole_ensemble(tmp_path, ray_tmp):
+    raw = tiny_experiment(tmp_path, search__num_samples=2, ensemble={"seeds": 3})
+    raw["name"] = "killed"
+    raw["data"]["train_size"] = 3000  # members of a few seconds: a window to kill in
+    exp = tmp_path / "killed.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    exp_dir = Path(raw["storage"]) / "killed"
+    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp}
+    with (tmp_path / "run.log").open("w") as log:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "ktune", "run", str(exp)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _kill_when(run, ray_tmp, (exp_dir / "ensemble").is_dir, "members training")
+    assert not (exp_dir / "best.json").exists()
+    # What a kill between a member's write and its move into place leaves behind.
+    stale = exp_dir / "ensemble" / ".seed_1.tmp-99999"
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "ckpt.index").write_text("cut short")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ktune", "resume", str(exp_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    best = json.loads((exp_dir / "best.json").read_text())
+    assert best["ensemble"]["seeds"] == [0, 1, 2]
+    assert sorted(p.name for p in (exp_dir / "ensemble").iterdir()) == ["seed_1", "seed_2"]
+    _, spec, models = _members(SimpleNamespace(experiment_dir=exp_dir), best)
+    from ktune.config import TrainingConfig
+    from ktune.rebuild import family_of_record
+
+    ids = family_of_record(spec).encode(
+        spec["artefacts"], TrainingConfig(**spec["training"]), TEXTS
+    )
+    mean = np.mean([m.predict(ids, verbose=0) for m in models], axis=0)
+    exported = reload_in_fresh_process(best["export"], TEXTS)["probabilities"]
+    np.testing.assert_allclose(exported, mean, atol=1e-5)

@@ -98,7 +98,7 @@ def _compare_plot(records: Sequence[ExperimentRecord]):
         tests.append(np.nan if t is None else t)
     x = np.arange(len(records))
     b1 = ax1.bar(x - 0.2, vals, 0.4, label="best trial: val_accuracy", color="#4c72b0")
-    b2 = ax1.bar(x + 0.2, tests, 0.4, label="best trial: test_accuracy", color="#dd8452")
+    b2 = ax1.bar(x + 0.2, tests, 0.4, label="test_accuracy (best.json)", color="#dd8452")
     for bars in (b1, b2):
         for bar in bars:
             h = bar.get_height()
@@ -158,7 +158,8 @@ def compare_experiments(records: Sequence[ExperimentRecord], out: str | Path) ->
         f"<p class='sub'>generated {escape(now)}</p>",
         html_table(header, rows, status_col=2),
         "<p>best: the best trial's searched metric; val_accuracy and test_accuracy: the "
-        "same trial's (test accuracy once its search has finished); wall time: the driver's "
+        "same trial's (test accuracy once its search has finished; with ensemble.seeds the "
+        "ensemble's); wall time: the driver's "
         "run, or the span of the trial results while a search runs.</p>",
     ]
     parts += [f"<p class='note'>{escape(n)}</p>" for n in notes]
