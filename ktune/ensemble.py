@@ -33,6 +33,7 @@ from ktune.trainables.base import batch_size_of, compile_model, restore_model
 __all__ = ["ENSEMBLE_DIR", "average_models", "ensemble_model", "train_members"]
 
 ENSEMBLE_DIR = "ensemble"
+MEMBER_FILE = "member.json"  # in a member's folder: its seed, config and metrics
 
 
 class _KeepBest(keras.callbacks.Callback):
@@ -67,59 +68,109 @@ def train_members(
     metric: str,
     mode: str,
 ) -> tuple[list[dict], list[keras.Model]]:
-    """Trains ``config`` once per seed in this process and saves each member, at its best
-    epoch, to ``<exp_dir>/ensemble/seed_<s>/``; returns ``{"seed", "checkpoint" (relative
-    to ``exp_dir``), "metrics"}`` per member, and the members. A member folder left by an
-    earlier run is replaced (the same seed trains the same member again)."""
+    """Trains ``config`` once per seed in this process, as a trial trains (mixed precision
+    included), and saves each member, at its best epoch, to ``<exp_dir>/ensemble/seed_<s>/``;
+    returns ``{"seed", "checkpoint" (relative to ``exp_dir``), "metrics"}`` per member,
+    and the members. A member saved before for the same configuration and seed (a resume
+    after the members were trained) is restored, not trained again; one of another
+    configuration is replaced."""
     members, models = [], []
     folder = Path(exp_dir) / ENSEMBLE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".seed_*.tmp-*"):  # a member cut off by a kill
         shutil.rmtree(stale, ignore_errors=True)
     config = family.space.check_config(config)
-    size = batch_size_of(config, training)
-    for seed in seeds:
-        keras.utils.set_random_seed(int(seed))
-        model = family.build_model(config, prepared.artefacts, data.num_classes, training)
-        compile_model(model, config, training, len(data.train_labels))
-        keep = _KeepBest(metric, mode)
-        model.fit(
-            batches(prepared.train_inputs, data.train_labels, size, shuffle=True),
-            validation_data=batches(prepared.val_inputs, data.val_labels, size, shuffle=False),
-            epochs=training.epochs,
-            verbose=0,
-            callbacks=[keep],
-        )
-        if keep.weights is None:
-            raise ExperimentError(
-                f"ensemble.seeds: the member with seed {seed} reached no finite {metric}"
+    policy = keras.mixed_precision.global_policy()
+    try:
+        if training.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        for seed in seeds:
+            out = folder / f"seed_{seed}"
+            record = {"seed": int(seed), "config": json.loads(json.dumps(config, default=str))}
+            model, logs = _saved_member(out, record, family, config, prepared, data, training)
+            if model is None:
+                model, logs = _train(family, config, prepared, data, training, seed, metric, mode)
+                _save(model, {**record, "metrics": logs}, out)
+            members.append(
+                {"seed": int(seed), "checkpoint": f"{ENSEMBLE_DIR}/{out.name}", "metrics": logs}
             )
-        model.set_weights(keep.weights)
-        out = folder / f"seed_{seed}"
-        _save(model, keep.logs, out)
-        members.append(
-            {"seed": int(seed), "checkpoint": f"{ENSEMBLE_DIR}/{out.name}", "metrics": keep.logs}
-        )
-        models.append(model)
+            models.append(model)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     return members, models
 
 
-def _save(model: keras.Model, metrics: dict, out: Path) -> None:
-    """Weights (no optimizer) and metrics in a trial checkpoint's format, written beside
-    ``out`` and moved into place whole."""
+def _train(
+    family: Any,
+    config: Mapping[str, Any],
+    prepared: Any,
+    data: Any,
+    training: Any,
+    seed: int,
+    metric: str,
+    mode: str,
+) -> tuple[keras.Model, dict]:
+    keras.utils.set_random_seed(int(seed))
+    model = family.build_model(config, prepared.artefacts, data.num_classes, training)
+    compile_model(model, config, training, len(data.train_labels))
+    size = batch_size_of(config, training)
+    keep = _KeepBest(metric, mode)
+    model.fit(
+        batches(prepared.train_inputs, data.train_labels, size, shuffle=True),
+        validation_data=batches(prepared.val_inputs, data.val_labels, size, shuffle=False),
+        epochs=training.epochs,
+        verbose=0,
+        callbacks=[keep],
+    )
+    if keep.weights is None:
+        raise ExperimentError(
+            f"ensemble.seeds: the member with seed {seed} reached no finite {metric} "
+            "(set ensemble.seeds: 1 in the experiment file for a new run without it)"
+        )
+    model.set_weights(keep.weights)
+    return model, keep.logs
+
+
+def _saved_member(
+    out: Path,
+    record: dict,
+    family: Any,
+    config: Mapping[str, Any],
+    prepared: Any,
+    data: Any,
+    training: Any,
+) -> tuple[keras.Model | None, dict]:
+    """The member saved in ``out`` when it was trained for ``record`` (seed, config)."""
+    try:
+        saved = json.loads((out / MEMBER_FILE).read_text())
+    except (OSError, ValueError):
+        return None, {}
+    if {k: saved.get(k) for k in record} != record:
+        return None, {}
+    model = restore_model(family, config, prepared.artefacts, data.num_classes, training, out)
+    return model, dict(saved["metrics"])
+
+
+def _save(model: keras.Model, member: dict, out: Path) -> None:
+    """Weights and the member's record (seed, config, metrics) in a folder that
+    :func:`~ktune.trainables.base.restore_model` reads, written beside ``out`` and moved
+    into place whole."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    epoch = tf.Variable(int(metrics["epoch"]), dtype=tf.int64, trainable=False)
+    epoch = tf.Variable(int(member["metrics"]["epoch"]), dtype=tf.int64, trainable=False)
     tf.train.Checkpoint(model=model, epoch=epoch).write(str(tmp / CHECKPOINT_PREFIX))
-    (tmp / METRICS_FILE).write_text(json.dumps(metrics) + "\n")
+    (tmp / METRICS_FILE).write_text(json.dumps(member["metrics"]) + "\n")
+    (tmp / MEMBER_FILE).write_text(json.dumps(member, indent=1, default=str) + "\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
 
 
 def average_models(models: Sequence[keras.Model]) -> keras.Model:
-    """One functional model over the same inputs: the mean of ``models``' outputs."""
+    """One functional model over the same inputs: the mean of ``models``' outputs
+    (functional models of token ids; each is renamed ``member_<i>``, since the layers of
+    one model need distinct names)."""
     if len(models) == 1:
         return models[0]
     first = models[0]

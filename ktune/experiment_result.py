@@ -61,7 +61,8 @@ class ExperimentResult:
 
     @property
     def test_accuracy(self) -> float:
-        """The best trial's accuracy on the test split, which never guided the search."""
+        """The best trial's accuracy on the test split, which never guided the search;
+        with ``ensemble.seeds`` the ensemble's (``best["ensemble"]`` has each member's)."""
         return float(self.best["test_accuracy"])
 
     @property
@@ -98,7 +99,7 @@ class ExperimentResult:
         ):
             log.warning(
                 "%s holds another model than the best trial's (%s): predicting from the "
-                "best checkpoint instead",
+                "best checkpoint (and ensemble members) instead",
                 exported,
                 made_from,
             )

@@ -48,6 +48,16 @@ TEXTS = [
             {"ensemble": {"seeds": 2}, "storage": "s3://bucket/prefix"},
             "ensemble.seeds: needs local storage",
         ),
+        (
+            {"ensemble": {"seeds": 2}, "search": {"scheduler": "pbt"}},
+            "ensemble.seeds: not with scheduler pbt",
+        ),
+        (
+            {"ensemble": {"seeds": 2}, "model": {"build": "os:path"}},
+            r"ensemble.seeds: not with model.build",
+        ),
+        ({"ensemble": 0}, "ensemble: must be a mapping, got 0"),
+        ({"ensemble": False}, "ensemble: must be a mapping, got False"),
     ],
 )
 def test_bad_ensemble_settings_name_the_key(over, match):
@@ -209,3 +219,20 @@ def test_a_run_killed_while_training_members_resumes_to_the_whole_ensemble(tmp_p
     mean = np.mean([m.predict(ids, verbose=0) for m in models], axis=0)
     exported = reload_in_fresh_process(best["export"], TEXTS)["probabilities"]
     np.testing.assert_allclose(exported, mean, atol=1e-5)
+
+    # Once more (as after a kill during the export): the saved members are used again,
+    # not trained again, so best.json, the export and the members stay one ensemble.
+    saved = {p: p.stat().st_mtime_ns for p in (exp_dir / "ensemble").glob("seed_*/ckpt.index")}
+    again = subprocess.run(
+        [sys.executable, "-m", "ktune", "resume", str(exp_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in saved} == saved and len(saved) == 2
+    after = json.loads((exp_dir / "best.json").read_text())
+    assert after["test_accuracy"] == best["test_accuracy"]
+    assert after["ensemble"]["members"] == best["ensemble"]["members"]
