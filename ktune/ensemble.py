@@ -6,7 +6,9 @@ the search the driver trains the same configuration again with ``search.seed + 1
 ``+ N - 1`` on the same training split, each kept at its best epoch by ``search.metric``
 on the validation split, as a trial is. The members are saved in the experiment folder
 (``ensemble/seed_<s>/``, in a trial checkpoint's format), and the model that is tested,
-exported and loaded is one Keras model whose output is the mean of theirs.
+exported and loaded is one Keras model whose output is the mean of theirs. A member
+whose training reaches no finite ``search.metric`` is left out (best.json's
+``ensemble.left_out``) with a warning, not an error that would lose the search's results.
 
 Measured on the AG News sample (bench/README.md §8): one model of the example's kind
 0.857 test accuracy (mean of 8 seeds), the mean of any 3 of them 0.867 (52 of 56 triples
@@ -16,6 +18,7 @@ at or above TF-IDF + logistic regression's 0.857), for N times the final trainin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -34,6 +37,12 @@ __all__ = ["ENSEMBLE_DIR", "average_models", "ensemble_model", "train_members"]
 
 ENSEMBLE_DIR = "ensemble"
 MEMBER_FILE = "member.json"  # in a member's folder: its seed, config and metrics
+
+log = logging.getLogger("ktune")
+
+
+class _NoFiniteMetric(Exception):
+    """A member's training reached no finite ``search.metric`` in any epoch."""
 
 
 class _KeepBest(keras.callbacks.Callback):
@@ -67,14 +76,16 @@ def train_members(
     seeds: Sequence[int],
     metric: str,
     mode: str,
-) -> tuple[list[dict], list[keras.Model]]:
+) -> tuple[list[dict], list[keras.Model], list[dict]]:
     """Trains ``config`` once per seed in this process, as a trial trains (mixed precision
     included), and saves each member, at its best epoch, to ``<exp_dir>/ensemble/seed_<s>/``;
     returns ``{"seed", "checkpoint" (relative to ``exp_dir``), "metrics"}`` per member,
-    and the members. A member saved before for the same configuration and seed (a resume
-    after the members were trained) is restored, not trained again; one of another
-    configuration is replaced."""
-    members, models = [], []
+    the members, and ``{"seed", "reason"}`` per seed left out: one whose training reached
+    no finite ``metric`` (diverged) is not saved and not averaged, with a warning, rather
+    than lose the search's results. A member saved before for the same configuration and
+    seed (a resume after the members were trained) is restored, not trained again; one of
+    another configuration is replaced."""
+    members, models, left_out = [], [], []
     folder = Path(exp_dir) / ENSEMBLE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".seed_*.tmp-*"):  # a member cut off by a kill
@@ -89,7 +100,16 @@ def train_members(
             record = {"seed": int(seed), "config": json.loads(json.dumps(config, default=str))}
             model, logs = _saved_member(out, record, family, config, prepared, data, training)
             if model is None:
-                model, logs = _train(family, config, prepared, data, training, seed, metric, mode)
+                try:
+                    model, logs = _train(
+                        family, config, prepared, data, training, seed, metric, mode
+                    )
+                except _NoFiniteMetric:
+                    reason = f"no finite {metric} in {training.epochs} epoch(s)"
+                    log.warning("ensemble: seed %s left out: %s", seed, reason)
+                    left_out.append({"seed": int(seed), "reason": reason})
+                    shutil.rmtree(out, ignore_errors=True)  # not one of this ensemble
+                    continue
                 _save(model, {**record, "metrics": logs}, out)
             members.append(
                 {"seed": int(seed), "checkpoint": f"{ENSEMBLE_DIR}/{out.name}", "metrics": logs}
@@ -97,7 +117,7 @@ def train_members(
             models.append(model)
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    return members, models
+    return members, models, left_out
 
 
 def _train(
@@ -123,10 +143,7 @@ def _train(
         callbacks=[keep],
     )
     if keep.weights is None:
-        raise ExperimentError(
-            f"ensemble.seeds: the member with seed {seed} reached no finite {metric} "
-            "(set ensemble.seeds: 1 in the experiment file for a new run without it)"
-        )
+        raise _NoFiniteMetric(seed)
     model.set_weights(keep.weights)
     return model, keep.logs
 

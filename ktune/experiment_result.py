@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from ktune import storage
 from ktune.errors import ExperimentError, text_list
 from ktune.experiment_dir import EXPORT_DIR, front_trial, read_results
+from ktune.tables import left_out_text
 
 log = logging.getLogger("ktune")
 
@@ -255,7 +256,7 @@ class ExperimentResult:
             lines.insert(
                 -1,
                 f"  test_accuracy is the ensemble's: the mean of seeds {ensemble['seeds']} "
-                f"(ensemble.seeds); each alone: {alone}",
+                f"(ensemble.seeds{left_out_text(ensemble)}); each alone: {alone}",
             )
         if self.pareto_front:
             lines.insert(-1, "Pareto front (export one with: ktune export DIR --trial ID):")

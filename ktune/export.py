@@ -138,16 +138,20 @@ def _export_local(
         model = ensemble_model(
             exp_dir, best, family, spec["artefacts"], num_classes, training, first
         )
+    ensemble = best.get("ensemble") or {}
     metadata = {
         "family": spec["family"],
         "experiment": spec.get("experiment_path") or str(Path(exp_dir).resolve()),
         "trial": best["trial"],
-        "metrics": best["metrics"],
+        # the exported model's validation metrics: with ensemble.seeds the ensemble's
+        "metrics": ensemble.get("metrics") or best["metrics"],
         "test_accuracy": best.get("test_accuracy"),
         "checkpoint": best["checkpoint"],
         # ensemble.seeds: the mean of these seeds' models, the best trial's the first
-        "ensemble_seeds": (best.get("ensemble") or {}).get("seeds"),
+        "ensemble_seeds": ensemble.get("seeds"),
     }
+    if ensemble:
+        metadata["trial_metrics"] = best["metrics"]  # the best trial's alone
     return export_checkpoint(
         family,
         best["config"],

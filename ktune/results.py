@@ -164,13 +164,14 @@ def _seed_ensemble(
     prepared: Any,
 ) -> tuple[Any, dict]:
     """``ensemble.seeds``: the best configuration trained with more seeds; the averaged
-    model, and best.json's ``ensemble`` (each member's seed, checkpoint, validation
-    metrics and test accuracy alone)."""
+    model, and best.json's ``ensemble``: the averaged seeds, the ensemble's validation
+    metrics, each member's seed, checkpoint, validation metrics and test accuracy alone,
+    and ``left_out``, the seeds whose training reached no finite ``search.metric``."""
     from ktune.ensemble import average_models, train_members
 
     seeds = [cfg.search.seed + i for i in range(1, cfg.ensemble_seeds)]
     log.info("ensemble: training the best configuration with seeds %s", ", ".join(map(str, seeds)))
-    members, models = train_members(
+    members, models, left_out = train_members(
         cfg.experiment_dir,
         family,
         best.config,
@@ -192,10 +193,18 @@ def _seed_ensemble(
             family, alone, prepared.artefacts, data, cfg.training
         )["accuracy"]
         member["metrics"] = {k: v for k, v in member["metrics"].items() if k in _MEMBER_METRICS}
-    return average_models([model, *models]), {
+    averaged = average_models([model, *models])
+    # The ensemble's own validation metrics: the model that is exported is the average,
+    # and its metadata names these, not the best trial's.
+    val = evaluate_model(family, averaged, prepared.artefacts, data, cfg.training, split="val")
+    ensemble: dict = {
         "seeds": [m["seed"] for m in members],
+        "metrics": {"val_accuracy": val["accuracy"], "val_loss": val["loss"]},
         "members": members,
     }
+    if left_out:
+        ensemble["left_out"] = left_out
+    return averaged, ensemble
 
 
 _MEMBER_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "epoch")
@@ -310,20 +319,27 @@ def evaluate_checkpoint(
 
 
 def evaluate_model(
-    family: Any, model: Any, artefacts: dict, data: Any, training: TrainingConfig
+    family: Any,
+    model: Any,
+    artefacts: dict,
+    data: Any,
+    training: TrainingConfig,
+    split: str = "test",
 ) -> dict:
     """Loss, accuracy and confusion matrix of a trained model on the test split (never
-    seen in the search).
+    seen in the search), or on the validation split with ``split="val"``.
 
-    ``confusion_matrix`` is a list of rows of counts: row i holds the test texts of class
+    ``confusion_matrix`` is a list of rows of counts: row i holds the texts of class
     i, column j those predicted as class j (classes in ``data.class_names`` order).
     """
     import numpy as np
 
-    probs = model.predict(
-        family.encode(artefacts, training, data.test_texts), batch_size=256, verbose=0
-    )
-    labels = np.asarray(data.test_labels)
+    if split == "test":
+        texts, labels = data.test_texts, data.test_labels
+    else:
+        texts, labels = data.val_texts, data.val_labels
+    probs = model.predict(family.encode(artefacts, training, texts), batch_size=256, verbose=0)
+    labels = np.asarray(labels)
     eps = 1e-7
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
     predicted = np.argmax(probs, -1)

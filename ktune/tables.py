@@ -122,4 +122,15 @@ def ensemble_note(best_info: Mapping) -> str:
     if not ensemble:
         return ""
     alone = metric_text(ensemble["members"][0].get("test_accuracy"))
-    return f" (ensemble of seeds {ensemble['seeds']}; the trial alone {alone})"
+    seeds = f"{ensemble['seeds']}{left_out_text(ensemble)}"
+    return f" (ensemble of seeds {seeds}; the trial alone {alone})"
+
+
+def left_out_text(ensemble: Mapping) -> str:
+    """``"; seeds [1] left out: no finite val_accuracy in 6 epoch(s)"`` for the members
+    best.json's ``ensemble`` says were left out ("" when none was)."""
+    left = ensemble.get("left_out") or []
+    if not left:
+        return ""
+    seeds = [m["seed"] for m in left]
+    return f"; seeds {seeds} left out: {left[0]['reason']}"

@@ -123,6 +123,14 @@ class SearchTracking:
             if key != "epoch":
                 client.log_metric(parent, f"best.{key}", float(value))
         client.set_tag(parent, "best_trial", best["trial"])
+        ensemble = best.get("ensemble")
+        if ensemble:  # test_accuracy is the ensemble's: say so, and the trial's alone
+            client.set_tag(parent, "ensemble_seeds", ",".join(map(str, ensemble["seeds"])))
+            for key, value in (ensemble.get("metrics") or {}).items():
+                client.log_metric(parent, f"ensemble.{key}", float(value))
+            alone = ensemble["members"][0].get("test_accuracy")
+            if alone is not None:
+                client.log_metric(parent, "best_trial.test_accuracy", float(alone))
         spec = self.cfg.experiment_dir / "experiment.yaml"
         if spec.is_file():
             client.log_artifact(parent, str(spec))

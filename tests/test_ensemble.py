@@ -128,6 +128,14 @@ def test_the_export_and_test_accuracy_are_the_mean_of_the_saved_members(finished
         assert member["test_accuracy"] == pytest.approx(np.mean(p.argmax(-1) == data.test_labels))
     meta = json.loads((cfg.experiment_dir / "export" / "metadata.json").read_text())
     assert meta["ensemble_seeds"] == [0, 1, 2]
+    # The export's metrics are the exported model's: the ensemble's on the validation
+    # split, computed from the members; the best trial's alone beside them.
+    val_ids = family.encode(spec["artefacts"], training, list(data.val_texts))
+    val_probs = np.mean([m.predict(val_ids, verbose=0) for m in models], axis=0)
+    val_accuracy = float(np.mean(val_probs.argmax(-1) == data.val_labels))
+    assert ensemble["metrics"]["val_accuracy"] == pytest.approx(val_accuracy)
+    assert meta["metrics"] == ensemble["metrics"]
+    assert meta["trial_metrics"] == best["metrics"]
 
 
 @pytest.mark.slow
@@ -236,3 +244,55 @@ def test_a_run_killed_while_training_members_resumes_to_the_whole_ensemble(tmp_p
     after = json.loads((exp_dir / "best.json").read_text())
     assert after["test_accuracy"] == best["test_accuracy"]
     assert after["ensemble"]["members"] == best["ensemble"]["members"]
+
+
+def test_a_member_that_diverges_is_left_out_with_a_warning_not_the_search(tmp_path, caplog):
+    """A seed whose training reaches no finite metric is not saved and not averaged; the
+    run goes on to best.json (which records it) instead of stopping after the search."""
+    from ktune.data import load_data
+    from ktune.ensemble import train_members
+    from ktune.trainables import get_family
+
+    cfg = parse_config(tiny_experiment(tmp_path, ensemble={"seeds": 3}))
+    data = load_data(cfg.data)
+    family = get_family("transformer")
+    prepared = family.prepare(data, cfg.training, cfg.model)
+    config = {"embed_dim": 8, "heads": 1, "ff_dim": 8, "num_blocks": 1, "learning_rate": 1e-2}
+    exp_dir = tmp_path / "exp"
+    # The same call with a sane learning rate keeps its member: what leaves one out below
+    # is the divergence.
+    members, models, left = train_members(
+        exp_dir, family, config, prepared, data, cfg.training, [2], "val_loss", "min"
+    )
+    assert [m["seed"] for m in members] == [2] and len(models) == 1 and left == []
+    assert (exp_dir / "ensemble" / "seed_2" / "member.json").is_file()
+
+    diverging = {**config, "learning_rate": 1e9}
+    with caplog.at_level("WARNING", logger="ktune"):
+        members, models, left = train_members(
+            exp_dir, family, diverging, prepared, data, cfg.training, [1, 2], "val_loss", "min"
+        )
+    assert members == [] and models == []
+    reason = "no finite val_loss in 2 epoch(s)"
+    assert left == [{"seed": 1, "reason": reason}, {"seed": 2, "reason": reason}]
+    # seed_2 of the other configuration is not one of this ensemble: removed, not kept
+    assert not list((exp_dir / "ensemble").glob("seed_*"))
+    assert "ensemble: seed 1 left out: no finite val_loss" in caplog.text
+
+
+def test_the_notes_name_the_seeds_left_out():
+    from ktune.tables import ensemble_note
+
+    ensemble = {
+        "seeds": [0, 2],
+        "members": [{"seed": 0, "test_accuracy": 0.81}, {"seed": 2, "test_accuracy": 0.8}],
+        "left_out": [{"seed": 1, "reason": "no finite val_accuracy in 6 epoch(s)"}],
+    }
+    assert ensemble_note({"ensemble": ensemble}) == (
+        " (ensemble of seeds [0, 2]; seeds [1] left out: no finite val_accuracy in 6 "
+        "epoch(s); the trial alone 0.8100)"
+    )
+    del ensemble["left_out"]
+    assert ensemble_note({"ensemble": ensemble}) == (
+        " (ensemble of seeds [0, 2]; the trial alone 0.8100)"
+    )

@@ -385,3 +385,36 @@ def test_a_resumed_search_continues_its_mlflow_runs(tracked, monkeypatch):
     parent = next(r for r in runs if r.data.tags.get("ktune_role") == "search")
     assert parent.info.status == "FINISHED"
     assert len(client.search_model_versions("name = 'news-clf'")) == 1  # not exported again
+
+
+def test_mlflow_says_when_test_accuracy_is_an_ensembles(tmp_path):
+    """With ensemble.seeds best.json's test_accuracy is the ensemble's: the search's run
+    is tagged with the seeds and holds the best trial's test accuracy alone beside it."""
+    from mlflow import MlflowClient
+
+    from ktune.tracking import start_tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = parse_config(
+        tiny_experiment(tmp_path, tracking={"mlflow": {"uri": uri}}, ensemble={"seeds": 2})
+    )
+    tracking = start_tracking(cfg)
+    best = {
+        "trial": "trial_00000",
+        "config": {"embed_dim": 16},
+        "metrics": {"val_accuracy": 0.8, "epoch": 2},
+        "test_accuracy": 0.83,
+        "test_loss": 0.5,
+        "ensemble": {
+            "seeds": [0, 1],
+            "metrics": {"val_accuracy": 0.82, "val_loss": 0.45},
+            "members": [{"seed": 0, "test_accuracy": 0.81}, {"seed": 1, "test_accuracy": 0.8}],
+        },
+    }
+    tracking.finish(best)
+    run = MlflowClient(tracking_uri=uri).get_run(tracking.parent_run_id)
+    assert run.data.tags["ensemble_seeds"] == "0,1"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(0.83)
+    assert run.data.metrics["best_trial.test_accuracy"] == pytest.approx(0.81)
+    assert run.data.metrics["ensemble.val_accuracy"] == pytest.approx(0.82)
+    assert run.data.metrics["best.val_accuracy"] == pytest.approx(0.8)
