@@ -253,10 +253,12 @@ class ExperimentResult:
         ensemble = self.best.get("ensemble")
         if ensemble:
             alone = ", ".join(f"{m['test_accuracy']:.4f}" for m in ensemble["members"])
+            val = (ensemble.get("metrics") or {}).get("val_accuracy")
+            val_text = "" if val is None else f", its val_accuracy {val:.4f}"
             lines.insert(
                 -1,
                 f"  test_accuracy is the ensemble's: the mean of seeds {ensemble['seeds']} "
-                f"(ensemble.seeds{left_out_text(ensemble)}); each alone: {alone}",
+                f"(ensemble.seeds{left_out_text(ensemble)}{val_text}); each alone: {alone}",
             )
         if self.pareto_front:
             lines.insert(-1, "Pareto front (export one with: ktune export DIR --trial ID):")

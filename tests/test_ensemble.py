@@ -159,7 +159,8 @@ def test_export_cli_load_and_predict_rebuild_the_ensemble_from_disk(finished, tm
     family = family_of_record(result.spec)
     ids = family.encode(result.spec["artefacts"], TrainingConfig(**result.spec["training"]), TEXTS)
     np.testing.assert_allclose(result.load_model().predict(ids, verbose=0), first, atol=1e-5)
-    assert "the mean of seeds [0, 1, 2]" in result.summary()
+    val = f"its val_accuracy {best['ensemble']['metrics']['val_accuracy']:.4f}"
+    assert f"the mean of seeds [0, 1, 2] (ensemble.seeds, {val})" in result.summary()
     report = ktune_cli("report", str(cfg.experiment_dir))
     assert report.returncode == 0, report.stderr[-2000:]
     alone = f"{best['ensemble']['members'][0]['test_accuracy']:.4f}"
