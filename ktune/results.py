@@ -119,11 +119,7 @@ def finish_search(
         "trial": Path(best.path).name,
         "trial_dir": _location(cfg, best.path),
         "config": dict(best.config),
-        "metrics": {
-            k: best_metrics[k]
-            for k in ("val_accuracy", "val_loss", "accuracy", "loss", "epoch")
-            if k in best_metrics
-        },
+        "metrics": _best_json_metrics(best_metrics),
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         # rows: true class, columns: predicted class, both in ktune.json's class_names order
@@ -192,7 +188,7 @@ def _seed_ensemble(
         member["test_accuracy"] = evaluate_model(
             family, alone, prepared.artefacts, data, cfg.training
         )["accuracy"]
-        member["metrics"] = {k: v for k, v in member["metrics"].items() if k in _MEMBER_METRICS}
+        member["metrics"] = _best_json_metrics(member["metrics"])
     averaged = average_models([model, *models])
     # The ensemble's own validation metrics: the model that is exported is the average,
     # and its metadata names these, not the best trial's.
@@ -207,7 +203,10 @@ def _seed_ensemble(
     return averaged, ensemble
 
 
-_MEMBER_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "epoch")
+def _best_json_metrics(metrics: dict) -> dict:
+    """The metrics best.json keeps of a checkpoint's epoch (the best trial's, a member's)."""
+    keys = ("val_accuracy", "val_loss", "accuracy", "loss", "epoch")
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 def pareto_entries(cfg: ExperimentConfig, grid: Any, rows: list[dict]) -> list[dict]:

@@ -132,15 +132,18 @@ def tiny_experiment(tmp_path: Path, **over) -> dict:
     return cfg
 
 
-def ktune_cli(*args: str) -> subprocess.CompletedProcess:
-    """The ``ktune`` command in a subprocess, run from the checkout."""
+def ktune_cli(
+    *args: str, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """The ``ktune`` command in a subprocess, run from the checkout (``env``: the
+    environment, by default :func:`subprocess_env`'s)."""
     return subprocess.run(
         [sys.executable, "-m", "ktune", *args],
         capture_output=True,
         text=True,
-        env=subprocess_env(),
+        env=env or subprocess_env(),
         cwd=REPO,
-        timeout=300,
+        timeout=timeout,
     )
 
 

@@ -26,7 +26,7 @@ import yaml
 from ktune.checkpoint_manifest import is_complete
 from ktune.ray_state import is_state_file
 
-from conftest import REPO, kill_ray_under, subprocess_env, tiny_experiment
+from conftest import REPO, kill_ray_under, ktune_cli, subprocess_env, tiny_experiment
 from test_resume import in_ray_snapshot, last_checkpoints
 
 EPOCHS, TRIALS = 3, 4
@@ -178,14 +178,7 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path, ray_tmp):
     )
     assert not (exp_dir / "export" / "saved_model.pb").exists()
 
-    final = subprocess.run(
-        [sys.executable, "-m", "ktune", "resume", str(exp_dir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    final = ktune_cli("resume", str(exp_dir), env=env, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:] + "".join(
         f"\n--- {log.name}\n" + log.read_text()[-2000:] for log in logs
     )
@@ -281,14 +274,7 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path, ray_tmp):
         cut[f.name] = f.read_bytes()[:10]
         f.write_bytes(cut[f.name])
     listing = sorted(p.name for p in exp_dir.iterdir() if p.name not in cut)
-    lost = subprocess.run(
-        [sys.executable, "-m", "ktune", "resume", str(exp_dir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    lost = ktune_cli("resume", str(exp_dir), env=env, timeout=120)
     assert lost.returncode == 2, lost.stderr[-2000:]
     assert "searcher snapshot was cut short" in lost.stderr and "Traceback" not in lost.stderr
     assert sorted(p.name for p in exp_dir.iterdir()) == listing
@@ -320,14 +306,7 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path, l
     raw["export"] = {"enabled": False}
     exp = tmp_path / "one.yaml"
     exp.write_text(yaml.safe_dump(raw))
-    done = subprocess.run(
-        [sys.executable, "-m", "ktune", "run", str(exp)],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = ktune_cli("run", str(exp), timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     exp_dir = Path(raw["storage"]) / "tiny"
     trial = next(exp_dir.glob("trial_*"))

@@ -206,14 +206,7 @@ def test_a_run_killed_while_training_members_resumes_to_the_whole_ensemble(tmp_p
     stale.mkdir(parents=True, exist_ok=True)
     (stale / "ckpt.index").write_text("cut short")
 
-    done = subprocess.run(
-        [sys.executable, "-m", "ktune", "resume", str(exp_dir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = ktune_cli("resume", str(exp_dir), env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     best = json.loads((exp_dir / "best.json").read_text())
     assert best["ensemble"]["seeds"] == [0, 1, 2]
@@ -232,14 +225,7 @@ def test_a_run_killed_while_training_members_resumes_to_the_whole_ensemble(tmp_p
     # Once more (as after a kill during the export): the saved members are used again,
     # not trained again, so best.json, the export and the members stay one ensemble.
     saved = {p: p.stat().st_mtime_ns for p in (exp_dir / "ensemble").glob("seed_*/ckpt.index")}
-    again = subprocess.run(
-        [sys.executable, "-m", "ktune", "resume", str(exp_dir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = ktune_cli("resume", str(exp_dir), env=env, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in saved} == saved and len(saved) == 2
     after = json.loads((exp_dir / "best.json").read_text())
