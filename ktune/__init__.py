@@ -13,7 +13,14 @@ from __future__ import annotations
 # First: TF_USE_LEGACY_KERAS must be set before TensorFlow is imported (ktune._keras_env).
 import ktune._keras_env  # noqa: F401  # isort: skip
 from ktune.config import ExperimentConfig, load_config
-from ktune.errors import ConfigError, DataError, ExperimentError, KtuneUserError
+from ktune.errors import (
+    ConfigError,
+    DataError,
+    ExperimentError,
+    KtuneUserError,
+    SearchFailed,
+    SearchInterrupted,
+)
 
 __version__ = "0.1.0"
 
@@ -41,6 +48,8 @@ __all__ = [
     "DataError",
     "ExperimentError",
     "KtuneUserError",
+    "SearchFailed",
+    "SearchInterrupted",
 ]
 
 

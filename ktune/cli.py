@@ -13,7 +13,8 @@
 
 A mistake in the input (experiment file, data files, arguments, directories) prints one
 line ``ktune: error: ...`` naming the key or file, and exits with code 2 before any work
-starts.
+starts. Ctrl+C during a search (``run``, ``resume``) stops it the way Ray Tune does, with
+its state saved, and prints one line naming ``ktune resume`` (exit code 130).
 
 EXPERIMENT_DIR and EXPORT_DIR may be URIs (``s3://bucket/prefix/name``): ``resume``
 continues there; ``export``, ``predict`` and ``report`` download what they read to a
@@ -36,11 +37,12 @@ from typing import Callable, Iterable, Sequence
 
 import ktune
 from ktune import storage
-from ktune.errors import KtuneUserError, SearchFailed
+from ktune.errors import KtuneUserError, SearchFailed, SearchInterrupted
 
 __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl+C ended
 
 
 def _positive_int(text: str) -> int:
@@ -380,6 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SearchFailed as e:
         print(f"ktune: error: {e}", file=sys.stderr)
         return 1
+    except SearchInterrupted as e:  # Ctrl+C during the search: its state is saved
+        print(f"ktune: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # elsewhere (a second Ctrl+C skips Ray's last snapshot)
+        print("ktune: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def entry() -> None:

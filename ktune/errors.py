@@ -13,6 +13,7 @@ __all__ = [
     "ExperimentError",
     "RayStartError",
     "SearchFailed",
+    "SearchInterrupted",
 ]
 
 
@@ -39,6 +40,42 @@ class RayStartError(KtuneUserError):
 
 class SearchFailed(Exception):
     """The search ran but produced nothing usable (every trial failed): exit code 1."""
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """The search was stopped before it finished (Ctrl+C): Ray saved its state, and
+    nothing else (results table, ``best.json``, export) was written. ``ktune resume``
+    continues it. A ``KeyboardInterrupt``, as a Ctrl+C is in Python; ``ktune`` prints
+    its one line and exits with code 130.
+
+    Attributes:
+        experiment: str. The experiment's folder (or URI), for ``ktune resume``.
+        finished: int. Trials that had ended (all epochs, stopped early, or failed).
+        total: int. Trials the search runs in all.
+        cut_off: list of str. Trials stopped while running or pending; they continue
+            from their last checkpoint on resume.
+    """
+
+    def __init__(self, experiment: str, *, finished: int, total: int, cut_off: list[str]):
+        self.experiment = experiment
+        self.finished = finished
+        self.total = total
+        self.cut_off = list(cut_off)
+        running = f", {len(cut_off)} stopped before their end" if cut_off else ""
+        super().__init__(
+            f"{experiment}: search interrupted with {finished} of {total} trials "
+            f"finished{running}; its state is saved: `ktune resume {experiment}` continues it"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self):  # its keyword arguments survive a pickle (a Ray Job's driver)
+        return (_interrupted, (self.experiment, self.finished, self.total, self.cut_off))
+
+
+def _interrupted(experiment: str, finished: int, total: int, cut_off: list) -> SearchInterrupted:
+    return SearchInterrupted(experiment, finished=finished, total=total, cut_off=cut_off)
 
 
 def text_list(texts) -> list:

@@ -37,6 +37,7 @@ from ktune.experiment_file import experiment_as_run
 from ktune.prepare import prepare
 from ktune.ray_start import check_address, init_ray, tune_output
 from ktune.results import finish_search
+from ktune.search_end import SearchEnd, signal_handlers_kept
 from ktune.staging import push_staged
 
 __all__ = [
@@ -123,8 +124,11 @@ def _storage_callbacks(cfg: ExperimentConfig) -> list:
     return [UploadJournal(cfg.experiment_dir, cfg.experiment_path, JOURNAL_FILE)]
 
 
-def _progress_callbacks(cfg: ExperimentConfig, verbose: bool, progress: bool = True) -> list:
-    """The driver's live progress table, unless Ray's own output was asked for."""
+def _progress_callbacks(
+    cfg: ExperimentConfig, verbose: bool, progress: bool = True, end: SearchEnd | None = None
+) -> list:
+    """The driver's live progress table, unless Ray's own output was asked for (``end``:
+    its last line tells an interrupted search)."""
     if verbose or not progress:
         return []
     from ktune.progress import SearchProgress
@@ -138,6 +142,7 @@ def _progress_callbacks(cfg: ExperimentConfig, verbose: bool, progress: bool = T
             num_samples=cfg.search.num_samples,
             epochs=cfg.training.epochs,
             keys=searched_keys(cfg.search.space),
+            end=end,
         )
     ]
 
@@ -253,13 +258,17 @@ def run_search(
     )
     # URI storage: claims the name on the storage and makes the run resumable
     push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE])
+    # A user's own searcher may finish before num_samples by design; ktune's do not.
+    end = SearchEnd(expect_total=search_alg is None)
     with _tracking(cfg) as tracking:  # MLflow / W&B, when the file names them
-        with tune_output(verbose):  # the searcher announces its Optuna study when built
+        with tune_output(verbose), signal_handlers_kept():
+            # (the searcher announces its Optuna study when built)
             grid = build_tuner(
                 cfg,
                 payload,
                 callbacks=callbacks,
-                tune_callbacks=_progress_callbacks(cfg, verbose, progress)
+                tune_callbacks=[end]
+                + _progress_callbacks(cfg, verbose, progress, end)
                 + _storage_callbacks(cfg)
                 + tracking.callbacks
                 + list(tune_callbacks),
@@ -267,6 +276,8 @@ def run_search(
                 scheduler=scheduler,
                 search_alg=search_alg,
             ).fit()
+        # Ctrl+C: Ray saved the search's state; nothing else is written (MLflow: KILLED)
+        end.raise_if_interrupted(storage.redact(cfg.experiment_path))
         best = finish_search(cfg, grid, data, prepared, started, export)
         tracking.finish(best)
     return best, grid
@@ -410,7 +421,8 @@ def resume_search(
 
     data, prepared, payload = prepare_while_ray_starts(cfg, verbose, check=same_artefacts)
     log.info("resuming %s", shown)
-    with _tracking(cfg, resume=True) as tracking, tune_output(verbose):
+    end = SearchEnd()
+    with _tracking(cfg, resume=True) as tracking, tune_output(verbose), signal_handlers_kept():
         tuner = tune.Tuner.restore(
             where, trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
         )
@@ -420,13 +432,15 @@ def resume_search(
         if local is not None:
             run_config = local.get_run_config()
             run_config.callbacks = trial_history_callbacks(
-                _progress_callbacks(cfg, verbose, progress)
+                [end]
+                + _progress_callbacks(cfg, verbose, progress, end)
                 + _storage_callbacks(cfg)
                 + tracking.callbacks
                 + list(tune_callbacks)
             )
             run_config.verbose = 1 if verbose else 0
         grid = tuner.fit()
+        end.raise_if_interrupted(shown)
     if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
         log.info(
             "%s: already exported; `ktune export --force` replaces it",

@@ -144,6 +144,8 @@ class SearchProgress(Callback):
         interval_s: float. Least seconds between two tables. Defaults to the environment
             variable ``KTUNE_PROGRESS_INTERVAL``, else 20.
         stream: file. Where to print. Defaults to ``sys.stdout`` at the time of printing.
+        end: :class:`ktune.search_end.SearchEnd` or None. Placed before this callback, it
+            tells the last line of a search stopped by Ctrl+C from that of a finished one.
 
     Example:
         ``tune.RunConfig(callbacks=[SearchProgress(name="q", metric="val_accuracy", mode="max",
@@ -161,6 +163,7 @@ class SearchProgress(Callback):
         keys: Sequence[str],
         interval_s: float | None = None,
         stream: IO[str] | None = None,
+        end: Any = None,
     ):
         self.name = name
         self.metric = metric
@@ -170,6 +173,7 @@ class SearchProgress(Callback):
         self.keys = list(keys)
         self.interval_s = default_interval() if interval_s is None else float(interval_s)
         self._stream = stream
+        self._end = end  # a ktune.search_end.SearchEnd ahead of this callback, or None
         self._reset()
 
     def _reset(self) -> None:
@@ -244,6 +248,16 @@ class SearchProgress(Callback):
         """Called once when the search is over: the final header line (the results table
         that follows in ``ktune run`` has every trial)."""
         self._trials = trials
+        end = self._end
+        if end is not None and end.interrupted:
+            # Tune's clean-up marked the trials it stopped TERMINATED: not "stopped early".
+            left = end.total - end.trials
+            self._event(
+                f"interrupted: trials {end.finished}/{max(end.total, end.trials)} finished, "
+                f"{len(end.cut_off)} stopped before their end"
+                + (f", {left} not started" if left > 0 else "")
+            )
+            return
         self._write(self.render().splitlines()[0] + "\n")
 
     # -- output -------------------------------------------------------------------------

@@ -140,8 +140,17 @@ def tune_output(verbose: bool) -> Iterator[None]:
     # that this "may become a bottleneck" at each snapshot. A user's own setting stands.
     saved_level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(_not_tuner_restore)
     try:
         with environment({"RAY_AIR_NEW_OUTPUT": "0"}, defaults={_SNAPSHOT_WARNING: "0"}):
             yield
     finally:
         optuna.logging.set_verbosity(saved_level)
+        tune_log.removeFilter(_not_tuner_restore)
+
+
+def _not_tuner_restore(record: logging.LogRecord) -> bool:
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)" after a Ctrl+C: ktune's own
+    line names ``ktune resume`` (which restores with the trainable and the searcher)."""
+    return "Tuner.restore(" not in record.getMessage()

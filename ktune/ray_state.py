@@ -363,8 +363,13 @@ def repair(exp_dir: str | Path) -> list[str]:
         write_atomic(path, copy)
         restored.append(name)
     trials = repair_trial_files(exp_dir, aside)
-    relinked, forgotten = relink_deleted_checkpoints(exp_dir, aside)
+    relinked, forgotten, registered = relink_deleted_checkpoints(exp_dir, aside)
     notes = []
+    if registered:
+        notes.append(
+            f"{', '.join(registered)}: the run stopped before Ray registered the checkpoint "
+            "of the last epoch it recorded; registered, so the trial continues from it"
+        )
     if forgotten:
         notes.append(
             f"{', '.join(forgotten)}: deleted by Ray after its last snapshot (a better "
@@ -462,7 +467,45 @@ def _relink(manager, meta: dict, aside: Path) -> str | None:
     return named.parent.name
 
 
-def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> tuple[list[str], list[str]]:
+def _register_recorded(manager, meta: dict, trial_dir: Path) -> str | None:
+    """Registers the checkpoint of the last result Ray recorded when Ray had not: a trial's
+    checkpoint is registered by a save task of its own, after its result is processed, and
+    a run stopped in between (Ctrl+C: Ray's last snapshot is taken at once; or a kill
+    between a snapshot and the save) records the epoch without its checkpoint. Resumed
+    from the older one, the trial would report that epoch again: twice in its history.
+    The checkpoint is the complete folder after the registered one whose ``metrics.json``
+    holds the recorded epoch and report time; registered as Ray would have (keeping its
+    best ``num_to_keep``). Returns the trial's folder name when it did."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    last = meta.get("last_result") or {}
+    epoch, stamp = last.get("epoch"), last.get("timestamp")
+    latest = manager._latest_checkpoint_result
+    if epoch is None or stamp is None or not trial_dir.is_dir():
+        return None
+    after = -1
+    if latest is not None and latest.checkpoint is not None:
+        after = _checkpoint_index(Path(latest.checkpoint.path))
+    folders = sorted(trial_dir.glob("checkpoint_*"), key=_checkpoint_index, reverse=True)
+    for folder in folders:
+        if _checkpoint_index(folder) <= after:
+            break
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if (metrics.get("epoch"), metrics.get("timestamp")) == (epoch, stamp):
+            if not is_complete(str(folder)):
+                return None  # cut off: the trial trains that epoch again, and replaces it
+            manager.register_checkpoint(_TrainingResult(Checkpoint(str(folder)), metrics))
+            return trial_dir.name
+    return None
+
+
+def relink_deleted_checkpoints(
+    exp_dir: Path, aside: Path
+) -> tuple[list[str], list[str], list[str]]:
     """Ray keeps a trial's best ``num_to_keep`` checkpoints and deletes the others as soon
     as a newer one registers, before its next snapshot: killed in between, the snapshot
     names as the trial's latest a checkpoint that is gone, and the restored trial fails
@@ -472,11 +515,13 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> tuple[list[str], l
     complete checkpoint after the deleted one, marked with the epoch Ray last recorded so
     that the trial reports its epochs again (:func:`ktune.trainables.base.starting_checkpoint`);
     a part-deleted folder goes into ``aside``. An older checkpoint the snapshot still
-    counts among those kept, deleted since, is forgotten. Returns the trials pointed at
-    another checkpoint and the checkpoints forgotten (``trial/checkpoint_...``)."""
+    counts among those kept, deleted since, is forgotten; a recorded epoch whose checkpoint
+    Ray had not registered yet is registered (:func:`_register_recorded`). Returns the
+    trials pointed at another checkpoint, the checkpoints forgotten
+    (``trial/checkpoint_...``) and the trials whose recorded checkpoint was registered."""
     states = [f for f in exp_dir.glob("experiment_state-*.json") if is_whole(f.read_bytes())]
     if not states:
-        return [], []
+        return [], [], []
     newest = max(states)
     try:
         import cloudpickle
@@ -488,11 +533,13 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> tuple[list[str], l
         state = json.loads(newest.read_text())
         entries = state["trial_data"]
     except (ImportError, ValueError, KeyError):
-        return [], []
+        return [], [], []
     changed: list[str] = []
     forgotten: list[str] = []
+    registered: list[str] = []
     for entry in entries:
         try:
+            trial_dir = exp_dir / (json.loads(entry[0]).get("relative_logdir") or "")
             meta = json.loads(entry[1])
             field = meta["checkpoint_manager"]
             manager = cloudpickle.loads(bytes.fromhex(field["value"]))
@@ -519,11 +566,14 @@ def relink_deleted_checkpoints(exp_dir: Path, aside: Path) -> tuple[list[str], l
         relinked = _relink(manager, meta, aside)
         if relinked:
             changed.append(relinked)
-        if gone or relinked:
+        recorded = None if relinked else _register_recorded(manager, meta, trial_dir)
+        if recorded:
+            registered.append(recorded)
+        if gone or relinked or recorded:
             field["value"] = cloudpickle.dumps(manager).hex()
             entry[1] = json.dumps(meta, indent=2)
-    if changed or forgotten:
+    if changed or forgotten or registered:
         aside.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(newest, aside / newest.name)
         write_atomic(newest, json.dumps(state))
-    return changed, forgotten
+    return changed, forgotten, registered

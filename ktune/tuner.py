@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import optuna
@@ -85,7 +86,11 @@ class DurableOptunaSearch(OptunaSearch):
         if not self._knows(trial_id):
             return
         try:
-            super().on_trial_result(trial_id, result)
+            with warnings.catch_warnings():
+                # An epoch a resumed trial reports again (the study took it before the
+                # run stopped): Optuna keeps the first value and says so on the console.
+                warnings.filterwarnings("ignore", "The reported value is ignored because")
+                super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             self._completed_trials.add(trial_id)
 

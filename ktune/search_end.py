@@ -1,0 +1,120 @@
+"""A search stopped before its end (Ctrl+C) told from one that finished.
+
+On the first SIGINT (Ctrl+C; SIGUSR1 too) Ray Tune saves the experiment's state, stops the
+running trials and returns from ``Tuner.fit`` as if the search were over: every trial it
+stopped then reads ``TERMINATED``, like one that ran all its epochs, and the trials the
+searcher had not yet created are simply missing. Taken as finished, such a search would
+write ``best.json`` and an export of a search that is not done, and exit 0.
+
+:class:`SearchEnd` watches the search from the driver: after each of Tune's steps it notes
+the trials not yet finished, so when the experiment ends it knows which ones Tune's
+clean-up stopped, and whether the searcher created every trial it was asked for.
+:meth:`SearchEnd.raise_if_interrupted` then raises :class:`~ktune.errors.SearchInterrupted`
+(a ``KeyboardInterrupt``): nothing is written, and ``ktune resume`` continues the search
+from Ray's saved state.
+
+Ray also leaves its SIGINT handler installed after ``fit`` returns, so a Ctrl+C during the
+test evaluation or the export would only print Ray's "ending Ray Tune run" and be ignored:
+:func:`signal_handlers_kept` puts back the handlers the process had before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator, Sequence
+
+from ray.tune import Callback
+
+from ktune.errors import SearchInterrupted
+
+__all__ = ["SearchEnd", "signal_handlers_kept"]
+
+_ENDED = ("TERMINATED", "ERROR")
+
+
+class SearchEnd(Callback):
+    """Tells, once ``fit`` returned, whether the search ended or was stopped (Ctrl+C).
+
+    Args:
+        expect_total: bool. The searcher creates every trial it is asked for (ktune's
+            own searchers do), so fewer trials than Tune's total means the search was
+            stopped before the rest were created. False for a user's searcher, which may
+            finish early by design. Defaults to True.
+    """
+
+    def __init__(self, expect_total: bool = True):
+        self.expect_total = expect_total
+        self._reset()
+
+    def _reset(self) -> None:
+        self.total = 0  # trials the search runs in all (Tune's total_num_samples)
+        self.trials = 0  # trials created when the experiment ended
+        self.finished = 0  # trials that ended before the experiment did
+        self.cut_off: list[str] = []  # trials Tune's clean-up stopped (running or pending)
+        self._open: set[str] = set()
+        self._ended = False
+
+    # Ray pickles the run config, callbacks included, into the experiment's tuner.pkl:
+    # a restored copy starts afresh.
+    def __getstate__(self) -> dict:
+        return {"expect_total": self.expect_total}
+
+    def __setstate__(self, state: dict) -> None:
+        self.expect_total = state["expect_total"]
+        self._reset()
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
+        self.total = int(total_num_samples or 0)
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        # The loop ends after a step: in a search that finished no trial is open here.
+        self._open = {t.trial_id for t in trials if str(t.status) not in _ENDED}
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        status = {t.trial_id: str(t.status) for t in trials}
+        self.cut_off = [
+            f"trial_{tid}"
+            for tid in status
+            if tid in self._open or status[tid] not in _ENDED  # stopped by the clean-up
+        ]
+        self.trials = len(trials)
+        self.finished = self.trials - len(self.cut_off)
+        self._ended = True
+
+    @property
+    def interrupted(self) -> bool:
+        """The search stopped before it finished (known once the experiment ended)."""
+        if not self._ended:
+            return False
+        missing = self.expect_total and self.total and self.trials < self.total
+        return bool(self.cut_off or missing)
+
+    def raise_if_interrupted(self, where: str) -> None:
+        """Raises :class:`SearchInterrupted` naming ``where`` (the experiment's folder or
+        URI) and ``ktune resume`` if the search was stopped before it finished."""
+        if self.interrupted:
+            raise SearchInterrupted(
+                where,
+                finished=self.finished,
+                total=max(self.total, self.trials),
+                cut_off=self.cut_off,
+            )
+
+
+@contextlib.contextmanager
+def signal_handlers_kept(signals: Sequence[int] | None = None) -> Iterator[None]:
+    """Puts back SIGINT's and SIGUSR1's handlers after the block (Ray Tune's ``fit`` leaves
+    its own installed). Outside the main thread, where Ray installs none, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = signals or [signal.SIGINT] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    saved = {s: signal.getsignal(s) for s in names}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:  # None: set from C, not restorable from Python
+                signal.signal(s, handler)

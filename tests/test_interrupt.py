@@ -1,0 +1,158 @@
+"""Ctrl+C during a search: Ray Tune saves the state and returns from ``fit`` as if the
+search were over; ktune writes nothing as if it were (no results table, best.json or
+export), says how to continue, and ``resume`` finishes the same search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+import ktune
+
+from conftest import REPO, ktune_cli, subprocess_env, tiny_experiment
+
+
+class CtrlC(tune.Callback):
+    """Sends this process a real SIGINT (what Ctrl+C sends) from Tune's loop in the driver:
+    at the first epoch a trial reports (``at="result"``: that trial is cut off mid-way) or
+    when the first trial ends (``at="complete"``: no trial is running, the next ones are
+    not created yet)."""
+
+    def __init__(self, at: str):
+        self.at = at
+        self.trial: str | None = None
+
+    def _send(self, trial) -> None:
+        if self.trial is None:
+            self.trial = f"trial_{trial.trial_id}"
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.at == "result":
+            self._send(trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.at == "complete":
+            self._send(trial)
+
+
+def _rows(exp_dir: Path) -> dict[str, dict]:
+    import csv
+
+    with (exp_dir / "results.csv").open() as f:
+        return {row["trial"]: row for row in csv.DictReader(f)}
+
+
+def _complete_in_study(exp_dir: Path, name: str) -> int:
+    import optuna
+
+    study = optuna.load_study(
+        study_name=name,
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
+        ),
+    )
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def _nothing_written_as_finished(exp_dir: Path) -> None:
+    for name in ("best.json", "results.csv", "export"):
+        assert not (exp_dir / name).exists(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["result", "complete"])
+def test_ctrl_c_saves_the_search_and_resume_finishes_it(tmp_path, ray_session, at):
+    raw = tiny_experiment(tmp_path)
+    raw["name"] = f"ctrlc_{at}"
+    raw["search"].update(num_samples=3, scheduler="fifo")
+    if at == "complete":
+        raw["search"]["max_concurrent_trials"] = 1
+    exp_dir = Path(raw["storage"]) / raw["name"]
+    ctrl_c = CtrlC(at)
+    before = signal.getsignal(signal.SIGINT)
+
+    with pytest.raises(ktune.SearchInterrupted) as caught:
+        ktune.run(raw, callbacks=[ctrl_c])
+
+    e = caught.value
+    assert isinstance(e, KeyboardInterrupt)  # what a Ctrl+C is in Python
+    assert e.experiment == str(exp_dir) and e.total == 3
+    assert f"ktune resume {exp_dir}" in str(e)
+    if at == "result":  # the trial that reported is cut off after its first epoch
+        assert ctrl_c.trial in e.cut_off and e.finished < 3
+    else:  # one trial ended; the searcher had not created the next
+        assert (e.finished, e.cut_off) == (1, [])
+    _nothing_written_as_finished(exp_dir)
+    # Ray's SIGINT handler is not left behind: the next Ctrl+C interrupts again
+    assert signal.getsignal(signal.SIGINT) is before
+
+    result = ktune.resume(exp_dir)
+
+    best = json.loads((exp_dir / "best.json").read_text())
+    assert best["num_trials"] == 3 and len(result.trials) == 3
+    assert (exp_dir / "export" / "saved_model.pb").is_file()
+    rows = _rows(exp_dir)
+    assert len(rows) == 3 and all(r["epochs"] == "2" for r in rows.values())
+    # every epoch in each trial's history once: the epoch the snapshot recorded is not
+    # reported again (its checkpoint registered on resume), none is missing
+    for trial in rows:
+        lines = (exp_dir / trial / "result.json").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2], trial
+    if at == "result":  # continued from its checkpoint, not trained again from epoch 0
+        assert rows[ctrl_c.trial]["resumed_from_epoch"] == "1"
+    else:  # the finished trial is kept as it was
+        assert rows[ctrl_c.trial]["resumed_from_epoch"] == "0"
+    assert _complete_in_study(exp_dir, raw["name"]) == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_line_exits_130_and_names_resume(tmp_path, ray_tmp):
+    import yaml
+
+    raw = tiny_experiment(tmp_path)
+    raw["name"] = "ctrlc_cli"
+    raw["search"].update(num_samples=3, max_concurrent_trials=1, scheduler="fifo")
+    raw["training"]["epochs"] = 4
+    raw["data"]["train_size"] = 4000  # epochs long enough to land in
+    exp = tmp_path / "ctrlc_cli.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    exp_dir = Path(raw["storage"]) / "ctrlc_cli"
+    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp}
+    # its own process group, as a terminal's foreground job: Ctrl+C signals all of it
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ktune", "run", str(exp)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not list(exp_dir.glob("trial_*/checkpoint_*/ckpt.index")):
+        assert run.poll() is None and time.time() < deadline, "no epoch before the run ended"
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=300)
+
+    assert run.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"ktune: {exp_dir}: search interrupted with "), last
+    assert last.endswith(f"`ktune resume {exp_dir}` continues it"), last
+    assert "Tuner.restore(" not in err  # Ray's own hint would not restore ktune's searcher
+    assert "interrupted: trials " in out and "Traceback" not in err
+    _nothing_written_as_finished(exp_dir)
+
+    resumed = ktune_cli("resume", str(exp_dir), env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((exp_dir / "best.json").read_text())["num_trials"] == 3
+    assert (exp_dir / "export" / "saved_model.pb").is_file()
