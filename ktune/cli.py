@@ -13,8 +13,9 @@
 
 A mistake in the input (experiment file, data files, arguments, directories) prints one
 line ``ktune: error: ...`` naming the key or file, and exits with code 2 before any work
-starts. Ctrl+C during a search (``run``, ``resume``) stops it the way Ray Tune does, with
-its state saved, and prints one line naming ``ktune resume`` (exit code 130).
+starts. Ctrl+C (or SIGTERM) during a search (``run``, ``resume``) stops it the way Ray Tune
+does, with its state saved, and prints one line naming ``ktune resume`` (exit code 130,
+or 143 for SIGTERM).
 
 EXPERIMENT_DIR and EXPORT_DIR may be URIs (``s3://bucket/prefix/name``): ``resume``
 continues there; ``export``, ``predict`` and ``report`` download what they read to a
@@ -382,9 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SearchFailed as e:
         print(f"ktune: error: {e}", file=sys.stderr)
         return 1
-    except SearchInterrupted as e:  # Ctrl+C during the search: its state is saved
+    except SearchInterrupted as e:  # Ctrl+C or SIGTERM during the search: state saved
         print(f"ktune: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + e.signal  # as a shell reports a process the signal ended
     except KeyboardInterrupt:  # elsewhere (a second Ctrl+C skips Ray's last snapshot)
         print("ktune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -54,16 +54,27 @@ class SearchInterrupted(KeyboardInterrupt):
         total: int. Trials the search runs in all.
         cut_off: list of str. Trials stopped while running or pending; they continue
             from their last checkpoint on resume.
+        signal: int. What stopped it: SIGINT (2, Ctrl+C) or SIGTERM (15).
     """
 
-    def __init__(self, experiment: str, *, finished: int, total: int, cut_off: list[str]):
+    def __init__(
+        self,
+        experiment: str,
+        *,
+        finished: int,
+        total: int,
+        cut_off: list[str],
+        signal: int = 2,
+    ):
         self.experiment = experiment
         self.finished = finished
         self.total = total
         self.cut_off = list(cut_off)
+        self.signal = signal
         running = f", {len(cut_off)} stopped before their end" if cut_off else ""
+        by = " by SIGTERM" if signal == 15 else ""
         super().__init__(
-            f"{experiment}: search interrupted with {finished} of {total} trials "
+            f"{experiment}: search interrupted{by} with {finished} of {total} trials "
             f"finished{running}; its state is saved: `ktune resume {experiment}` continues it"
         )
 
@@ -71,11 +82,16 @@ class SearchInterrupted(KeyboardInterrupt):
         return str(self.args[0])
 
     def __reduce__(self):  # its keyword arguments survive a pickle (a Ray Job's driver)
-        return (_interrupted, (self.experiment, self.finished, self.total, self.cut_off))
+        args = (self.experiment, self.finished, self.total, self.cut_off, self.signal)
+        return (_interrupted, args)
 
 
-def _interrupted(experiment: str, finished: int, total: int, cut_off: list) -> SearchInterrupted:
-    return SearchInterrupted(experiment, finished=finished, total=total, cut_off=cut_off)
+def _interrupted(
+    experiment: str, finished: int, total: int, cut_off: list, signal: int
+) -> SearchInterrupted:
+    return SearchInterrupted(
+        experiment, finished=finished, total=total, cut_off=cut_off, signal=signal
+    )
 
 
 def text_list(texts) -> list:

@@ -37,7 +37,7 @@ from ktune.experiment_file import experiment_as_run
 from ktune.prepare import prepare
 from ktune.ray_start import check_address, init_ray, tune_output
 from ktune.results import finish_search
-from ktune.search_end import SearchEnd, signal_handlers_kept
+from ktune.search_end import SearchEnd, stop_signals
 from ktune.staging import push_staged
 
 __all__ = [
@@ -261,7 +261,7 @@ def run_search(
     # A user's own searcher may finish before num_samples by design; ktune's do not.
     end = SearchEnd(expect_total=search_alg is None)
     with _tracking(cfg) as tracking:  # MLflow / W&B, when the file names them
-        with tune_output(verbose), signal_handlers_kept():
+        with tune_output(verbose), stop_signals(end):
             # (the searcher announces its Optuna study when built)
             grid = build_tuner(
                 cfg,
@@ -422,7 +422,7 @@ def resume_search(
     data, prepared, payload = prepare_while_ray_starts(cfg, verbose, check=same_artefacts)
     log.info("resuming %s", shown)
     end = SearchEnd()
-    with _tracking(cfg, resume=True) as tracking, tune_output(verbose), signal_handlers_kept():
+    with _tracking(cfg, resume=True) as tracking, tune_output(verbose), stop_signals(end):
         tuner = tune.Tuner.restore(
             where, trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
         )

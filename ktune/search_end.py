@@ -13,9 +13,8 @@ clean-up stopped, and whether the searcher created every trial it was asked for.
 (a ``KeyboardInterrupt``): nothing is written, and ``ktune resume`` continues the search
 from Ray's saved state.
 
-Ray also leaves its SIGINT handler installed after ``fit`` returns, so a Ctrl+C during the
-test evaluation or the export would only print Ray's "ending Ray Tune run" and be ignored:
-:func:`signal_handlers_kept` puts back the handlers the process had before.
+:func:`stop_signals` makes SIGTERM (``kill``, a cluster scheduler) stop a search the same
+way, and puts back the handlers Ray Tune's ``fit`` leaves installed.
 """
 
 from __future__ import annotations
@@ -23,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from ray.tune import Callback
 
 from ktune.errors import SearchInterrupted
 
-__all__ = ["SearchEnd", "signal_handlers_kept"]
+__all__ = ["SearchEnd", "stop_signals"]
 
 _ENDED = ("TERMINATED", "ERROR")
 
@@ -53,6 +52,7 @@ class SearchEnd(Callback):
         self.trials = 0  # trials created when the experiment ended
         self.finished = 0  # trials that ended before the experiment did
         self.cut_off: list[str] = []  # trials Tune's clean-up stopped (running or pending)
+        self.signal: int = signal.SIGINT  # what stopped it, if it was (stop_signals)
         self._open: set[str] = set()
         self._ended = False
 
@@ -100,21 +100,45 @@ class SearchEnd(Callback):
                 finished=self.finished,
                 total=max(self.total, self.trials),
                 cut_off=self.cut_off,
+                signal=int(self.signal),
             )
 
 
 @contextlib.contextmanager
-def signal_handlers_kept(signals: Sequence[int] | None = None) -> Iterator[None]:
-    """Puts back SIGINT's and SIGUSR1's handlers after the block (Ray Tune's ``fit`` leaves
-    its own installed). Outside the main thread, where Ray installs none, a no-op."""
+def stop_signals(end: SearchEnd | None = None) -> Iterator[None]:
+    """For the block (a ``fit``): SIGTERM stops the search as Ctrl+C does, and afterwards
+    the process's own handlers are back.
+
+    SIGTERM is what ``kill``, Kubernetes, SLURM and ``ray job stop`` send before their
+    SIGKILL; in the driver Ray would abort on it with a stack dump and no final snapshot.
+    Here it calls the SIGINT handler in place (Ray Tune's, during ``fit``: the search stops
+    and its state is saved; a second one skips the snapshot) and is noted in
+    ``end.signal``. Ray Tune's ``fit`` leaves its SIGINT and SIGUSR1 handlers installed,
+    so a Ctrl+C during the test evaluation or the export would only print Ray's "ending
+    Ray Tune run" and be ignored: they are put back. Outside the main thread, where
+    neither Ray nor Python installs handlers, a no-op.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = signals or [signal.SIGINT] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    names = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGUSR1"):
+        names.append(signal.SIGUSR1)
     saved = {s: signal.getsignal(s) for s in names}
+
+    def on_term(signum: int, frame) -> None:
+        if end is not None:
+            end.signal = signum
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler) or handler is on_term:
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     finally:
         for s, handler in saved.items():
-            if handler is not None:  # None: set from C, not restorable from Python
-                signal.signal(s, handler)
+            # None: installed from C (Ray's crash handler for SIGTERM); the default ends
+            # the process as well
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)

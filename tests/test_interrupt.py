@@ -1,6 +1,6 @@
-"""Ctrl+C during a search: Ray Tune saves the state and returns from ``fit`` as if the
-search were over; ktune writes nothing as if it were (no results table, best.json or
-export), says how to continue, and ``resume`` finishes the same search."""
+"""Ctrl+C (or SIGTERM) during a search: Ray Tune saves the state and returns from ``fit``
+as if the search were over; ktune writes nothing as if it were (no results table,
+best.json or export), says how to continue, and ``resume`` finishes the same search."""
 
 from __future__ import annotations
 
@@ -115,7 +115,12 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(tmp_path, ray_session, a
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_the_command_line_exits_130_and_names_resume(tmp_path, ray_tmp):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(
+    tmp_path, ray_tmp, sig
+):
+    """SIGINT as a terminal's Ctrl+C sends it, to the whole process group; SIGTERM as
+    ``kill``, Kubernetes or SLURM send it, to the driver (where Ray would abort)."""
     import yaml
 
     raw = tiny_experiment(tmp_path)
@@ -141,12 +146,16 @@ def test_ctrl_c_on_the_command_line_exits_130_and_names_resume(tmp_path, ray_tmp
     while not list(exp_dir.glob("trial_*/checkpoint_*/ckpt.index")):
         assert run.poll() is None and time.time() < deadline, "no epoch before the run ended"
         time.sleep(0.2)
-    os.killpg(run.pid, signal.SIGINT)
+    if sig == signal.SIGINT:
+        os.killpg(run.pid, sig)
+    else:
+        os.kill(run.pid, sig)
     out, err = run.communicate(timeout=300)
 
-    assert run.returncode == 130, err[-3000:]
+    assert run.returncode == 128 + sig, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"ktune: {exp_dir}: search interrupted with "), last
+    by = " by SIGTERM" if sig == signal.SIGTERM else ""
+    assert last.startswith(f"ktune: {exp_dir}: search interrupted{by} with "), last
     assert last.endswith(f"`ktune resume {exp_dir}` continues it"), last
     assert "Tuner.restore(" not in err  # Ray's own hint would not restore ktune's searcher
     assert "interrupted: trials " in out and "Traceback" not in err
