@@ -116,9 +116,7 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(tmp_path, ray_session, a
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(
-    tmp_path, ray_tmp, sig
-):
+def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(tmp_path, ray_tmp, sig):
     """SIGINT as a terminal's Ctrl+C sends it, to the whole process group; SIGTERM as
     ``kill``, Kubernetes or SLURM send it, to the driver (where Ray would abort)."""
     import yaml
