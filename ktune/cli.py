@@ -192,7 +192,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if not args.follow:
         print(f"follow it: ray job logs -f {job_id} --address {args.address}")
         return 0
-    status = follow(args.address, job_id)
+    try:
+        status = follow(args.address, job_id)
+    except KeyboardInterrupt:  # Ctrl+C stops the following, not the job
+        print(
+            f"ktune: stopped following; job {job_id} keeps running on the cluster "
+            f"(stop it: ray job stop {job_id} --address {args.address})",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(f"job {job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1
 

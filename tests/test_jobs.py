@@ -171,6 +171,65 @@ def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):
     )
 
 
+def job_status(address: str, job_id: str, token: str) -> str:
+    status, body = http_get(f"{address}/api/jobs/{job_id}", token)
+    assert status == 200, body[:500]
+    return json.loads(body)["status"]
+
+
+def test_stopped_job_keeps_its_search_state_and_resumes(head, tmp_path):
+    """Ctrl+C in ``ktune submit --follow`` stops the following, not the job; ``ray job
+    stop`` (SIGTERM to the job's driver, SIGKILL 3 s later) stops the search with its
+    state saved and nothing written as if it had finished; ``ktune resume`` finishes it."""
+    address, token = head
+    raw = tiny_experiment(tmp_path)
+    raw["name"] = "stopped_job"
+    raw["search"].update(num_samples=3, max_concurrent_trials=1, scheduler="fifo")
+    raw["training"]["epochs"] = 4
+    raw["data"]["train_size"] = 4000  # epochs long enough to stop it in
+    exp = tmp_path / "stopped_job.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    exp_dir = Path(raw["storage"]) / "stopped_job"
+    env = {**subprocess_env(), "RAY_AUTH_TOKEN": token}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "ktune", "submit", str(exp), "--address", address]
+        + ["--follow", "--with-project"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not list(exp_dir.glob("trial_*/checkpoint_*/ckpt.index")):
+        assert follower.poll() is None and time.time() < deadline, "no epoch before the end"
+        time.sleep(0.2)
+    follower.send_signal(signal.SIGINT)
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 130, err[-2000:]
+    job_id = out.splitlines()[0].removeprefix("submitted job ")
+    assert f"job {job_id} keeps running on the cluster (stop it: ray job stop" in err
+    assert job_status(address, job_id, token) == "RUNNING"
+
+    request = urllib.request.Request(f"{address}/api/jobs/{job_id}/stop", method="POST")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.loads(response.read())["stopped"] is True
+    deadline = time.time() + 120
+    while job_status(address, job_id, token) != "STOPPED":
+        assert time.time() < deadline, "the job did not stop"
+        time.sleep(0.5)
+    for name in ("best.json", "results.csv", "export"):
+        assert not (exp_dir / name).exists(), name
+    status, logs = http_get(f"{address}/api/jobs/{job_id}/logs", token)
+    assert status == 200 and "search interrupted by SIGTERM" in json.loads(logs)["logs"]
+
+    resumed = ktune("resume", str(exp_dir), token=None)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((exp_dir / "best.json").read_text())["num_trials"] == 3
+    assert (exp_dir / "export" / "saved_model.pb").is_file()
+
+
 def test_submit_without_token_is_refused_in_one_line(head, tmp_path):
     address, _ = head
     raw = tiny_experiment(tmp_path)
