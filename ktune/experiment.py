@@ -398,8 +398,10 @@ def resume_search(
                 "the search at once: start it again under a new name"
             )
     if not tune.Tuner.can_restore(where):
+        trained = not remote and any(d.glob("trial_*/checkpoint_*"))
         raise ExperimentError(
             f"{shown}: no search state to resume (the run stopped before Ray saved any)"
+            + ("" if trained else "; no trial trained an epoch: remove it and run again")
         )
     try:
         spec = experiment_dir.read_spec(d)

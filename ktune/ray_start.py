@@ -140,17 +140,26 @@ def tune_output(verbose: bool) -> Iterator[None]:
     # that this "may become a bottleneck" at each snapshot. A user's own setting stands.
     saved_level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tune_log = logging.getLogger("ray.tune.tune")
-    tune_log.addFilter(_not_tuner_restore)
+    filtered = [logging.getLogger(name) for name in _FILTERED]
+    for logger in filtered:
+        logger.addFilter(_not_after_interrupt)
     try:
         with environment({"RAY_AIR_NEW_OUTPUT": "0"}, defaults={_SNAPSHOT_WARNING: "0"}):
             yield
     finally:
         optuna.logging.set_verbosity(saved_level)
-        tune_log.removeFilter(_not_tuner_restore)
+        for logger in filtered:
+            logger.removeFilter(_not_after_interrupt)
 
 
-def _not_tuner_restore(record: logging.LogRecord) -> bool:
-    """Drops Tune's "Resume experiment with: Tuner.restore(...)" after a Ctrl+C: ktune's own
-    line names ``ktune resume`` (which restores with the trainable and the searcher)."""
-    return "Tuner.restore(" not in record.getMessage()
+# Where Tune logs what a Ctrl+C makes it say, and what ktune says instead.
+_FILTERED = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+
+
+def _not_after_interrupt(record: logging.LogRecord) -> bool:
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)" after a Ctrl+C (ktune's
+    own line names ``ktune resume``, which restores with the trainable and the searcher)
+    and its "Failed to fetch metrics" for trials stopped before their first epoch
+    (ktune's line counts them)."""
+    text = record.getMessage()
+    return "Tuner.restore(" not in text and not text.startswith("Failed to fetch metrics")

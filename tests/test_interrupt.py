@@ -163,3 +163,32 @@ def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(tmp_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((exp_dir / "best.json").read_text())["num_trials"] == 3
     assert (exp_dir / "export" / "saved_model.pb").is_file()
+
+
+def test_quiet_output_drops_tunes_lines_that_ktunes_interrupt_line_replaces():
+    import contextlib
+    import logging
+
+    from ktune.ray_start import tune_output
+
+    def shown(logger: str, text: str, verbose: bool | None) -> bool:
+        """Whether ``text`` logged inside ``tune_output(verbose)`` (None: outside) shows."""
+        seen: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+        log = logging.getLogger(logger)
+        log.addHandler(handler)
+        try:
+            with tune_output(verbose) if verbose is not None else contextlib.nullcontext():
+                log.warning(text)
+        finally:
+            log.removeHandler(handler)
+        return bool(seen)
+
+    restore = 'Experiment has been interrupted...\nResume experiment with: Tuner.restore(path="x")'
+    fetch = "Failed to fetch metrics for 2 trial(s):\n- run_trial_1: FileNotFoundError"
+    assert not shown("ray.tune.tune", restore, verbose=False)
+    assert not shown("ray.tune.analysis.experiment_analysis", fetch, verbose=False)
+    assert shown("ray.tune.tune", "Trials did not complete", verbose=False)  # others stay
+    assert shown("ray.tune.tune", restore, verbose=True)  # --verbose: Ray's own output
+    assert shown("ray.tune.tune", restore, verbose=None)  # after the block, as before

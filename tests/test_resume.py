@@ -177,3 +177,19 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path):
         .splitlines()[-1]
         .endswith("not a ktune experiment directory (no ktune.json)")
     )
+    # stopped (Ctrl+C) after ktune wrote its files, before Ray saved any state: the
+    # folder can be neither resumed nor reused by a new run, so the line says what to do
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "ktune.json").write_text("{}")
+    (started / "experiment.yaml").write_text("name: started\n")
+    early = ktune_cli("resume", str(started), timeout=120)
+    assert early.returncode == 2
+    assert (
+        early.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "no search state to resume (the run stopped before Ray saved any); no trial "
+            "trained an epoch: remove it and run again"
+        )
+    )
