@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray import tune
 
 import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
@@ -97,6 +98,30 @@ def seeded():
     import tf_keras as keras
 
     keras.utils.set_random_seed(0)
+
+
+class CtrlC(tune.Callback):
+    """Sends this process a real SIGINT (what Ctrl+C sends) from Tune's loop in the driver:
+    at the first epoch a trial reports (``at="result"``: that trial is cut off mid-way) or
+    when the first trial ends (``at="complete"``: no trial is running, the next ones are
+    not created yet)."""
+
+    def __init__(self, at: str):
+        self.at = at
+        self.trial: str | None = None
+
+    def _send(self, trial) -> None:
+        if self.trial is None:
+            self.trial = f"trial_{trial.trial_id}"
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.at == "result":
+            self._send(trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.at == "complete":
+            self._send(trial)
 
 
 def tiny_experiment(tmp_path: Path, **over) -> dict:

@@ -24,7 +24,7 @@ from ktune import storage
 from ktune.config import parse_config
 from ktune.errors import ConfigError, ExperimentError
 
-from conftest import REPO, reload_in_fresh_process, subprocess_env, tiny_experiment
+from conftest import REPO, CtrlC, reload_in_fresh_process, subprocess_env, tiny_experiment
 
 os.environ.update(
     AWS_ACCESS_KEY_ID="ktune-test",
@@ -447,3 +447,37 @@ def test_resume_from_the_uri_on_a_machine_without_the_staging_folder(remote_run,
     assert remote_best["wall_time_s"] == again["wall_time_s"]  # uploaded again
     after = _objects(s3, "ktune", "runs/tiny/")
     assert {k: v for k, v in after.items() if k in trials_before} == trials_before
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_uri_storage_saves_the_search_there_and_resume_finishes_it(
+    s3, tmp_path, ray_session, monkeypatch
+):
+    """Interrupted (a real SIGINT from Tune's loop, after the first trial ended), a search
+    on a bucket leaves Ray's state and the Optuna journal there and nothing written as
+    finished; ``ktune.resume`` of the URI, from a machine without the staging folder,
+    finishes it."""
+    import shutil
+
+    import ktune
+
+    uri = _bucket(s3, "ktune-ctrlc")
+    monkeypatch.setenv("KTUNE_STAGING_DIR", str(tmp_path / "staging"))
+    raw = tiny_experiment(tmp_path, storage=uri)
+    raw["name"] = "stopped"
+    raw["search"].update(num_samples=3, max_concurrent_trials=1, scheduler="fifo")
+    with pytest.raises(ktune.SearchInterrupted) as caught:
+        ktune.run(raw, callbacks=[CtrlC("complete")])
+    assert (caught.value.finished, caught.value.total) == (1, 3)
+    assert "ktune resume s3://ktune-ctrlc/runs/stopped" in str(caught.value)
+    keys = set(_objects(s3, "ktune-ctrlc", "runs/stopped/"))
+    assert "runs/stopped/optuna.journal" in keys
+    assert any(k.startswith("runs/stopped/experiment_state-") for k in keys)
+    assert not {"runs/stopped/best.json", "runs/stopped/results.csv"} & keys
+    assert not any("/export/" in k for k in keys)
+
+    shutil.rmtree(tmp_path / "staging")  # the driver's machine is gone
+    result = ktune.resume(caught.value.experiment)  # the URI the line names
+    assert len(result.trials) == 3
+    remote_best = json.loads(_get(s3, "ktune-ctrlc", "runs/stopped/best.json"))
+    assert remote_best["num_trials"] == 3
