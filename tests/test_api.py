@@ -84,11 +84,14 @@ def finished(ray_session, tmp_path_factory):
     path = _write(tmp, raw)
     import contextlib
     import io
+    import signal
 
     printed = io.StringIO()
+    handler = signal.getsignal(signal.SIGINT)
     with contextlib.redirect_stdout(printed):
         result = ktune.run(path, num_samples=2, training={"epochs": 2})
     _PRINTED["run"] = printed.getvalue()
+    _PRINTED["sigint_kept"] = str(signal.getsignal(signal.SIGINT) is handler)
     return result
 
 
@@ -99,6 +102,13 @@ _PRINTED: dict[str, str] = {}
 def test_run_prints_nothing_unless_asked(finished):
     # The library is quiet: progress=True (the CLI's choice) prints the live table.
     assert _PRINTED["run"] == ""
+
+
+@pytest.mark.slow
+def test_run_leaves_the_sigint_handler_as_it_was(finished):
+    # Ray Tune's fit leaves its own installed: a Ctrl+C after the search (the test
+    # evaluation, the export, the caller's code) would only print "ending Ray Tune run"
+    assert _PRINTED["sigint_kept"] == "True"
 
 
 @pytest.mark.slow
