@@ -6,6 +6,8 @@ at fault and what to do; the CLI prints it and exits with code 2.
 
 from __future__ import annotations
 
+import signal as _signal
+
 __all__ = [
     "KtuneUserError",
     "ConfigError",
@@ -64,7 +66,7 @@ class SearchInterrupted(KeyboardInterrupt):
         finished: int,
         total: int,
         cut_off: list[str],
-        signal: int = 2,
+        signal: int = _signal.SIGINT,
     ):
         self.experiment = experiment
         self.finished = finished
@@ -72,7 +74,7 @@ class SearchInterrupted(KeyboardInterrupt):
         self.cut_off = list(cut_off)
         self.signal = signal
         running = f", {len(cut_off)} stopped before their end" if cut_off else ""
-        by = " by SIGTERM" if signal == 15 else ""
+        by = " by SIGTERM" if signal == _signal.SIGTERM else ""
         super().__init__(
             f"{experiment}: search interrupted{by} with {finished} of {total} trials "
             f"finished{running}; its state is saved: `ktune resume {experiment}` continues it"

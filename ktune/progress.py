@@ -253,7 +253,7 @@ class SearchProgress(Callback):
             # Tune's clean-up marked the trials it stopped TERMINATED: not "stopped early".
             left = end.total - end.trials
             self._event(
-                f"interrupted: trials {end.finished}/{max(end.total, end.trials)} finished, "
+                f"interrupted: trials {end.finished}/{end.total} finished, "
                 f"{len(end.cut_off)} stopped before their end"
                 + (f", {left} not started" if left > 0 else "")
             )

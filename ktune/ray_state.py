@@ -418,6 +418,14 @@ def _checkpoint_index(path: Path) -> int:
     return int(path.name.split("_", 1)[1]) if path.name.startswith("checkpoint_") else -1
 
 
+def _reported_metrics(folder: Path) -> dict:
+    """What a ktune checkpoint was reported with (its ``metrics.json``), or {}."""
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _relink(manager, meta: dict, aside: Path) -> str | None:
     """Points ``manager``'s latest checkpoint, deleted or part-deleted, at the oldest
     complete one after it (see :func:`relink_deleted_checkpoints`); returns the trial's
@@ -449,10 +457,7 @@ def _relink(manager, meta: dict, aside: Path) -> str | None:
     handed = later[0]
     reported = (meta.get("last_result") or {}).get("epoch")
     (handed / UNREPORTED_FILE).write_text(json.dumps({"reported_epoch": reported}))
-    try:
-        metrics = json.loads((handed / "metrics.json").read_text())
-    except (OSError, ValueError):
-        metrics = {}
+    metrics = _reported_metrics(handed)
     result = _TrainingResult(
         checkpoint=Checkpoint(str(handed), filesystem=latest.checkpoint.filesystem),
         metrics=metrics,
@@ -491,10 +496,7 @@ def _register_recorded(manager, meta: dict, trial_dir: Path) -> str | None:
     for folder in folders:
         if _checkpoint_index(folder) <= after:
             break
-        try:
-            metrics = json.loads((folder / "metrics.json").read_text())
-        except (OSError, ValueError):
-            continue
+        metrics = _reported_metrics(folder)
         if (metrics.get("epoch"), metrics.get("timestamp")) == (epoch, stamp):
             if not is_complete(str(folder)):
                 return None  # cut off: the trial trains that epoch again, and replaces it

@@ -49,6 +49,7 @@ class SearchEnd(Callback):
 
     def _reset(self) -> None:
         self.total = 0  # trials the search runs in all (Tune's total_num_samples)
+        self.missing = False  # the searcher had not created them all
         self.trials = 0  # trials created when the experiment ended
         self.finished = 0  # trials that ended before the experiment did
         self.cut_off: list[str] = []  # trials Tune's clean-up stopped (running or pending)
@@ -81,15 +82,14 @@ class SearchEnd(Callback):
         ]
         self.trials = len(trials)
         self.finished = self.trials - len(self.cut_off)
+        self.missing = self.expect_total and self.trials < self.total  # some never created
+        self.total = max(self.total, self.trials)
         self._ended = True
 
     @property
     def interrupted(self) -> bool:
         """The search stopped before it finished (known once the experiment ended)."""
-        if not self._ended:
-            return False
-        missing = self.expect_total and self.total and self.trials < self.total
-        return bool(self.cut_off or missing)
+        return self._ended and bool(self.cut_off or self.missing)
 
     def raise_if_interrupted(self, where: str) -> None:
         """Raises :class:`SearchInterrupted` naming ``where`` (the experiment's folder or
@@ -98,7 +98,7 @@ class SearchEnd(Callback):
             raise SearchInterrupted(
                 where,
                 finished=self.finished,
-                total=max(self.total, self.trials),
+                total=self.total,
                 cut_off=self.cut_off,
                 signal=int(self.signal),
             )
