@@ -124,6 +124,27 @@ class CtrlC(tune.Callback):
             self._send(trial)
 
 
+def wait_for_first_epoch(exp_dir: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Waits until a trial of ``exp_dir`` has a checkpoint on storage, while ``proc`` (the
+    run reporting it) is still alive."""
+    deadline = time.time() + timeout
+    while not list(exp_dir.glob("trial_*/checkpoint_*/ckpt.index")):
+        assert proc.poll() is None and time.time() < deadline, "no epoch before the run ended"
+        time.sleep(0.2)
+
+
+def journal_study(exp_dir: Path, name: str):
+    """The Optuna study of a search, read from its folder's ``optuna.journal``."""
+    import optuna
+
+    return optuna.load_study(
+        study_name=name,
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
+        ),
+    )
+
+
 def tiny_experiment(tmp_path: Path, **over) -> dict:
     """An experiment file as a dict: builtin data, a tiny space, seconds per trial."""
     cfg = {

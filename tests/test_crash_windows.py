@@ -26,7 +26,14 @@ import yaml
 from ktune.checkpoint_manifest import is_complete
 from ktune.ray_state import is_state_file
 
-from conftest import REPO, kill_ray_under, ktune_cli, subprocess_env, tiny_experiment
+from conftest import (
+    REPO,
+    journal_study,
+    kill_ray_under,
+    ktune_cli,
+    subprocess_env,
+    tiny_experiment,
+)
 from test_resume import in_ray_snapshot, last_checkpoints
 
 EPOCHS, TRIALS = 3, 4
@@ -219,12 +226,7 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path, ray_tmp):
     # The Optuna study, Ray's state and results.csv agree.
     import optuna
 
-    study = optuna.load_study(
-        study_name="crashes",
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
-        ),
-    )
+    study = journal_study(exp_dir, "crashes")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == TRIALS
     last_values = sorted(

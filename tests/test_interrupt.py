@@ -9,14 +9,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import ktune
 
-from conftest import REPO, CtrlC, ktune_cli, subprocess_env, tiny_experiment
+from conftest import (
+    REPO,
+    CtrlC,
+    journal_study,
+    ktune_cli,
+    subprocess_env,
+    tiny_experiment,
+    wait_for_first_epoch,
+)
 
 
 def _rows(exp_dir: Path) -> dict[str, dict]:
@@ -29,13 +36,8 @@ def _rows(exp_dir: Path) -> dict[str, dict]:
 def _complete_in_study(exp_dir: Path, name: str) -> int:
     import optuna
 
-    study = optuna.load_study(
-        study_name=name,
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
-        ),
-    )
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    complete = optuna.trial.TrialState.COMPLETE
+    return sum(t.state == complete for t in journal_study(exp_dir, name).trials)
 
 
 def _nothing_written_as_finished(exp_dir: Path) -> None:
@@ -115,10 +117,7 @@ def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(tmp_
         text=True,
         start_new_session=True,
     )
-    deadline = time.time() + 300
-    while not list(exp_dir.glob("trial_*/checkpoint_*/ckpt.index")):
-        assert run.poll() is None and time.time() < deadline, "no epoch before the run ended"
-        time.sleep(0.2)
+    wait_for_first_epoch(exp_dir, run)
     if sig == signal.SIGINT:
         os.killpg(run.pid, sig)
     else:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, subprocess_env, tiny_experiment
+from conftest import REPO, subprocess_env, tiny_experiment, wait_for_first_epoch
 
 pytestmark = pytest.mark.slow
 
@@ -200,10 +200,7 @@ def test_stopped_job_keeps_its_search_state_and_resumes(head, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 300
-    while not list(exp_dir.glob("trial_*/checkpoint_*/ckpt.index")):
-        assert follower.poll() is None and time.time() < deadline, "no epoch before the end"
-        time.sleep(0.2)
+    wait_for_first_epoch(exp_dir, follower)
     follower.send_signal(signal.SIGINT)
     out, err = follower.communicate(timeout=60)
     assert follower.returncode == 130, err[-2000:]

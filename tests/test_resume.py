@@ -16,7 +16,7 @@ import yaml
 
 from ktune.data import AG_NEWS_CLASSES, generate_builtin
 
-from conftest import REPO, kill_ray_under, subprocess_env, tiny_experiment
+from conftest import REPO, journal_study, kill_ray_under, subprocess_env, tiny_experiment
 
 
 def ktune_cli(*args: str, env: dict | None = None, timeout: int = 600):
@@ -154,12 +154,7 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path, ray_tmp):
 
     import optuna
 
-    study = optuna.load_study(
-        study_name="crashy",
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
-        ),
-    )
+    study = journal_study(exp_dir, "crashy")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
     best = json.loads((exp_dir / "best.json").read_text())
