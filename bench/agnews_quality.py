@@ -13,15 +13,21 @@ own loader, so the comparison is on the same 760 test texts.
   own Ray, its data, its search, its ensemble of the best configuration's seeds
   (`ensemble.seeds`), the test evaluation, the export); the test accuracy is the one in
   its best.json, and beside it the best trial's alone (the ensemble's first member);
+- plain Ray Tune: right after each ktune run, the same search written by hand as a Ray
+  Tune user would (`bench/plain_tune.py`: keras.io's Transformer text classifier in Keras
+  3, Ray's Keras callback, OptunaSearch + ASHA), with the same seed, budget, shared
+  ranges and splits;
 - full mode only: the example again with search seeds 1 and 2 (one search's pick among
   its trials on 304 validation texts moves its test accuracy by a point or two, so one
-  seed is not a measurement).
+  seed is not a measurement), each with its plain Ray Tune run.
 
 Ratios: ktune's test accuracy / the baseline's (target >= 1.0; the example as it is,
 search seed 0, and in full mode the mean over seeds 0-2) and ktune's wall time / 15
-minutes (target <= 1.0). Both sides label the same 760 texts, so the difference is
-judged paired (McNemar): of the texts exactly one side gets right, how many each gets;
-a difference within two standard deviations of that count is reported as a tie.
+minutes (target <= 1.0); against plain Ray Tune, ktune's test accuracy / plain's (the
+mean over the seeds run; target >= 1.0) and the wall times' ratio. All sides label the
+same 760 texts, so a difference is judged paired (McNemar): of the texts exactly one
+side gets right, how many each gets; a difference within two standard deviations of that
+count is reported as a tie.
 
     .venv/bin/python bench/agnews_quality.py [--quick]
 
@@ -37,6 +43,7 @@ import copy
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +87,16 @@ def baseline(exp: dict) -> dict:
         "test_texts": list(data.test_texts),
         "class_names": list(data.class_names),
         "test_labels": data.test_labels.tolist(),
+        # the same splits for the plain Ray Tune side (bench/plain_tune.py)
+        "splits": {
+            f"{part}_{kind}": (
+                list(getattr(data, f"{part}_texts"))
+                if kind == "texts"
+                else getattr(data, f"{part}_labels").tolist()
+            )
+            for part in ("train", "val", "test")
+            for kind in ("texts", "labels")
+        },
         "val_accuracy": round(float(val_accuracy), 4),
         "C": best_c,
         "val_accuracy_by_C": {str(c): round(float(v), 4) for c, (v, _) in by_c.items()},
@@ -119,6 +136,57 @@ def ktune_side(exp: dict, workdir: Path, base: dict) -> dict:
     }
 
 
+def plain_settings(exp: dict) -> dict:
+    """The example's budget and shared ranges, for the plain Ray Tune side."""
+    search, training, space = exp["search"], exp["training"], exp["search"]["space"]
+    return {
+        "seed": search["seed"],
+        "num_samples": search["num_samples"],
+        "max_concurrent_trials": search["max_concurrent_trials"],
+        "grace_period": search["grace_period"],
+        "reduction_factor": search["reduction_factor"],
+        "epochs": training["epochs"],
+        "batch_size": training["batch_size"],
+        "maxlen": training["maxlen"],
+        "vocab_size": training["vocab_size"],
+        "space": {
+            "embed_dim": space["embed_dim"],
+            "heads": space["heads"],
+            "ff_dim": space["ff_dim"],
+            "dropout": [space["dropout"]["low"], space["dropout"]["high"]],
+            "learning_rate": [space["learning_rate"]["low"], space["learning_rate"]["high"]],
+        },
+    }
+
+
+def plain_tune_side(exp: dict, workdir: Path, base: dict) -> dict:
+    """bench/plain_tune.py on the baseline's splits, in its own process: Keras 3 (a plain
+    user's ``import keras``), not ktune's tf_keras, so none of ktune's environment."""
+    splits, settings, out = (workdir / f"plain-{n}.json" for n in ("splits", "settings", "out"))
+    splits.write_text(json.dumps(base["splits"]))
+    settings.write_text(json.dumps(plain_settings(exp)))
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "RAY_ADDRESS")}
+    started = time.time()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "plain_tune.py"),
+            str(splits),
+            str(settings),
+            str(out),
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench/plain_tune.py failed:\n{done.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    result["wall_s"] = round(time.time() - started, 1)  # as a user waits, like ktune's
+    return result
+
+
 def paired(a: list[bool], b: list[bool]) -> dict:
     """McNemar on the same texts: ``a_only`` right only for a, ``b_only`` only for b.
     Under no difference ``a_only - b_only`` has mean 0 and variance ``a_only + b_only``."""
@@ -148,7 +216,8 @@ def main() -> int:
         f"{base['seconds']}s",
         flush=True,
     )
-    sides = {}
+    sides: dict[str, dict] = {}
+    plain: dict[str, dict] = {}  # bench/plain_tune.py, one per ktune run
     with tempfile.TemporaryDirectory(prefix="ktune-bench-agnews-") as tmp:
         runs = {"ktune": exp}
         if not args.quick:
@@ -162,23 +231,31 @@ def main() -> int:
             spec["storage"] = str(Path(tmp) / "results")
             try:
                 sides[name] = ktune_side(spec, Path(tmp), base)
+                # the same search by hand in plain Ray Tune, right after, same seed
+                plain[name] = plain_tune_side(spec, Path(tmp), base)
             except RuntimeError as e:
                 print(f"FAILED: {e}", file=sys.stderr)
                 return 1
-            s = sides[name]
+            s, p = sides[name], plain[name]
             print(
                 f"{name}: test accuracy {s['test_accuracy']:.4f} (best trial alone "
                 f"{s['best_trial_test_accuracy']:.4f}; validation "
                 f"{s['val_accuracy']:.4f}), {s['trials']} trials, {s['epochs_trained']} epochs, "
-                f"wall {s['wall_s']}s; best config {s['best_config']}",
+                f"wall {s['wall_s']}s; best config {s['best_config']}\n"
+                f"  plain Ray Tune, same seed: test accuracy {p['test_accuracy']:.4f} "
+                f"(validation {p['val_accuracy']:.4f}), {p['trials']} trials, "
+                f"{p['epochs_trained']} epochs, wall {p['wall_s']}s; best config "
+                f"{p['best_config']}",
                 flush=True,
             )
     total = time.time() - started
     k, n = sides["ktune"], base["texts"]["test"]
     ratio = k["test_accuracy"] / base["test_accuracy"]
-    mcnemar = paired(k.pop("test_correct"), base.pop("test_correct"))
-    for side in sides.values():
+    mcnemar = paired(k["test_correct"], base.pop("test_correct"))
+    against_plain = paired(k.pop("test_correct"), plain["ktune"]["test_correct"])
+    for side in [*sides.values(), *plain.values()]:
         side.pop("test_correct", None)
+    base.pop("splits")
     for key in ("test_texts", "class_names", "test_labels"):
         base.pop(key)
     verdict = (
@@ -198,6 +275,28 @@ def main() -> int:
             "value": round(k["wall_s"] / BUDGET_S, 3),
             "target": "<= 1.0",
             "met": k["wall_s"] <= BUDGET_S,
+        },
+    ]
+    keys = list(sides)  # ktune's runs and, in the same order, plain Ray Tune's
+    ours = sum(sides[x]["test_accuracy"] for x in keys) / len(keys)
+    theirs = sum(plain[x]["test_accuracy"] for x in keys) / len(keys)
+    seeds_named = "search seed 0" if len(keys) == 1 else f"mean of search seeds 0-{len(keys) - 1}"
+    ratios += [
+        {
+            "name": f"test accuracy, ktune / the same search by hand in plain Ray Tune "
+            f"({seeds_named}: {', '.join(str(plain[x]['test_accuracy']) for x in keys)})",
+            "value": round(ours / theirs, 4),
+            "target": ">= 1.0",
+            "met": ours >= theirs,
+        },
+        {
+            "name": f"wall time, ktune / plain Ray Tune ({seeds_named}; ktune's includes "
+            f"ensemble.seeds and the export)",
+            "value": round(
+                sum(sides[x]["wall_s"] for x in keys) / sum(plain[x]["wall_s"] for x in keys), 3
+            ),
+            "target": None,
+            "met": None,
         },
     ]
     if not args.quick:  # the full run: search seeds 1 and 2
@@ -230,7 +329,12 @@ def main() -> int:
         "ratios": ratios,
         "baseline": base,
         "runs": sides,
+        "plain_tune": plain,
         "paired": {**mcnemar, "note": "texts only ktune / only the baseline labels right"},
+        "paired_plain_tune": {
+            **against_plain,
+            "note": "seed 0: texts only ktune / only plain Ray Tune labels right",
+        },
         "verdict": verdict,
         "settings": {
             "example": str(AGNEWS_EXAMPLE.relative_to(REPO)),
@@ -249,6 +353,10 @@ def main() -> int:
     print(
         f"  difference {difference:+.4f}: {verdict}; right only for ktune "
         f"{mcnemar['a_only']}, only for the baseline {mcnemar['b_only']} (z {mcnemar['z']})"
+    )
+    print(
+        f"  against plain Ray Tune (seed 0): right only for ktune {against_plain['a_only']}, "
+        f"only for plain Ray Tune {against_plain['b_only']} (z {against_plain['z']})"
     )
     print(f"benchmark wall time {total:.0f}s")
     return 0

@@ -4,6 +4,9 @@
    1 CPU each) against the ideal: the same trials trained back to back in one plain
    Python process with the same training code (1 TensorFlow thread), divided by C.
    Ratio = ktune wall time / ideal (target <= 1.10).
+   Beside it (no target), the same trials split over C plain processes run side by side,
+   as a user would without ktune: the machine's own cost of C busy processes, so the
+   report tells it from ktune's.
    The run is split into start-up (process start to the first trial's training: imports,
    Ray, data, vocabulary, the first worker), the trials' span and teardown (test
    evaluation, results, Ray shutdown), so the report says where the rest goes.
@@ -120,6 +123,40 @@ def run_plain(exp_file: Path, n: int) -> dict:
     return json.loads(line[7:])
 
 
+def run_plain_side_by_side(exp_file: Path, n: int, concurrency: int) -> dict:
+    """The same trials split over ``concurrency`` plain processes started at once: what a
+    user gets by running the loop in C terminals, and what the machine gives C busy
+    processes (on this 2-core VM two runs side by side each train about 1.1x slower than
+    one alone). Wall time from the first start to the last exit, imports and data
+    included, as ktune's."""
+    shares = [n // concurrency + (i < n % concurrency) for i in range(concurrency)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PLAIN, str(exp_file), str(k), json.dumps(CONFIG)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+        )
+        for k in shares
+        if k
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    wall = time.perf_counter() - start
+    if any(p.returncode for p in procs):
+        raise RuntimeError("a plain side-by-side process failed")
+    results = [
+        json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:]) for out in outs
+    ]
+    return {
+        "wall": wall,
+        # the longest process's trials: the span the trials alone need side by side
+        "span": max(sum(r["trials"]) for r in results),
+        "trials": [t for r in results for t in r["trials"]],
+    }
+
+
 def run_ktune(exp_file: Path, storage: Path) -> dict:
     """Runs ``ktune run`` in a subprocess; its wall time and each trial's timeline."""
     start = time.time()
@@ -172,6 +209,7 @@ def measure(n: int, epochs: int, size: int, concurrency: int) -> dict:
         exp_file.write_text(yaml.safe_dump(experiment(n, epochs, size, str(storage))))
         plain = run_plain(exp_file, n)
         ours = run_ktune(exp_file, storage)
+        side_by_side = run_plain_side_by_side(exp_file, n, concurrency)
         # wrapper overhead: one trial alone (one thread, as in the plain loop), with
         # enough epochs that its median is not one or two epochs'
         one_storage = Path(tmp) / "one"
@@ -195,6 +233,9 @@ def measure(n: int, epochs: int, size: int, concurrency: int) -> dict:
         "single": single,
         "ideal": ideal,
         "ratio": ours["wall"] / ideal,
+        "side_by_side": side_by_side,
+        "vs_side_by_side": ours["wall"] / side_by_side["wall"],
+        "span_vs_side_by_side": ours["span"] / side_by_side["span"],
         "plain_epoch": plain_epoch,
         "plain_first": statistics.median(plain_first),
         "ktune_epoch": statistics.median(single["epochs"]),
@@ -255,6 +296,20 @@ def main() -> None:
                 "met": ratio <= 1.10,
             },
             {
+                "name": f"same, ktune wall / the {n} trials split over {concurrency} plain "
+                f"processes run side by side (imports and data included), median of {repeat}",
+                "value": round(statistics.median(r["vs_side_by_side"] for r in runs), 3),
+                "target": None,
+                "met": None,
+            },
+            {
+                "name": f"same, the trials' span in ktune / in the {concurrency} plain "
+                f"processes side by side, median of {repeat}",
+                "value": round(statistics.median(r["span_vs_side_by_side"] for r in runs), 3),
+                "target": None,
+                "met": None,
+            },
+            {
                 "name": "wrapper: seconds per epoch, one trial in ktune / plain Keras, "
                 f"median of {repeat}",
                 "value": round(wrapper, 3),
@@ -269,6 +324,8 @@ def main() -> None:
             "startup_s": spread(lambda r: r["ours"]["startup"]),
             "teardown_s": spread(lambda r: r["ours"]["teardown"]),
             "ideal_s": spread(lambda r: r["ideal"]),
+            "vs_side_by_side": spread(lambda r: r["vs_side_by_side"]),
+            "span_vs_side_by_side": spread(lambda r: r["span_vs_side_by_side"]),
         },
         "orchestration": {
             "ktune_wall_s": round(ours["wall"], 2),
@@ -287,6 +344,9 @@ def main() -> None:
             "worker_processes": ours["workers"],
             # the span against the ideal: what running C at a time costs inside the trials
             "span_ratio": round(ours["span"] / ideal, 3),
+            "side_by_side_wall_s": round(median_run["side_by_side"]["wall"], 2),
+            "side_by_side_span_s": round(median_run["side_by_side"]["span"], 2),
+            "side_by_side_trial_s": [round(x, 2) for x in median_run["side_by_side"]["trials"]],
         },
         "wrapper": {
             "ktune_epoch_s": round(ktune_epoch, 3),
@@ -312,6 +372,13 @@ def main() -> None:
         f"{o['trials_span_s']}s (= {o['span_ratio']} x ideal), teardown {o['teardown_s']}s "
         f"(test evaluation, results, Ray shutdown); {o['worker_processes']} worker processes "
         f"for {n} trials"
+    )
+    print(
+        f"  the same {n} trials in {concurrency} plain processes side by side: "
+        f"{o['side_by_side_wall_s']}s in all, trials {o['side_by_side_span_s']}s "
+        f"(= {o['side_by_side_span_s'] / o['ideal_s']:.3f} x ideal: the machine's cost of "
+        f"{concurrency} busy processes); ktune / side by side "
+        f"{result['ratios'][1]['value']} (wall), {result['ratios'][2]['value']} (span)"
     )
     print(
         f"  first epoch (incl. model build and tracing): ktune {o['ktune_first_epoch_s']}s, "
