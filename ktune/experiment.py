@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig
 from ktune.errors import ExperimentError
-from ktune.experiment_dir import EXPERIMENT_FILE, JOURNAL_FILE, SPEC_FILE
+from ktune.experiment_dir import EXPERIMENT_FILE, INTERRUPTED_FILE, JOURNAL_FILE, SPEC_FILE
 from ktune.experiment_dir import fetch_experiment as fetch_experiment  # old home; moved
 from ktune.experiment_file import experiment_as_run
 from ktune.prepare import prepare
@@ -277,10 +277,23 @@ def run_search(
                 search_alg=search_alg,
             ).fit()
         # Ctrl+C: Ray saved the search's state; nothing else is written (MLflow: KILLED)
-        end.raise_if_interrupted(storage.redact(cfg.experiment_path))
+        stop_if_interrupted(cfg, end, storage.redact(cfg.experiment_path))
         best = finish_search(cfg, grid, data, prepared, started, export)
         tracking.finish(best)
     return best, grid
+
+
+def stop_if_interrupted(cfg: ExperimentConfig, end: SearchEnd, shown: str) -> None:
+    """A search Ctrl+C or SIGTERM stopped: ``interrupted.json`` says so (for ``ktune
+    report``; best effort, it never hides the interruption), then
+    :class:`~ktune.errors.SearchInterrupted`."""
+    if end.interrupted:
+        try:
+            experiment_dir.write_interrupted(cfg.experiment_dir, end.summary())
+            push_staged(cfg, [INTERRUPTED_FILE])
+        except Exception as e:  # noqa: BLE001 - the interruption is what the user must see
+            log.warning("%s: %s not written (%s)", shown, INTERRUPTED_FILE, e)
+    end.raise_if_interrupted(shown)
 
 
 def resume_config(
@@ -442,7 +455,7 @@ def resume_search(
             )
             run_config.verbose = 1 if verbose else 0
         grid = tuner.fit()
-        end.raise_if_interrupted(shown)
+        stop_if_interrupted(cfg, end, shown)
     if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
         log.info(
             "%s: already exported; `ktune export --force` replaces it",

@@ -40,6 +40,7 @@ __all__ = [
     "JOURNAL_FILE",
     "RESULTS_FILE",
     "BEST_FILE",
+    "INTERRUPTED_FILE",
     "EXPORT_DIR",
     "front_trial",
     "read_spec",
@@ -54,6 +55,7 @@ __all__ = [
     "write_spec",
     "write_results",
     "write_best",
+    "write_interrupted",
 ]
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -61,6 +63,10 @@ SPEC_FILE = "ktune.json"
 JOURNAL_FILE = "optuna.journal"
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.json"
+# Written when Ctrl+C or SIGTERM stopped the search (ktune.search_end): what was cut off,
+# so `ktune report` tells an interrupted search from a running one. A resume that trains
+# again makes it stale (the report compares times), and best.json supersedes it.
+INTERRUPTED_FILE = "interrupted.json"
 EXPORT_DIR = "export"
 
 # The key under which a URI's problems are reported (the CLI's argument name).
@@ -239,3 +245,8 @@ def write_results(exp_dir: Path, rows: Sequence[dict]) -> None:
 
 def write_best(exp_dir: Path, best: dict) -> None:
     _write_json(Path(exp_dir) / BEST_FILE, best)
+
+
+def write_interrupted(exp_dir: Path, info: dict) -> None:
+    """``interrupted.json``: :meth:`ktune.search_end.SearchEnd.summary` of a stopped search."""
+    _write_json(Path(exp_dir) / INTERRUPTED_FILE, info)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from typing import Iterator
 
 from ray.tune import Callback
@@ -90,6 +91,18 @@ class SearchEnd(Callback):
     def interrupted(self) -> bool:
         """The search stopped before it finished (known once the experiment ended)."""
         return self._ended and bool(self.cut_off or self.missing)
+
+    def summary(self) -> dict:
+        """What ``interrupted.json`` records: the signal, the counts, the trials cut off
+        and when (``ktune report`` reads it)."""
+        return {
+            "signal": signal.Signals(self.signal).name,
+            "finished": self.finished,
+            "total": self.total,
+            "cut_off": sorted(self.cut_off),
+            "not_started": max(0, self.total - self.trials),
+            "time": time.time(),
+        }
 
     def raise_if_interrupted(self, where: str) -> None:
         """Raises :class:`SearchInterrupted` naming ``where`` (the experiment's folder or

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import ktune
+from ktune.report.load import load_experiment
+from ktune.report.text import status_line
 
 from conftest import (
     REPO,
@@ -71,6 +73,15 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(tmp_path, ray_session, a
     _nothing_written_as_finished(exp_dir)
     # Ray's SIGINT handler is not left behind: the next Ctrl+C interrupts again
     assert signal.getsignal(signal.SIGINT) is before
+    # what stopped it, for `ktune report`: the cut-off trials no longer read RUNNING
+    stop = json.loads((exp_dir / "interrupted.json").read_text())
+    assert stop["signal"] == "SIGINT" and stop["cut_off"] == sorted(e.cut_off)
+    assert (stop["finished"], stop["total"]) == (e.finished, 3)
+    record = load_experiment(exp_dir)
+    assert status_line(record).startswith("interrupted by SIGINT at ")
+    statuses = {t.trial: t.status for t in record.trials}
+    assert {t for t, s in statuses.items() if s == "INTERRUPTED"} == set(e.cut_off)
+    assert "RUNNING" not in statuses.values()
 
     result = ktune.resume(exp_dir)
 
@@ -89,6 +100,9 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(tmp_path, ray_session, a
     else:  # the finished trial is kept as it was
         assert rows[ctrl_c.trial]["resumed_from_epoch"] == "0"
     assert _complete_in_study(exp_dir, raw["name"]) == 3
+    record = load_experiment(exp_dir)  # best.json supersedes interrupted.json
+    assert record.interrupted is None and status_line(record).startswith("finished")
+    assert {t.status for t in record.trials} == {"DONE"}
 
 
 @pytest.mark.slow

@@ -239,7 +239,7 @@ def running_copy(experiment, tmp_path) -> Path:
 def test_a_running_experiment_still_reports(running_copy):
     code, out = run_cli(str(running_copy))
     assert code == 0
-    assert "running (or interrupted: no best.json yet)" in out
+    assert "running (or stopped by a crash: no best.json yet)" in out
     assert "RUNNING" in out and "(so far)" in out
     html_path = running_copy / "report.html"
     text = html_path.read_text(encoding="utf-8")
@@ -249,6 +249,38 @@ def test_a_running_experiment_still_reports(running_copy):
         assert_png((running_copy / name).read_bytes(), name)
     for _, ref in references(text):
         assert ref.startswith("data:image/png;base64,") or (running_copy / ref).exists()
+
+
+@pytest.mark.slow
+def test_an_interrupted_experiment_says_so_until_a_resume_trains(running_copy):
+    """interrupted.json (written when Ctrl+C or SIGTERM stopped the search): its cut-off
+    trials read INTERRUPTED, not RUNNING as Ray saved them; once a trial reports after
+    it (a resume trains), the search reads as running again."""
+    from ktune.report.load import load_experiment
+    from ktune.report.text import status_line
+
+    cut = next(t for t in load_experiment(running_copy).trials if t.status == "RUNNING")
+    last = float(cut.history[-1]["timestamp"])
+    info = {"signal": "SIGTERM", "finished": 1, "total": 3, "cut_off": [cut.trial]}
+    (running_copy / "interrupted.json").write_text(
+        json.dumps({**info, "not_started": 1, "time": last + 5})
+    )
+
+    record = load_experiment(running_copy)
+    assert {t.trial: t.status for t in record.trials}[cut.trial] == "INTERRUPTED"
+    line = status_line(record)
+    assert line.startswith("interrupted by SIGTERM at "), line
+    assert f"`ktune resume {running_copy}` continues it" in line
+    assert "1 cut off" in line and "1 not started" in line and "running or" not in line
+    code, out = run_cli(str(running_copy))
+    assert code == 0 and "INTERRUPTED" in out and "RUNNING" not in out
+
+    # a trial reported after the interruption: a resume is training, the file is stale
+    (running_copy / "interrupted.json").write_text(json.dumps({**info, "time": last - 5}))
+    record = load_experiment(running_copy)
+    assert record.interrupted is None
+    assert {t.trial: t.status for t in record.trials}[cut.trial] == "RUNNING"
+    assert status_line(record).startswith("running (or stopped by a crash")
 
 
 @pytest.mark.slow

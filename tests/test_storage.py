@@ -475,6 +475,9 @@ def test_ctrl_c_on_uri_storage_saves_the_search_there_and_resume_finishes_it(
     assert any(k.startswith("runs/stopped/experiment_state-") for k in keys)
     assert not {"runs/stopped/best.json", "runs/stopped/results.csv"} & keys
     assert not any("/export/" in k for k in keys)
+    # what `ktune report` of the URI reads to say the search was interrupted
+    stop = json.loads(_get(s3, "ktune-ctrlc", "runs/stopped/interrupted.json"))
+    assert (stop["signal"], stop["finished"], stop["not_started"]) == ("SIGINT", 1, 2)
 
     shutil.rmtree(tmp_path / "staging")  # the driver's machine is gone
     result = ktune.resume(caught.value.experiment)  # the URI the line names

@@ -69,7 +69,7 @@ def compare_rows(records: Sequence[ExperimentRecord]) -> tuple[list[str], list[l
             [
                 label,
                 r.family,
-                "finished" if r.finished else "running",
+                "finished" if r.finished else ("interrupted" if r.interrupted else "running"),
                 f"{done}/{r.num_samples}",
                 r.metric,
                 metric_text(b[1] if b else None),

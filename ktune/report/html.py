@@ -72,7 +72,8 @@ margin:4px 0} code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
 figcaption{color:#555;font-size:0.9em;margin:4px 0 0} .status-ERROR{color:#c00}
 figure{margin:8px 0} .row{display:flex;gap:32px;flex-wrap:wrap;align-items:flex-start}
 .narrow{max-width:560px} h3{font-size:1.05em;margin-top:20px}
-.status-STOPPED{color:#777} .status-RUNNING,.status-PENDING{color:#06c}
+.status-STOPPED{color:#777} .status-INTERRUPTED{color:#b60}
+.status-RUNNING,.status-PENDING{color:#06c}
 """
 
 

@@ -8,7 +8,9 @@ What it reads, all in the experiment directory ``<storage>/<name>``:
   Ray rewrites ``result.json`` when it restores a trial and may leave epochs out of it,
   and a file that is being written may end in half a line;
 - ``results.csv`` and ``best.json`` once the search has finished; while it runs (or after
-  its driver died), trial statuses come from Ray's newest ``experiment_state-*.json``.
+  its driver died), trial statuses come from Ray's newest ``experiment_state-*.json``;
+- ``interrupted.json`` when Ctrl+C or SIGTERM stopped it: the trials it cut off read
+  ``INTERRUPTED`` (Ray saved them as running) until a resume trains again.
 
 It writes nothing and imports neither TensorFlow, Ray, Optuna nor matplotlib.
 """
@@ -23,7 +25,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ktune.errors import ExperimentError
-from ktune.experiment_dir import BEST_FILE, EXPERIMENT_FILE, RESULTS_FILE, SPEC_FILE
+from ktune.experiment_dir import (
+    BEST_FILE,
+    EXPERIMENT_FILE,
+    INTERRUPTED_FILE,
+    RESULTS_FILE,
+    SPEC_FILE,
+)
 from ktune.tables import last_line, status_label
 
 __all__ = ["ExperimentRecord", "TrialRecord", "load_experiment", "read_history"]
@@ -92,6 +100,8 @@ class ExperimentRecord:
     keys: list[str]  # searched hyperparameters, in the space's order
     space: dict = field(default_factory=dict)  # name -> ktune.search_spaces Spec
     notes: list[str] = field(default_factory=list)
+    # interrupted.json while it holds (not finished, nothing trained since)
+    interrupted: dict | None = None
 
     @property
     def name(self) -> str:
@@ -341,9 +351,29 @@ def load_experiment(exp_dir: str | Path) -> ExperimentRecord:
             error = _error_line(trial_dir)
         trials.append(TrialRecord(name, trial_dir, dict(config), history, status, error))
     trials.sort(key=lambda t: (t.started, t.trial))
+    interrupted = None if best_info else _interrupted(d, trials)
+    if interrupted:
+        for t in trials:
+            if t.trial in interrupted["cut_off"] and t.status in ("RUNNING", "PENDING", "PAUSED"):
+                t.status = "INTERRUPTED"
     space = _search_space(d, str(spec.get("family", "transformer")))
     keys = _searched_keys(space, d, trials)
-    return ExperimentRecord(d, spec, best_info, trials, keys, space, notes)
+    return ExperimentRecord(d, spec, best_info, trials, keys, space, notes, interrupted)
+
+
+def _interrupted(exp_dir: Path, trials: Sequence[TrialRecord]) -> dict | None:
+    """``interrupted.json`` unless a trial reported after it (a resume runs: Ray's
+    timestamps are whole seconds, hence the second's slack)."""
+    try:
+        info = _read_json(exp_dir / INTERRUPTED_FILE)
+        when = float(info["time"])
+        info["cut_off"] = [str(x) for x in info.get("cut_off") or []]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    latest = max(
+        (float(r.get("timestamp", 0)) for t in trials for r in t.history[-1:]), default=0.0
+    )
+    return info if latest <= when + 1 else None
 
 
 def _searched_keys(space: Mapping, exp_dir: Path, trials: Sequence[TrialRecord]) -> list[str]:

@@ -6,6 +6,7 @@ Tables render through :mod:`ktune.tables`, so their numbers read as in every oth
 
 from __future__ import annotations
 
+import time
 from typing import Mapping, Sequence
 
 from ktune.report.load import ExperimentRecord
@@ -53,15 +54,32 @@ def trial_table(record: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _clock(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
 def status_line(record: ExperimentRecord) -> str:
     """How many trials finished, ran all epochs, stopped early, failed or still run."""
     done = sum(record.count(s) for s in FINISHED)
-    state = "finished" if record.finished else "running (or interrupted: no best.json yet)"
+    stop = record.interrupted
+    if record.finished:
+        state = "finished"
+    elif stop:
+        state = (
+            f"interrupted by {stop.get('signal', 'a signal')} at "
+            f"{_clock(float(stop['time']))} (`ktune resume {record.path}` continues it)"
+        )
+    else:
+        state = "running (or stopped by a crash: no best.json yet)"
     parts = [f"{done}/{record.num_samples} trials finished"]
     parts.append(f"{record.count('DONE')} ran all {record.epochs} epochs")
     parts.append(f"{record.count('STOPPED')} stopped early by ASHA")
     if record.count("ERROR"):
         parts.append(f"{record.count('ERROR')} failed")
+    if record.count("INTERRUPTED"):
+        parts.append(f"{record.count('INTERRUPTED')} cut off")
+    if stop and stop.get("not_started"):
+        parts.append(f"{stop['not_started']} not started")
     active = sum(record.count(s) for s in ("RUNNING", "PENDING", "PAUSED"))
     if active:
         parts.append(f"{active} running or pending")

@@ -63,11 +63,11 @@ def curves_plot(record: ExperimentRecord):
                     linestyle="none",
                     zorder=6,
                 )
-            elif t.status in ("RUNNING", "PENDING", "PAUSED"):
+            elif t.status in ("RUNNING", "PENDING", "PAUSED", "INTERRUPTED"):
                 ax.plot(
                     xs[-1],
                     ys[-1],
-                    marker=">",
+                    marker="|" if t.status == "INTERRUPTED" else ">",
                     markersize=7,
                     color=style["color"],
                     linestyle="none",
@@ -101,6 +101,8 @@ def curves_plot(record: ExperimentRecord):
         handles.append(Line2D([], [], color="#d62728", marker="x", label="failed"))
     if any(t.status in ("RUNNING", "PENDING", "PAUSED") for t in record.trials):
         handles.append(Line2D([], [], color="grey", marker=">", label="still running"))
+    if record.count("INTERRUPTED"):
+        handles.append(Line2D([], [], color="grey", marker="|", label="cut off (interrupted)"))
     axes[0].legend(handles=handles, fontsize=8, loc="best")
     fig.suptitle(f"{record.name}: {metric} per epoch", fontsize=11)
     fig.tight_layout()
