@@ -14,6 +14,11 @@ trial count, epochs, ASHA settings, batch size, vocabulary and length, 1 CPU per
 2 trials at a time. No ktune import: the harness hands it the texts of ktune's own
 splits (a JSON file) so both sides are scored on the same test texts.
 
+Its layers are keras.io's as published (attention ``key_dim`` the full width, no padding
+mask), not `bench/kerastuner_side.py`'s: that one rebuilds ktune's own model so that the
+KerasTuner comparison is of two searches on one model; this one is what a user who has
+Ray Tune but not ktune writes, model included.
+
     python bench/plain_tune.py SPLITS.json SETTINGS.json OUT.json
 
 Writes OUT.json: test accuracy and per-text correctness, the best validation accuracy,
