@@ -478,6 +478,9 @@ def test_ctrl_c_on_uri_storage_saves_the_search_there_and_resume_finishes_it(
     # what `ktune report` of the URI reads to say the search was interrupted
     stop = json.loads(_get(s3, "ktune-ctrlc", "runs/stopped/interrupted.json"))
     assert (stop["signal"], stop["finished"], stop["not_started"]) == ("SIGINT", 1, 2)
+    shown = ktune_cli("report", caught.value.experiment)  # read from a downloaded copy
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"(`ktune resume {caught.value.experiment}` continues it)" in shown.stdout
 
     shutil.rmtree(tmp_path / "staging")  # the driver's machine is gone
     result = ktune.resume(caught.value.experiment)  # the URI the line names

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Mapping, Sequence
 
+from ktune import storage
 from ktune.report.load import ExperimentRecord
 from ktune.tables import (
     FINISHED,
@@ -65,9 +66,12 @@ def status_line(record: ExperimentRecord) -> str:
     if record.finished:
         state = "finished"
     elif stop:
+        # on URI storage the report reads a downloaded copy: resume the URI
+        where = str(record.spec.get("experiment_path") or "")
+        where = storage.redact(where) if storage.is_uri(where) else str(record.path)
         state = (
             f"interrupted by {stop.get('signal', 'a signal')} at "
-            f"{_clock(float(stop['time']))} (`ktune resume {record.path}` continues it)"
+            f"{_clock(float(stop['time']))} (`ktune resume {where}` continues it)"
         )
     else:
         state = "running (or stopped by a crash: no best.json yet)"
