@@ -119,8 +119,12 @@ def run_plain(exp_file: Path, n: int) -> dict:
         cwd=REPO,
         check=True,
     )
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[7:])
+    return _result(out.stdout)
+
+
+def _result(stdout: str) -> dict:
+    """The plain loop's ``RESULT {json}`` line."""
+    return json.loads(next(x for x in stdout.splitlines() if x.startswith("RESULT "))[7:])
 
 
 def run_plain_side_by_side(exp_file: Path, n: int, concurrency: int) -> dict:
@@ -146,9 +150,7 @@ def run_plain_side_by_side(exp_file: Path, n: int, concurrency: int) -> dict:
     wall = time.perf_counter() - start
     if any(p.returncode for p in procs):
         raise RuntimeError("a plain side-by-side process failed")
-    results = [
-        json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:]) for out in outs
-    ]
+    results = [_result(out) for out in outs]
     return {
         "wall": wall,
         # the longest process's trials: the span the trials alone need side by side
