@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig
+from ktune.driver import DRIVER_FILE, driver_marked, driver_state, read_driver
 from ktune.errors import ExperimentError
 from ktune.experiment_dir import EXPERIMENT_FILE, INTERRUPTED_FILE, JOURNAL_FILE, SPEC_FILE
 from ktune.experiment_dir import fetch_experiment as fetch_experiment  # old home; moved
@@ -256,31 +257,32 @@ def run_search(
         exp_dir,
         experiment_dir.new_spec(cfg, data.class_names, prepared.artefacts, payload.verify_texts),
     )
-    # URI storage: claims the name on the storage and makes the run resumable
-    push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE])
-    # A user's own searcher may finish before num_samples by design; ktune's do not.
-    end = SearchEnd(expect_total=search_alg is None)
-    with _tracking(cfg) as tracking:  # MLflow / W&B, when the file names them
-        with tune_output(verbose), stop_signals(end):
-            # (the searcher announces its Optuna study when built)
-            grid = build_tuner(
-                cfg,
-                payload,
-                callbacks=callbacks,
-                tune_callbacks=[end]
-                + _progress_callbacks(cfg, verbose, progress, end)
-                + _storage_callbacks(cfg)
-                + tracking.callbacks
-                + list(tune_callbacks),
-                verbose=1 if verbose else 0,
-                scheduler=scheduler,
-                search_alg=search_alg,
-            ).fit()
-        # Ctrl+C: Ray saved the search's state; nothing else is written (MLflow: KILLED)
-        stop_if_interrupted(cfg, end, storage.redact(cfg.experiment_path))
-        best = finish_search(cfg, grid, data, prepared, started, export)
-        tracking.finish(best)
-    return best, grid
+    with driver_marked(exp_dir, "run", push=lambda: push_staged(cfg, [DRIVER_FILE])):
+        # URI storage: claims the name on the storage and makes the run resumable
+        push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE, DRIVER_FILE])
+        # A user's own searcher may finish before num_samples by design; ktune's do not.
+        end = SearchEnd(expect_total=search_alg is None)
+        with _tracking(cfg) as tracking:  # MLflow / W&B, when the file names them
+            with tune_output(verbose), stop_signals(end):
+                # (the searcher announces its Optuna study when built)
+                grid = build_tuner(
+                    cfg,
+                    payload,
+                    callbacks=callbacks,
+                    tune_callbacks=[end]
+                    + _progress_callbacks(cfg, verbose, progress, end)
+                    + _storage_callbacks(cfg)
+                    + tracking.callbacks
+                    + list(tune_callbacks),
+                    verbose=1 if verbose else 0,
+                    scheduler=scheduler,
+                    search_alg=search_alg,
+                ).fit()
+            # Ctrl+C: Ray saved the search's state; nothing else is written (MLflow: KILLED)
+            stop_if_interrupted(cfg, end, storage.redact(cfg.experiment_path))
+            best = finish_search(cfg, grid, data, prepared, started, export)
+            tracking.finish(best)
+        return best, grid
 
 
 def stop_if_interrupted(cfg: ExperimentConfig, end: SearchEnd, shown: str) -> None:
@@ -399,6 +401,7 @@ def resume_search(
             f"{shown}: no {EXPERIMENT_FILE} (the experiment as run), so there is nothing to "
             "resume from; start it again under a new name"
         )
+    _refuse_while_running(d, shown)
     if not remote:
         from ktune.ray_state import SET_ASIDE_DIR, repair, searcher_lost
 
@@ -435,34 +438,55 @@ def resume_search(
             )
 
     data, prepared, payload = prepare_while_ray_starts(cfg, verbose, check=same_artefacts)
-    log.info("resuming %s", shown)
-    end = SearchEnd()
-    with _tracking(cfg, resume=True) as tracking, tune_output(verbose), stop_signals(end):
-        tuner = tune.Tuner.restore(
-            where, trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
-        )
-        # The restored run config is the one pickled by the first run (its callbacks and
-        # verbosity); this run's choice wins. Tune has no public setter for it.
-        local = getattr(tuner, "_local_tuner", None)
-        if local is not None:
-            run_config = local.get_run_config()
-            run_config.callbacks = trial_history_callbacks(
-                [end]
-                + _progress_callbacks(cfg, verbose, progress, end)
-                + _storage_callbacks(cfg)
-                + tracking.callbacks
-                + list(tune_callbacks)
+    _refuse_while_running(d, shown)  # (one may have started while this one prepared)
+    with driver_marked(d, "resume", push=lambda: push_staged(cfg, [DRIVER_FILE])):
+        push_staged(cfg, [DRIVER_FILE])
+        log.info("resuming %s", shown)
+        end = SearchEnd()
+        with _tracking(cfg, resume=True) as tracking, tune_output(verbose), stop_signals(end):
+            tuner = tune.Tuner.restore(
+                where, trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
             )
-            run_config.verbose = 1 if verbose else 0
-        grid = tuner.fit()
-        stop_if_interrupted(cfg, end, shown)
-    if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
-        log.info(
-            "%s: already exported; `ktune export --force` replaces it",
-            storage.redact(cfg.export_path),
-        )
-        export = False
-    with tracking:
-        best = finish_search(cfg, grid, data, prepared, started, export)
-        tracking.finish(best)
-    return best, grid
+            # The restored run config is the one pickled by the first run (its callbacks and
+            # verbosity); this run's choice wins. Tune has no public setter for it.
+            local = getattr(tuner, "_local_tuner", None)
+            if local is not None:
+                run_config = local.get_run_config()
+                run_config.callbacks = trial_history_callbacks(
+                    [end]
+                    + _progress_callbacks(cfg, verbose, progress, end)
+                    + _storage_callbacks(cfg)
+                    + tracking.callbacks
+                    + list(tune_callbacks)
+                )
+                run_config.verbose = 1 if verbose else 0
+            grid = tuner.fit()
+            stop_if_interrupted(cfg, end, shown)
+        if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
+            log.info(
+                "%s: already exported; `ktune export --force` replaces it",
+                storage.redact(cfg.export_path),
+            )
+            export = False
+        with tracking:
+            best = finish_search(cfg, grid, data, prepared, started, export)
+            tracking.finish(best)
+        return best, grid
+
+
+def _refuse_while_running(d: Path, shown: str) -> None:
+    """A second driver on one experiment would mix two searches' state: ``ktune resume``
+    waits for the first to end (or to be stopped). Only this machine can tell."""
+    info = read_driver(d)
+    if (
+        info is None
+        or (d / experiment_dir.BEST_FILE).is_file()
+        or int(info["pid"]) == os.getpid()  # this process's own search, ended by an error
+        or driver_state(info) != "running"
+    ):
+        return
+    raise ExperimentError(
+        f"{shown}: its search is still running (ktune {info.get('command', 'run')}, pid "
+        f"{info['pid']} on this machine); stop it first (Ctrl+C there, or kill "
+        f"{info['pid']}), then resume"
+    )

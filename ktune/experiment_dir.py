@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ktune import storage
+from ktune.driver import DRIVER_FILE
 from ktune.errors import ExperimentError
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def fetch_experiment(uri: str, local: str | Path, *, trials: bool = False) -> Pa
             key=_KEY,
         )
     local.mkdir(parents=True, exist_ok=True)
-    for name in (SPEC_FILE, BEST_FILE, RESULTS_FILE, EXPERIMENT_FILE, JOURNAL_FILE):
+    for name in (SPEC_FILE, BEST_FILE, RESULTS_FILE, EXPERIMENT_FILE, JOURNAL_FILE, DRIVER_FILE):
         remote = storage.join(uri, name)
         if storage.exists(remote, _KEY):
             storage.write_atomic(local / name, storage.read_text(remote, _KEY))

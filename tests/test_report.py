@@ -8,6 +8,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -232,14 +233,38 @@ def running_copy(experiment, tmp_path) -> Path:
             if f"trial_{meta['trial_id']}" == trial.name:
                 entry[0] = json.dumps({**meta, "status": "RUNNING"})
         state.write_text(json.dumps(data))
+    # its driver: this process, started before any trial (as `ktune run` writes it)
+    first = min(float(r["timestamp"]) for t in copy.glob("trial_*") for r in read_history(t))
+    driver_file(copy, time=first - 60)
     return copy
+
+
+def driver_file(exp_dir: Path, **changes) -> dict:
+    """driver.json naming this process (running, not ended), with ``changes``."""
+    from ktune.driver import identity
+
+    info = {**identity(), "command": "run", "ended": None, **changes}
+    (exp_dir / "driver.json").write_text(json.dumps(info))
+    return info
+
+
+@pytest.fixture
+def dead_pid():
+    """The pid and start time of a process that has been killed (and reaped)."""
+    from ktune.driver import _proc_stat
+
+    proc = subprocess.Popen(["sleep", "60"])
+    started = _proc_stat(proc.pid)[1]
+    proc.kill()
+    proc.wait()
+    return proc.pid, started
 
 
 @pytest.mark.slow
 def test_a_running_experiment_still_reports(running_copy):
     code, out = run_cli(str(running_copy))
     assert code == 0
-    assert "running (or stopped by a crash: no best.json yet)" in out
+    assert f"running (ktune run, pid {os.getpid()}): " in out
     assert "RUNNING" in out and "(so far)" in out
     html_path = running_copy / "report.html"
     text = html_path.read_text(encoding="utf-8")
@@ -280,7 +305,78 @@ def test_an_interrupted_experiment_says_so_until_a_resume_trains(running_copy):
     record = load_experiment(running_copy)
     assert record.interrupted is None
     assert {t.trial: t.status for t in record.trials}[cut.trial] == "RUNNING"
-    assert status_line(record).startswith("running (or stopped by a crash")
+    assert status_line(record).startswith("running (ktune run, pid ")
+
+    # a resume started after it (its driver.json), before any trial reported: stale too
+    (running_copy / "interrupted.json").write_text(json.dumps({**info, "time": last + 5}))
+    assert load_experiment(running_copy).interrupted is not None
+    driver_file(running_copy, command="resume", time=last + 6)
+    record = load_experiment(running_copy)
+    assert record.interrupted is None
+    assert status_line(record).startswith("running (ktune resume, pid ")
+
+
+@pytest.mark.slow
+def test_a_killed_driver_reads_as_a_crash(experiment, running_copy, dead_pid, tmp_path):
+    """driver.json names a process that no longer runs (SIGKILL, out of memory): the
+    report says the search crashed and how to resume it, and its running trials were cut
+    off; a pid now used by another process, or an earlier boot, reads the same."""
+    from ktune.report.load import load_experiment
+    from ktune.report.text import status_line
+
+    running = [t.trial for t in load_experiment(running_copy).trials if t.status == "RUNNING"]
+    assert running
+    pid, started = dead_pid
+    driver = json.loads((running_copy / "driver.json").read_text())
+    cases = {
+        "killed": {"pid": pid, "process_start": started},
+        "pid reused": {"process_start": str(int(driver["process_start"]) - 1)},
+        "rebooted": {"boot": "an-earlier-boot"},
+    }
+    for case, changes in cases.items():
+        info = driver_file(running_copy, **{**driver, **changes})
+        record = load_experiment(running_copy)
+        line = status_line(record)
+        assert line.startswith(
+            f"stopped by a crash: its driver (pid {info['pid']}) was killed "
+            f"(`ktune resume {running_copy}` continues it): "
+        ), (case, line)
+        statuses = {t.trial: t.status for t in record.trials}
+        assert all(statuses[t] == "INTERRUPTED" for t in running), (case, statuses)
+        assert "RUNNING" not in statuses.values()
+    code, out = run_cli(str(experiment), str(running_copy), "--out", str(tmp_path / "c.html"))
+    assert code == 0 and out.strip().splitlines()[2].split()[:3] == [
+        "tiny-running",
+        "transformer",
+        "crashed",
+    ], out
+
+    # ended (an error in the driver) and another machine: said as such
+    driver_file(running_copy, **{**driver, "ended": driver["time"] + 30})
+    assert status_line(load_experiment(running_copy)).startswith("stopped by an error at ")
+    driver_file(running_copy, **{**driver, "host": "gpu-node-7"})
+    line = status_line(load_experiment(running_copy))
+    assert line.startswith("running on gpu-node-7 (or stopped by a crash there"), line
+
+
+@pytest.mark.slow
+def test_resume_refuses_while_the_search_runs(running_copy, capsys):
+    """Two drivers on one folder would mix their state: while the driver driver.json
+    names still runs, `ktune resume` is one line, exit 2, and changes nothing."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        from ktune.driver import _proc_stat
+
+        driver_file(running_copy, pid=sleeper.pid, process_start=_proc_stat(sleeper.pid)[1])
+        before = {p: p.stat().st_mtime_ns for p in running_copy.rglob("*")}
+        assert main(["resume", str(running_copy)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert f"its search is still running (ktune run, pid {sleeper.pid}" in err[0]
+        assert {p: p.stat().st_mtime_ns for p in running_copy.rglob("*")} == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.mark.slow

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from ktune.data import AG_NEWS_CLASSES, generate_builtin
+from ktune.report.load import load_experiment
+from ktune.report.text import status_line
 
 from conftest import REPO, journal_study, kill_ray_under, subprocess_env, tiny_experiment
 
@@ -130,6 +132,12 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path, ray_tmp):
     interrupted = [t for t, last in before.items() if last < 2]
     assert finished and interrupted
     assert not (exp_dir / "best.json").exists()
+    # the report tells the crash from a running search (driver.json's pid is gone)
+    record = load_experiment(exp_dir)
+    line = status_line(record)
+    assert line.startswith(f"stopped by a crash: its driver (pid {run.pid}) was killed"), line
+    assert f"`ktune resume {exp_dir.resolve()}` continues it" in line
+    assert "RUNNING" not in {t.status for t in record.trials}
 
     resumed = ktune_cli("resume", str(exp_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -159,6 +167,8 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path, ray_tmp):
     assert len(complete) == 3
     best = json.loads((exp_dir / "best.json").read_text())
     assert (Path(best["export"]) / "saved_model.pb").is_file()
+    driver = json.loads((exp_dir / "driver.json").read_text())
+    assert driver["command"] == "resume" and driver["ended"] >= driver["time"] > killed_at
 
 
 def test_resume_refuses_what_it_cannot_resume(tmp_path):

@@ -69,7 +69,7 @@ def compare_rows(records: Sequence[ExperimentRecord]) -> tuple[list[str], list[l
             [
                 label,
                 r.family,
-                "finished" if r.finished else ("interrupted" if r.interrupted else "running"),
+                _state(r),
                 f"{done}/{r.num_samples}",
                 r.metric,
                 metric_text(b[1] if b else None),
@@ -82,6 +82,16 @@ def compare_rows(records: Sequence[ExperimentRecord]) -> tuple[list[str], list[l
             ]
         )
     return header, rows
+
+
+def _state(r: ExperimentRecord) -> str:
+    """One word for the state column."""
+    if r.finished:
+        return "finished"
+    if r.interrupted:
+        return "interrupted"
+    state = r.driver["state"] if r.driver else None
+    return {"gone": "crashed", "ended": "failed"}.get(str(state), "running")
 
 
 def _compare_plot(records: Sequence[ExperimentRecord]):

@@ -10,7 +10,9 @@ What it reads, all in the experiment directory ``<storage>/<name>``:
 - ``results.csv`` and ``best.json`` once the search has finished; while it runs (or after
   its driver died), trial statuses come from Ray's newest ``experiment_state-*.json``;
 - ``interrupted.json`` when Ctrl+C or SIGTERM stopped it: the trials it cut off read
-  ``INTERRUPTED`` (Ray saved them as running) until a resume trains again.
+  ``INTERRUPTED`` (Ray saved them as running) until a resume trains again;
+- ``driver.json`` (:mod:`ktune.driver`): whether the process that runs the search still
+  runs; when it was killed, its running trials read ``INTERRUPTED`` too.
 
 It writes nothing and imports neither TensorFlow, Ray, Optuna nor matplotlib.
 """
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ktune.driver import driver_state, read_driver
 from ktune.errors import ExperimentError
 from ktune.experiment_dir import (
     BEST_FILE,
@@ -102,6 +105,8 @@ class ExperimentRecord:
     notes: list[str] = field(default_factory=list)
     # interrupted.json while it holds (not finished, nothing trained since)
     interrupted: dict | None = None
+    # driver.json with its "state" (ktune.driver.driver_state) while not finished
+    driver: dict | None = None
 
     @property
     def name(self) -> str:
@@ -351,19 +356,24 @@ def load_experiment(exp_dir: str | Path) -> ExperimentRecord:
             error = _error_line(trial_dir)
         trials.append(TrialRecord(name, trial_dir, dict(config), history, status, error))
     trials.sort(key=lambda t: (t.started, t.trial))
-    interrupted = None if best_info else _interrupted(d, trials)
-    if interrupted:
-        for t in trials:
-            if t.trial in interrupted["cut_off"] and t.status in ("RUNNING", "PENDING", "PAUSED"):
-                t.status = "INTERRUPTED"
+    driver = None if best_info else read_driver(d)
+    if driver is not None:
+        driver["state"] = driver_state(driver)
+    interrupted = None if best_info else _interrupted(d, trials, driver)
+    for t in trials:
+        if t.status in ("RUNNING", "PENDING", "PAUSED") and (
+            (interrupted and t.trial in interrupted["cut_off"])
+            or (driver and driver["state"] in ("gone", "ended"))
+        ):
+            t.status = "INTERRUPTED"
     space = _search_space(d, str(spec.get("family", "transformer")))
     keys = _searched_keys(space, d, trials)
-    return ExperimentRecord(d, spec, best_info, trials, keys, space, notes, interrupted)
+    return ExperimentRecord(d, spec, best_info, trials, keys, space, notes, interrupted, driver)
 
 
-def _interrupted(exp_dir: Path, trials: Sequence[TrialRecord]) -> dict | None:
-    """``interrupted.json`` unless a trial reported after it (a resume runs: Ray's
-    timestamps are whole seconds, hence the second's slack)."""
+def _interrupted(exp_dir: Path, trials: Sequence[TrialRecord], driver: dict | None) -> dict | None:
+    """``interrupted.json`` unless a resume started after it (its ``driver.json``) or a
+    trial reported after it (Ray's timestamps are whole seconds, hence the second's slack)."""
     try:
         info = _read_json(exp_dir / INTERRUPTED_FILE)
         when = float(info["time"])
@@ -373,6 +383,8 @@ def _interrupted(exp_dir: Path, trials: Sequence[TrialRecord]) -> dict | None:
     latest = max(
         (float(r.get("timestamp", 0)) for t in trials for r in t.history[-1:]), default=0.0
     )
+    if driver is not None and float(driver["time"]) > when:
+        return None
     return info if latest <= when + 1 else None
 
 

@@ -66,15 +66,12 @@ def status_line(record: ExperimentRecord) -> str:
     if record.finished:
         state = "finished"
     elif stop:
-        # on URI storage the report reads a downloaded copy: resume the URI
-        where = str(record.spec.get("experiment_path") or "")
-        where = storage.redact(where) if storage.is_uri(where) else str(record.path)
         state = (
             f"interrupted by {stop.get('signal', 'a signal')} at "
-            f"{_clock(float(stop['time']))} (`ktune resume {where}` continues it)"
+            f"{_clock(float(stop['time']))} (`ktune resume {_resume_where(record)}` continues it)"
         )
     else:
-        state = "running (or stopped by a crash: no best.json yet)"
+        state = _driver_state(record)
     parts = [f"{done}/{record.num_samples} trials finished"]
     parts.append(f"{record.count('DONE')} ran all {record.epochs} epochs")
     parts.append(f"{record.count('STOPPED')} stopped early by ASHA")
@@ -88,6 +85,31 @@ def status_line(record: ExperimentRecord) -> str:
     if active:
         parts.append(f"{active} running or pending")
     return f"{state}: " + ", ".join(parts)
+
+
+def _resume_where(record: ExperimentRecord) -> str:
+    """The experiment as ``ktune resume`` takes it: on URI storage the report reads a
+    downloaded copy, so the URI."""
+    where = str(record.spec.get("experiment_path") or "")
+    return storage.redact(where) if storage.is_uri(where) else str(record.path)
+
+
+def _driver_state(record: ExperimentRecord) -> str:
+    """Not finished nor interrupted: what ``driver.json`` says of the search's process."""
+    driver = record.driver
+    if driver is None:  # an experiment of a ktune before driver.json
+        return "running (or stopped by a crash: no best.json yet)"
+    pid, state = driver.get("pid"), driver["state"]
+    resume = f"`ktune resume {_resume_where(record)}` continues it"
+    if state == "running":
+        return f"running (ktune {driver.get('command', 'run')}, pid {pid})"
+    if state == "gone":
+        return f"stopped by a crash: its driver (pid {pid}) was killed ({resume})"
+    if state == "ended":
+        return (
+            f"stopped by an error at {_clock(float(driver['ended']))} before it finished ({resume})"
+        )
+    return f"running on {driver.get('host')} (or stopped by a crash there: no best.json yet)"
 
 
 def best_line(record: ExperimentRecord) -> str:
