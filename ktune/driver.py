@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Iterator
 
 from ktune import storage
+from ktune.experiment_dir import DRIVER_FILE
 
 __all__ = ["DRIVER_FILE", "write_driver", "driver_marked", "read_driver", "driver_state"]
-
-DRIVER_FILE = "driver.json"
 
 
 def _boot_id() -> str | None:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ktune import storage
-from ktune.driver import DRIVER_FILE
 from ktune.errors import ExperimentError
 
 if TYPE_CHECKING:
@@ -42,6 +41,7 @@ __all__ = [
     "RESULTS_FILE",
     "BEST_FILE",
     "INTERRUPTED_FILE",
+    "DRIVER_FILE",
     "EXPORT_DIR",
     "front_trial",
     "read_spec",
@@ -68,6 +68,8 @@ BEST_FILE = "best.json"
 # so `ktune report` tells an interrupted search from a running one. A resume that trains
 # again makes it stale (the report compares times), and best.json supersedes it.
 INTERRUPTED_FILE = "interrupted.json"
+# the process that runs the search, and whether it ended (ktune.driver)
+DRIVER_FILE = "driver.json"
 EXPORT_DIR = "export"
 
 # The key under which a URI's problems are reported (the CLI's argument name).
