@@ -532,7 +532,7 @@ def parse_config(
     tracking = parse_tracking(top.get("tracking"))
     if tracking.mlflow and tracking.mlflow.register and not export.enabled:
         raise ConfigError("tracking.mlflow.register: registers the export; set export.enabled")
-    seeds = _ensemble_seeds(top.get("ensemble"), family, search, storage_location, model or {})
+    seeds = _ensemble_seeds(top.get("ensemble"), family, search, model or {})
     return ExperimentConfig(
         name=name,
         family=family,
@@ -552,9 +552,7 @@ def parse_config(
     )
 
 
-def _ensemble_seeds(
-    raw: Any, family: str, search: SearchConfig, storage: str, model: Mapping[str, Any]
-) -> int:
+def _ensemble_seeds(raw: Any, family: str, search: SearchConfig, model: Mapping[str, Any]) -> int:
     seeds = _int("ensemble.seeds", _section(raw, "ensemble", ("seeds",)).get("seeds", 1))
     if seeds > 1 and family != "transformer":
         raise ConfigError(f"ensemble.seeds: {seeds} seeds are for the transformer family only")
@@ -567,10 +565,6 @@ def _ensemble_seeds(
         )
     if seeds > 1 and model.get("build"):
         raise ConfigError("ensemble.seeds: not with model.build (for the family's own model)")
-    if seeds > 1 and _storage.is_uri(storage):
-        raise ConfigError(
-            "ensemble.seeds: needs local storage (the members are saved in the experiment folder)"
-        )
     return seeds
 
 

@@ -5,7 +5,8 @@ The best trial is the first member (its checkpoint, trained with ``search.seed``
 the search the driver trains the same configuration again with ``search.seed + 1`` ...
 ``+ N - 1`` on the same training split, each kept at its best epoch by ``search.metric``
 on the validation split, as a trial is. The members are saved in the experiment folder
-(``ensemble/seed_<s>/``, in a trial checkpoint's format), and the model that is tested,
+(``ensemble/seed_<s>/``, in a trial checkpoint's format; on URI storage uploaded there
+too, :func:`push_members`), and the model that is tested,
 exported and loaded is one Keras model whose output is the mean of theirs. A member
 whose training reaches no finite ``search.metric`` is left out (best.json's
 ``ensemble.left_out``) with a warning, not an error that would lose the search's results.
@@ -29,11 +30,19 @@ import tensorflow as tf
 import tf_keras as keras
 
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ktune import storage
 from ktune.errors import ExperimentError
 from ktune.keras import CHECKPOINT_PREFIX, METRICS_FILE, batches
 from ktune.trainables.base import batch_size_of, compile_model, restore_model
 
-__all__ = ["ENSEMBLE_DIR", "average_models", "ensemble_model", "train_members"]
+__all__ = [
+    "ENSEMBLE_DIR",
+    "average_models",
+    "ensemble_model",
+    "fetch_members",
+    "push_members",
+    "train_members",
+]
 
 ENSEMBLE_DIR = "ensemble"
 MEMBER_FILE = "member.json"  # in a member's folder: its seed, config and metrics
@@ -118,6 +127,30 @@ def train_members(
     finally:
         keras.mixed_precision.set_global_policy(policy)
     return members, models, left_out
+
+
+def fetch_members(uri: str, exp_dir: str | Path, seeds: Sequence[int]) -> list[int]:
+    """URI storage, before :func:`train_members`: the members of ``seeds`` saved at the
+    experiment's URI (a resume after they were trained), downloaded into the local
+    ``exp_dir``, where train_members finds them; returns their seeds. A member is on the
+    URI once its ``member.json`` is (:func:`push_members` uploads it last)."""
+    found = []
+    for seed in seeds:
+        rel = f"{ENSEMBLE_DIR}/seed_{seed}"
+        if storage.exists(storage.join(uri, rel, MEMBER_FILE)):
+            out = Path(exp_dir) / rel
+            shutil.rmtree(out, ignore_errors=True)
+            storage.download_dir(storage.join(uri, rel), out)
+            found.append(int(seed))
+    return found
+
+
+def push_members(exp_dir: str | Path, uri: str, members: Sequence[Mapping[str, Any]]) -> None:
+    """URI storage, after :func:`train_members`: each member's folder uploaded to the
+    experiment's URI under the same relative path, its ``member.json`` last."""
+    for member in members:
+        rel = str(member["checkpoint"])
+        storage.upload_dir(Path(exp_dir) / rel, storage.join(uri, rel), last=[MEMBER_FILE])
 
 
 def _train(
@@ -208,13 +241,32 @@ def ensemble_model(
     num_classes: int,
     training: Any,
     first: keras.Model,
+    location: str | None = None,
 ) -> keras.Model:
     """``first`` (the best trial's model) averaged with the other members best.json's
-    ``ensemble`` names, restored from the experiment folder; ``first`` alone without."""
+    ``ensemble`` names, restored from the experiment folder; ``first`` alone without.
+    ``location``: the experiment's URI when ``exp_dir`` is a local copy of ktune's files
+    only (URI storage): the members are downloaded from there."""
     members = (best.get("ensemble") or {}).get("members") or []
     models = [first]
+    remote = location if location and storage.is_uri(location) else None
     for member in members[1:]:
         checkpoint = Path(exp_dir) / member["checkpoint"]
+        if remote and not checkpoint.is_dir():
+            where = storage.join(remote, member["checkpoint"])
+            if not storage.exists(storage.join(where, MEMBER_FILE), "checkpoint"):
+                raise ExperimentError(
+                    f"{storage.redact(where)}: an ensemble member's checkpoint is missing"
+                )
+            work = storage.temporary_dir("ktune-member-")
+            try:
+                folder = storage.download_dir(where, work / "member", key="checkpoint")
+                models.append(
+                    restore_model(family, best["config"], artefacts, num_classes, training, folder)
+                )
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            continue
         if not checkpoint.is_dir():
             raise ExperimentError(f"{checkpoint}: an ensemble member's checkpoint is missing")
         models.append(

@@ -195,6 +195,7 @@ class ExperimentResult:
             len(self.spec["class_names"]),
             TrainingConfig(**self.spec["training"]),
             model,
+            location=self.spec.get("experiment_path"),
         )
 
     def predict(self, texts: Sequence[str]) -> list[dict]:

@@ -136,7 +136,14 @@ def _export_local(
             family, best["config"], spec["artefacts"], num_classes, training, str(checkpoint_dir)
         )
         model = ensemble_model(
-            exp_dir, best, family, spec["artefacts"], num_classes, training, first
+            exp_dir,
+            best,
+            family,
+            spec["artefacts"],
+            num_classes,
+            training,
+            first,
+            location=spec.get("experiment_path"),
         )
     ensemble = best.get("ensemble") or {}
     metadata = {

@@ -163,9 +163,11 @@ def _seed_ensemble(
     model, and best.json's ``ensemble``: the averaged seeds, the ensemble's validation
     metrics, each member's seed, checkpoint, validation metrics and test accuracy alone,
     and ``left_out``, the seeds whose training reached no finite ``search.metric``."""
-    from ktune.ensemble import average_models, train_members
+    from ktune.ensemble import average_models, fetch_members, push_members, train_members
 
     seeds = [cfg.search.seed + i for i in range(1, cfg.ensemble_seeds)]
+    if cfg.remote:  # a resume on URI storage: members trained before are kept
+        fetch_members(cfg.experiment_path, cfg.experiment_dir, seeds)
     log.info("ensemble: training the best configuration with seeds %s", ", ".join(map(str, seeds)))
     members, models, left_out = train_members(
         cfg.experiment_dir,
@@ -178,6 +180,8 @@ def _seed_ensemble(
         cfg.search.metric,
         cfg.search.mode,
     )
+    if cfg.remote:
+        push_members(cfg.experiment_dir, cfg.experiment_path, members)
     first = {
         "seed": cfg.search.seed,
         "checkpoint": _location(cfg, checkpoint_path),

@@ -45,10 +45,6 @@ TEXTS = [
             "ensemble.seeds: averages one best trial; not with search.objectives",
         ),
         (
-            {"ensemble": {"seeds": 2}, "storage": "s3://bucket/prefix"},
-            "ensemble.seeds: needs local storage",
-        ),
-        (
             {"ensemble": {"seeds": 2}, "search": {"scheduler": "pbt"}},
             "ensemble.seeds: not with scheduler pbt",
         ),

@@ -487,3 +487,69 @@ def test_ctrl_c_on_uri_storage_saves_the_search_there_and_resume_finishes_it(
     assert len(result.trials) == 3
     remote_best = json.loads(_get(s3, "ktune-ctrlc", "runs/stopped/best.json"))
     assert remote_best["num_trials"] == 3
+
+
+@pytest.mark.slow
+def test_an_ensemble_on_uri_storage_keeps_its_members_beside_the_trials(
+    s3, tmp_path, ray_session, monkeypatch
+):
+    """ensemble.seeds on S3: each member is uploaded under ensemble/seed_<s>/ (its
+    member.json last); on a machine without the staging folder, `ktune export` of the URI
+    and ktune.load(URI).load_model() rebuild the mean of the members from the bucket (the
+    export the run made from the models in memory predicts the same), and a resume
+    fetches a member trained before instead of training it again."""
+    import shutil
+
+    import numpy as np
+
+    import ktune
+    from ktune.config import TrainingConfig
+    from ktune.ensemble import fetch_members
+    from ktune.experiment import run_experiment
+    from ktune.rebuild import family_of_record
+
+    uri = _bucket(s3, "ens")
+    raw = tiny_experiment(tmp_path, storage=uri, search__num_samples=2, ensemble={"seeds": 2})
+    raw["name"] = "ens"
+    exp_file = tmp_path / "ens.yaml"
+    exp_file.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("KTUNE_STAGING_DIR", str(tmp_path / "staging"))
+    cfg = parse_config(raw, source_path=str(exp_file))
+    best = run_experiment(cfg)
+    member = best["ensemble"]["members"][1]
+    assert best["ensemble"]["seeds"] == [0, 1] and member["checkpoint"] == "ensemble/seed_1"
+    keys = _objects(s3, "ens", "runs/ens/ensemble/")
+    assert "runs/ens/ensemble/seed_1/ckpt.index" in keys
+    saved = json.loads(_get(s3, "ens", "runs/ens/ensemble/seed_1/member.json"))
+    assert saved["seed"] == 1 and saved["metrics"]["epoch"] == member["metrics"]["epoch"]
+
+    client, _ = s3
+    for key in _objects(s3, "ens", "runs/ens/export/"):
+        target = tmp_path / "first" / key.removeprefix("runs/ens/export/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file("ens", key, str(target))
+    first = reload_in_fresh_process(tmp_path / "first", TEXTS)["probabilities"]
+
+    shutil.rmtree(cfg.experiment_dir)  # another machine: no staging folder
+    out = tmp_path / "again"
+    done = ktune_cli("export", cfg.experiment_path, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "metadata.json").read_text())["ensemble_seeds"] == [0, 1]
+    np.testing.assert_allclose(
+        reload_in_fresh_process(out, TEXTS)["probabilities"], first, atol=1e-5
+    )
+
+    result = ktune.load(cfg.experiment_path, workdir=tmp_path / "load")
+    model = result.load_model()
+    assert model.name == "seed_ensemble"  # the mean of the two, not the best trial alone
+    family = family_of_record(result.spec)
+    ids = family.encode(result.spec["artefacts"], TrainingConfig(**result.spec["training"]), TEXTS)
+    np.testing.assert_allclose(model.predict(ids, verbose=0), first, atol=1e-5)
+
+    assert fetch_members(cfg.experiment_path, tmp_path / "fetched", [1, 2]) == [1]
+    fetched = tmp_path / "fetched" / "ensemble" / "seed_1"
+    assert (fetched / "member.json").read_bytes() == _get(
+        s3, "ens", "runs/ens/ensemble/seed_1/member.json"
+    )
+    assert (fetched / "ckpt.index").is_file()
+    assert not (tmp_path / "fetched" / "ensemble" / "seed_2").exists()
