@@ -72,6 +72,9 @@ def driver_marked(exp_dir: Path, command: str, push=lambda: None) -> Iterator[di
     info = write_driver(exp_dir, command)
     try:
         yield info
+    except BaseException as e:  # what stopped it, for the report (re-raised as it is)
+        info["error"] = (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300]
+        raise
     finally:
         with contextlib.suppress(Exception):
             info["ended"] = time.time()

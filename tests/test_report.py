@@ -354,6 +354,10 @@ def test_a_killed_driver_reads_as_a_crash(experiment, running_copy, dead_pid, tm
     # ended (an error in the driver) and another machine: said as such
     driver_file(running_copy, **{**driver, "ended": driver["time"] + 30})
     assert status_line(load_experiment(running_copy)).startswith("stopped by an error at ")
+    error = "OSError: [Errno 28] No space left on device"
+    driver_file(running_copy, **{**driver, "ended": driver["time"] + 30, "error": error})
+    line = status_line(load_experiment(running_copy))
+    assert f" ({error}) before it finished (`ktune resume {running_copy}` continues it)" in line
     driver_file(running_copy, **{**driver, "host": "gpu-node-7"})
     line = status_line(load_experiment(running_copy))
     assert line.startswith("running on gpu-node-7 (or stopped by a crash there"), line
@@ -512,3 +516,23 @@ def test_cli_log_lines_follow_sys_stderr_after_main_returned(tmp_path):
     with contextlib.redirect_stderr(second):
         logging.getLogger("ktune").info("after the swap")
     assert second.getvalue() == "ktune: after the swap\n"
+
+
+def test_the_driver_record_is_marked_ended_with_what_stopped_it(tmp_path):
+    """driver_marked (ktune run's and resume's): running while the search runs, then
+    ended with the error that escaped it (re-raised as it was), or ended without one."""
+    from ktune.driver import driver_marked, driver_state, read_driver
+
+    with pytest.raises(OSError, match="No space left"):
+        with driver_marked(tmp_path, "run") as info:
+            assert driver_state(read_driver(tmp_path)) == "running"
+            assert info["pid"] == os.getpid()
+            raise OSError(28, "No space left on device")
+    info = read_driver(tmp_path)
+    assert driver_state(info) == "ended" and info["ended"] >= info["time"]
+    assert info["error"] == "OSError: [Errno 28] No space left on device"
+    with driver_marked(tmp_path, "resume"):
+        pass
+    info = read_driver(tmp_path)
+    assert info["command"] == "resume" and driver_state(info) == "ended"
+    assert "error" not in info

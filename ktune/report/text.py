@@ -106,8 +106,10 @@ def _driver_state(record: ExperimentRecord) -> str:
     if state == "gone":
         return f"stopped by a crash: its driver (pid {pid}) was killed ({resume})"
     if state == "ended":
+        why = f" ({driver['error']})" if driver.get("error") else ""
         return (
-            f"stopped by an error at {_clock(float(driver['ended']))} before it finished ({resume})"
+            f"stopped by an error at {_clock(float(driver['ended']))}{why} before it "
+            f"finished ({resume})"
         )
     return f"running on {driver.get('host')} (or stopped by a crash there: no best.json yet)"
 
