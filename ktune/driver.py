@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ktune import storage
-from ktune.experiment_dir import DRIVER_FILE
+from ktune.experiment_dir import DRIVER_FILE, write_driver_file
 
 __all__ = ["DRIVER_FILE", "write_driver", "driver_marked", "read_driver", "driver_state"]
 
@@ -59,7 +58,7 @@ def identity() -> dict:
 def write_driver(exp_dir: Path, command: str) -> dict:
     """``driver.json`` for this process, starting ``command`` (run or resume)."""
     info = {**identity(), "command": command, "ended": None}
-    storage.write_atomic(Path(exp_dir) / DRIVER_FILE, json.dumps(info, indent=2) + "\n")
+    write_driver_file(exp_dir, info)
     return info
 
 
@@ -78,7 +77,7 @@ def driver_marked(exp_dir: Path, command: str, push=lambda: None) -> Iterator[di
     finally:
         with contextlib.suppress(Exception):
             info["ended"] = time.time()
-            storage.write_atomic(Path(exp_dir) / DRIVER_FILE, json.dumps(info, indent=2) + "\n")
+            write_driver_file(exp_dir, info)
             push()
 
 

@@ -18,12 +18,13 @@ at or above TF-IDF + logistic regression's 0.857), for N times the final trainin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -137,12 +138,17 @@ def fetch_members(uri: str, exp_dir: str | Path, seeds: Sequence[int]) -> list[i
     found = []
     for seed in seeds:
         rel = f"{ENSEMBLE_DIR}/seed_{seed}"
-        if storage.exists(storage.join(uri, rel, MEMBER_FILE)):
+        if _on_uri(storage.join(uri, rel)):
             out = Path(exp_dir) / rel
             shutil.rmtree(out, ignore_errors=True)
             storage.download_dir(storage.join(uri, rel), out)
             found.append(int(seed))
     return found
+
+
+def _on_uri(where: str, key: str = "storage") -> bool:
+    """A member's folder on a URI is whole once its ``member.json`` is there."""
+    return storage.exists(storage.join(where, MEMBER_FILE), key)
 
 
 def push_members(exp_dir: str | Path, uri: str, members: Sequence[Mapping[str, Any]]) -> None:
@@ -251,25 +257,30 @@ def ensemble_model(
     models = [first]
     remote = location if location and storage.is_uri(location) else None
     for member in members[1:]:
-        checkpoint = Path(exp_dir) / member["checkpoint"]
-        if remote and not checkpoint.is_dir():
-            where = storage.join(remote, member["checkpoint"])
-            if not storage.exists(storage.join(where, MEMBER_FILE), "checkpoint"):
-                raise ExperimentError(
-                    f"{storage.redact(where)}: an ensemble member's checkpoint is missing"
-                )
-            work = storage.temporary_dir("ktune-member-")
-            try:
-                folder = storage.download_dir(where, work / "member", key="checkpoint")
-                models.append(
-                    restore_model(family, best["config"], artefacts, num_classes, training, folder)
-                )
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            continue
-        if not checkpoint.is_dir():
-            raise ExperimentError(f"{checkpoint}: an ensemble member's checkpoint is missing")
-        models.append(
-            restore_model(family, best["config"], artefacts, num_classes, training, checkpoint)
-        )
+        with _member_folder(exp_dir, str(member["checkpoint"]), remote) as checkpoint:
+            models.append(
+                restore_model(family, best["config"], artefacts, num_classes, training, checkpoint)
+            )
     return average_models(models)
+
+
+@contextlib.contextmanager
+def _member_folder(exp_dir: str | Path, rel: str, remote: str | None) -> Iterator[Path]:
+    """A member's folder: ``exp_dir``'s, or else, on URI storage (``remote``), a
+    temporary download of the URI's; a missing member is an error."""
+    local = Path(exp_dir) / rel
+    if local.is_dir() or remote is None:
+        if not local.is_dir():
+            raise ExperimentError(f"{local}: an ensemble member's checkpoint is missing")
+        yield local
+        return
+    where = storage.join(remote, rel)
+    if not _on_uri(where, "checkpoint"):
+        raise ExperimentError(
+            f"{storage.redact(where)}: an ensemble member's checkpoint is missing"
+        )
+    work = storage.temporary_dir("ktune-member-")
+    try:
+        yield storage.download_dir(where, work / "member", key="checkpoint")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

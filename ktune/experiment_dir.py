@@ -57,6 +57,7 @@ __all__ = [
     "write_results",
     "write_best",
     "write_interrupted",
+    "write_driver_file",
 ]
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -253,3 +254,9 @@ def write_best(exp_dir: Path, best: dict) -> None:
 def write_interrupted(exp_dir: Path, info: dict) -> None:
     """``interrupted.json``: :meth:`ktune.search_end.SearchEnd.summary` of a stopped search."""
     _write_json(Path(exp_dir) / INTERRUPTED_FILE, info)
+
+
+def write_driver_file(exp_dir: Path, info: dict) -> None:
+    """``driver.json``: :func:`ktune.driver.identity` of the search's process, and when it
+    ended."""
+    _write_json(Path(exp_dir) / DRIVER_FILE, info)
