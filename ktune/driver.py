@@ -4,9 +4,12 @@
 the search starts (host, boot, pid and the process's start time) and mark it ended when
 they return or raise. A driver killed outright (SIGKILL, out of memory, a lost machine)
 never marks it, so ``ktune report`` tells a running search from a crashed one by asking
-the system whether that process still runs: on the same machine it knows; on another
-it cannot, and says so. ``ktune resume`` refuses an experiment whose driver still runs
-(two drivers writing one folder would mix their state).
+the system whether that process still runs. On another machine (a laptop reading a
+cluster's bucket) the system cannot say, so a running driver also rewrites the file every
+``HEARTBEAT_S`` seconds (``alive``; uploaded on URI storage): a driver silent for
+``SILENT_AFTER`` heartbeats (at least ``SILENT_MIN_S``) reads as stopped there.
+``ktune resume`` refuses an experiment whose driver still runs, or, on another machine,
+still beats (two drivers writing one folder would mix their state).
 """
 
 from __future__ import annotations
@@ -15,13 +18,27 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 from ktune.experiment_dir import DRIVER_FILE, write_driver_file
 
-__all__ = ["DRIVER_FILE", "write_driver", "driver_marked", "read_driver", "driver_state"]
+__all__ = [
+    "DRIVER_FILE",
+    "HEARTBEAT_S",
+    "write_driver",
+    "driver_marked",
+    "read_driver",
+    "driver_state",
+    "last_alive",
+    "silent_after",
+]
+
+HEARTBEAT_S = 60.0  # a running driver rewrites driver.json this often
+SILENT_AFTER = 5  # heartbeats missed before another machine reads the driver as stopped
+SILENT_MIN_S = 300.0  # ... and never less than this (clocks of two machines differ)
 
 
 def _boot_id() -> str | None:
@@ -55,27 +72,44 @@ def identity() -> dict:
     }
 
 
-def write_driver(exp_dir: Path, command: str) -> dict:
+def write_driver(exp_dir: Path, command: str, heartbeat_s: float = HEARTBEAT_S) -> dict:
     """``driver.json`` for this process, starting ``command`` (run or resume)."""
-    info = {**identity(), "command": command, "ended": None}
+    info = {**identity(), "command": command, "ended": None, "heartbeat_s": heartbeat_s}
     write_driver_file(exp_dir, info)
     return info
 
 
 @contextlib.contextmanager
-def driver_marked(exp_dir: Path, command: str, push=lambda: None) -> Iterator[dict]:
-    """``driver.json`` written on entry and marked ended on exit, however the search
-    ends short of a kill; ``push`` uploads the marked file (URI storage; the caller
-    uploads the first with its own files). Marking is best effort: it never hides the
-    search's own outcome."""
-    info = write_driver(exp_dir, command)
+def driver_marked(
+    exp_dir: Path, command: str, push=lambda: None, heartbeat_s: float = HEARTBEAT_S
+) -> Iterator[dict]:
+    """``driver.json`` written on entry, rewritten every ``heartbeat_s`` seconds with the
+    time (``alive``) while the search runs, and marked ended on exit, however the search
+    ends short of a kill; ``push`` uploads the file after each write but the first (URI
+    storage; the caller uploads the first with its own files). Best effort: it never
+    hides the search's own outcome, and no beat is written after the end is."""
+    info = write_driver(exp_dir, command, heartbeat_s)
+    lock, stop = threading.Lock(), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(heartbeat_s):
+            with lock:  # the end waits for a beat being written (and uploaded)
+                if stop.is_set():
+                    return
+                with contextlib.suppress(Exception):
+                    info["alive"] = time.time()
+                    write_driver_file(exp_dir, info)
+                    push()
+
+    threading.Thread(target=beat, name="ktune-driver-heartbeat", daemon=True).start()
     try:
         yield info
     except BaseException as e:  # what stopped it, for the report (re-raised as it is)
         info["error"] = (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300]
         raise
     finally:
-        with contextlib.suppress(Exception):
+        stop.set()
+        with lock, contextlib.suppress(Exception):
             info["ended"] = time.time()
             write_driver_file(exp_dir, info)
             push()
@@ -91,13 +125,40 @@ def read_driver(exp_dir: Path) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
+def last_alive(info: dict) -> float:
+    """When the driver last wrote driver.json (its start, or its latest heartbeat)."""
+    try:
+        alive = float(info.get("alive") or 0)
+    except (TypeError, ValueError):
+        alive = 0.0
+    return max(float(info["time"]), alive)
+
+
+def silent_after(info: dict) -> float:
+    """Seconds without a heartbeat after which the driver reads as stopped (0: its
+    driver.json has no heartbeats, an older ktune's, so it never does)."""
+    try:
+        every = float(info.get("heartbeat_s") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(SILENT_MIN_S, SILENT_AFTER * every) if every > 0 else 0.0
+
+
+def _silent(info: dict) -> bool:
+    """A driver of another machine that has missed its heartbeats: stopped there (or cut
+    off from the storage)."""
+    after = silent_after(info)
+    return after > 0 and time.time() - last_alive(info) > after
+
+
 def driver_state(info: dict) -> str:
     """``ended`` (the search returned or raised), ``running``, ``gone`` (killed, or the
-    machine restarted) or ``elsewhere`` (another machine: this one cannot tell)."""
+    machine restarted), ``elsewhere`` (another machine, its heartbeat current, or no
+    heartbeat to tell) or ``silent`` (another machine, its heartbeats missed)."""
     if info.get("ended"):
         return "ended"
     if info.get("host") != socket.gethostname():
-        return "elsewhere"
+        return "silent" if _silent(info) else "elsewhere"
     boot = _boot_id()
     if boot and info.get("boot") and boot != info["boot"]:
         return "gone"
@@ -109,7 +170,7 @@ def driver_state(info: dict) -> str:
     except PermissionError:
         pass  # another user's process of that number: /proc tells whether it is the driver
     except OSError:
-        return "elsewhere"
+        return "silent" if _silent(info) else "elsewhere"
     stat = _proc_stat(pid)
     if stat is None:
         return "running"  # no /proc (macOS): the pid runs, which is all this system says

@@ -30,7 +30,14 @@ from typing import Any, Callable, Sequence
 
 from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig
-from ktune.driver import DRIVER_FILE, driver_marked, driver_state, read_driver
+from ktune.driver import (
+    DRIVER_FILE,
+    driver_marked,
+    driver_state,
+    last_alive,
+    read_driver,
+    silent_after,
+)
 from ktune.errors import ExperimentError
 from ktune.experiment_dir import EXPERIMENT_FILE, INTERRUPTED_FILE, JOURNAL_FILE, SPEC_FILE
 from ktune.experiment_dir import fetch_experiment as fetch_experiment  # old home; moved
@@ -40,6 +47,7 @@ from ktune.ray_start import check_address, init_ray, tune_output
 from ktune.results import finish_search
 from ktune.search_end import SearchEnd, stop_signals
 from ktune.staging import push_staged
+from ktune.tables import format_duration
 
 __all__ = [
     "run_experiment",
@@ -476,17 +484,25 @@ def resume_search(
 
 def _refuse_while_running(d: Path, shown: str) -> None:
     """A second driver on one experiment would mix two searches' state: ``ktune resume``
-    waits for the first to end (or to be stopped). Only this machine can tell."""
+    waits for the first to end (or to be stopped). This machine's driver is asked of the
+    system; another machine's counts as running while its heartbeat is current."""
     info = read_driver(d)
     if (
         info is None
         or (d / experiment_dir.BEST_FILE).is_file()
         or int(info["pid"]) == os.getpid()  # this process's own search, ended by an error
-        or driver_state(info) != "running"
     ):
         return
-    raise ExperimentError(
-        f"{shown}: its search is still running (ktune {info.get('command', 'run')}, pid "
-        f"{info['pid']} on this machine); stop it first (Ctrl+C there, or kill "
-        f"{info['pid']}), then resume"
-    )
+    state, pid, command = driver_state(info), info["pid"], info.get("command", "run")
+    if state == "running":
+        raise ExperimentError(
+            f"{shown}: its search is still running (ktune {command}, pid {pid} on this "
+            f"machine); stop it first (Ctrl+C there, or kill {pid}), then resume"
+        )
+    if state == "elsewhere" and silent_after(info):
+        ago = format_duration(time.time() - last_alive(info))
+        raise ExperimentError(
+            f"{shown}: its search is still running on {info.get('host')} (ktune {command}, "
+            f"pid {pid}; alive {ago} ago); stop it there first, then resume (a driver "
+            f"silent for {format_duration(silent_after(info))} counts as stopped)"
+        )

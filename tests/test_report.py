@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -358,9 +359,42 @@ def test_a_killed_driver_reads_as_a_crash(experiment, running_copy, dead_pid, tm
     driver_file(running_copy, **{**driver, "ended": driver["time"] + 30, "error": error})
     line = status_line(load_experiment(running_copy))
     assert f" ({error}) before it finished (`ktune resume {running_copy}` continues it)" in line
-    driver_file(running_copy, **{**driver, "host": "gpu-node-7"})
+    driver_file(running_copy, **{**driver, "host": "gpu-node-7"})  # an older ktune's
     line = status_line(load_experiment(running_copy))
     assert line.startswith("running on gpu-node-7 (or stopped by a crash there"), line
+
+
+def test_another_machines_driver_is_told_by_its_heartbeat(experiment, running_copy, tmp_path):
+    """A driver on another machine (a laptop reading a cluster's storage): running while
+    its heartbeat is current, stopped once it missed them (its trials as Ray saved them:
+    this machine cannot tell a crash from a lost connection, and says both)."""
+    from ktune.driver import SILENT_MIN_S
+    from ktune.experiment import _refuse_while_running
+    from ktune.report.load import load_experiment
+    from ktune.report.text import _clock, status_line
+
+    driver = json.loads((running_copy / "driver.json").read_text())
+    now = time.time()
+    there = {**driver, "host": "gpu-node-7", "pid": 4242, "heartbeat_s": 60.0, "time": now - 3600}
+    driver_file(running_copy, **there, alive=now - 30)
+    record = load_experiment(running_copy)
+    line = status_line(record)
+    assert line.startswith("running on gpu-node-7 (ktune run, pid 4242; alive 3"), line
+    assert record.count("RUNNING") == 1
+
+    alive = now - SILENT_MIN_S - 60
+    driver_file(running_copy, **there, alive=alive)
+    record = load_experiment(running_copy)
+    line = status_line(record)
+    assert line.startswith(
+        "stopped by a crash on gpu-node-7, or cut off from the storage: no sign of life from "
+        f"its driver (pid 4242) since {_clock(alive)} (`ktune resume "
+        f"{running_copy}` continues it)"
+    ), line
+    assert record.count("RUNNING") == 1
+    _refuse_while_running(running_copy, str(running_copy))  # silent: a resume may go on
+    code, out = run_cli(str(experiment), str(running_copy), "--out", str(tmp_path / "c.html"))
+    assert code == 0 and out.strip().splitlines()[2].split()[2] == "crashed?", out
 
 
 @pytest.mark.slow
@@ -377,6 +411,17 @@ def test_resume_refuses_while_the_search_runs(running_copy, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, err
         assert f"its search is still running (ktune run, pid {sleeper.pid}" in err[0]
+        assert {p: p.stat().st_mtime_ns for p in running_copy.rglob("*")} == before
+        # another machine's driver, its heartbeat current: refused the same way
+        now = time.time()
+        there = {"host": "gpu-node-7", "pid": 4242, "heartbeat_s": 60.0, "time": now - 3600}
+        driver_file(running_copy, **there, alive=now - 30)
+        before = {p: p.stat().st_mtime_ns for p in running_copy.rglob("*")}
+        assert main(["resume", str(running_copy)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert "its search is still running on gpu-node-7 (ktune run, pid 4242; alive 3" in err[0]
+        assert "counts as stopped" in err[0], err
         assert {p: p.stat().st_mtime_ns for p in running_copy.rglob("*")} == before
     finally:
         sleeper.kill()
@@ -536,3 +581,22 @@ def test_the_driver_record_is_marked_ended_with_what_stopped_it(tmp_path):
     info = read_driver(tmp_path)
     assert info["command"] == "resume" and driver_state(info) == "ended"
     assert "error" not in info
+
+
+def test_a_running_driver_beats_until_it_ends(tmp_path):
+    """While the search runs, driver.json is rewritten (``alive``) and uploaded every
+    heartbeat; once it is marked ended no beat follows (it would unmark it)."""
+    from ktune.driver import driver_marked, last_alive, read_driver
+
+    pushed = []
+    with driver_marked(tmp_path, "run", push=lambda: pushed.append(time.time()), heartbeat_s=0.2):
+        time.sleep(0.9)
+        info = read_driver(tmp_path)
+        assert info["heartbeat_s"] == 0.2 and info["ended"] is None
+        assert last_alive(info) > info["time"] + 0.3
+        assert len(pushed) >= 3
+    ended = (tmp_path / "driver.json").read_bytes()
+    beats = len(pushed)
+    time.sleep(0.6)
+    assert (tmp_path / "driver.json").read_bytes() == ended
+    assert len(pushed) == beats and read_driver(tmp_path)["ended"] >= last_alive(info)

@@ -91,7 +91,7 @@ def _state(r: ExperimentRecord) -> str:
     if r.interrupted:
         return "interrupted"
     state = r.driver["state"] if r.driver else None
-    return {"gone": "crashed", "ended": "failed"}.get(str(state), "running")
+    return {"gone": "crashed", "ended": "failed", "silent": "crashed?"}.get(str(state), "running")
 
 
 def _compare_plot(records: Sequence[ExperimentRecord]):

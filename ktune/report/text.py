@@ -10,6 +10,7 @@ import time
 from typing import Mapping, Sequence
 
 from ktune import storage
+from ktune.driver import last_alive, silent_after
 from ktune.report.load import ExperimentRecord
 from ktune.tables import (
     FINISHED,
@@ -111,7 +112,17 @@ def _driver_state(record: ExperimentRecord) -> str:
             f"stopped by an error at {_clock(float(driver['ended']))}{why} before it "
             f"finished ({resume})"
         )
-    return f"running on {driver.get('host')} (or stopped by a crash there: no best.json yet)"
+    host = driver.get("host")
+    if state == "silent":
+        return (
+            f"stopped by a crash on {host}, or cut off from the storage: no sign of life "
+            f"from its driver (pid {pid}) since {_clock(last_alive(driver))} ({resume})"
+        )
+    if silent_after(driver):  # its heartbeat is current
+        ago = format_duration(time.time() - last_alive(driver))
+        command = driver.get("command", "run")
+        return f"running on {host} (ktune {command}, pid {pid}; alive {ago} ago)"
+    return f"running on {host} (or stopped by a crash there: no best.json yet)"
 
 
 def best_line(record: ExperimentRecord) -> str:
