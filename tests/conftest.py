@@ -20,6 +20,20 @@ import ktune  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``download`` need the network: pyproject's ``-m 'not download'``
+    deselects them, and a ``-m`` of one's own that does not name them (``-m 'not slow'``)
+    replaces that expression, so they are skipped here instead of failing offline.
+    ``-m download`` and ``make test-all`` (``-m ""``) run them."""
+    markexpr = config.option.markexpr or ""
+    if not markexpr or "download" in markexpr:
+        return
+    skip = pytest.mark.skip(reason="needs downloads: run with -m download (make test-all)")
+    for item in items:
+        if item.get_closest_marker("download"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray (2 CPUs), started once and shared by every test that needs one."""
