@@ -91,6 +91,7 @@ def main() -> None:
             scheduler=ASHAScheduler(metric="val_accuracy", mode="max", max_t=2),
             num_samples=trials,
             max_concurrent_trials=2,
+            reuse_actors=True,  # trials start in finished trials' workers: no new TF import
         ),
         run_config=tune.RunConfig(storage_path=str(storage), name="own-tuner", verbose=0),
     ).fit()
