@@ -105,7 +105,9 @@ def driver_marked(
     try:
         yield info
     except BaseException as e:  # what stopped it, for the report (re-raised as it is)
-        info["error"] = (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300]
+        text = str(e).strip()  # a Ctrl+C outside Tune's loop has no message
+        info["error"] = f"{type(e).__name__}: {text}" if text else type(e).__name__
+        info["error"] = info["error"].splitlines()[0][:300]
         raise
     finally:
         stop.set()

@@ -359,6 +359,11 @@ def test_a_killed_driver_reads_as_a_crash(experiment, running_copy, dead_pid, tm
     driver_file(running_copy, **{**driver, "ended": driver["time"] + 30, "error": error})
     line = status_line(load_experiment(running_copy))
     assert f" ({error}) before it finished (`ktune resume {running_copy}` continues it)" in line
+    driver_file(
+        running_copy, **{**driver, "ended": driver["time"] + 30, "error": "KeyboardInterrupt"}
+    )
+    line = status_line(load_experiment(running_copy))
+    assert line.startswith("stopped by Ctrl+C at ") and "before it finished (`ktune resume" in line
     driver_file(running_copy, **{**driver, "host": "gpu-node-7"})  # an older ktune's
     line = status_line(load_experiment(running_copy))
     assert line.startswith("running on gpu-node-7 (or stopped by a crash there"), line
@@ -581,6 +586,10 @@ def test_the_driver_record_is_marked_ended_with_what_stopped_it(tmp_path):
     info = read_driver(tmp_path)
     assert info["command"] == "resume" and driver_state(info) == "ended"
     assert "error" not in info
+    with pytest.raises(KeyboardInterrupt):  # Ctrl+C outside Tune's loop: no message
+        with driver_marked(tmp_path, "run"):
+            raise KeyboardInterrupt
+    assert read_driver(tmp_path)["error"] == "KeyboardInterrupt"
 
 
 def test_a_running_driver_beats_until_it_ends(tmp_path):

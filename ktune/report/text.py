@@ -107,11 +107,11 @@ def _driver_state(record: ExperimentRecord) -> str:
     if state == "gone":
         return f"stopped by a crash: its driver (pid {pid}) was killed ({resume})"
     if state == "ended":
-        why = f" ({driver['error']})" if driver.get("error") else ""
-        return (
-            f"stopped by an error at {_clock(float(driver['ended']))}{why} before it "
-            f"finished ({resume})"
-        )
+        error, at = driver.get("error"), _clock(float(driver["ended"]))
+        if error == "KeyboardInterrupt":  # Ctrl+C outside Tune's loop (no interrupted.json)
+            return f"stopped by Ctrl+C at {at} before it finished ({resume})"
+        why = f" ({error})" if error else ""
+        return f"stopped by an error at {at}{why} before it finished ({resume})"
     host = driver.get("host")
     if state == "silent":
         return (
