@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -393,10 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except SearchInterrupted as e:  # Ctrl+C or SIGTERM during the search: state saved
         print(f"ktune: {e}", file=sys.stderr)
+        if e.signal == signal.SIGTERM:
+            _TERMINATED.append(e.signal)  # entry() exits at once (see there)
         return 128 + e.signal  # as a shell reports a process the signal ended
     except KeyboardInterrupt:  # elsewhere (a second Ctrl+C skips Ray's last snapshot)
         print("ktune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+_TERMINATED: list[int] = []  # main() ended on a SIGTERM
 
 
 def entry() -> None:
@@ -421,6 +427,13 @@ def entry() -> None:
 
     atexit.register(quick_exit)
     code.append(main())
+    if _TERMINATED:
+        # SIGTERM (a scheduler stopping the job): what must be kept is written, and Ray's
+        # own shutdown is skipped. A SIGTERM sent to the whole process group (SLURM's
+        # scancel) has stopped Ray's processes too, and that shutdown would wait 60 s for
+        # them, then end the process with code 1; a Ray this process started goes with
+        # it (Ray's reaper), as it did when SIGTERM's default action ended the process.
+        quick_exit()
     sys.exit(code[0])
 
 

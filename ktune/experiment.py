@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -38,8 +39,14 @@ from ktune.driver import (
     read_driver,
     silent_after,
 )
-from ktune.errors import ExperimentError
-from ktune.experiment_dir import EXPERIMENT_FILE, INTERRUPTED_FILE, JOURNAL_FILE, SPEC_FILE
+from ktune.errors import ExperimentError, SearchInterrupted
+from ktune.experiment_dir import (
+    BEST_FILE,
+    EXPERIMENT_FILE,
+    INTERRUPTED_FILE,
+    JOURNAL_FILE,
+    SPEC_FILE,
+)
 from ktune.experiment_dir import fetch_experiment as fetch_experiment  # old home; moved
 from ktune.experiment_file import experiment_as_run
 from ktune.prepare import prepare
@@ -288,9 +295,32 @@ def run_search(
                 ).fit()
             # Ctrl+C: Ray saved the search's state; nothing else is written (MLflow: KILLED)
             stop_if_interrupted(cfg, end, storage.redact(cfg.experiment_path))
+            best = _finish(cfg, grid, data, prepared, started, export, tracking)
+        return best, grid
+
+
+def _finish(cfg: ExperimentConfig, grid, data, prepared, started, export, tracking) -> dict:
+    """Once the trials are done: :func:`~ktune.results.finish_search` (ensemble members,
+    test evaluation, ``best.json``, export), then the trackers'. A Ctrl+C or SIGTERM
+    before ``best.json`` is written stops the run as :class:`SearchInterrupted` naming
+    ``ktune resume``, which finishes it from the kept trials (SIGTERM would otherwise end
+    the process on the spot, and a Ctrl+C would not say how to go on)."""
+    stopped = SearchEnd()  # only its ``signal``: the one that stopped the finish
+    try:
+        with stop_signals(stopped):
             best = finish_search(cfg, grid, data, prepared, started, export)
             tracking.finish(best)
-        return best, grid
+    except KeyboardInterrupt as e:
+        if isinstance(e, SearchInterrupted) or (cfg.experiment_dir / BEST_FILE).is_file():
+            raise  # finished: `ktune export` makes an export that was cut off
+        n, shown = len(grid), storage.redact(cfg.experiment_path)
+        name = signal.Signals(stopped.signal).name
+        summary = {"signal": name, "finished": n, "total": n, "cut_off": [], "not_started": 0}
+        _note_interrupted(cfg, {**summary, "time": time.time()}, shown)
+        raise SearchInterrupted(
+            shown, finished=n, total=n, cut_off=[], signal=stopped.signal
+        ) from None
+    return best
 
 
 def stop_if_interrupted(cfg: ExperimentConfig, end: SearchEnd, shown: str) -> None:
@@ -298,12 +328,18 @@ def stop_if_interrupted(cfg: ExperimentConfig, end: SearchEnd, shown: str) -> No
     report``; best effort, it never hides the interruption), then
     :class:`~ktune.errors.SearchInterrupted`."""
     if end.interrupted:
-        try:
-            experiment_dir.write_interrupted(cfg.experiment_dir, end.summary())
-            push_staged(cfg, [INTERRUPTED_FILE])
-        except Exception as e:  # noqa: BLE001 - the interruption is what the user must see
-            log.warning("%s: %s not written (%s)", shown, INTERRUPTED_FILE, e)
+        _note_interrupted(cfg, end.summary(), shown)
     end.raise_if_interrupted(shown)
+
+
+def _note_interrupted(cfg: ExperimentConfig, summary: dict, shown: str) -> None:
+    """``interrupted.json`` (for ``ktune report``); best effort: it never hides the
+    interruption."""
+    try:
+        experiment_dir.write_interrupted(cfg.experiment_dir, summary)
+        push_staged(cfg, [INTERRUPTED_FILE])
+    except Exception as e:  # noqa: BLE001 - the interruption is what the user must see
+        log.warning("%s: %s not written (%s)", shown, INTERRUPTED_FILE, e)
 
 
 def resume_config(
@@ -477,8 +513,7 @@ def resume_search(
             )
             export = False
         with tracking:
-            best = finish_search(cfg, grid, data, prepared, started, export)
-            tracking.finish(best)
+            best = _finish(cfg, grid, data, prepared, started, export, tracking)
         return best, grid
 
 

@@ -180,3 +180,46 @@ def test_quiet_output_drops_tunes_lines_that_ktunes_interrupt_line_replaces():
     assert shown("ray.tune.tune", "Trials did not complete", verbose=False)  # others stay
     assert shown("ray.tune.tune", restore, verbose=True)  # --verbose: Ray's own output
     assert shown("ray.tune.tune", restore, verbose=None)  # after the block, as before
+
+
+def test_a_signal_after_the_trials_stops_the_run_as_an_interrupted_search(tmp_path, monkeypatch):
+    """SIGTERM (or Ctrl+C) while ktune trains an ensemble's members, evaluates the best
+    trial or exports, before best.json: `SearchInterrupted` with the signal, naming `ktune
+    resume`, and interrupted.json for the report; SIGTERM's handler is put back after.
+    Once best.json is written the search is finished: a Ctrl+C stays what it was."""
+    import time
+
+    import ktune.experiment as experiment
+    from ktune.config import parse_config
+
+    cfg = parse_config(tiny_experiment(tmp_path))
+    cfg.experiment_dir.mkdir(parents=True)
+
+    def terminated(*args):  # the real signal, delivered as a scheduler sends it
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        raise AssertionError("SIGTERM did not stop the finish")
+
+    class Tracking:
+        def finish(self, best):
+            raise AssertionError("the trackers finish a finished search only")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(experiment, "finish_search", terminated)
+    with pytest.raises(ktune.SearchInterrupted) as stopped:
+        experiment._finish(cfg, [1, 2, 3], None, None, 0.0, None, Tracking())
+    e = stopped.value
+    assert (e.signal, e.finished, e.total, e.cut_off) == (signal.SIGTERM, 3, 3, [])
+    assert str(e).endswith(f"`ktune resume {cfg.experiment_dir}` continues it")
+    note = json.loads((cfg.experiment_dir / "interrupted.json").read_text())
+    assert (note["signal"], note["finished"], note["total"]) == ("SIGTERM", 3, 3)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    def ctrl_c_in_export(*args):
+        (cfg.experiment_dir / "best.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "finish_search", ctrl_c_in_export)
+    with pytest.raises(KeyboardInterrupt) as plain:
+        experiment._finish(cfg, [1, 2, 3], None, None, 0.0, None, Tracking())
+    assert not isinstance(plain.value, ktune.SearchInterrupted)
