@@ -52,7 +52,7 @@ from ktune.experiment_file import experiment_as_run
 from ktune.prepare import prepare
 from ktune.ray_start import check_address, init_ray, tune_output
 from ktune.results import finish_search
-from ktune.search_end import SearchEnd, stop_signals
+from ktune.search_end import SearchEnd, raising_signals, stop_signals
 from ktune.staging import push_staged
 from ktune.tables import format_duration
 
@@ -305,21 +305,20 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started, export, tracki
     before ``best.json`` is written stops the run as :class:`SearchInterrupted` naming
     ``ktune resume``, which finishes it from the kept trials (SIGTERM would otherwise end
     the process on the spot, and a Ctrl+C would not say how to go on)."""
-    stopped = SearchEnd()  # only its ``signal``: the one that stopped the finish
+    got: list[int] = []
     try:
-        with stop_signals(stopped):
+        with raising_signals() as got:
             best = finish_search(cfg, grid, data, prepared, started, export)
             tracking.finish(best)
     except KeyboardInterrupt as e:
         if isinstance(e, SearchInterrupted) or (cfg.experiment_dir / BEST_FILE).is_file():
             raise  # finished: `ktune export` makes an export that was cut off
         n, shown = len(grid), storage.redact(cfg.experiment_path)
-        name = signal.Signals(stopped.signal).name
+        sig = got[0] if got else signal.SIGINT
+        name = signal.Signals(sig).name
         summary = {"signal": name, "finished": n, "total": n, "cut_off": [], "not_started": 0}
         _note_interrupted(cfg, {**summary, "time": time.time()}, shown)
-        raise SearchInterrupted(
-            shown, finished=n, total=n, cut_off=[], signal=stopped.signal
-        ) from None
+        raise SearchInterrupted(shown, finished=n, total=n, cut_off=[], signal=sig) from None
     return best
 
 

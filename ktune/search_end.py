@@ -29,7 +29,7 @@ from ray.tune import Callback
 
 from ktune.errors import SearchInterrupted
 
-__all__ = ["SearchEnd", "stop_signals"]
+__all__ = ["SearchEnd", "stop_signals", "raising_signals"]
 
 _ENDED = ("TERMINATED", "ERROR")
 
@@ -154,4 +154,31 @@ def stop_signals(end: SearchEnd | None = None) -> Iterator[None]:
         for s, handler in saved.items():
             # None: installed from C (Ray's crash handler for SIGTERM); the default ends
             # the process as well
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def raising_signals() -> Iterator[list[int]]:
+    """For the block (ktune's work after the trials): SIGINT and SIGTERM raise
+    ``KeyboardInterrupt``, whatever handlers were installed before (a ``Tuner.fit`` of
+    the user's own, earlier in the process, leaves Ray Tune's SIGINT handler, which only
+    logs); the list yielded receives the signal. Afterwards the handlers are back.
+    Outside the main thread, where no handler can be installed, a no-op."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    names = (signal.SIGINT, signal.SIGTERM)
+    saved = {s: signal.getsignal(s) for s in names}
+
+    def stop(signum: int, frame) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    for s in names:
+        signal.signal(s, stop)
+    try:
+        yield got
+    finally:
+        for s, handler in saved.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)

@@ -195,25 +195,36 @@ def test_a_signal_after_the_trials_stops_the_run_as_an_interrupted_search(tmp_pa
     cfg = parse_config(tiny_experiment(tmp_path))
     cfg.experiment_dir.mkdir(parents=True)
 
-    def terminated(*args):  # the real signal, delivered as a scheduler sends it
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(10)
-        raise AssertionError("SIGTERM did not stop the finish")
-
     class Tracking:
         def finish(self, best):
             raise AssertionError("the trackers finish a finished search only")
 
-    before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(experiment, "finish_search", terminated)
-    with pytest.raises(ktune.SearchInterrupted) as stopped:
-        experiment._finish(cfg, [1, 2, 3], None, None, 0.0, None, Tracking())
-    e = stopped.value
-    assert (e.signal, e.finished, e.total, e.cut_off) == (signal.SIGTERM, 3, 3, [])
-    assert str(e).endswith(f"`ktune resume {cfg.experiment_dir}` continues it")
-    note = json.loads((cfg.experiment_dir / "interrupted.json").read_text())
-    assert (note["signal"], note["finished"], note["total"]) == ("SIGTERM", 3, 3)
-    assert signal.getsignal(signal.SIGTERM) is before
+    def only_logs(signum, frame):  # what a user's own Tuner.fit earlier leaves for SIGINT
+        pass
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, only_logs)
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+
+            def stopped_by(*args, sig=sig):  # the real signal, as a scheduler or ^C sends it
+                os.kill(os.getpid(), sig)
+                time.sleep(10)
+                raise AssertionError(f"{sig.name} did not stop the finish")
+
+            monkeypatch.setattr(experiment, "finish_search", stopped_by)
+            with pytest.raises(ktune.SearchInterrupted) as stopped:
+                experiment._finish(cfg, [1, 2, 3], None, None, 0.0, None, Tracking())
+            e = stopped.value
+            assert (e.signal, e.finished, e.total, e.cut_off) == (sig, 3, 3, [])
+            assert str(e).endswith(f"`ktune resume {cfg.experiment_dir}` continues it")
+            note = json.loads((cfg.experiment_dir / "interrupted.json").read_text())
+            assert (note["signal"], note["finished"], note["total"]) == (sig.name, 3, 3)
+            assert signal.getsignal(signal.SIGINT) is only_logs
+            assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
     def ctrl_c_in_export(*args):
         (cfg.experiment_dir / "best.json").write_text("{}")
