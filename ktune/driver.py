@@ -33,6 +33,7 @@ __all__ = [
     "read_driver",
     "driver_state",
     "last_alive",
+    "running_elsewhere",
     "silent_after",
 ]
 
@@ -106,8 +107,8 @@ def driver_marked(
         yield info
     except BaseException as e:  # what stopped it, for the report (re-raised as it is)
         text = str(e).strip()  # a Ctrl+C outside Tune's loop has no message
-        info["error"] = f"{type(e).__name__}: {text}" if text else type(e).__name__
-        info["error"] = info["error"].splitlines()[0][:300]
+        error = f"{type(e).__name__}: {text}" if text else type(e).__name__
+        info["error"] = error.splitlines()[0][:300]
         raise
     finally:
         stop.set()
@@ -144,6 +145,16 @@ def silent_after(info: dict) -> float:
     except (TypeError, ValueError):
         return 0.0
     return max(SILENT_MIN_S, SILENT_AFTER * every) if every > 0 else 0.0
+
+
+def running_elsewhere(info: dict) -> str:
+    """``running on HOST (ktune run, pid N; alive 30s ago)``: another machine's driver
+    whose heartbeat is current, as the report and a refused resume name it."""
+    from ktune.tables import format_duration
+
+    ago = format_duration(time.time() - last_alive(info))
+    command, pid = info.get("command", "run"), info["pid"]
+    return f"running on {info.get('host')} (ktune {command}, pid {pid}; alive {ago} ago)"
 
 
 def _silent(info: dict) -> bool:

@@ -35,8 +35,8 @@ from ktune.driver import (
     DRIVER_FILE,
     driver_marked,
     driver_state,
-    last_alive,
     read_driver,
+    running_elsewhere,
     silent_after,
 )
 from ktune.errors import ExperimentError, SearchInterrupted
@@ -52,7 +52,7 @@ from ktune.experiment_file import experiment_as_run
 from ktune.prepare import prepare
 from ktune.ray_start import check_address, init_ray, tune_output
 from ktune.results import finish_search
-from ktune.search_end import SearchEnd, raising_signals, stop_signals
+from ktune.search_end import SearchEnd, interrupted_summary, raising_signals, stop_signals
 from ktune.staging import push_staged
 from ktune.tables import format_duration
 
@@ -315,9 +315,7 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started, export, tracki
             raise  # finished: `ktune export` makes an export that was cut off
         n, shown = len(grid), storage.redact(cfg.experiment_path)
         sig = got[0] if got else signal.SIGINT
-        name = signal.Signals(sig).name
-        summary = {"signal": name, "finished": n, "total": n, "cut_off": [], "not_started": 0}
-        _note_interrupted(cfg, {**summary, "time": time.time()}, shown)
+        _note_interrupted(cfg, interrupted_summary(sig, finished=n, total=n), shown)
         raise SearchInterrupted(shown, finished=n, total=n, cut_off=[], signal=sig) from None
     return best
 
@@ -534,9 +532,8 @@ def _refuse_while_running(d: Path, shown: str) -> None:
             f"machine); stop it first (Ctrl+C there, or kill {pid}), then resume"
         )
     if state == "elsewhere" and silent_after(info):
-        ago = format_duration(time.time() - last_alive(info))
         raise ExperimentError(
-            f"{shown}: its search is still running on {info.get('host')} (ktune {command}, "
-            f"pid {pid}; alive {ago} ago); stop it there first, then resume (a driver "
-            f"silent for {format_duration(silent_after(info))} counts as stopped)"
+            f"{shown}: its search is still {running_elsewhere(info)}; stop it there first, "
+            f"then resume (a driver silent for {format_duration(silent_after(info))} "
+            "counts as stopped)"
         )

@@ -23,13 +23,13 @@ import contextlib
 import signal
 import threading
 import time
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ray.tune import Callback
 
 from ktune.errors import SearchInterrupted
 
-__all__ = ["SearchEnd", "stop_signals", "raising_signals"]
+__all__ = ["SearchEnd", "interrupted_summary", "stop_signals", "raising_signals"]
 
 _ENDED = ("TERMINATED", "ERROR")
 
@@ -95,14 +95,13 @@ class SearchEnd(Callback):
     def summary(self) -> dict:
         """What ``interrupted.json`` records: the signal, the counts, the trials cut off
         and when (``ktune report`` reads it)."""
-        return {
-            "signal": signal.Signals(self.signal).name,
-            "finished": self.finished,
-            "total": self.total,
-            "cut_off": sorted(self.cut_off),
-            "not_started": max(0, self.total - self.trials),
-            "time": time.time(),
-        }
+        return interrupted_summary(
+            self.signal,
+            finished=self.finished,
+            total=self.total,
+            cut_off=self.cut_off,
+            started=self.trials,
+        )
 
     def raise_if_interrupted(self, where: str) -> None:
         """Raises :class:`SearchInterrupted` naming ``where`` (the experiment's folder or
@@ -115,6 +114,26 @@ class SearchEnd(Callback):
                 cut_off=self.cut_off,
                 signal=int(self.signal),
             )
+
+
+def interrupted_summary(
+    signum: int,
+    *,
+    finished: int,
+    total: int,
+    cut_off: Sequence[str] = (),
+    started: int | None = None,
+) -> dict:
+    """What ``interrupted.json`` records (``ktune report`` reads it): the signal's name,
+    the trials finished of ``total``, those cut off, how many never ``started``, when."""
+    return {
+        "signal": signal.Signals(signum).name,
+        "finished": finished,
+        "total": total,
+        "cut_off": sorted(cut_off),
+        "not_started": max(0, total - (total if started is None else started)),
+        "time": time.time(),
+    }
 
 
 @contextlib.contextmanager
@@ -137,7 +156,6 @@ def stop_signals(end: SearchEnd | None = None) -> Iterator[None]:
     names = [signal.SIGINT, signal.SIGTERM]
     if hasattr(signal, "SIGUSR1"):
         names.append(signal.SIGUSR1)
-    saved = {s: signal.getsignal(s) for s in names}
 
     def on_term(signum: int, frame) -> None:
         if end is not None:
@@ -147,14 +165,9 @@ def stop_signals(end: SearchEnd | None = None) -> Iterator[None]:
             raise KeyboardInterrupt
         handler(signal.SIGINT, frame)
 
-    signal.signal(signal.SIGTERM, on_term)
-    try:
+    with _handlers_restored(names):
+        signal.signal(signal.SIGTERM, on_term)
         yield
-    finally:
-        for s, handler in saved.items():
-            # None: installed from C (Ray's crash handler for SIGTERM); the default ends
-            # the process as well
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 @contextlib.contextmanager
@@ -169,16 +182,25 @@ def raising_signals() -> Iterator[list[int]]:
         yield got
         return
     names = (signal.SIGINT, signal.SIGTERM)
-    saved = {s: signal.getsignal(s) for s in names}
 
     def stop(signum: int, frame) -> None:
         got.append(signum)
         raise KeyboardInterrupt
 
-    for s in names:
-        signal.signal(s, stop)
-    try:
+    with _handlers_restored(names):
+        for s in names:
+            signal.signal(s, stop)
         yield got
+
+
+@contextlib.contextmanager
+def _handlers_restored(names: Sequence[int]) -> Iterator[None]:
+    """The handlers of ``names`` as they were before the block, whatever it installs."""
+    saved = {s: signal.getsignal(s) for s in names}
+    try:
+        yield
     finally:
         for s, handler in saved.items():
+            # None: installed from C (Ray's crash handler for SIGTERM); the default ends
+            # the process as well
             signal.signal(s, signal.SIG_DFL if handler is None else handler)

@@ -10,7 +10,7 @@ import time
 from typing import Mapping, Sequence
 
 from ktune import storage
-from ktune.driver import last_alive, silent_after
+from ktune.driver import last_alive, running_elsewhere, silent_after
 from ktune.report.load import ExperimentRecord
 from ktune.tables import (
     FINISHED,
@@ -119,9 +119,7 @@ def _driver_state(record: ExperimentRecord) -> str:
             f"from its driver (pid {pid}) since {_clock(last_alive(driver))} ({resume})"
         )
     if silent_after(driver):  # its heartbeat is current
-        ago = format_duration(time.time() - last_alive(driver))
-        command = driver.get("command", "run")
-        return f"running on {host} (ktune {command}, pid {pid}; alive {ago} ago)"
+        return running_elsewhere(driver)
     return f"running on {host} (or stopped by a crash there: no best.json yet)"
 
 
