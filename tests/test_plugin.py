@@ -213,3 +213,92 @@ def test_trainable_checks_its_arguments_before_any_work(ray_session):
                 "encoder": "/nonexistent/L-{L}_H-{H}_A-{A}",
             },
         )
+
+
+# A user's script: its own Tuner over ktune's trainable, whose driver dies (SIGKILL, no
+# clean-up) as the first trial begins its third epoch: a Keras callback in the trial
+# kills the driver's process, then holds the trial until Ray's processes go.
+_CRASHING_TUNER = """
+import json, os, signal, sys, time
+import tf_keras as keras
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+import ktune
+
+data, training, space = (json.loads(a) for a in sys.argv[1:4])
+
+class KillDriver(keras.callbacks.Callback):
+    def __init__(self, pid):
+        super().__init__()
+        self.pid = pid
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            time.sleep(1.5)  # Ray snapshots the experiment once it has the last result
+            os.kill(self.pid, signal.SIGKILL)
+            time.sleep(600)
+
+trainable = ktune.trainable(
+    "transformer", data=data, training=training, callbacks=[KillDriver(os.getpid())]
+)
+tune.Tuner(
+    trainable,
+    tune_config=tune.TuneConfig(
+        search_alg=OptunaSearch(
+            space=ktune.search_space("transformer", space), metric="val_accuracy", mode="max",
+            seed=0),
+        num_samples=2, max_concurrent_trials=1, reuse_actors=True),
+    run_config=tune.RunConfig(storage_path=sys.argv[4], name="own", verbose=0),
+).fit()
+"""
+
+
+@pytest.mark.slow
+def test_own_tuner_restored_after_its_driver_crashed_resumes_the_trial(
+    ray_session, tmp_path, ray_tmp
+):
+    """A Ray Tune user's crash in the middle: ``tune.Tuner.restore(path, trainable=...)``
+    with a newly made ktune trainable continues the search; the trial cut off goes on from
+    its checkpoint (not from its first epoch) and the searcher's state is Optuna's as saved."""
+    import subprocess
+    import sys
+
+    from ray import tune
+
+    from conftest import kill_ray_under, subprocess_env
+
+    training = {**TRAINING, "epochs": 3}
+    storage = tmp_path / "runs"
+    env = {
+        **subprocess_env(),
+        "RAY_TMPDIR": ray_tmp,
+        "TMPDIR": ray_tmp,
+        "TUNE_GLOBAL_CHECKPOINT_S": "0",  # Ray's knob: a snapshot at every step
+    }
+    args = [json.dumps(x) for x in (DATA, training, SMALL)]
+    crashed = subprocess.run(
+        [sys.executable, "-c", _CRASHING_TUNER, *args, str(storage)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    kill_ray_under(ray_tmp)  # nothing of the dead driver's Ray writes on
+    assert crashed.returncode == -9, crashed.stderr[-3000:]
+    exp = storage / "own"
+    (cut_off,) = [p for p in exp.iterdir() if p.is_dir() and p.name.startswith("run_trial")]
+    before = [json.loads(line) for line in (cut_off / "result.json").read_text().splitlines()]
+    assert [r["epoch"] for r in before] == [1, 2]
+
+    trainable = ktune.trainable("transformer", data=DATA, training=training)
+    grid = tune.Tuner.restore(str(exp), trainable=trainable).fit()
+
+    assert len(grid) == 2 and not grid.errors
+    rows = [json.loads(line) for line in (cut_off / "result.json").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # went on: epoch 3 only, once
+    assert rows[-1]["resumed_from_epoch"] == 2 and rows[0]["resumed_from_epoch"] == 0
+    assert rows[-1]["step"] == rows[1]["step"] + (rows[1]["step"] - rows[0]["step"])
+    assert rows[-1]["config"] == before[0]["config"]  # the same trial, the same draw
+    other = next(r for r in grid if Path(r.path).name != cut_off.name)
+    assert other.metrics["epoch"] == 3 and other.metrics["resumed_from_epoch"] == 0
+    assert other.config != rows[-1]["config"]  # Optuna's next draw, not the first again
