@@ -69,6 +69,8 @@ class DataConfig:
     text: tuple[str, ...] = ("text",)
     label: str = "label"
     label_names: tuple[str, ...] | None = None
+    # label_names given as a mapping: the label values (as text) of its names, in order
+    label_values: tuple[str, ...] | None = None
     test_fraction: float = 0.1
     # csv without a header row: the names of its columns, in order
     columns: tuple[str, ...] | None = None
@@ -280,9 +282,32 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 # --- sections ---------------------------------------------------------------------------
 
 
+def _label_names(key: str, v: Any) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """A list of names (the order of the classes), or a mapping of label value to name
+    (``{1: World, 2: Sports}``): which value is which class, said outright."""
+    if not isinstance(v, Mapping):
+        return _str_list(key, v), None
+    if not v:
+        raise _fail(key, "must be a non-empty list of names or mapping of label to name", v)
+    values = []
+    for label, name in v.items():
+        if isinstance(label, bool) or not isinstance(label, (int, str)) or label == "":
+            raise _fail(f"{key}.{label}", "a label value must be an integer or a string", label)
+        if not isinstance(name, str) or not name:
+            raise _fail(f"{key}.{label}", "must be a class name (a non-empty string)", name)
+        if str(label) in values:
+            raise _fail(key, f"label {label!r} is given twice", v)
+        values.append(str(label))
+    return tuple(v.values()), tuple(values)
+
+
 def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
-    known = tuple(f for f in _fields(DataConfig))
+    known = tuple(f for f in _fields(DataConfig) if f != "label_values")
     d = _section(raw, "data", known)
+    label_values = None
+    if d.get("label_names") is not None:
+        names, label_values = _label_names("data.label_names", d["label_names"])
+        d = {**d, "label_names": list(names)}
     cfg: DataConfig = _parse(
         d,
         "data",
@@ -305,6 +330,7 @@ def _parse_data(raw: Any, base_dir: Path) -> DataConfig:
             "unescape_backslash": _bool,
         },
     )
+    cfg = replace(cfg, label_values=label_values)
     if cfg.source in ("csv", "jsonl"):
         if cfg.train is None:
             raise ConfigError(f"data.train: required for source '{cfg.source}' (path to a file)")

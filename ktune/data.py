@@ -417,16 +417,21 @@ def _all_ints(raw: Sequence[Any]) -> list[int] | None:
 
 
 def _encode_labels(
-    raw: Sequence[Any], names: list[str] | None, path: str
+    raw: Sequence[Any], names: list[str] | None, path: str, values: Sequence[str] | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """Maps class names or integer ids to 0..C-1; ``names`` fixes the order when given.
 
-    With ``names``: a label equal to a name is that class. Labels that are all integers
-    take the names in sorted numeric order when there are as many distinct values as
-    names (AG News' 1..4 -> World, Sports, Business, Sci/Tech); otherwise they must be
-    0-based ids below the number of names. Without ``names`` the classes are the labels
-    sorted (numerically when they are all integers).
+    With ``values`` (``label_names`` as a mapping of label to name) the label equal to
+    ``values[i]`` (as text, or as the same integer) is class ``names[i]``. With ``names``
+    alone: a label equal to a name is that class. Labels that are all integers take the
+    names in sorted numeric order when there are as many distinct values as names (AG
+    News' 1..4 -> World, Sports, Business, Sci/Tech); otherwise they must be 0-based ids
+    below the number of names, and when they could count from 1 as well (1..3 beside four
+    names) they are refused: the mapping says which. Without ``names`` the classes are the
+    labels sorted (numerically when they are all integers).
     """
+    if names is not None and values is not None:
+        return _encode_mapped(raw, names, values, path)
     if names is not None:
         index = {n: i for i, n in enumerate(names)}
         ints = _all_ints(raw)
@@ -436,22 +441,22 @@ def _encode_labels(
                 rank = {c: i for i, c in enumerate(distinct)}
                 return np.asarray([rank[i] for i in ints], np.int32), list(names)
             shown = ", ".join(map(str, distinct[:8])) + (", ..." if len(distinct) > 8 else "")
-            if distinct[0] >= 1 and distinct[-1] < len(names):  # 1-based would fit too
-                log.warning(
-                    "%s: labels %s read as 0-based ids into data.label_names (%d = %r); if "
-                    "they count from 1 (1 = %r), a class has no example: with one of each "
-                    "class they map onto the names in order",
-                    path,
-                    shown,
-                    distinct[0],
-                    names[distinct[0]],
-                    names[0],
+            first = distinct[0]
+            example = ", ".join(f"{first + i}: {n}" for i, n in enumerate(names[:2])) + ", ..."
+            if first >= 1 and distinct[-1] < len(names):  # 1-based would fit too
+                raise DataError(
+                    f"{path}: labels {shown} fit data.label_names ({len(names)} names) both as "
+                    f"0-based ids ({first} = {names[first]!r}) and counted from 1 ({first} = "
+                    f"{names[first - 1]!r}), with {len(names) - len(distinct)} class(es) "
+                    "absent: give data.label_names as a mapping of label to name, e.g. "
+                    f"{{{example}}}"
                 )
-            if distinct[0] < 0 or distinct[-1] >= len(names):
+            if first < 0 or distinct[-1] >= len(names):
                 raise DataError(
                     f"{path}: the labels are {len(distinct)} distinct integers ({shown}) but "
                     f"data.label_names names {len(names)} classes {list(names)}: give one "
-                    "name per label value (they are matched in sorted numeric order)"
+                    "name per label value (they are matched in sorted numeric order), or "
+                    f"data.label_names as a mapping of label to name, e.g. {{{example}}}"
                 )
         out, bad = [], set()
         for v in raw:
@@ -475,6 +480,28 @@ def _encode_labels(
     return np.asarray([index[str(v)] for v in raw], np.int32), classes
 
 
+def _encode_mapped(
+    raw: Sequence[Any], names: list[str], values: Sequence[str], path: str
+) -> tuple[np.ndarray, list[str]]:
+    """``label_names`` as a mapping: each label is the class its value names."""
+    by_text = {v: i for i, v in enumerate(values)}
+    by_int = {n: i for i, v in enumerate(values) if (n := _as_int(v)) is not None}
+    out, bad = [], set()
+    for v in raw:
+        i = by_text.get(str(v))
+        if i is None and (n := _as_int(v)) is not None:
+            i = by_int.get(n)  # 1 in the file for the key 1, "01" or JSON's 1.0 too
+        if i is None:
+            bad.add(str(v))
+        else:
+            out.append(i)
+    if bad:
+        shown = ", ".join(sorted(bad)[:5]) + (", ..." if len(bad) > 5 else "")
+        mapping = dict(zip(values, names, strict=True))
+        raise DataError(f"{path}: labels outside data.label_names {mapping}: {shown}")
+    return np.asarray(out, np.int32), list(names)
+
+
 def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.ndarray, list]:
     assert cfg.train is not None  # config.py requires data.train for csv and jsonl
     x, raw_y = _read_table(cfg.train, cfg)
@@ -482,7 +509,9 @@ def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.n
     if cfg.test:
         xt, raw_yt = _read_table(cfg.test, cfg)
         # Both files share one label encoding, fixed by the declared names or the union.
-        y_all, names = _encode_labels(list(raw_y) + list(raw_yt), names, f"{cfg.train}, {cfg.test}")
+        y_all, names = _encode_labels(
+            list(raw_y) + list(raw_yt), names, f"{cfg.train}, {cfg.test}", cfg.label_values
+        )
         y, yt = y_all[: len(x)], y_all[len(x) :]
         unseen = sorted(set(yt.tolist()) - set(y.tolist()))
         if unseen:
@@ -491,7 +520,7 @@ def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.n
                 f"{cfg.train}: a model cannot learn them (spelled differently?)"
             )
     else:
-        y, names = _encode_labels(raw_y, names, cfg.train)
+        y, names = _encode_labels(raw_y, names, cfg.train, cfg.label_values)
         test_idx, train_idx = _split_indices(y, cfg.test_fraction, cfg.seed + 7919)
         xt, yt = [x[i] for i in test_idx], y[test_idx]
         x, y = [x[i] for i in train_idx], y[train_idx]
@@ -545,6 +574,14 @@ def load_data(cfg: DataConfig) -> TextDataset:
             f"{cfg.train or cfg.source}: class(es) {', '.join(empty)} have no training example "
             "left after the test and validation splits: give them more examples (or lower "
             "data.test_fraction / data.validation_fraction)"
+        )
+    absent = [str(n) for c, n in enumerate(names) if not left[c] and str(n) not in empty]
+    if absent:  # named by data.label_names, in no file
+        log.warning(
+            "%s: no example of class(es) %s of data.label_names: the model keeps an output "
+            "for them that training never sees",
+            cfg.train,
+            ", ".join(absent),
         )
     texts = np.asarray(x, dtype=object)
     return TextDataset(

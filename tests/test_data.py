@@ -771,14 +771,72 @@ def test_labels_that_only_look_numeric_are_names(tmp_path):
     assert ds.class_names == ["--1", "1", "2", "²"]  # was: ValueError from int("²")
 
 
-def test_integer_labels_that_may_count_from_one_or_zero_are_read_with_a_warning(tmp_path, caplog):
-    rows = [[f"t{i}", str(1 + i % 3)] for i in range(30)]  # 1..3 beside four names
+def test_integer_labels_that_may_count_from_one_or_zero_are_refused(tmp_path):
+    # 1..3 beside four names: World missing (counted from 1) or Sci/Tech missing (0-based)?
+    rows = [[f"t{i}", str(1 + i % 3)] for i in range(30)]
     p = write_csv(tmp_path / "t.csv", ["text", "label"], rows)
+    with pytest.raises(DataError) as info:
+        load_data(csv_cfg(p, label_names=AG_NEWS_CLASSES))
+    assert str(info.value) == (
+        f"{p}: labels 1, 2, 3 fit data.label_names (4 names) both as 0-based ids (1 = "
+        "'Sports') and counted from 1 (1 = 'World'), with 1 class(es) absent: give "
+        "data.label_names as a mapping of label to name, e.g. {1: World, 2: Sports, ...}"
+    )
+
+
+def _parsed_data(tmp_path: Path, **data) -> DataConfig:
+    from ktune.config import parse_config
+
+    return parse_config({"name": "x", "data": data}, base_dir=tmp_path).data
+
+
+def test_label_names_as_a_mapping_say_which_value_is_which_class(tmp_path, caplog):
+    # AG News as distributed (1..4), with no Sci/Tech text in this file
+    rows = [r for r in ag_rows(60) if r[0] != "4"]
+    rows[0][0] = "01"  # the same integer written otherwise
+    write_headerless(tmp_path / "train.csv", rows)
+    mapping = {1: "World", 2: "Sports", 3: "Business", 4: "Sci/Tech"}
+    cfg = _parsed_data(
+        tmp_path,
+        source="csv",
+        train="train.csv",
+        columns=list(AG_COLUMNS),
+        text=["title", "description"],
+        label_names=mapping,
+    )
+    assert cfg.label_names == tuple(AG_NEWS_CLASSES) and cfg.label_values == ("1", "2", "3", "4")
     with caplog.at_level(logging.WARNING, logger="ktune"):
-        ds = load_data(csv_cfg(p, label_names=("World", "Sports", "Business", "Sci/Tech")))
-    assert sorted({ds.class_names[i] for i in ds.train_labels}) == [
-        "Business",
-        "Sci/Tech",
-        "Sports",
-    ]
-    assert "labels 1, 2, 3 read as 0-based ids into data.label_names (1 = 'Sports')" in caplog.text
+        ds = load_data(cfg)
+    assert ds.class_names == list(AG_NEWS_CLASSES)
+    truth = {f"{title} {body}": mapping[int(label)] for label, title, body in rows}
+    _check_consistent(ds, truth)
+    assert "no example of class(es) Sci/Tech of data.label_names" in caplog.text
+
+    # string labels renamed, in the mapping's order; a label it lacks is one error
+    write_csv(tmp_path / "s.csv", ["text", "label"], two_class_rows())
+    renamed = {"pos": "Positive", "neg": "Negative"}
+    ds = load_data(_parsed_data(tmp_path, source="csv", train="s.csv", label_names=renamed))
+    assert ds.class_names == ["Positive", "Negative"]
+    _check_consistent(ds, {text: renamed[label] for text, label in two_class_rows()})
+    cfg = _parsed_data(tmp_path, source="csv", train="s.csv", label_names={"pos": "Positive"})
+    with pytest.raises(DataError) as info:
+        load_data(cfg)
+    assert str(info.value) == (
+        f"{tmp_path / 's.csv'}: labels outside data.label_names {{'pos': 'Positive'}}: neg"
+    )
+
+
+def test_label_names_mapping_config_errors_name_the_key(tmp_path):
+    msg = _data_config_error(tmp_path, label_names={1: "World", "1": "Sports"})
+    assert msg.startswith("data.label_names: label '1' is given twice"), msg
+    msg = _data_config_error(tmp_path, label_names={1: "World", 2: ""})
+    assert msg.startswith("data.label_names.2: must be a class name"), msg
+    msg = _data_config_error(tmp_path, label_names={True: "World"})
+    assert msg.startswith("data.label_names.True: a label value must be"), msg
+    msg = _data_config_error(tmp_path, label_names={1: "World", 2: "World"})
+    assert msg.startswith("data.label_names: names must be unique"), msg
+    assert _data_config_error(tmp_path, label_names={}).startswith("data.label_names:")
+    msg = _data_config_error(tmp_path, source="builtin", label_names={1: "World"})
+    assert msg.startswith("data.label_names: only used with source csv or jsonl"), msg
+    # label_values is how the mapping is kept, not a key of the file
+    assert _data_config_error(tmp_path, label_values=["1"]).startswith("data.label_values")

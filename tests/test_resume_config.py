@@ -176,3 +176,17 @@ def test_resume_without_the_experiment_says_so(tmp_path):
     (exp_dir / "ktune.json").write_text("{}")
     with pytest.raises(ExperimentError, match=r"no experiment\.yaml \(the experiment as run\)"):
         resume_search(exp_dir)
+
+
+def test_resume_keeps_label_names_given_as_a_mapping(project, tmp_path):
+    # ktune.json holds the data section as JSON: the mapping's label values come back as
+    # they went in, so a resumed search reads the labels as the first run did
+    text = FILE.replace(
+        "  test_fraction: 0.2\n", "  test_fraction: 0.2\n  label_names: {b: B, a: A}\n"
+    )
+    (project / "mine.yaml").write_text(text)
+    exp_dir = first_run(project / "mine.yaml", {"storage": str(tmp_path / "runs")})
+    first = _experiment_config(project / "mine.yaml", {"storage": str(tmp_path / "runs")})
+    assert first.data.label_names == ("B", "A") and first.data.label_values == ("b", "a")
+    cfg = resumed(exp_dir)
+    same_experiment(cfg, first)
