@@ -287,9 +287,7 @@ def _label_names(key: str, v: Any) -> tuple[tuple[str, ...], tuple[str, ...] | N
     (``{1: World, 2: Sports}``): which value is which class, said outright."""
     if not isinstance(v, Mapping):
         return _str_list(key, v), None
-    if not v:
-        raise _fail(key, "must be a non-empty list of names or mapping of label to name", v)
-    values = []
+    values = []  # an empty mapping: an empty list of names, refused as one
     for label, name in v.items():
         if isinstance(label, bool) or not isinstance(label, (int, str)) or label == "":
             raise _fail(f"{key}.{label}", "a label value must be an integer or a string", label)
