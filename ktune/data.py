@@ -353,7 +353,8 @@ def clean_text(text: str, unescape: bool) -> str:
 
 
 def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
-    texts, labels, empty, rows = [], [], 0, 0
+    texts, labels, rows = [], [], 0
+    empty: list[int] = []  # the lines of rows without text
     for line, row in _read_rows(path, cfg.source, cfg.columns):
         rows += 1
         for column in (*cfg.text, cfg.label):
@@ -377,7 +378,7 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
         ):
             raise DataError(f"{path}: line {line}: empty label in column '{cfg.label}'")
         if not text:
-            empty += 1
+            empty.append(line)
             continue
         texts.append(text)
         labels.append(label.strip() if isinstance(label, str) else label)
@@ -386,7 +387,8 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
     if not texts:
         raise DataError(f"{path}: every row has an empty text in {list(cfg.text)}")
     if empty:
-        log.warning("%s: dropped %d row(s) with empty text", path, empty)
+        where = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        log.warning("%s: dropped %d row(s) with empty text (line %s)", path, len(empty), where)
     if cfg.columns and _as_int(first[1]) is None and len(labels) > 1:
         rest = labels[1:] if first[2] else labels
         if _all_ints(rest) is not None:  # a header row whose names differ from data.columns

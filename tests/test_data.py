@@ -220,7 +220,7 @@ def test_csv_rows_with_empty_text_dropped(tmp_path, caplog):
         ds = load_data(csv_cfg(p))
     assert len(ds.train_texts) + len(ds.val_texts) + len(ds.test_texts) == 20
     assert all(t.strip() for t in ds.train_texts)
-    assert "dropped 3 row(s)" in caplog.text
+    assert "dropped 3 row(s) with empty text (line 22, 23, 24)" in caplog.text  # header: line 1
 
 
 def test_csv_all_empty_texts_refused(tmp_path):
