@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -442,8 +443,8 @@ def _encode_labels(
             if len(distinct) == len(names):
                 rank = {c: i for i, c in enumerate(distinct)}
                 return np.asarray([rank[i] for i in ints], np.int32), list(names)
-            shown = ", ".join(map(str, distinct[:8])) + (", ..." if len(distinct) > 8 else "")
-            first = distinct[0]
+            count, more = Counter(ints), ", ..." if len(distinct) > 8 else ""
+            shown, first = ", ".join(map(str, distinct[:8])) + more, distinct[0]
             example = ", ".join(f"{first + i}: {n}" for i, n in enumerate(names[:2])) + ", ..."
             if first >= 1 and distinct[-1] < len(names):  # 1-based would fit too
                 raise DataError(
@@ -454,6 +455,8 @@ def _encode_labels(
                     f"{{{example}}}"
                 )
             if first < 0 or distinct[-1] >= len(names):
+                # a stray value shows as the one in a few rows
+                shown = ", ".join(f"{c} in {count[c]} row(s)" for c in distinct[:8]) + more
                 raise DataError(
                     f"{path}: the labels are {len(distinct)} distinct integers ({shown}) but "
                     f"data.label_names names {len(names)} classes {list(names)}: give one "

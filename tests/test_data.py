@@ -388,6 +388,16 @@ def test_integer_labels_count_must_match_label_names(tmp_path):
         load_data(ag_cfg(p, label_names=("World", "Sports", "Business")))
     msg = str(info.value)
     assert str(p) in msg and "4 distinct integers" in msg and "names 3" in msg
+    # a stray value in one row among AG News' 1..4: the counts show which one it is
+    rows = ag_rows(20)
+    rows[7][0] = "5"
+    p = write_headerless(tmp_path / "train.csv", rows)
+    with pytest.raises(DataError) as info:
+        load_data(ag_cfg(p, label_names=AG_NEWS_CLASSES))
+    assert str(info.value).startswith(
+        f"{p}: the labels are 5 distinct integers (1 in 5 row(s), 2 in 5 row(s), 3 in 5 "
+        "row(s), 4 in 4 row(s), 5 in 1 row(s)) but data.label_names names 4 classes"
+    )
 
 
 def test_zero_based_ids_may_leave_a_class_out(tmp_path):
