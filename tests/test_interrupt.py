@@ -114,8 +114,8 @@ def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(tmp_
 
     raw = tiny_experiment(tmp_path)
     raw["name"] = "ctrlc_cli"
-    raw["search"].update(num_samples=3, max_concurrent_trials=1, scheduler="fifo")
-    raw["training"]["epochs"] = 4
+    raw["search"].update(num_samples=2, max_concurrent_trials=1, scheduler="fifo")
+    raw["training"]["epochs"] = 3
     raw["data"]["train_size"] = 4000  # epochs long enough to land in
     exp = tmp_path / "ctrlc_cli.yaml"
     exp.write_text(yaml.safe_dump(raw))
@@ -149,7 +149,7 @@ def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(tmp_
 
     resumed = ktune_cli("resume", str(exp_dir), env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((exp_dir / "best.json").read_text())["num_trials"] == 3
+    assert json.loads((exp_dir / "best.json").read_text())["num_trials"] == 2
     assert (exp_dir / "export" / "saved_model.pb").is_file()
 
 

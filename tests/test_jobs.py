@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, subprocess_env, tiny_experiment, wait_for_first_epoch
+from conftest import REPO, kill_ray_under, subprocess_env, tiny_experiment, wait_for_first_epoch
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +51,7 @@ def head():
         **subprocess_env(),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
+        "RAY_TMPDIR": temp,  # inherited by every process of this head: found to kill them
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     cmd = [
@@ -91,11 +92,15 @@ def head():
         os.killpg(proc.pid, signal.SIGTERM)
         pytest.fail("the Ray head did not come up")
     yield address, token
+    # `ray start --block` stops its processes one after the other on SIGTERM, gracefully
+    # (about 30 s here); the test is done with them: a few seconds, then SIGKILL for all
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=3)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        pass
+    kill_ray_under(temp)
+    proc.wait(timeout=60)
     shutil.rmtree(temp, ignore_errors=True)
 
 
