@@ -580,8 +580,8 @@ def load_data(cfg: DataConfig) -> TextDataset:
             "left after the test and validation splits: give them more examples (or lower "
             "data.test_fraction / data.validation_fraction)"
         )
-    absent = [str(n) for c, n in enumerate(names) if not left[c] and str(n) not in empty]
-    if absent:  # named by data.label_names, in no file
+    absent = [str(n) for c, n in enumerate(names) if not left[c]]
+    if absent:  # named by data.label_names, in no file (a class in one is refused above)
         log.warning(
             "%s: no example of class(es) %s of data.label_names: the model keeps an output "
             "for them that training never sees",

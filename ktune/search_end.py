@@ -100,7 +100,7 @@ class SearchEnd(Callback):
             finished=self.finished,
             total=self.total,
             cut_off=self.cut_off,
-            started=self.trials,
+            not_started=max(0, self.total - self.trials),
         )
 
     def raise_if_interrupted(self, where: str) -> None:
@@ -122,16 +122,16 @@ def interrupted_summary(
     finished: int,
     total: int,
     cut_off: Sequence[str] = (),
-    started: int | None = None,
+    not_started: int = 0,
 ) -> dict:
     """What ``interrupted.json`` records (``ktune report`` reads it): the signal's name,
-    the trials finished of ``total``, those cut off, how many never ``started``, when."""
+    the trials finished of ``total``, those cut off, how many never started, when."""
     return {
         "signal": signal.Signals(signum).name,
         "finished": finished,
         "total": total,
         "cut_off": sorted(cut_off),
-        "not_started": max(0, total - (total if started is None else started)),
+        "not_started": not_started,
         "time": time.time(),
     }
 
