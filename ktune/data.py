@@ -471,9 +471,7 @@ def _encode_labels(
                 out.append(i)
             else:
                 bad.add(str(v))
-        if bad:
-            shown = ", ".join(sorted(bad)[:5])
-            raise DataError(f"{path}: labels outside data.label_names {names}: {shown}")
+        _refuse_outside(bad, names, path)
         return np.asarray(out, np.int32), list(names)
     ints = _all_ints(raw)
     if ints is not None:
@@ -490,21 +488,20 @@ def _encode_mapped(
 ) -> tuple[np.ndarray, list[str]]:
     """``label_names`` as a mapping: each label is the class its value names."""
     by_text = {v: i for i, v in enumerate(values)}
-    by_int = {n: i for i, v in enumerate(values) if (n := _as_int(v)) is not None}
-    out, bad = [], set()
-    for v in raw:
-        i = by_text.get(str(v))
-        if i is None and (n := _as_int(v)) is not None:
-            i = by_int.get(n)  # 1 in the file for the key 1, "01" or JSON's 1.0 too
-        if i is None:
-            bad.add(str(v))
-        else:
-            out.append(i)
+    by_int: dict[int | None, int] = {_as_int(v): i for i, v in enumerate(values)}
+    by_int.pop(None, None)
+    # 1 in the file for the key 1, "01" or JSON's 1.0 too
+    found = [by_text.get(str(v), by_int.get(_as_int(v))) for v in raw]
+    bad = {str(v) for v, i in zip(raw, found) if i is None}
+    _refuse_outside(bad, dict(zip(values, names, strict=True)), path)
+    return np.asarray(found, np.int32), list(names)
+
+
+def _refuse_outside(bad: set[str], declared: Any, path: str) -> None:
+    """One error for labels that ``data.label_names`` (a list or a mapping) lacks."""
     if bad:
         shown = ", ".join(sorted(bad)[:5]) + (", ..." if len(bad) > 5 else "")
-        mapping = dict(zip(values, names, strict=True))
-        raise DataError(f"{path}: labels outside data.label_names {mapping}: {shown}")
-    return np.asarray(out, np.int32), list(names)
+        raise DataError(f"{path}: labels outside data.label_names {declared}: {shown}")
 
 
 def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.ndarray, list]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ktune.experiment_dir import DRIVER_FILE, write_driver_file
+from ktune.tables import format_duration
 
 __all__ = [
     "DRIVER_FILE",
@@ -150,8 +151,6 @@ def silent_after(info: dict) -> float:
 def running_elsewhere(info: dict) -> str:
     """``running on HOST (ktune run, pid N; alive 30s ago)``: another machine's driver
     whose heartbeat is current, as the report and a refused resume name it."""
-    from ktune.tables import format_duration
-
     ago = format_duration(time.time() - last_alive(info))
     command, pid = info.get("command", "run"), info["pid"]
     return f"running on {info.get('host')} (ktune {command}, pid {pid}; alive {ago} ago)"

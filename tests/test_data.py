@@ -158,8 +158,16 @@ def test_csv_labels_outside_label_names(tmp_path):
     p = write_csv(tmp_path / "t.csv", ["text", "label"], two_class_rows() + [["x", "other"]])
     with pytest.raises(DataError) as info:
         load_data(csv_cfg(p, label_names=("neg", "pos")))
-    assert str(p) in str(info.value)
-    assert "other" in str(info.value)
+    assert str(info.value) == f"{p}: labels outside data.label_names ['neg', 'pos']: other"
+    # past five, the first five in sorted order and ", ..."
+    strays = [[f"x{i}", f"other{i}"] for i in range(7)]
+    p = write_csv(tmp_path / "t.csv", ["text", "label"], two_class_rows() + strays)
+    with pytest.raises(DataError) as info:
+        load_data(csv_cfg(p, label_names=("neg", "pos")))
+    assert str(info.value) == (
+        f"{p}: labels outside data.label_names ['neg', 'pos']: "
+        "other0, other1, other2, other3, other4, ..."
+    )
 
 
 def test_csv_missing_column_named(tmp_path):
