@@ -481,6 +481,12 @@ def _family_of_info(info: dict, build_model: Callable | None):
     """The family of a checkpoint's ``ktune_trial.json``; ``build_model`` first."""
     from ktune.rebuild import family_for
 
+    own = info.get("own_model")
+    if build_model is None and own and not info.get("build_model"):
+        raise ConfigError(
+            f"build_model: this trial trained your own model ({own}), which cannot be "
+            "imported by name; pass the same function as build_model="
+        )
     return family_for(info["family"], build_model or info.get("build_model"), key="build_model")
 
 

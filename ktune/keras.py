@@ -72,9 +72,12 @@ def restore(model: keras.Model, checkpoint: Any = None) -> int:
         if checkpoint is None:
             return 0
     optimizer = getattr(model, "optimizer", None)
+    # Slots exist before the read, so the optimizer state is matched, not deferred.
     if optimizer is not None and hasattr(optimizer, "build"):
-        # Slots exist before the read, so the optimizer state is matched, not deferred.
         optimizer.build(model.trainable_variables)
+    elif optimizer is not None and hasattr(optimizer, "_create_all_weights"):
+        # keras.optimizers.legacy: its step, hyperparameters and slots come on first use
+        optimizer._create_all_weights(model.trainable_variables)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     tracked = _tracked(model, epoch)
 

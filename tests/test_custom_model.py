@@ -120,6 +120,45 @@ def test_own_model_in_own_tuner_trains_and_exports(tmp_path, custom_trainable):
     )
     np.testing.assert_allclose(model.predict(ids, verbose=0), probs, atol=1e-5)
 
+    # a `build` defined in __main__ has no name to import again: one clear error that
+    # asks for it, not the builtin family's model for these weights
+    assert info["build_model"] == f"{__name__}:build"
+    assert info["own_model"] == f"{__name__}.build"
+    folder = Path(best.checkpoint.to_directory(str(tmp_path / "as_main")))
+    as_main = {**info, "build_model": None, "own_model": "__main__.build"}
+    (folder / "ktune_trial.json").write_text(json.dumps(as_main))
+    with pytest.raises(ktune.ConfigError) as raised:
+        ktune.export_result(folder, tmp_path / "refused")
+    assert str(raised.value) == (
+        "build_model: this trial trained your own model (__main__.build), which cannot be "
+        "imported by name; pass the same function as build_model="
+    )
+    assert not (tmp_path / "refused").exists()
+    again = ktune.load_model(folder, build_model=build)
+    np.testing.assert_allclose(again.predict(ids, verbose=0), probs, atol=1e-5)
+
+
+def test_a_key_one_typo_from_the_optimizers_is_refused():
+    """``learning_rat`` in a custom model's space would reach the model while the
+    optimizer searched its default range: refused, in the file's space and in a drawn
+    config, unless the optimizer's own key is there too."""
+    from ktune.search_spaces.custom import CustomModelSpace
+
+    space = CustomModelSpace()
+    with pytest.raises(ktune.ConfigError) as raised:
+        space.resolve({"units": [8, 16], "learning_rat": {"low": 1e-3, "high": 2e-3}})
+    assert str(raised.value) == (
+        "search.space.learning_rat: did you mean 'learning_rate'? ktune's optimizer reads "
+        "'learning_rate', which this space leaves at its default; if 'learning_rat' is "
+        "your model's own key, give 'learning_rate' as well"
+    )
+    with pytest.raises(ktune.ConfigError, match=r"^config.warmpu: did you mean 'warmup'\?"):
+        space.check_config({"learning_rate": 1e-3, "warmpu": 0.0})
+    # the model's own keys, and a near name beside the optimizer's own key, pass
+    resolved = space.resolve({"units": [8], "lr_scale": 2.0, "warmup": 0.0, "warmpu": 1})
+    assert resolved["warmup"].value == 0.0 and "warmpu" in resolved
+    assert space.check_config({"learning_rate": 1e-3, "units": 8})["warmup"] == 0.1
+
 
 @pytest.mark.slow
 def test_missing_learning_rate_stops_fit_in_the_driver(tmp_path, custom_trainable):
@@ -192,6 +231,16 @@ def test_model_build_in_experiment_file(tmp_path, ray_session, capsys):
     assert 5e-3 <= best["config"]["learning_rate"] <= 2e-2
     assert best["metrics"]["epoch"] == 2
     assert json.loads((exp_dir / "ktune.json").read_text())["build_model"] == "mymodels:build"
+    # the report searches the user's keys, with the file's ranges (learning_rate log)
+    from ktune.report import load_experiment
+    from ktune.report.study import build_study
+    from ktune.search_spaces.base import Choice, Range
+
+    record = load_experiment(exp_dir)
+    assert isinstance(record.space["units"], Choice) and record.space["units"].values == (8, 16)
+    assert isinstance(record.space["learning_rate"], Range) and record.space["learning_rate"].log
+    study = build_study(record)
+    assert study.trials[0].distributions["learning_rate"].log
 
     export = Path(best["export"])
     metadata = json.loads((export / "metadata.json").read_text())

@@ -183,6 +183,45 @@ def test_restore_from_a_local_folder(retried):
         ktune.keras.restore(make_model(1e-3, width=17), folder)
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["optimizer", "legacy_optimizer"])
+def test_restore_brings_back_the_optimizer_state(tmp_path, legacy):
+    """A checkpoint as ReportCheckpoint writes it, of a model compiled with Keras's
+    optimizer or a ``keras.optimizers.legacy`` one (slots created lazily), restored into
+    a fresh model: the step, the moments and the weights come back."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from ktune.keras import CHECKPOINT_PREFIX, _tracked
+
+    def model():
+        m = make_model(1e-2)
+        if legacy:
+            m.compile(optimizer=keras.optimizers.legacy.Adam(1e-2), loss=m.loss)
+        return m
+
+    keras.utils.set_random_seed(0)
+    (x, y), _ = make_data()
+    trained = model()
+    trained.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
+    epoch = tf.Variable(2, dtype=tf.int64)
+    _tracked(trained, epoch).write(str(tmp_path / CHECKPOINT_PREFIX))
+
+    fresh = model()
+    assert ktune.keras.restore(fresh, tmp_path) == 2
+    assert int(fresh.optimizer.iterations.numpy()) == 2 * STEPS_PER_EPOCH
+
+    def state(optimizer) -> list:
+        variables = optimizer.variables  # the legacy optimizer's is a method
+        return [v.numpy() for v in (variables() if legacy else variables)]
+
+    ours, theirs = state(fresh.optimizer), state(trained.optimizer)
+    assert len(ours) == len(theirs) > 2 * len(fresh.trainable_variables)  # step, m, v
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(fresh.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 def test_report_under_own_names(tmp_path, ray_session):
     from ray import tune

@@ -277,6 +277,28 @@ def test_a_running_experiment_still_reports(running_copy):
         assert ref.startswith("data:image/png;base64,") or (running_copy / ref).exists()
 
 
+def test_a_search_with_no_finished_trial_yet_reports(running_copy):
+    """Every trial still running, and a space the report cannot resolve (an experiment
+    file it cannot read, as for a user's own model before the report knew its space):
+    the report says so instead of failing on an empty list of choices."""
+    for state in running_copy.glob("experiment_state-*.json"):
+        data = json.loads(state.read_text())
+        for entry in data["trial_data"]:
+            entry[0] = json.dumps({**json.loads(entry[0]), "status": "RUNNING"})
+        state.write_text(json.dumps(data))
+    for trial in running_copy.glob("trial_*"):  # each cut back to its first epoch
+        for name, keep in (("result.json", 1), ("progress.csv", 2)):
+            lines = (trial / name).read_text().splitlines(keepends=True)
+            (trial / name).write_text("".join(lines[:keep]))
+    (running_copy / "experiment.yaml").unlink()
+    record = load_experiment(running_copy)
+    assert record.space == {} and record.keys
+    assert {t.status for t in record.trials} == {"RUNNING"}
+    code, out = run_cli(str(running_copy))
+    assert code == 0, out
+    assert "No trial has finished yet" in (running_copy / "report.html").read_text()
+
+
 @pytest.mark.slow
 def test_an_interrupted_experiment_says_so_until_a_resume_trains(running_copy):
     """interrupted.json (written when Ctrl+C or SIGTERM stopped the search): its cut-off

@@ -280,12 +280,12 @@ def _search_space(exp_dir: Path, family: str) -> dict:
     """The experiment's resolved search space (name -> Spec), or {} when unreadable."""
     import yaml
 
-    from ktune.search_spaces import get_space
+    from ktune.config import space_of
 
     try:
         raw = yaml.safe_load((exp_dir / EXPERIMENT_FILE).read_text(encoding="utf-8")) or {}
         space_raw = (raw.get("search") or {}).get("space")
-        return dict(get_space(family).resolve(space_raw))
+        return dict(space_of(family, raw.get("model")).resolve(space_raw))
     except Exception:  # noqa: BLE001 - a report still works without it (keys from the trials)
         return {}
 

@@ -52,6 +52,8 @@ def build_study(record: ExperimentRecord):
     usable = [
         t for t in record.trials if t.status in FINISHED and all(k in t.config for k in record.keys)
     ]
+    if not usable:  # no trial finished yet: nothing to draw a key's choices from either
+        return _study_of(record, usable, {})
     try:
         return _study_of(
             record,

@@ -7,6 +7,7 @@ ktune adds only what its optimizer reads (``learning_rate``, ``warmup``,
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Mapping
 
 from ktune.errors import ConfigError
@@ -32,9 +33,30 @@ class CustomModelSpace(FamilySpace):
 
     open_keys = True  # every key of the user's space is theirs: none is unknown
 
+    def _near_misses(self, keys: Any, key: str) -> None:
+        """A key one typo away from one of ktune's optimizer keys that the space leaves
+        out (``learning_rat``, ``warmpu``) would pass to the model while the optimizer
+        took its default: refused, unless the optimizer's key is given too."""
+        for name in keys:
+            if name in self.defaults:
+                continue
+            missing = [d for d in self.defaults if d not in keys]
+            close = difflib.get_close_matches(str(name), missing, n=1, cutoff=0.8)
+            if close:
+                raise ConfigError(
+                    f"{key}.{name}: did you mean '{close[0]}'? ktune's optimizer reads "
+                    f"'{close[0]}', which this space leaves at its default; if '{name}' is "
+                    f"your model's own key, give '{close[0]}' as well"
+                )
+
+    def resolve(self, overrides: Mapping[str, Any] | None, key: str = "search.space") -> dict:
+        self._near_misses(list(overrides or {}), key)
+        return super().resolve(overrides, key)
+
     def check_config(self, config: Mapping[str, Any], key: str = "config") -> dict:
         if not isinstance(config, Mapping):
             raise ConfigError(f"{key}: must be a mapping of hyperparameters, got {config!r}")
+        self._near_misses(list(config), key)
         if "learning_rate" not in config:
             raise ConfigError(f"{key}.learning_rate: required (the peak rate of ktune's AdamW)")
         out = {

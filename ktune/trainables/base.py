@@ -267,11 +267,19 @@ def trial_info(payload: TrialPayload, config: Mapping[str, Any], parent: dict | 
         "verify_texts": list(payload.verify_texts),
         "unescape_backslash": payload.unescape_backslash,
         "build_model": callable_reference(payload.build_model),
+        # the user's own model even where it has no importable name (defined in __main__)
+        "own_model": _qualified_name(payload.build_model),
         # This run of the trial and the checkpoint it started from: which of the
         # trial's checkpoints continue which (PBT rewrites a trial's folders).
         "run": uuid.uuid4().hex,
         "parent": parent,
     }
+
+
+def _qualified_name(fn: Any) -> str | None:
+    if fn is None:
+        return None
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def callable_reference(fn: Any) -> str | None:
