@@ -15,7 +15,7 @@ import tf_keras as keras
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.search_spaces.base import TRIAL_DEFAULTS
 
-__all__ = ["WarmupLinearDecay", "create_optimizer"]
+__all__ = ["FusedAdamW", "WarmupLinearDecay", "create_optimizer"]
 
 _NO_DECAY = ["LayerNorm", "layer_norm", "layernorm", "bias"]
 
@@ -58,6 +58,54 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.utils.register_keras_serializable(package="ktune")
+class FusedAdamW(keras.optimizers.AdamW):
+    """Keras's AdamW (the same variables, so the same checkpoints, and the same
+    arithmetic) updating each variable with TensorFlow's fused Adam kernel, its decay in
+    the same step.
+
+    Keras's AdamW writes Adam as a dozen small ops per variable (the embedding's sparse
+    gradient as six passes over the whole table) and decays every variable in a loop of
+    its own before the updates. On one CPU core that was a fifth of a transformer trial's
+    step (26 ms against 20-21 ms, vocabulary 10,000 x 64) and about 0.5 s more of the
+    first epoch's trace; tests/test_optim.py checks the two agree to float rounding.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.amsgrad:
+            raise ValueError("FusedAdamW has no amsgrad; use keras.optimizers.AdamW")
+
+    def _apply_weight_decay(self, variables) -> None:
+        """Done in :meth:`update_step`, just before each variable's Adam update (decay
+        first, as Keras's AdamW does: the gradients were taken before either)."""
+
+    def update_step(self, gradient, variable):
+        dtype = variable.dtype
+        lr = tf.cast(self.learning_rate, dtype)
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            variable.assign_sub(variable * (tf.cast(self.weight_decay, dtype) * lr))
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        index = self._index_dict[self._var_key(variable)]
+        if isinstance(gradient, tf.IndexedSlices):
+            # Adam moves every row's moments, touched or not: the dense gradient is the
+            # same update, in one pass of the fused kernel instead of six.
+            gradient = tf.convert_to_tensor(gradient)
+        return tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].handle,
+            v=self._velocities[index].handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=lr,
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=gradient,
+        )
+
+
 def create_optimizer(
     learning_rate: float,
     total_steps: int,
@@ -79,8 +127,6 @@ def create_optimizer(
     if not 0 <= warmup < 1:
         raise ValueError(f"warmup must be in [0, 1), got {warmup}")
     schedule = WarmupLinearDecay(learning_rate, total_steps, int(round(warmup * total_steps)))
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=weight_decay, epsilon=1e-6
-    )
+    optimizer = FusedAdamW(learning_rate=schedule, weight_decay=weight_decay, epsilon=1e-6)
     optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
     return optimizer

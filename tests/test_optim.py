@@ -73,3 +73,74 @@ def test_weight_decay_spares_layer_norm_and_bias():
     np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5, rtol=1e-5)
     np.testing.assert_array_equal(bias.numpy(), 1.0)
     np.testing.assert_array_equal(gamma.numpy(), 1.0)
+
+
+def _train(optimizer_class, steps: int, checkpoint_dir=None):
+    """A small transformer (an embedding with a sparse gradient, LayerNorm, biases)
+    trained ``steps`` steps from a fixed start with AdamW + warmup + weight decay."""
+    import tf_keras as keras
+
+    from ktune.optim import _NO_DECAY
+    from ktune.trainables.transformer import build_classifier
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    model = build_classifier(
+        maxlen=12, vocab_size=200, embed_dim=16, heads=2, ff_dim=16, num_classes=3, dropout=0.0
+    )
+    optimizer = optimizer_class(
+        learning_rate=WarmupLinearDecay(1e-2, total_steps=20, warmup_steps=3),
+        weight_decay=0.1,
+        epsilon=1e-6,
+    )
+    optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    if steps:
+        rng = np.random.default_rng(0)
+        ids = rng.integers(1, 200, size=(8 * steps, 12)).astype("int32")
+        model.fit(ids, ids[:, 0] % 3, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return model, optimizer
+
+
+def test_fused_adamw_is_keras_adamw_to_float_rounding():
+    import tf_keras as keras
+
+    from ktune.optim import FusedAdamW
+
+    keras_model, keras_opt = _train(keras.optimizers.AdamW, steps=6)
+    fused_model, fused_opt = _train(FusedAdamW, steps=6)
+    start, _ = _train(keras.optimizers.AdamW, steps=0)
+    names = [v.name for v in keras_opt.variables]
+    assert [v.name for v in fused_opt.variables] == names  # the same slots, same names
+    assert int(fused_opt.iterations.numpy()) == 6
+    for ours, theirs, before in zip(fused_model.weights, keras_model.weights, start.weights):
+        assert not np.allclose(ours.numpy(), before.numpy())  # every weight moved
+        # a step moves a weight by about the learning rate (1e-2): 1e-4 is 1% of one step,
+        # where a wrong decay, bias correction or sparse row would be a whole one
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-4)
+    for ours, theirs in zip(fused_opt.variables, keras_opt.variables):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_fused_adamw_restores_a_keras_adamw_checkpoint(tmp_path):
+    """Experiments checkpointed before FusedAdamW resume with their optimizer state."""
+    import tf_keras as keras
+
+    from ktune.optim import FusedAdamW
+
+    model, optimizer = _train(keras.optimizers.AdamW, steps=3)
+    path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(tmp_path / "ckpt"))
+    restored_model, restored = _train(FusedAdamW, steps=0)
+    restored.build(restored_model.trainable_variables)
+    status = tf.train.Checkpoint(model=restored_model, optimizer=restored).read(path)
+    status.assert_existing_objects_matched()  # as ktune.keras.restore checks
+    assert int(restored.iterations.numpy()) == 3
+    for ours, theirs in zip(restored.variables, optimizer.variables):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_fused_adamw_refuses_amsgrad():
+    from ktune.optim import FusedAdamW
+
+    with pytest.raises(ValueError, match="amsgrad"):
+        FusedAdamW(learning_rate=1e-3, amsgrad=True)
