@@ -77,6 +77,12 @@ def check_targets(cfg: ExperimentConfig) -> None:
     permission, a full disk) is refused here, before any data loads.
     """
     if not cfg.remote:
+        holder = cfg.experiment_dir.parent
+        if (holder / SPEC_FILE).is_file():  # `--storage results/quickstart`, one level low
+            raise ExperimentError(
+                f"storage: {holder} is an experiment's folder ({SPEC_FILE}), not a folder "
+                f"of experiments; this run would land inside it (use --storage {holder.parent})"
+            )
         storage.check_local_writable(cfg.experiment_dir, "storage")
     if cfg.export.enabled and cfg.export.dir is not None and not storage.is_uri(cfg.export.dir):
         if not os.path.exists(cfg.export.dir):  # an existing target is refused below
@@ -166,8 +172,9 @@ def _progress_callbacks(
 def prepare_while_ray_starts(
     cfg: ExperimentConfig, verbose: bool, check: Callable[[Any], None] | None = None
 ) -> tuple[Any, Any, Any]:
-    """:func:`~ktune.prepare.prepare` (data, vocabulary, TensorFlow's import) in a thread
-    while Ray starts here: the two take seconds each, mostly waiting on other processes.
+    """:func:`~ktune.prepare.prepare` (vocabulary, TensorFlow's import) in a thread while
+    Ray starts here: the two take seconds each, mostly waiting on other processes. The
+    data files are read before either.
 
     ``check(prepared)`` runs once both are done. A problem with the data (or the check)
     wins over one starting Ray, as when the two ran one after the other; a Ray this call
@@ -175,9 +182,14 @@ def prepare_while_ray_starts(
     """
     import ray
 
+    from ktune.data import load_data
+
+    # The user's files are read first: a bad one is its one line before Ray starts (and
+    # without TensorFlow, which TFDS needs: it loads in the thread).
+    data = None if cfg.data.source == "tfds" else load_data(cfg.data)
     ray_was_running = ray.is_initialized()
     with ThreadPoolExecutor(1, thread_name_prefix="ktune-prepare") as pool:
-        preparing = pool.submit(prepare, cfg)
+        preparing = pool.submit(prepare, cfg, True, data)
         try:
             init_ray(cfg.address, verbose)
         except BaseException:
@@ -299,7 +311,9 @@ def run_search(
         return best, grid
 
 
-def _finish(cfg: ExperimentConfig, grid, data, prepared, started, export, tracking) -> dict:
+def _finish(
+    cfg: ExperimentConfig, grid, data, prepared, started, export, tracking, resumed=False
+) -> dict:
     """Once the trials are done: :func:`~ktune.results.finish_search` (ensemble members,
     test evaluation, ``best.json``, export), then the trackers'. A Ctrl+C or SIGTERM
     before ``best.json`` is written stops the run as :class:`SearchInterrupted` naming
@@ -308,7 +322,7 @@ def _finish(cfg: ExperimentConfig, grid, data, prepared, started, export, tracki
     got: list[int] = []
     try:
         with raising_signals() as got:
-            best = finish_search(cfg, grid, data, prepared, started, export)
+            best = finish_search(cfg, grid, data, prepared, started, export, resumed)
             tracking.finish(best)
     except KeyboardInterrupt as e:
         if isinstance(e, SearchInterrupted) or (cfg.experiment_dir / BEST_FILE).is_file():
@@ -468,6 +482,17 @@ def resume_search(
             "whole copy is left; the experiment cannot be resumed"
         ) from None
     cfg = resume_config(d, spec, storage_value, name, address, str(d) if remote else None)
+    finished = experiment_dir.read_experiment(d)[1] if (d / BEST_FILE).is_file() else None
+    exported = (
+        finished is not None and finished.get("export") and _exists(cfg.export_path, "export.dir")
+    )
+    if finished is not None and (
+        exported or not (cfg.export.enabled if export is None else export)
+    ):  # finished, and exported if it should be: a resume would only rewrite its results
+        raise ExperimentError(
+            f"{shown}: the search finished ({BEST_FILE}); there is nothing to resume "
+            f"(`ktune report {shown}` shows it, `ktune export` exports a trial)"
+        )
     check_address(cfg.address)
     _check_tracking(cfg)
 
@@ -510,7 +535,7 @@ def resume_search(
             )
             export = False
         with tracking:
-            best = _finish(cfg, grid, data, prepared, started, export, tracking)
+            best = _finish(cfg, grid, data, prepared, started, export, tracking, resumed=True)
         return best, grid
 
 

@@ -104,7 +104,13 @@ def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
     best_path = Path(exp_dir) / BEST_FILE
     if not best_path.is_file():
         raise ExperimentError(f"{Path(exp_dir)}: no completed trial yet (no {BEST_FILE})")
-    return spec, json.loads(best_path.read_text())
+    try:
+        best = json.loads(best_path.read_text())
+        if not isinstance(best, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ExperimentError(f"{best_path}: unreadable ({e})") from None
+    return spec, best
 
 
 def front_trial(best: dict, trial: str | None) -> dict:
@@ -116,7 +122,12 @@ def front_trial(best: dict, trial: str | None) -> dict:
     for entry in front:
         if entry["trial"] == trial:
             return {**entry, "metrics": entry["objectives"]}
-    known = ", ".join(e["trial"] for e in front) or best["trial"]
+    if not front:
+        raise ExperimentError(
+            f"--trial: this search has one objective, so no Pareto front to export "
+            f"{trial} from (search.objectives); its best trial is {best['trial']}"
+        )
+    known = ", ".join(e["trial"] for e in front)
     raise ExperimentError(
         f"--trial: {trial} is not a trial of the Pareto front; exportable: {known}"
     )

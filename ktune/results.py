@@ -9,6 +9,7 @@ the files are written to the staging folder and uploaded, ``best.json`` last: a 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig, TrainingConfig
-from ktune.errors import SearchFailed
+from ktune.errors import ExperimentError, SearchFailed
 from ktune.experiment_dir import BEST_FILE, JOURNAL_FILE, RESULTS_FILE
 from ktune.objectives import METRICS, pareto_front
 from ktune.staging import push_staged
@@ -76,6 +77,7 @@ def finish_search(
     prepared: Any,
     started: float,
     export: bool | None,
+    resumed: bool = False,
 ) -> dict:
     """Results table, best.json with the best trial's test accuracy, then the export.
 
@@ -128,6 +130,8 @@ def finish_search(
         "num_trials": len(rows),
         "wall_time_s": round(time.time() - started, 1),
     }
+    if resumed:  # the resume's own seconds: the run a crash cut short is not counted
+        best_info["wall_time_of"] = "resume"
     if ensemble is not None:
         best_info["ensemble"] = ensemble
     if front is not None:
@@ -146,7 +150,28 @@ def finish_search(
         best_info["export"] = out
         experiment_dir.write_best(exp_dir, best_info)
         push_staged(cfg, [BEST_FILE])
+    elif cfg.export.enabled and _export_of(cfg.export_path, best_info):
+        # a resume found it exported (the driver died before best.json named it)
+        best_info["export"] = cfg.export_path
+        experiment_dir.write_best(exp_dir, best_info)
+        push_staged(cfg, [BEST_FILE])
     return best_info
+
+
+def _export_of(location: str, best_info: dict) -> bool:
+    """Whether the export at ``location`` is of best.json's trial and checkpoint."""
+    try:
+        meta_path = storage.join(location, "metadata.json")
+        text = (
+            storage.read_text(meta_path, "export.dir")
+            if storage.is_uri(location)
+            else Path(meta_path).read_text(encoding="utf-8")
+        )
+        meta = json.loads(text)
+    except (OSError, ValueError, ExperimentError):
+        return False
+    same = ("trial", "checkpoint")
+    return all(meta.get(k) == best_info[k] for k in same)
 
 
 def _seed_ensemble(

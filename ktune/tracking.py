@@ -142,12 +142,14 @@ class SearchTracking:
 
     def _log_export(self, run_id: str, export: str | None, register: str | None) -> None:
         """The export as the best run's artifact ``export/``, registered with ``register``."""
-        if not export:  # export off, or already done by the run that is resumed
+        if not export:  # export off
             return
         client = self._mlflow
-        client.set_tag(run_id, "export", export)
+        if client.get_run(run_id).data.tags.get("export") == export:
+            return  # logged (and registered) by the run this one resumes
         if not Path(export).is_dir():  # an export on a URI: named, not copied
             log.warning("%s: not a local folder; not logged to MLflow", export)
+            client.set_tag(run_id, "export", export)
             return
         client.log_artifacts(run_id, export, "export")
         if register:
@@ -162,6 +164,7 @@ class SearchTracking:
                 register, source=f"runs:/{run_id}/export", run_id=run_id
             )
             log.info("registered %s version %s in MLflow", register, version.version)
+        client.set_tag(run_id, "export", export)  # last: a resume after a crash here redoes it
 
     def __enter__(self) -> SearchTracking:
         return self

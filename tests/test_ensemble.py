@@ -4,6 +4,7 @@ What is tested, exported and loaded is the mean of the members, each as saved.""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -221,6 +222,7 @@ def test_a_run_killed_while_training_members_resumes_to_the_whole_ensemble(tmp_p
     # Once more (as after a kill during the export): the saved members are used again,
     # not trained again, so best.json, the export and the members stay one ensemble.
     saved = {p: p.stat().st_mtime_ns for p in (exp_dir / "ensemble").glob("seed_*/ckpt.index")}
+    shutil.rmtree(best["export"])  # lost after best.json named it: a resume exports again
     again = ktune_cli("resume", str(exp_dir), env=env, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in saved} == saved and len(saved) == 2

@@ -277,6 +277,40 @@ def test_a_running_experiment_still_reports(running_copy):
         assert ref.startswith("data:image/png;base64,") or (running_copy / ref).exists()
 
 
+def test_a_killed_drivers_trials_read_their_last_epochs_from_the_checkpoints(
+    experiment, tmp_path, dead_pid
+):
+    """SIGKILL leaves result.json behind the checkpoints (Ray writes it lazily): the
+    report reads the epochs the checkpoints were reported with, as a resume does, so a
+    trial that finished reads DONE with its last epoch, not cut off one epoch early."""
+    copy = tmp_path / "killed"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("report*", "export"))
+    for name in ("best.json", "results.csv"):
+        (copy / name).unlink()
+    trial = max(copy.glob("trial_*"), key=lambda p: len(read_history(p)))
+    full = read_history(trial)
+    assert len(full) >= 2 and full[-1]["epoch"] == load_experiment(experiment).epochs
+    for name, keep in (("result.json", 1), ("progress.csv", 2)):
+        lines = (trial / name).read_text().splitlines(keepends=True)
+        (trial / name).write_text("".join(lines[:keep]))
+    for state in copy.glob("experiment_state-*.json"):
+        data = json.loads(state.read_text())
+        for entry in data["trial_data"]:
+            entry[0] = json.dumps({**json.loads(entry[0]), "status": "RUNNING"})
+        state.write_text(json.dumps(data))
+    pid, started = dead_pid
+    driver_file(copy, pid=pid, process_start=started)
+    record = load_experiment(copy)
+    (read,) = [t for t in record.trials if t.trial == trial.name]
+    assert read.status == "DONE"
+    last = read.history[-1]
+    assert (last["epoch"], last["val_accuracy"]) == (full[-1]["epoch"], full[-1]["val_accuracy"])
+    # a checkpoint cut short (its weights missing) is not read
+    newest = max(trial.glob("checkpoint_*"))
+    next(newest.glob("ckpt.data-*")).unlink()
+    assert read_history(trial)[-1]["epoch"] < full[-1]["epoch"]
+
+
 def test_a_search_with_no_finished_trial_yet_reports(running_copy):
     """Every trial still running, and a space the report cannot resolve (an experiment
     file it cannot read, as for a user's own model before the report knew its space):
@@ -631,3 +665,61 @@ def test_a_running_driver_beats_until_it_ends(tmp_path):
     time.sleep(0.6)
     assert (tmp_path / "driver.json").read_bytes() == ended
     assert len(pushed) == beats and read_driver(tmp_path)["ended"] >= last_alive(info)
+
+
+def test_out_never_replaces_a_file_ktune_did_not_write(tmp_path, capsys):
+    """--out pointed at an export's saved_model.pb, an experiment's best.json or a page of
+    the user's: one line, exit 2, the file untouched; a report ktune wrote is replaced."""
+    exp = _fresh_experiment(tmp_path / "a", "a")
+    (exp / "best.json").write_text('{"trial": "t"}')
+    users = tmp_path / "notes.html"
+    users.write_text("<!DOCTYPE html><html><title>my notes</title></html>")
+    for target, says in [
+        (exp / "best.json", "--out names the HTML file to write (.html)"),
+        (tmp_path / "saved_model.pb", "--out names the HTML file to write (.html)"),
+        (users, "exists and is not a page ktune wrote"),
+    ]:
+        before = target.read_bytes() if target.exists() else None
+        assert main(["report", str(exp), "--out", str(target)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0] and str(target) in err[0], err
+        assert (target.read_bytes() if target.exists() else None) == before
+    mine = tmp_path / "mine.html"
+    assert main(["report", str(exp), "--out", str(mine)]) == 0
+    first = mine.read_bytes()
+    assert main(["report", str(exp), "--out", str(mine)]) == 0  # its own page: replaced
+    assert mine.read_bytes().startswith(b"<!DOCTYPE html>") and len(first) > 0
+    compared = tmp_path / "c.html"
+    b = _fresh_experiment(tmp_path / "b", "b")
+    for _ in range(2):  # a comparison page is ktune's too
+        assert main(["report", str(exp), str(b), "--out", str(compared)]) == 0
+
+
+def test_a_resumes_wall_time_says_it_is_the_resumes(tmp_path):
+    from ktune.report.text import summary_text
+
+    exp = _fresh_experiment(tmp_path / "a", "a")
+    best = {"trial": "trial_x", "metrics": {"val_accuracy": 0.5}, "wall_time_s": 30.0}
+    (exp / "best.json").write_text(json.dumps(best))
+    assert load_experiment(exp).wall_time() == (30.0, "driver")
+    assert "wall time 30s\n" in summary_text(load_experiment(exp), {}) + "\n"
+    (exp / "best.json").write_text(json.dumps({**best, "wall_time_of": "resume"}))
+    record = load_experiment(exp)
+    assert record.wall_time() == (30.0, "resume")
+    assert (
+        "wall time 30s (the resume that finished it; not the run a crash cut short)"
+        in summary_text(record, {})
+    )
+
+
+def test_the_comparison_marks_an_ensembles_test_accuracy(tmp_path):
+    from ktune.report.compare import compare_rows
+
+    a = _fresh_experiment(tmp_path / "a", "a")
+    b = _fresh_experiment(tmp_path / "b", "b")
+    best = {"trial": "trial_x", "metrics": {"val_accuracy": 0.5}, "test_accuracy": 0.6}
+    (a / "best.json").write_text(json.dumps({**best, "ensemble": {"seeds": [0, 1, 2]}}))
+    (b / "best.json").write_text(json.dumps(best))
+    header, rows = compare_rows([load_experiment(a), load_experiment(b)])
+    column = header.index("test_accuracy")
+    assert [row[column] for row in rows] == ["0.6000 (ensemble of 3)", "0.6000"]

@@ -167,8 +167,35 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path, ray_tmp):
     assert len(complete) == 3
     best = json.loads((exp_dir / "best.json").read_text())
     assert (Path(best["export"]) / "saved_model.pb").is_file()
+    # its wall time is the resume's own, and the report says so
+    assert best["wall_time_of"] == "resume"
+    assert load_experiment(exp_dir).wall_time() == (best["wall_time_s"], "resume")
     driver = json.loads((exp_dir / "driver.json").read_text())
     assert driver["command"] == "resume" and driver["ended"] >= driver["time"] > killed_at
+
+    # Killed after the export was moved into place, before best.json named it: a resume
+    # finishes the run again without training or exporting, and best.json names it.
+    exported = Path(best["export"]) / "saved_model.pb"
+    written = exported.stat().st_mtime_ns
+    (exp_dir / "best.json").write_text(json.dumps({k: v for k, v in best.items() if k != "export"}))
+    again = ktune_cli("resume", str(exp_dir))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already exported" in again.stderr
+    best_again = json.loads((exp_dir / "best.json").read_text())
+    assert best_again["export"] == best["export"] and best_again["trial"] == best["trial"]
+    assert exported.stat().st_mtime_ns == written
+    assert epochs_by_trial(exp_dir) == after  # no trial trained again
+
+    # Finished and exported: nothing to resume, and nothing rewritten
+    files = {n: (exp_dir / n).read_bytes() for n in ("best.json", "results.csv", "driver.json")}
+    refused = ktune_cli("resume", str(exp_dir), timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"ktune: error: {exp_dir.resolve()}: the search finished (best.json); there is "
+        f"nothing to resume (`ktune report {exp_dir.resolve()}` shows it, `ktune export` "
+        "exports a trial)"
+    )
+    assert {n: (exp_dir / n).read_bytes() for n in files} == files
 
 
 def test_resume_refuses_what_it_cannot_resume(tmp_path):

@@ -74,14 +74,21 @@ def compare_rows(records: Sequence[ExperimentRecord]) -> tuple[list[str], list[l
                 r.metric,
                 metric_text(b[1] if b else None),
                 metric_text(_best_val_accuracy(r)),
-                metric_text(info.get("test_accuracy")),
+                metric_text(info.get("test_accuracy")) + _ensemble_mark(info),
                 "-"
                 if wall is None
-                else format_duration(wall) + ("" if how == "driver" else " so far"),
+                else format_duration(wall)
+                + {"trials": " so far", "resume": " (resume)"}.get(how, ""),
                 _compact_config(r, (info.get("config") or (best.config if best else {}))),
             ]
         )
     return header, rows
+
+
+def _ensemble_mark(info: dict) -> str:
+    """`` (ensemble of 3)`` after a test accuracy that is an ensemble's, not the trial's."""
+    seeds = (info.get("ensemble") or {}).get("seeds") or []
+    return f" (ensemble of {len(seeds)})" if len(seeds) > 1 else ""
 
 
 def _state(r: ExperimentRecord) -> str:

@@ -21,7 +21,7 @@ from ktune.report.figures import PLOTS
 from ktune.report.load import ExperimentRecord
 from ktune.report.plots import draw_plots
 from ktune.report.study import read_optuna_study
-from ktune.report.text import best_line, status_line, summary_text, trial_table
+from ktune.report.text import best_line, status_line, summary_text, trial_table, wall_note
 from ktune.storage import write_atomic
 from ktune.tables import ensemble_note, format_duration, metric_text, value_text
 
@@ -51,9 +51,26 @@ def check_out(out: str | Path) -> Path:
     out = Path(out)
     if out.is_dir():
         raise ExperimentError(f"{out}: is a directory; --out names the HTML file to write")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ExperimentError(f"{out}: --out names the HTML file to write (.html)")
     if not out.parent.is_dir():
         raise ExperimentError(f"{out.parent}: no such directory for --out")
+    if out.exists() and not _written_by_ktune(out):
+        raise ExperimentError(
+            f"{out}: exists and is not a page ktune wrote; --out replaces only its own "
+            "reports (choose another name, or remove the file)"
+        )
     return out
+
+
+def _written_by_ktune(path: Path) -> bool:
+    """A report or comparison page of ktune's (its title says so), safe to replace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"<!DOCTYPE html>") and b"<title>ktune" in head
 
 
 # The style of both pages (report and comparison), inline so that a page is one file.
@@ -222,10 +239,7 @@ def render_html(
                 ("best trial", best_line(record)),
                 (
                     "wall time",
-                    "-"
-                    if wall is None
-                    else format_duration(wall)
-                    + (" (trial results so far)" if how == "trials" else ""),
+                    "-" if wall is None else format_duration(wall) + wall_note(how),
                 ),
                 ("epochs per trial", record.epochs),
                 ("searched hyperparameters", ", ".join(record.keys) or "-"),

@@ -160,9 +160,11 @@ class ExperimentRecord:
         return pick(scored, key=lambda p: p[0])[1]
 
     def wall_time(self) -> tuple[float | None, str]:
-        """Seconds and how they were measured: the driver's (best.json) or the trials' span."""
+        """Seconds and how they were measured: the driver's (best.json; "resume" when a
+        resume finished the search: its own seconds) or the trials' span."""
         if self.best_info and isinstance(self.best_info.get("wall_time_s"), (int, float)):
-            return float(self.best_info["wall_time_s"]), "driver"
+            how = "resume" if self.best_info.get("wall_time_of") == "resume" else "driver"
+            return float(self.best_info["wall_time_s"]), how
         starts = [t.started for t in self.trials if t.history]
         ends = [float(t.history[-1].get("timestamp", 0)) for t in self.trials if t.history]
         if not starts:
@@ -237,7 +239,25 @@ def read_history(trial_dir: str | Path) -> list[dict]:
             by_epoch[int(epoch)] = dict(row)
         elif old is not None and stamp == old_stamp:
             by_epoch[int(epoch)] = {**old, **row}
+    # A driver killed outright leaves result.json behind the checkpoints: each complete
+    # checkpoint carries the metrics it was reported with (as a resume reads them).
+    for folder in sorted(d.glob("checkpoint_*")):
+        row = _checkpoint_metrics(folder)
+        epoch = row.get("epoch")
+        if isinstance(epoch, int) and epoch > max(by_epoch, default=0):
+            by_epoch[epoch] = row
     return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def _checkpoint_metrics(folder: Path) -> dict:
+    """The metrics a complete checkpoint folder was reported with, or {}."""
+    from ktune.checkpoint_manifest import is_complete
+
+    try:
+        row = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return row if isinstance(row, dict) and is_complete(str(folder)) else {}
 
 
 def _ray_statuses(exp_dir: Path) -> dict[str, str]:

@@ -22,7 +22,15 @@ from ktune.tables import (
     value_text,
 )
 
-__all__ = ["table_text", "trial_table", "summary_text", "status_line", "best_line", "one_line"]
+__all__ = [
+    "table_text",
+    "trial_table",
+    "summary_text",
+    "status_line",
+    "best_line",
+    "one_line",
+    "wall_note",
+]
 
 
 def one_line(e: BaseException) -> str:
@@ -148,12 +156,17 @@ def summary_text(record: ExperimentRecord, importances: Mapping[str, float]) -> 
         best_line(record),
     ]
     if wall is not None:
-        lines.append(
-            f"wall time {format_duration(wall)}"
-            + (" (trial results so far)" if how == "trials" else "")
-        )
+        lines.append(f"wall time {format_duration(wall)}{wall_note(how)}")
     if importances:
         lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
     header, rows = trial_table(record)
     lines += ["", table_text(header, rows)]
     return "\n".join(lines)
+
+
+def wall_note(how: str) -> str:
+    """What a wall time counts, after it (:meth:`ExperimentRecord.wall_time`'s ``how``)."""
+    return {
+        "trials": " (trial results so far)",
+        "resume": " (the resume that finished it; not the run a crash cut short)",
+    }.get(how, "")
