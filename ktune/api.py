@@ -265,6 +265,8 @@ def predict(export_dir: str | Path, texts: Sequence[str]) -> list[dict]:
         else:
             d = Path(given)
         # One clear line before TensorFlow loads.
+        if not d.exists():
+            raise ExperimentError(f"{d}: no such export folder")
         if not (d / "saved_model.pb").is_file():
             raise ExperimentError(f"{d}: not a SavedModel export (no saved_model.pb)")
         from ktune.export import predict as predict_export

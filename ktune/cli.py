@@ -5,7 +5,7 @@
     ktune resume EXPERIMENT_DIR [--address ADDR] [--no-export] [--verbose]
     ktune report EXPERIMENT_DIR [EXPERIMENT_DIR ...] [--out PATH]
     ktune export EXPERIMENT_DIR [--out DIR] [--force] [--trial ID]
-    ktune predict EXPORT_DIR TEXT [TEXT ...] [--json]
+    ktune predict EXPORT_DIR TEXT [TEXT ...] [--json]     (TEXT -: one a line from stdin)
     ktune submit EXP.yaml --address http://HEAD:8265 [--follow] [--with-project]
     ktune jobs --address http://HEAD:8265
     ktune models make-tiny-bert DIR [--sizes L-2_H-32 ...]      (TF-Hub format, offline)
@@ -104,12 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--trial",
         help="a trial of the Pareto front (search.objectives) instead of the most accurate; "
-        "default --out: EXPERIMENT_DIR/export-TRIAL",
+        "default --out: EXPERIMENT_DIR/export-TRIAL (the best trial's: EXPERIMENT_DIR/export)",
     )
 
     pred = sub.add_parser("predict", help="classify texts with an exported SavedModel")
     pred.add_argument("export_dir", help="a folder written by ktune export")
-    pred.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
+    pred.add_argument(
+        "texts",
+        nargs="+",
+        metavar="TEXT",
+        help="texts to classify; - reads them from stdin, one a line (blank lines skipped)",
+    )
     pred.add_argument("--json", action="store_true", help="print JSON lines with all scores")
 
     sb = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job")
@@ -274,7 +279,10 @@ def _temporary():
 def _cmd_report(args: argparse.Namespace) -> int:
     from ktune.experiment_dir import fetch_experiment
     from ktune.report import REPORT_FILE, compare_experiments, load_experiment, write_report
+    from ktune.report.html import check_out
 
+    if args.out and not storage.is_uri(args.out):
+        check_out(args.out)  # before any directory is read or downloaded
     with _temporary() as tmp:
         # Every directory is checked (and a URI downloaded) before anything is written.
         local_dirs = [
@@ -327,7 +335,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ktune import api
 
-    for row in api.predict(args.export_dir, args.texts):
+    texts = args.texts
+    if texts == ["-"]:
+        texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        if not texts:
+            raise ktune.ConfigError("TEXT: - read no text from stdin")
+    for row in api.predict(args.export_dir, texts):
         if args.json:
             print(json.dumps(row, ensure_ascii=False))
         else:

@@ -21,7 +21,9 @@ log = logging.getLogger("ktune")
 _EDGE_TEXTS = ["", "!!!", "a " * 400, "Ünïcödé — naïve café 東京 📈"]
 
 
-def prepare(cfg: ExperimentConfig, check_models: bool = True) -> tuple[Any, Any, Any]:
+def prepare(
+    cfg: ExperimentConfig, check_models: bool = True, data: Any = None
+) -> tuple[Any, Any, Any]:
     """Checks the models, loads the data once, lets the family prepare; builds the payload.
 
     Returns ``(data, prepared, payload)``: the :class:`~ktune.data.TextDataset`, the
@@ -29,7 +31,8 @@ def prepare(cfg: ExperimentConfig, check_models: bool = True) -> tuple[Any, Any,
     :class:`~ktune.trainables.base.TrialPayload`.
 
     ``check_models``: load every handle the space can draw first (``ktune run``); a
-    user's own Tuner draws its own sizes, checked one by one as they are drawn."""
+    user's own Tuner draws its own sizes, checked one by one as they are drawn.
+    ``data``: the :class:`~ktune.data.TextDataset` when already loaded."""
     from ktune.data import load_data
     from ktune.trainables import get_family
     from ktune.trainables.base import TrialPayload
@@ -41,7 +44,8 @@ def prepare(cfg: ExperimentConfig, check_models: bool = True) -> tuple[Any, Any,
     family = get_family(cfg.family)
     if check_models:
         family.check_model(cfg.model, cfg.search.space)
-    data = load_data(cfg.data)
+    if data is None:
+        data = load_data(cfg.data)
     log.info(
         "data: %d train / %d validation / %d test texts, %d classes",
         len(data.train_labels),

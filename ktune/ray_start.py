@@ -143,6 +143,8 @@ def tune_output(verbose: bool) -> Iterator[None]:
     filtered = [logging.getLogger(name) for name in _FILTERED]
     for logger in filtered:
         logger.addFilter(_not_after_interrupt)
+    searcher = logging.getLogger(_OPTUNA_SEARCH)
+    searcher.addFilter(_not_a_repeated_completion)
     try:
         with environment({"RAY_AIR_NEW_OUTPUT": "0"}, defaults={_SNAPSHOT_WARNING: "0"}):
             yield
@@ -150,10 +152,19 @@ def tune_output(verbose: bool) -> Iterator[None]:
         optuna.logging.set_verbosity(saved_level)
         for logger in filtered:
             logger.removeFilter(_not_after_interrupt)
+        searcher.removeFilter(_not_a_repeated_completion)
 
 
 # Where Tune logs what a Ctrl+C makes it say, and what ktune says instead.
 _FILTERED = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+_OPTUNA_SEARCH = "ray.tune.search.optuna.optuna_search"
+
+
+def _not_a_repeated_completion(record: logging.LogRecord) -> bool:
+    """Drops OptunaSearch's warning, with the whole result dict on one line, when a
+    resume reports again the epochs of a trial that finished after Ray's last snapshot
+    (README, Crash windows): the study keeps the first completion, the same value."""
+    return not record.getMessage().startswith("Received additional completion for trial")
 
 
 def _not_after_interrupt(record: logging.LogRecord) -> bool:

@@ -65,6 +65,8 @@ def test_a_parsed_config_takes_only_flat_overrides(tmp_path):
 def test_predict_needs_an_export(tmp_path):
     with pytest.raises(ktune.ExperimentError, match="not a SavedModel export"):
         ktune.predict(tmp_path, ["a text"])
+    with pytest.raises(ktune.ExperimentError, match="nope: no such export folder$"):
+        ktune.predict(tmp_path / "nope", ["a text"])
 
 
 def _write(tmp_path: Path, raw: dict) -> Path:

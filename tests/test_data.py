@@ -365,6 +365,35 @@ def test_headerless_csv_wrong_field_count_names_file_and_line(tmp_path):
         load_data(ag_cfg(p))
 
 
+def test_a_bad_data_file_is_one_line_before_ray_or_tensorflow_start(tmp_path):
+    """`ktune run` reads the user's files before it starts Ray (and TensorFlow): the
+    error is the only line on stderr, exit 2, and nothing is written."""
+    import yaml
+
+    from conftest import ktune_cli
+
+    rows = ag_rows(40)
+    rows[6] = rows[6][:2]  # a row with a field missing
+    train = write_headerless(tmp_path / "train.csv", rows)
+    exp = {
+        "name": "bad",
+        "data": {
+            "source": "csv",
+            "train": str(train),
+            "columns": list(AG_COLUMNS),
+            "text": ["title", "description"],
+        },
+        "storage": str(tmp_path / "results"),
+    }
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(exp))
+    done = ktune_cli("run", str(tmp_path / "bad.yaml"), timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"ktune: error: {train}: line 7: 2 fields, data.columns names 3 (label, title, description)"
+    ], done.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_headerless_csv_refuses_a_header_row(tmp_path):
     p = write_headerless(tmp_path / "train.csv", [list(AG_COLUMNS), *ag_rows(8)])
     with pytest.raises(DataError, match="header row") as info:

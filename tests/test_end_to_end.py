@@ -134,6 +134,18 @@ def test_predict_cli(finished):
         assert label in ("World", "Sports", "Business", "Sci/Tech")
         assert 0.25 <= float(score) <= 1.0
         assert echoed == text
+    # TEXT "-": the texts from stdin, one a line, blank lines skipped
+    piped = subprocess.run(
+        [sys.executable, "-m", "ktune", "predict", best["export"], "-"],
+        input="\n".join(TEXTS[:2]) + "\n\n",
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    assert piped.stdout == done.stdout
 
 
 def test_export_cli_refuses_existing_target_and_force_replaces(finished, tmp_path):

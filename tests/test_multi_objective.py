@@ -119,6 +119,20 @@ def test_export_refuses_an_unknown_trial(finished):
     assert line.startswith("ktune: error: --trial: trial_nope") and best["trial"] in line
 
 
+def test_trial_of_a_one_objective_search_says_it_has_no_front():
+    from ktune.errors import ExperimentError
+    from ktune.experiment_dir import front_trial
+
+    best = {"trial": "trial_b", "metrics": {"val_accuracy": 0.9}}
+    assert front_trial(best, None) is best and front_trial(best, "trial_b") is best
+    with pytest.raises(ExperimentError) as raised:
+        front_trial(best, "trial_a")
+    assert str(raised.value) == (
+        "--trial: this search has one objective, so no Pareto front to export trial_a "
+        "from (search.objectives); its best trial is trial_b"
+    )
+
+
 def test_the_report_draws_the_front(finished, tmp_path):
     from ktune.report import write_report
     from ktune.report.load import load_experiment

@@ -269,6 +269,24 @@ def test_tunes_snapshot_warning_is_off_unless_verbose_or_set(monkeypatch):
     assert os.environ[key] == "2"
 
 
+def test_quiet_output_drops_optunas_repeated_completion_warning(caplog):
+    """A resume reports again a trial that finished after Ray's snapshot; OptunaSearch
+    then warns with the whole result on one line. Dropped in ktune's output only."""
+    import logging
+
+    from ktune.ray_start import tune_output
+
+    logger = logging.getLogger("ray.tune.search.optuna.optuna_search")
+    repeated = "Received additional completion for trial abc, but it already finished."
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        with tune_output(verbose=False):
+            logger.warning(repeated + " Result: {'val_accuracy': 0.9}")
+            logger.warning("Optuna could not sample")
+        logger.warning(repeated)  # outside ktune's quiet output: the user's logging
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["Optuna could not sample", repeated]
+
+
 def test_environment_restores_what_it_touched_even_on_error(monkeypatch):
     from ktune._keras_env import environment
 

@@ -171,6 +171,24 @@ def test_cli_run_with_storage_flag_under_a_file_exits_2(tmp_path, capsys):
     assert _ray_untouched()
 
 
+def test_cli_run_refuses_storage_that_is_an_experiment(tmp_path, capsys):
+    """`--storage results/quickstart` (an experiment, not a folder of experiments) would
+    put the new run inside it: refused, naming the folder one level up."""
+    exp = _write_experiment(tmp_path)
+    done = tmp_path / "results" / "quickstart"
+    done.mkdir(parents=True)
+    (done / "ktune.json").write_text("{}")
+    before = _snapshot(tmp_path)
+    assert main(["run", str(exp), "--storage", str(done)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"ktune: error: storage: {done} is an experiment's folder (ktune.json), not a folder "
+        f"of experiments; this run would land inside it (use --storage {done.parent})"
+    ]
+    assert _snapshot(tmp_path) == before
+    assert _ray_untouched()
+
+
 def test_cli_run_never_touches_an_existing_folder_of_results(tmp_path, capsys):
     exp = _write_experiment(tmp_path)
     done = tmp_path / "results" / "tiny"
