@@ -86,31 +86,28 @@ def read_spec(exp_dir: str | Path) -> dict:
     d = Path(exp_dir)
     if not d.is_dir():
         raise ExperimentError(f"{d}: no such experiment directory")
-    path = d / SPEC_FILE
-    if not path.is_file():
+    if not (d / SPEC_FILE).is_file():
         raise ExperimentError(f"{d}: not a ktune experiment directory (no {SPEC_FILE})")
-    try:
-        spec = json.loads(path.read_text())
-        if not isinstance(spec, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-        raise ExperimentError(f"{d}: unreadable {SPEC_FILE} ({e})") from None
-    return spec
+    return _json_object(d, SPEC_FILE)
 
 
 def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
     """(spec, best) of a finished local experiment; one clear error when either is missing."""
     spec = read_spec(exp_dir)
-    best_path = Path(exp_dir) / BEST_FILE
-    if not best_path.is_file():
+    if not (Path(exp_dir) / BEST_FILE).is_file():
         raise ExperimentError(f"{Path(exp_dir)}: no completed trial yet (no {BEST_FILE})")
+    return spec, _json_object(Path(exp_dir), BEST_FILE)
+
+
+def _json_object(d: Path, name: str) -> dict:
+    """``d/name`` as a JSON object; one clear error naming it when it cannot be read."""
     try:
-        best = json.loads(best_path.read_text())
-        if not isinstance(best, dict):
+        data = json.loads((d / name).read_text())
+        if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
-        raise ExperimentError(f"{best_path}: unreadable ({e})") from None
-    return spec, best
+        raise ExperimentError(f"{d}: unreadable {name} ({e})") from None
+    return data
 
 
 def front_trial(best: dict, trial: str | None) -> dict:

@@ -182,6 +182,18 @@ def test_export_cli_on_missing_experiment(tmp_path):
     assert "no such experiment directory" in done.stderr
 
 
+def test_export_cli_on_an_unreadable_best_json(tmp_path, capsys):
+    from ktune.cli import main
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "ktune.json").write_text("{}")
+    (exp / "best.json").write_text("<!DOCTYPE html>")  # overwritten by something else
+    assert main(["export", str(exp)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ktune: error: {exp}: unreadable best.json ("), err
+
+
 def test_an_export_killed_midway_leaves_the_previous_one_untouched(finished, tmp_path):
     import os
     import signal
