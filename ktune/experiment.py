@@ -115,15 +115,26 @@ def _exists(location: str, key: str) -> bool:
     return Path(location).exists()
 
 
-def format_results_table(rows: Sequence[dict], metric: str, keys: Sequence[str]) -> str:
-    """A fixed-width table: one trial a row, its searched hyperparameters, its best metric."""
-    from ktune.tables import metric_text, render_table, value_text
+def format_results_table(
+    rows: Sequence[dict], metric: str, keys: Sequence[str], epochs: int | None = None
+) -> str:
+    """A fixed-width table: one trial a row, its searched hyperparameters, its best metric.
+    With ``epochs`` (the training budget) Ray's TERMINATED reads DONE or STOPPED, as in
+    the progress table and the report."""
+    from ktune.tables import metric_text, render_table, status_label, value_text
+
+    def status(r: dict) -> str:
+        raw = str(r.get("status", ""))
+        trained = r.get("epochs")
+        if epochs is None or not isinstance(trained, (int, float)) or trained != trained:
+            return raw
+        return status_label(raw, int(trained), epochs)
 
     cols = ["trial", "status", *keys, "epochs", metric]
     table = [
         [
             str(r.get("trial", "")),
-            str(r.get("status", "")),
+            status(r),
             *(value_text(r.get(k)) for k in keys),
             str(r.get("epochs", "")),
             metric_text(r.get(metric)),

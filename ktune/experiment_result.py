@@ -244,7 +244,9 @@ class ExperimentResult:
         ]
         value = self.best_metrics.get(metric, float("nan"))
         lines = [
-            format_results_table(rows, metric, keys),
+            format_results_table(
+                rows, metric, keys, (self.spec.get("training") or {}).get("epochs")
+            ),
             "",
             f"best trial {self.best_trial}: {metric}={value:.4f} at epoch "
             f"{self.best_metrics.get('epoch')}, test_accuracy={self.test_accuracy:.4f} "

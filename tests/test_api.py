@@ -134,6 +134,10 @@ def test_run_returns_the_result_object(finished):
     assert Path(r.export_dir, "saved_model.pb").is_file()
     text = r.summary()
     assert f"best trial {r.best_trial}:" in text and "exported:" in text
+    # the table says DONE / STOPPED (as the live table did), not Ray's TERMINATED
+    words = {line.split()[1] for line in text.splitlines() if line.startswith("trial_")}
+    expected = {"DONE" if e == 2 else "STOPPED" for e in frame["epochs"]}
+    assert words == expected, text
 
 
 @pytest.mark.slow

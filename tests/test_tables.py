@@ -105,6 +105,14 @@ def test_every_table_formats_numbers_alike():
     assert results[1].split() == ["trial_a", "TERMINATED", "0.01235", "2", "0.5000"]
     assert results[2].split() == ["trial_b", "ERROR", "-", "1", "-"]
     assert starts(results[2]) == starts(results[0])
+    # with the budget, Ray's TERMINATED in ktune's words, as the progress table says them
+    rows = [
+        {"trial": "trial_a", "status": "TERMINATED", "lr": 0.1, "epochs": 2, "acc": 0.5},
+        {"trial": "trial_c", "status": "TERMINATED", "lr": 0.1, "epochs": 1, "acc": 0.4},
+        {"trial": "trial_b", "status": "ERROR", "lr": 0.1, "epochs": 1, "acc": math.nan},
+    ]
+    worded = format_results_table(rows, "acc", ["lr"], epochs=2).splitlines()
+    assert [line.split()[1] for line in worded[1:]] == ["DONE", "STOPPED", "ERROR"]
 
     progress = format_progress(
         [TrialRow("trial_a", "DONE", 2, {"lr": 0.012345}, 0.5, 0.5)],
