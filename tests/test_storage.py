@@ -426,8 +426,9 @@ def test_report_on_the_uri_writes_beside_the_experiment(remote_run, s3):
 
 @pytest.mark.slow
 def test_resume_from_the_uri_on_a_machine_without_the_staging_folder(remote_run, s3):
-    """The driver's machine is gone: resume downloads ktune's files, Ray restores from the
-    URI, and the results are uploaded again (the search had finished: nothing reruns)."""
+    """The driver's machine is gone, and with it the run's end: resume downloads ktune's
+    files, Ray restores from the URI, and the results are uploaded again (the trials had
+    finished: nothing reruns; the export in place is kept and named)."""
     import shutil
 
     from ktune.experiment import resume_experiment
@@ -439,7 +440,12 @@ def test_resume_from_the_uri_on_a_machine_without_the_staging_folder(remote_run,
         for k, v in _objects(s3, "ktune", "runs/tiny/").items()
         if "/trial_" in k and "/checkpoint_" in k
     }
+    # finished and exported: nothing to resume, on a URI too
+    with pytest.raises(ExperimentError, match="the search finished .best.json.; there is nothing"):
+        resume_experiment(cfg.experiment_path)
+    s3[0].delete_object(Bucket="ktune", Key="runs/tiny/best.json")  # died before its results
     again = resume_experiment(cfg.experiment_path)
+    assert again["export"] == best["export"]
     assert again["trial"] == best["trial"]
     assert again["num_trials"] == cfg.search.num_samples
     assert (cfg.experiment_dir / "optuna.journal").is_file()  # staged where Ray expects it
