@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Sequence
 import ktune
 from ktune import storage
 from ktune.errors import KtuneUserError, SearchFailed, SearchInterrupted
+from ktune.ray_start import released_after_trials
 
 __all__ = ["main", "build_parser"]
 
@@ -241,28 +242,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ktune import api
 
     overrides = {"num_samples": args.num_samples, "storage": args.storage, "address": args.address}
-    result = api.run(
-        args.experiment,
-        export=False if args.no_export else None,
-        verbose=args.verbose,
-        progress=True,
-        **{k: v for k, v in overrides.items() if v is not None},
-    )
-    print(result.summary())
+    with released_after_trials():
+        result = api.run(
+            args.experiment,
+            export=False if args.no_export else None,
+            verbose=args.verbose,
+            progress=True,
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
+        print(result.summary())
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from ktune import api
 
-    result = api.resume(
-        args.experiment_dir,
-        address=args.address,
-        export=False if args.no_export else None,
-        verbose=args.verbose,
-        progress=True,
-    )
-    print(result.summary())
+    with released_after_trials():
+        result = api.resume(
+            args.experiment_dir,
+            address=args.address,
+            export=False if args.no_export else None,
+            verbose=args.verbose,
+            progress=True,
+        )
+        print(result.summary())
     return 0
 
 

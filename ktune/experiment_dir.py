@@ -44,8 +44,10 @@ __all__ = [
     "DRIVER_FILE",
     "EXPORT_DIR",
     "front_trial",
+    "export_is_of",
     "read_spec",
     "read_experiment",
+    "read_best",
     "read_results",
     "read_remote_spec",
     "fetch_experiment",
@@ -94,9 +96,17 @@ def read_spec(exp_dir: str | Path) -> dict:
 def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
     """(spec, best) of a finished local experiment; one clear error when either is missing."""
     spec = read_spec(exp_dir)
-    if not (Path(exp_dir) / BEST_FILE).is_file():
+    best = read_best(exp_dir)
+    if best is None:
         raise ExperimentError(f"{Path(exp_dir)}: no completed trial yet (no {BEST_FILE})")
-    return spec, _json_object(Path(exp_dir), BEST_FILE)
+    return spec, best
+
+
+def read_best(exp_dir: str | Path) -> dict | None:
+    """``best.json`` of the local experiment folder ``exp_dir`` (the search finished), or
+    None when there is none yet; one clear error when it cannot be read."""
+    d = Path(exp_dir)
+    return _json_object(d, BEST_FILE) if (d / BEST_FILE).is_file() else None
 
 
 def _json_object(d: Path, name: str) -> dict:
@@ -127,6 +137,18 @@ def front_trial(best: dict, trial: str | None) -> dict:
     known = ", ".join(e["trial"] for e in front)
     raise ExperimentError(
         f"--trial: {trial} is not a trial of the Pareto front; exportable: {known}"
+    )
+
+
+def export_is_of(meta: dict, best: dict) -> bool:
+    """Whether an export's ``metadata.json`` (``meta``) says it was made from ``best``
+    (best.json's contents): its trial, its checkpoint folder (by name: the same in a copy
+    of the experiment elsewhere) and its ensemble's seeds. A ``--force`` export of
+    another trial to the same folder is not."""
+    made = (meta.get("trial"), Path(str(meta.get("checkpoint"))).name)
+    seeds = (best.get("ensemble") or {}).get("seeds")
+    return made == (best.get("trial"), Path(str(best.get("checkpoint"))).name) and (
+        meta.get("ensemble_seeds") == seeds
     )
 
 

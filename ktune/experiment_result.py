@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from ktune import storage
 from ktune.errors import ExperimentError, text_list
-from ktune.experiment_dir import EXPORT_DIR, front_trial, read_results
+from ktune.experiment_dir import EXPORT_DIR, export_is_of, front_trial, read_results
 from ktune.tables import left_out_text
 
 log = logging.getLogger("ktune")
@@ -91,18 +91,13 @@ class ExperimentResult:
             meta = json.loads((exported / "metadata.json").read_text())
         except (OSError, ValueError):
             meta = {}
-        made_from = meta.get("checkpoint")
-        # By trial and checkpoint folder: the same in a copy of the experiment elsewhere.
-        best = (self.best.get("trial"), Path(str(self.best.get("checkpoint"))).name)
-        seeds = (self.best.get("ensemble") or {}).get("seeds")
-        if (meta.get("trial"), Path(str(made_from)).name) != best or (
-            meta.get("ensemble_seeds") != seeds
-        ):
+        meta = meta if isinstance(meta, dict) else {}
+        if not export_is_of(meta, self.best):
             log.warning(
                 "%s holds another model than the best trial's (%s): predicting from the "
                 "best checkpoint (and ensemble members) instead",
                 exported,
-                made_from,
+                meta.get("checkpoint"),
             )
             return False
         return True

@@ -11,14 +11,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import Iterator
 
 from ktune._keras_env import WORKER_ENV, environment
 from ktune.errors import RayStartError
 
-__all__ = ["init_ray", "check_address", "tune_output"]
+__all__ = ["init_ray", "check_address", "tune_output", "released_after_trials", "trials_done"]
 
 log = logging.getLogger("ktune")
+
+# Whether this process started its Ray (init_ray with no cluster to join) and, for a
+# command inside released_after_trials, the thread stopping it.
+_own_ray = False
+_release = False
+_stopping: threading.Thread | None = None
 
 
 def init_ray(address: str | None, verbose: bool = False) -> None:
@@ -52,8 +59,49 @@ def init_ray(address: str | None, verbose: bool = False) -> None:
         with contextlib.suppress(Exception):
             ray.shutdown()  # whatever half of it started
         raise RayStartError(_ray_start_problem(e, address)) from None
+    global _own_ray
+    _own_ray = target == "local"
     if getattr(context, "dashboard_url", None):
         log.info("Ray dashboard: http://%s", context.dashboard_url)
+
+
+@contextlib.contextmanager
+def released_after_trials() -> Iterator[None]:
+    """For a command that ends with its search (``ktune run``, ``ktune resume``): the Ray
+    this process started stops as soon as the trials are done (:func:`trials_done`), in
+    a thread, while the driver evaluates and exports the best trial; nothing after the
+    trials needs Ray. Ray's shutdown takes about 2 s on 2 cores (it stops a dozen
+    processes, waiting on each); the command waits for it on its way out."""
+    global _own_ray, _release, _stopping
+    _own_ray, _release = False, True  # only a Ray started inside counts
+    try:
+        yield
+    finally:
+        _release = False
+        stopping, _stopping = _stopping, None
+        if stopping is not None:
+            stopping.join()
+
+
+def trials_done() -> None:
+    """The search's trials are done: inside :func:`released_after_trials`, a Ray this
+    process started begins to stop. Anywhere else (a user's Python, a cluster joined,
+    a Ray already running) Ray stays up, as Tune leaves it."""
+    global _own_ray, _stopping
+    import ray
+
+    if not (_release and _own_ray and _stopping is None and ray.is_initialized()):
+        return
+    _own_ray = False
+    _stopping = threading.Thread(target=_shutdown_quietly, name="ktune-ray-shutdown")
+    _stopping.start()
+
+
+def _shutdown_quietly() -> None:
+    import ray
+
+    with contextlib.suppress(Exception):  # its atexit hook tries again
+        ray.shutdown()
 
 
 def check_address(address: str | None) -> None:

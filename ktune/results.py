@@ -170,8 +170,7 @@ def _export_of(location: str, best_info: dict) -> bool:
         meta = json.loads(text)
     except (OSError, ValueError, ExperimentError):
         return False
-    same = ("trial", "checkpoint")
-    return all(meta.get(k) == best_info[k] for k in same)
+    return isinstance(meta, dict) and experiment_dir.export_is_of(meta, best_info)
 
 
 def _seed_ensemble(

@@ -48,3 +48,22 @@ def test_the_best_trial_is_the_best_finite_epoch_the_first_of_equals(mode, best)
     grid = [_result("a", [0.5, math.nan]), _result("b", [0.9, 0.8]), _result("c", [0.5])]
     assert _best_result(grid, "val_loss", mode).path == f"/tmp/{best}"
     assert _best_result([_result("d", [math.nan])], "val_loss", mode) is None
+
+
+def test_an_export_is_of_the_best_by_trial_checkpoint_folder_and_ensemble_seeds():
+    """The one predicate `ktune resume` (an export already in place) and
+    ExperimentResult.predict (an export it may use) ask of an export's metadata.json."""
+    from ktune.experiment_dir import export_is_of
+
+    best = {"trial": "trial_a", "checkpoint": "/runs/exp/trial_a/checkpoint_000002"}
+    meta = {"trial": "trial_a", "checkpoint": "/runs/exp/trial_a/checkpoint_000002"}
+    assert export_is_of(meta, best)
+    # a copy of the experiment elsewhere names the same checkpoint folder
+    assert export_is_of({**meta, "checkpoint": "/copy/exp/trial_a/checkpoint_000002"}, best)
+    assert not export_is_of({**meta, "trial": "trial_b"}, best)  # `--force --trial`
+    assert not export_is_of({**meta, "checkpoint": "/runs/exp/trial_a/checkpoint_000001"}, best)
+    assert not export_is_of({}, best)
+    ensemble = {**best, "ensemble": {"seeds": [0, 1, 2]}}
+    assert not export_is_of(meta, ensemble)  # the best checkpoint alone, not the ensemble
+    assert export_is_of({**meta, "ensemble_seeds": [0, 1, 2]}, ensemble)
+    assert not export_is_of({**meta, "ensemble_seeds": [0, 1]}, ensemble)

@@ -344,3 +344,55 @@ def test_own_ray_starts_no_idle_workers():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "IDLE 0" in done.stdout.splitlines(), done.stdout
+
+
+_RELEASED = r"""
+import psutil, ray
+from ktune.ray_start import init_ray, released_after_trials, trials_done
+
+def raylet():
+    return next(
+        p for p in psutil.Process().children(recursive=True) if p.name().startswith("raylet")
+    )
+
+def gone(p):
+    return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+
+with released_after_trials():
+    init_ray(None)
+    own = raylet()
+    trials_done()
+print("OWN", ray.is_initialized(), gone(own))
+
+init_ray(None)  # started before the command: a Ray the command did not start
+before = raylet()
+with released_after_trials():
+    init_ray(None)
+    trials_done()
+trials_done()  # and outside any command
+print("BEFORE", ray.is_initialized(), gone(before))
+ray.shutdown()
+"""
+
+
+def test_a_command_stops_its_own_ray_once_the_trials_are_done_and_no_other():
+    """``ktune run`` / ``resume`` stop the Ray they started while the driver evaluates and
+    exports (released_after_trials + trials_done) and wait for it on the way out; a Ray
+    running before the command, or one outside a command, stays up."""
+    import subprocess
+
+    from conftest import REPO, subprocess_env
+
+    env = {k: v for k, v in subprocess_env().items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", _RELEASED],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "OWN False True" in lines, done.stdout
+    assert "BEFORE True False" in lines, done.stdout
