@@ -118,12 +118,17 @@ def _exists(location: str, key: str) -> bool:
 
 
 def format_results_table(
-    rows: Sequence[dict], metric: str, keys: Sequence[str], epochs: int | None = None
+    rows: Sequence[dict],
+    metric: str,
+    keys: Sequence[str],
+    epochs: int | None = None,
+    objectives: Sequence[str] = (),
 ) -> str:
-    """A fixed-width table: one trial a row, its searched hyperparameters, its best metric.
+    """A fixed-width table: one trial a row, its searched hyperparameters, its best metric
+    and its value of each other objective (``objectives``: a multi-objective search's).
     With ``epochs`` (the training budget) Ray's TERMINATED reads DONE or STOPPED, as in
     the progress table and the report."""
-    from ktune.tables import metric_text, render_table, status_label, value_text
+    from ktune.tables import metric_text, objective_text, render_table, status_label, value_text
 
     def status(r: dict) -> str:
         raw = str(r.get("status", ""))
@@ -132,7 +137,7 @@ def format_results_table(
             return raw
         return status_label(raw, int(trained), epochs)
 
-    cols = ["trial", "status", *keys, "epochs", metric]
+    cols = ["trial", "status", *keys, "epochs", metric, *objectives]
     table = [
         [
             str(r.get("trial", "")),
@@ -140,6 +145,7 @@ def format_results_table(
             *(value_text(r.get(k)) for k in keys),
             str(r.get("epochs", "")),
             metric_text(r.get(metric)),
+            *(objective_text(r.get(o)) for o in objectives),
         ]
         for r in rows
     ]

@@ -238,9 +238,10 @@ class ExperimentResult:
             for row in frame.to_dict("records")
         ]
         value = self.best_metrics.get(metric, float("nan"))
+        others = [o["metric"] for o in self.best.get("objectives") or [] if o["metric"] != metric]
         lines = [
             format_results_table(
-                rows, metric, keys, (self.spec.get("training") or {}).get("epochs")
+                rows, metric, keys, (self.spec.get("training") or {}).get("epochs"), others
             ),
             "",
             f"best trial {self.best_trial}: {metric}={value:.4f} at epoch "

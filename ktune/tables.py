@@ -27,6 +27,7 @@ __all__ = [
     "render_table",
     "value_text",
     "metric_text",
+    "objective_text",
     "format_duration",
     "status_label",
     "last_line",
@@ -56,6 +57,14 @@ def value_text(v: Any) -> str:
     if isinstance(v, numbers.Real):
         return format(float(v), VALUE_FORMAT)
     return str(v)
+
+
+def objective_text(v: Any) -> str:
+    """A cell for an objective's value: a count (``params``, read back as a float) whole,
+    anything else as :func:`value_text` writes it."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return value_text(v)
 
 
 def metric_text(v: Any) -> str:

@@ -64,6 +64,19 @@ def test_the_front_is_the_non_dominated_trials(finished):
 
     summary = ktune.load(cfg.experiment_dir).summary()
     assert "Pareto front" in summary and all(t in summary for t in front_ids)
+    # the trials' table has a column for the other objective, each trial's own value
+    table = summary.splitlines()
+    assert table[0].split()[-2:] == ["val_accuracy", "params"], table[0]
+    for r in rows:
+        line = next(ln for ln in table if ln.startswith(r["trial"] + " "))
+        assert line.split()[-1] == str(int(r["params"])), line
+    from ktune.report import load_experiment
+    from ktune.report.text import trial_table
+
+    header, cells = trial_table(load_experiment(cfg.experiment_dir))
+    assert header[-1] == "best params"
+    by_trial = {c[0].rstrip(" *"): c[-1] for c in cells}
+    assert by_trial == {r["trial"]: str(int(r["params"])) for r in rows}
     for entry in best["pareto_front"]:
         row = next(r for r in rows if r["trial"] == entry["trial"])
         assert entry["objectives"]["params"] == row["params"]

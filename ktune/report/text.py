@@ -18,6 +18,7 @@ from ktune.tables import (
     format_duration,
     last_line,
     metric_text,
+    objective_text,
     render_table,
     value_text,
 )
@@ -47,7 +48,14 @@ def table_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def trial_table(record: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-trial table (terminal and HTML)."""
     best = record.best_trial()
+    # a multi-objective search's other objectives, each trial's best value of each
+    others = [
+        (o["metric"], o["mode"])
+        for o in (record.best_info or {}).get("objectives") or []
+        if o["metric"] != record.metric
+    ]
     header = ["trial", "status", *record.keys, "epochs", f"best {record.metric}", "at epoch"]
+    header += [f"best {m}" for m, _ in others]
     rows = []
     for t in record.trials:
         b = t.best(record.metric, record.mode)
@@ -59,6 +67,7 @@ def trial_table(record: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
                 f"{t.epochs}/{record.epochs}",
                 metric_text(b[1] if b else None),
                 str(b[0]) if b else "-",
+                *(objective_text((t.best(m, mode) or (None, None))[1]) for m, mode in others),
             ]
         )
     return header, rows
