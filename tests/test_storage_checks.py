@@ -329,21 +329,27 @@ ray.shutdown()
 def test_own_ray_starts_no_idle_workers():
     """A Ray of a search's own starts no idle task workers beside it (Ray's default is one
     per CPU for the first driver; a search runs only actors, which never reuse them)."""
+    assert "IDLE 0" in _own_ray_script(_OWN_RAY), "no line IDLE 0"
+
+
+def _own_ray_script(script: str) -> list[str]:
+    """The lines ``script`` prints in a fresh Python (a Ray of its own, none joined)."""
     import subprocess
 
     from conftest import REPO, subprocess_env
 
     env = {k: v for k, v in subprocess_env().items() if k != "RAY_ADDRESS"}
     done = subprocess.run(
-        [sys.executable, "-c", _OWN_RAY],
+        [sys.executable, "-c", script],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "IDLE 0" in done.stdout.splitlines(), done.stdout
+    print(done.stdout)
+    return done.stdout.splitlines()
 
 
 _RELEASED = r"""
@@ -379,20 +385,5 @@ def test_a_command_stops_its_own_ray_once_the_trials_are_done_and_no_other():
     """``ktune run`` / ``resume`` stop the Ray they started while the driver evaluates and
     exports (released_after_trials + trials_done) and wait for it on the way out; a Ray
     running before the command, or one outside a command, stays up."""
-    import subprocess
-
-    from conftest import REPO, subprocess_env
-
-    env = {k: v for k, v in subprocess_env().items() if k != "RAY_ADDRESS"}
-    done = subprocess.run(
-        [sys.executable, "-c", _RELEASED],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
-    assert "OWN False True" in lines, done.stdout
-    assert "BEFORE True False" in lines, done.stdout
+    lines = _own_ray_script(_RELEASED)
+    assert "OWN False True" in lines and "BEFORE True False" in lines, lines
