@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 from ktune._keras_env import WORKER_ENV, environment
 from ktune.errors import RayStartError
@@ -71,16 +72,21 @@ def released_after_trials() -> Iterator[None]:
     this process started stops as soon as the trials are done (:func:`trials_done`), in
     a thread, while the driver evaluates and exports the best trial; nothing after the
     trials needs Ray. Ray's shutdown takes about 2 s on 2 cores (it stops a dozen
-    processes, waiting on each); the command waits for it on its way out."""
+    processes, waiting on each); the command waits for it on its way out, unless it is
+    on its way out by an error or a signal: then Ray's own exit hook (or, after SIGTERM,
+    Ray's reaper) finishes the stop, and a SIGTERM sent to the whole process group still
+    ends the command at once."""
     global _own_ray, _release, _stopping
     _own_ray, _release = False, True  # only a Ray started inside counts
     try:
         yield
-    finally:
-        _release = False
-        stopping, _stopping = _stopping, None
-        if stopping is not None:
-            stopping.join()
+    except BaseException:
+        _release, _stopping = False, None
+        raise
+    _release = False
+    stopping, _stopping = _stopping, None
+    if stopping is not None:
+        stopping.join()
 
 
 def trials_done() -> None:
@@ -92,9 +98,13 @@ def trials_done() -> None:
 
     if not (_release and _own_ray and _stopping is None and ray.is_initialized()):
         return
+    sigterm = _sigterm_action()
+    if sigterm is None:
+        return  # stopped at exit, as Tune leaves it
     _own_ray = False
-    _stopping = threading.Thread(target=_shutdown_quietly, name="ktune-ray-shutdown")
+    _stopping = threading.Thread(target=_shutdown_quietly, name="ktune-ray-shutdown", daemon=True)
     _stopping.start()
+    _rearm_sigterm_once_reset(_stopping, *sigterm)
 
 
 def _shutdown_quietly() -> None:
@@ -102,6 +112,47 @@ def _shutdown_quietly() -> None:
 
     with contextlib.suppress(Exception):  # its atexit hook tries again
         ray.shutdown()
+
+
+def _sigterm_action() -> tuple | None:
+    """(the C library, SIGTERM's action there now), or None (Ray then stops at exit, as
+    before) when SIGTERM has no Python handler now or the C library cannot be asked."""
+    if not callable(signal.getsignal(signal.SIGTERM)):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        action = ctypes.create_string_buffer(512)  # more than any system's struct sigaction
+        if libc.sigaction(int(signal.SIGTERM), None, action) != 0:
+            return None
+    except Exception:  # noqa: BLE001 - no C library to ask: nothing changes
+        return None
+    return libc, action
+
+
+def _rearm_sigterm_once_reset(stopping: threading.Thread, libc: Any, before: Any) -> None:
+    """Ray 2.60's shutdown resets SIGTERM's action to the default underneath Python's
+    handler (``signal.getsignal`` still names it), when it destroys the driver's core
+    worker, within its first tens of milliseconds; a SIGTERM while the best trial is
+    evaluated or exported would then end the process on the spot, instead of writing
+    ``interrupted.json`` and exiting with 143. The main thread waits for that reset (or
+    for the whole shutdown, if it never comes) and sets Python's handler again (as
+    every ``signal.signal`` after it does); the rest of the shutdown, stopping Ray's
+    processes, goes on in the background."""
+    import ctypes
+    import time
+
+    handler = ctypes.sizeof(ctypes.c_void_p)  # the struct's first field, on Linux and macOS
+    now = ctypes.create_string_buffer(len(before))
+    deadline = time.monotonic() + 10.0
+    while stopping.is_alive() and time.monotonic() < deadline:
+        if libc.sigaction(int(signal.SIGTERM), None, now) != 0:
+            break
+        if now.raw[:handler] != before.raw[:handler]:
+            break
+        time.sleep(0.001)
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
 
 
 def check_address(address: str | None) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,52 @@ def test_a_signal_after_the_trials_stops_the_run_as_an_interrupted_search(tmp_pa
     with pytest.raises(KeyboardInterrupt) as plain:
         experiment._finish(cfg, [1, 2, 3], None, None, 0.0, None, Tracking())
     assert not isinstance(plain.value, ktune.SearchInterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_after_the_trials_on_the_command_line_still_exits_143(tmp_path, ray_tmp):
+    """`ktune run` stops its own Ray as soon as the trials are done, while the driver
+    trains an ensemble's members (Ray's shutdown resets SIGTERM's action underneath
+    Python's handler; ktune puts it back): a SIGTERM to the whole process group then
+    still ends the run as an interrupted search, exit 143, and `ktune resume` finishes it."""
+    import psutil
+    import yaml
+
+    raw = tiny_experiment(tmp_path)
+    raw["name"] = "term_after"
+    raw["search"].update(num_samples=1, max_concurrent_trials=1, scheduler="fifo")
+    raw["data"]["train_size"] = 20000  # members that train for seconds
+    raw["ensemble"] = {"seeds": 3}
+    exp = tmp_path / "term_after.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    exp_dir = Path(raw["storage"]) / "term_after"
+    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ktune", "run", str(exp)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    driver = psutil.Process(run.pid)
+    deadline = time.time() + 300
+    while not (exp_dir / "ensemble").is_dir():  # the trials are done, the members train
+        assert run.poll() is None and time.time() < deadline, "no ensemble before the end"
+        time.sleep(0.1)
+    while any(c.name().startswith("raylet") for c in driver.children(recursive=True)):
+        assert run.poll() is None and time.time() < deadline, "Ray still up at the end"
+        time.sleep(0.1)
+    assert not (exp_dir / "best.json").exists(), "finished before the signal: members too fast"
+    os.killpg(run.pid, signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+
+    assert run.returncode == 128 + signal.SIGTERM, (run.returncode, err[-3000:])
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"ktune: {exp_dir}: search interrupted by SIGTERM with 1 of 1"), last
+    assert (exp_dir / "interrupted.json").is_file()
+    assert not (exp_dir / "best.json").exists() and not (exp_dir / "export").exists()
+    resumed = ktune_cli("resume", str(exp_dir), env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(json.loads((exp_dir / "best.json").read_text())["ensemble"]["seeds"]) == 3
