@@ -18,8 +18,6 @@ The driver is quiet unless asked: Ray's own tables and the workers' log lines ar
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import logging
 import os
@@ -51,7 +49,7 @@ from ktune.experiment_dir import (
 )
 from ktune.experiment_dir import fetch_experiment as fetch_experiment  # old home; moved
 from ktune.experiment_file import experiment_as_run
-from ktune.prepare import prepare
+from ktune.prepare import prepare_then_warm_tune
 from ktune.ray_start import check_address, init_ray, trials_done, tune_output
 from ktune.results import finish_search
 from ktune.search_end import SearchEnd, interrupted_summary, raising_signals, stop_signals
@@ -209,7 +207,7 @@ def prepare_while_ray_starts(
     data = None if cfg.data.source in ("tfds", "builtin") else load_data(cfg.data)
     ray_was_running = ray.is_initialized()
     with ThreadPoolExecutor(1, thread_name_prefix="ktune-prepare") as pool:
-        preparing = pool.submit(_prepare_then_warm_tune, cfg, data)
+        preparing = pool.submit(prepare_then_warm_tune, cfg, data)
         try:
             init_ray(cfg.address, verbose)
         except BaseException:
@@ -224,31 +222,6 @@ def prepare_while_ray_starts(
             ray.shutdown()
         raise
     return data, prepared, payload
-
-
-def _prepare_then_warm_tune(cfg: ExperimentConfig, data: Any) -> tuple[Any, Any, Any]:
-    """:func:`~ktune.prepare.prepare`, then the modules Ray Tune imports when the Tuner
-    starts, while Ray is still starting: its usage tag of the run's callbacks imports its
-    MLflow and W&B integrations, which import ``mlflow`` and ``wandb`` (1.3 s of the
-    driver's start-up on 2 cores, before the first trial's worker is asked for)."""
-    prepared = prepare(cfg, True, data)
-    for module in _TUNE_START_MODULES:
-        with contextlib.suppress(Exception):  # only ever a head start
-            importlib.import_module(module)
-    return prepared
-
-
-# What ray.air._internal.usage._count_callbacks imports (Ray 2.60), and Tune's TensorBoard
-# logger with its tensorboardX: the rest of what Tuner.fit imports before it asks for the
-# trials' workers.
-_TUNE_START_MODULES = (
-    "ray.air.integrations.mlflow",
-    "ray.air.integrations.wandb",
-    "ray.air.integrations.comet",
-    "ray.tune.logger.aim",
-    "ray.tune.logger.tensorboardx",
-    "tensorboardX",
-)
 
 
 def _check_tracking(cfg: ExperimentConfig) -> None:
