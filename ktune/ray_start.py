@@ -96,7 +96,7 @@ def trials_done() -> None:
     global _own_ray, _stopping
     import ray
 
-    if not (_release and _own_ray and _stopping is None and ray.is_initialized()):
+    if not (_release and _own_ray and ray.is_initialized()):  # (cleared once stopping)
         return
     sigterm = _sigterm_action()
     if sigterm is None:

@@ -106,23 +106,15 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(tmp_path, ray_session, a
     assert {t.status for t in record.trials} == {"DONE"}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(tmp_path, ray_tmp, sig):
-    """SIGINT as a terminal's Ctrl+C sends it, to the whole process group; SIGTERM as
-    ``kill``, Kubernetes or SLURM send it, to the driver (where Ray would abort)."""
+def _run_in_its_own_group(tmp_path: Path, ray_tmp: str, raw: dict):
+    """``ktune run`` of the experiment ``raw`` in its own process group, as a terminal's
+    foreground job (Ctrl+C signals all of it): (the process, its experiment folder, the
+    environment it runs in)."""
     import yaml
 
-    raw = tiny_experiment(tmp_path)
-    raw["name"] = "ctrlc_cli"
-    raw["search"].update(num_samples=2, max_concurrent_trials=1, scheduler="fifo")
-    raw["training"]["epochs"] = 3
-    raw["data"]["train_size"] = 4000  # epochs long enough to land in
-    exp = tmp_path / "ctrlc_cli.yaml"
+    exp = tmp_path / f"{raw['name']}.yaml"
     exp.write_text(yaml.safe_dump(raw))
-    exp_dir = Path(raw["storage"]) / "ctrlc_cli"
     env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp}
-    # its own process group, as a terminal's foreground job: Ctrl+C signals all of it
     run = subprocess.Popen(
         [sys.executable, "-m", "ktune", "run", str(exp)],
         cwd=REPO,
@@ -132,6 +124,21 @@ def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(tmp_
         text=True,
         start_new_session=True,
     )
+    return run, Path(raw["storage"]) / raw["name"], env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(tmp_path, ray_tmp, sig):
+    """SIGINT as a terminal's Ctrl+C sends it, to the whole process group; SIGTERM as
+    ``kill``, Kubernetes or SLURM send it, to the driver (where Ray would abort)."""
+
+    raw = tiny_experiment(tmp_path)
+    raw["name"] = "ctrlc_cli"
+    raw["search"].update(num_samples=2, max_concurrent_trials=1, scheduler="fifo")
+    raw["training"]["epochs"] = 3
+    raw["data"]["train_size"] = 4000  # epochs long enough to land in
+    run, exp_dir, env = _run_in_its_own_group(tmp_path, ray_tmp, raw)
     wait_for_first_epoch(exp_dir, run)
     if sig == signal.SIGINT:
         os.killpg(run.pid, sig)
@@ -244,26 +251,13 @@ def test_sigterm_after_the_trials_on_the_command_line_still_exits_143(tmp_path, 
     Python's handler; ktune puts it back): a SIGTERM to the whole process group then
     still ends the run as an interrupted search, exit 143, and `ktune resume` finishes it."""
     import psutil
-    import yaml
 
     raw = tiny_experiment(tmp_path)
     raw["name"] = "term_after"
     raw["search"].update(num_samples=1, max_concurrent_trials=1, scheduler="fifo")
     raw["data"]["train_size"] = 20000  # members that train for seconds
     raw["ensemble"] = {"seeds": 3}
-    exp = tmp_path / "term_after.yaml"
-    exp.write_text(yaml.safe_dump(raw))
-    exp_dir = Path(raw["storage"]) / "term_after"
-    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp}
-    run = subprocess.Popen(
-        [sys.executable, "-m", "ktune", "run", str(exp)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    run, exp_dir, env = _run_in_its_own_group(tmp_path, ray_tmp, raw)
     driver = psutil.Process(run.pid)
     deadline = time.time() + 300
     while not (exp_dir / "ensemble").is_dir():  # the trials are done, the members train
