@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 
 from ktune.config import DataConfig
 from ktune.errors import DataError
+from ktune.labels import all_ints, as_int, encode_labels
 
 __all__ = [
     "TextDataset",
@@ -353,8 +353,9 @@ def clean_text(text: str, unescape: bool) -> str:
     return (_BACKSLASHES.sub(" ", text) if unescape else text).strip()
 
 
-def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
-    texts, labels, rows = [], [], 0
+def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any], list[int]]:
+    """(texts, raw labels, the line of each) of a csv or jsonl file."""
+    texts, labels, lines, rows = [], [], [], 0
     empty: list[int] = []  # the lines of rows without text
     for line, row in _read_rows(path, cfg.source, cfg.columns):
         rows += 1
@@ -383,6 +384,7 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
             continue
         texts.append(text)
         labels.append(label.strip() if isinstance(label, str) else label)
+        lines.append(line)
     if not rows:
         raise DataError(f"{path}: no data rows")
     if not texts:
@@ -390,129 +392,28 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any]]:
     if empty:
         where = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
         log.warning("%s: dropped %d row(s) with empty text (line %s)", path, len(empty), where)
-    if cfg.columns and _as_int(first[1]) is None and len(labels) > 1:
+    if cfg.columns and as_int(first[1]) is None and len(labels) > 1:
         rest = labels[1:] if first[2] else labels
-        if _all_ints(rest) is not None:  # a header row whose names differ from data.columns
+        if all_ints(rest) is not None:  # a header row whose names differ from data.columns
             raise DataError(
                 f"{path}: line {first[0]} looks like a header row (label {first[1]!r}, every "
                 "other label is an integer); data.columns is for files without one: remove "
                 "that line or data.columns"
             )
-    return texts, labels
-
-
-def _as_int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)  # JSON's 1.0 is the class 1
-    if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v):  # not "²" or "--1" (isdigit)
-        return int(v)
-    return None
-
-
-def _all_ints(raw: Sequence[Any]) -> list[int] | None:
-    """The labels as integers when every one of them is an integer, else None."""
-    ints = [_as_int(v) for v in raw]
-    return [i for i in ints if i is not None] if all(i is not None for i in ints) else None
-
-
-def _encode_labels(
-    raw: Sequence[Any], names: list[str] | None, path: str, values: Sequence[str] | None = None
-) -> tuple[np.ndarray, list[str]]:
-    """Maps class names or integer ids to 0..C-1; ``names`` fixes the order when given.
-
-    With ``values`` (``label_names`` as a mapping of label to name) the label equal to
-    ``values[i]`` (as text, or as the same integer) is class ``names[i]``. With ``names``
-    alone: a label equal to a name is that class. Labels that are all integers take the
-    names in sorted numeric order when there are as many distinct values as names (AG
-    News' 1..4 -> World, Sports, Business, Sci/Tech); otherwise they must be 0-based ids
-    below the number of names, and when they could count from 1 as well (1..3 beside four
-    names) they are refused: the mapping says which. Without ``names`` the classes are the
-    labels sorted (numerically when they are all integers).
-    """
-    if names is not None and values is not None:
-        return _encode_mapped(raw, names, values, path)
-    if names is not None:
-        index = {n: i for i, n in enumerate(names)}
-        ints = _all_ints(raw)
-        if not all(str(v) in index for v in raw) and ints is not None:
-            distinct = sorted(set(ints))
-            if len(distinct) == len(names):
-                rank = {c: i for i, c in enumerate(distinct)}
-                return np.asarray([rank[i] for i in ints], np.int32), list(names)
-            count, more = Counter(ints), ", ..." if len(distinct) > 8 else ""
-            shown, first = ", ".join(map(str, distinct[:8])) + more, distinct[0]
-            example = ", ".join(f"{first + i}: {n}" for i, n in enumerate(names[:2])) + ", ..."
-            if first >= 1 and distinct[-1] < len(names):  # 1-based would fit too
-                raise DataError(
-                    f"{path}: labels {shown} fit data.label_names ({len(names)} names) both as "
-                    f"0-based ids ({first} = {names[first]!r}) and counted from 1 ({first} = "
-                    f"{names[first - 1]!r}), with {len(names) - len(distinct)} class(es) "
-                    "absent: give data.label_names as a mapping of label to name, e.g. "
-                    f"{{{example}}}"
-                )
-            if first < 0 or distinct[-1] >= len(names):
-                # a stray value shows as the one in a few rows
-                shown = ", ".join(f"{c} in {count[c]} row(s)" for c in distinct[:8]) + more
-                raise DataError(
-                    f"{path}: the labels are {len(distinct)} distinct integers ({shown}) but "
-                    f"data.label_names names {len(names)} classes {list(names)}: give one "
-                    "name per label value (they are matched in sorted numeric order), or "
-                    f"data.label_names as a mapping of label to name, e.g. {{{example}}}"
-                )
-        out, bad = [], set()
-        for v in raw:
-            if str(v) in index:
-                out.append(index[str(v)])
-            elif (i := _as_int(v)) is not None and 0 <= i < len(names):
-                out.append(i)
-            else:
-                bad.add(str(v))
-        _refuse_outside(bad, names, path)
-        return np.asarray(out, np.int32), list(names)
-    ints = _all_ints(raw)
-    if ints is not None:
-        numbers = sorted(set(ints))
-        rank = {c: i for i, c in enumerate(numbers)}
-        return np.asarray([rank[i] for i in ints], np.int32), [str(c) for c in numbers]
-    classes = sorted({str(v) for v in raw})
-    index = {c: i for i, c in enumerate(classes)}
-    return np.asarray([index[str(v)] for v in raw], np.int32), classes
-
-
-def _encode_mapped(
-    raw: Sequence[Any], names: list[str], values: Sequence[str], path: str
-) -> tuple[np.ndarray, list[str]]:
-    """``label_names`` as a mapping: each label is the class its value names."""
-    by_text = {v: i for i, v in enumerate(values)}
-    by_int: dict[int | None, int] = {_as_int(v): i for i, v in enumerate(values)}
-    by_int.pop(None, None)
-    # 1 in the file for the key 1, "01" or JSON's 1.0 too
-    found = [by_text.get(str(v), by_int.get(_as_int(v))) for v in raw]
-    bad = {str(v) for v, i in zip(raw, found) if i is None}
-    _refuse_outside(bad, dict(zip(values, names, strict=True)), path)
-    return np.asarray(found, np.int32), list(names)
-
-
-def _refuse_outside(bad: set[str], declared: Any, path: str) -> None:
-    """One error for labels that ``data.label_names`` (a list or a mapping) lacks."""
-    if bad:
-        shown = ", ".join(sorted(bad)[:5]) + (", ..." if len(bad) > 5 else "")
-        raise DataError(f"{path}: labels outside data.label_names {declared}: {shown}")
+    return texts, labels, lines
 
 
 def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.ndarray, list]:
     assert cfg.train is not None  # config.py requires data.train for csv and jsonl
-    x, raw_y = _read_table(cfg.train, cfg)
+    x, raw_y, lines = _read_table(cfg.train, cfg)
     names = list(cfg.label_names) if cfg.label_names else None
     if cfg.test:
-        xt, raw_yt = _read_table(cfg.test, cfg)
+        xt, raw_yt, test_lines = _read_table(cfg.test, cfg)
         # Both files share one label encoding, fixed by the declared names or the union.
-        y_all, names = _encode_labels(
-            list(raw_y) + list(raw_yt), names, f"{cfg.train}, {cfg.test}", cfg.label_values
+        where = [f"{cfg.train} line {n}" for n in lines]
+        where += [f"{cfg.test} line {n}" for n in test_lines]
+        y_all, names = encode_labels(
+            list(raw_y) + list(raw_yt), names, f"{cfg.train}, {cfg.test}", cfg.label_values, where
         )
         y, yt = y_all[: len(x)], y_all[len(x) :]
         unseen = sorted(set(yt.tolist()) - set(y.tolist()))
@@ -522,7 +423,8 @@ def _load_files(cfg: DataConfig) -> tuple[list[str], np.ndarray, list[str], np.n
                 f"{cfg.train}: a model cannot learn them (spelled differently?)"
             )
     else:
-        y, names = _encode_labels(raw_y, names, cfg.train, cfg.label_values)
+        where = [f"line {n}" for n in lines]
+        y, names = encode_labels(raw_y, names, cfg.train, cfg.label_values, where)
         test_idx, train_idx = _split_indices(y, cfg.test_fraction, cfg.seed + 7919)
         xt, yt = [x[i] for i in test_idx], y[test_idx]
         x, y = [x[i] for i in train_idx], y[train_idx]

@@ -158,15 +158,19 @@ def test_csv_labels_outside_label_names(tmp_path):
     p = write_csv(tmp_path / "t.csv", ["text", "label"], two_class_rows() + [["x", "other"]])
     with pytest.raises(DataError) as info:
         load_data(csv_cfg(p, label_names=("neg", "pos")))
-    assert str(info.value) == f"{p}: labels outside data.label_names ['neg', 'pos']: other"
-    # past five, the first five in sorted order and ", ..."
+    # the stray label with its line (the header is line 1, 20 rows before it)
+    assert str(info.value) == (
+        f"{p}: labels outside data.label_names ['neg', 'pos']: other (line 22)"
+    )
+    # past five, the first five in sorted order, each with the line it is first on, and ", ..."
     strays = [[f"x{i}", f"other{i}"] for i in range(7)]
     p = write_csv(tmp_path / "t.csv", ["text", "label"], two_class_rows() + strays)
     with pytest.raises(DataError) as info:
         load_data(csv_cfg(p, label_names=("neg", "pos")))
     assert str(info.value) == (
         f"{p}: labels outside data.label_names ['neg', 'pos']: "
-        "other0, other1, other2, other3, other4, ..."
+        "other0 (line 22), other1 (line 23), other2 (line 24), other3 (line 25), "
+        "other4 (line 26), ..."
     )
 
 
@@ -433,8 +437,16 @@ def test_integer_labels_count_must_match_label_names(tmp_path):
         load_data(ag_cfg(p, label_names=AG_NEWS_CLASSES))
     assert str(info.value).startswith(
         f"{p}: the labels are 5 distinct integers (1 in 5 row(s), 2 in 5 row(s), 3 in 5 "
-        "row(s), 4 in 4 row(s), 5 in 1 row(s)) but data.label_names names 4 classes"
+        "row(s), 4 in 4 row(s), 5 in 1 row(s) (line 8)) but data.label_names names 4 classes"
     )
+    # a stray in the test file is named by that file's line; a value in a few rows by each
+    rows = ag_rows(20)
+    rows[2][0] = rows[5][0] = "0"
+    test = write_headerless(tmp_path / "test.csv", rows)
+    train = write_headerless(tmp_path / "train.csv", ag_rows(20))
+    with pytest.raises(DataError) as info:
+        load_data(ag_cfg(train, test=str(test), label_names=AG_NEWS_CLASSES))
+    assert f"0 in 2 row(s) ({test} line 3, {test} line 6), 1 in 10 row(s), " in str(info.value)
 
 
 def test_zero_based_ids_may_leave_a_class_out(tmp_path):
@@ -869,7 +881,7 @@ def test_label_names_as_a_mapping_say_which_value_is_which_class(tmp_path, caplo
     with pytest.raises(DataError) as info:
         load_data(cfg)
     assert str(info.value) == (
-        f"{tmp_path / 's.csv'}: labels outside data.label_names {{'pos': 'Positive'}}: neg"
+        f"{tmp_path / 's.csv'}: labels outside data.label_names {{'pos': 'Positive'}}: neg (line 2)"
     )
 
 
