@@ -26,8 +26,15 @@ def test_failed_trial_resumes_from_its_last_epoch(tmp_path, ray_session):
     from ktune.experiment import run_experiment
 
     marker = tmp_path / "failed-once"
+    draws = tmp_path / "draws"
 
     class FailOnceAfterEpoch2(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # the random stream each run of the trial starts
+            import numpy as np
+
+            with open(draws, "a") as f:
+                f.write(f"{np.random.randint(2**31)}\n")
+
         def on_epoch_end(self, epoch, logs=None):
             if epoch + 1 == 2 and not marker.exists():
                 marker.touch()
@@ -53,6 +60,9 @@ def test_failed_trial_resumes_from_its_last_epoch(tmp_path, ray_session):
     # Keras's own time for each epoch, inside Ray's time between two reports
     assert all(0 < r["epoch_fit_s"] < r["time_this_iter_s"] for r in rows), rows
     assert best["metrics"]["epoch"] >= 1
+    # the retried run draws anew (reseed_restored), not the first run's stream again
+    first, retried = draws.read_text().split()
+    assert first != retried
 
 
 def test_batches_cover_every_row_once_per_epoch_in_a_new_order():
@@ -84,6 +94,60 @@ def test_batches_cover_every_row_once_per_epoch_in_a_new_order():
         r for x, _ in batches(inputs, labels, size, shuffle=False) for r in x["input_mask"].numpy()
     ]
     assert ordered == list(range(n))
+
+
+def test_a_restored_run_does_not_replay_epoch_one():
+    """A trial restored at epoch 1 (resume, retry, PBT) trains its next epoch on a new data
+    order with new word-dropout masks, as an uninterrupted trial does: seeded with the
+    search's seed again, it replayed epoch 1's batches and masks step for step (found by
+    a resume on AG News: train accuracy up, validation down)."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from ktune.keras import batches
+    from ktune.trainables.base import reseed_restored
+    from ktune.trainables.transformer import WordDropout
+
+    n = 16
+    x = np.repeat(np.arange(1, n + 1, dtype=np.int32)[:, None], 12, axis=1)
+    y = np.zeros(n, np.int32)
+
+    def epochs_seen(initial_epoch: int, reseed: bool) -> list[list]:
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)  # run_trial's seed, before the model is built
+        seen: list = []
+
+        def record(t):
+            seen.append(t.numpy().tolist())
+            return t
+
+        ids = keras.Input((12,), dtype="int32")
+        hidden = WordDropout(0.5)(ids)
+        logged = keras.layers.Lambda(
+            lambda t: tf.ensure_shape(tf.py_function(record, [t], tf.int32), [None, 12])
+        )(hidden)
+        pooled = keras.layers.GlobalAveragePooling1D()(tf.cast(logged, tf.float32)[..., None])
+        model = keras.Model(ids, keras.layers.Dense(2, activation="softmax")(pooled))
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        if reseed and initial_epoch:
+            reseed_restored(0, initial_epoch)
+        model.fit(batches(x, y, n, shuffle=True), epochs=2, initial_epoch=initial_epoch, verbose=0)
+        return seen  # one batch of the whole data a step: one entry an epoch
+
+    fresh = epochs_seen(0, reseed=False)
+    assert len(fresh) == 2 and fresh[0] != fresh[1]
+    # without the reseed (run_trial before the fix), the restored epoch 2 is epoch 1 again
+    assert epochs_seen(1, reseed=False) == [fresh[0]]
+    [restored] = epochs_seen(1, reseed=True)
+    assert restored != fresh[0]
+    order = [max(row) for row in restored]  # each row's id (a hidden word reads 1)
+    assert order != [max(row) for row in fresh[0]] and sorted(order) == list(range(1, n + 1))
+    masks = [[v == 1 for v in row] for row in restored]
+    first = {max(row): [v == 1 for v in row] for row in fresh[0]}
+    assert masks != [first[i] for i in order]  # new masks, not epoch 1's in a new order
+    # deterministic: a second restore at the same epoch draws the same
+    assert epochs_seen(1, reseed=True) == [restored]
 
 
 def test_batches_do_not_autotune():

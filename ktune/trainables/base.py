@@ -202,6 +202,8 @@ def run_trial(
     start = restore(model, checkpoint)
     if start >= training.epochs:
         return
+    if start:
+        reseed_restored(payload.seed, start)
     size = batch_size_of(config, training)
     train = batches(payload.train_inputs, payload.train_labels, size, shuffle=True)
     val = batches(payload.val_inputs, payload.val_labels, size, shuffle=False)
@@ -230,6 +232,15 @@ def run_trial(
             *callbacks,
         ],
     )
+
+
+def reseed_restored(seed: int, start: int) -> None:
+    """Seeds a trial's run restored at epoch ``start`` (a resume, a retry, a PBT exploit)
+    anew, before its input pipeline and its ``fit``: with the search's seed again its data
+    order and its dropout and word-dropout masks would replay epoch 1's, step for step,
+    and the model would see epoch 1's batches a second time. A run from epoch 0 keeps
+    the search's seed, so a search without restores draws as before."""
+    keras.utils.set_random_seed(int(np.random.SeedSequence([seed, start]).generate_state(1)[0]))
 
 
 def objective_measure(payload: TrialPayload, family: Family):
