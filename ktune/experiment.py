@@ -453,6 +453,7 @@ def resume_search(
     """
     from ray import tune
 
+    from ktune.schedulers import restore_rungs
     from ktune.tuner import build_trainable, trial_history_callbacks
 
     started = time.time()
@@ -545,6 +546,8 @@ def resume_search(
                     + list(tune_callbacks)
                 )
                 run_config.verbose = 1 if verbose else 0
+                if not remote:  # ASHA's rungs, which Ray's snapshot leaves out
+                    restore_rungs(local._tune_config.scheduler, d)
             grid = tuner.fit()
             stop_if_interrupted(cfg, end, shown)
             trials_done()

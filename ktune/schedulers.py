@@ -18,18 +18,38 @@ passing until better trials fill the rung above it.
 
 from __future__ import annotations
 
+import contextlib
+import json
+from pathlib import Path
 from typing import Any, Dict
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-__all__ = ["RevisingASHA"]
+__all__ = ["RevisingASHA", "restore_rungs", "STOP_LOG"]
 
 
 class RevisingASHA(AsyncHyperBandScheduler):
     """Ray's ``AsyncHyperBandScheduler`` (same arguments), revising its rungs' first
-    arrivals as the rungs fill (see the module's doc)."""
+    arrivals as the rungs fill (see the module's doc).
+
+    With ``stop_log`` (a path; ``ktune run`` sets it for local storage) each trial it stops
+    early is one line there, written as it decides: :func:`restore_rungs` reads it back."""
+
+    stop_log: Path | None = None
+    _resumed_stops: frozenset = frozenset()  # stopped before a resume (restore_rungs)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: Dict) -> str:
+        if trial.trial_id in self._resumed_stops:  # its epochs since Ray's snapshot, again
+            self._num_stopped += 1
+            return TrialScheduler.STOP
+        action = self._decide(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and self.stop_log is not None:
+            if result.get(self._time_attr, self._max_t) < self._max_t:
+                with open(self.stop_log, "a", encoding="utf-8") as f:
+                    f.write(f"{trial.trial_id}\n")
+        return action
+
+    def _decide(self, tune_controller: Any, trial: Any, result: Dict) -> str:
         bracket = self._trial_info.get(trial.trial_id)
         passed = (
             []
@@ -45,3 +65,58 @@ class RevisingASHA(AsyncHyperBandScheduler):
                 self._num_stopped += 1
                 return TrialScheduler.STOP
         return action
+
+
+# Written by RevisingASHA.stop_log in the experiment folder (no .json: Ray copies those).
+STOP_LOG = ".ktune-asha-stops"
+
+
+def restore_rungs(scheduler: Any, exp_dir: str | Path) -> int:
+    """``ktune resume``: refills an ASHA's rungs with what the experiment's trials reported
+    (their ``result.json``), as Ray's ASHA recorded it live, and has a
+    :class:`RevisingASHA` stop again the trials it stopped before (its ``stop_log``);
+    returns how many rung results it recorded.
+
+    Ray's snapshot of a search holds none of its scheduler's state: a restored ASHA started
+    with empty rungs, so every trial reaching a rung after the resume was its first
+    arrival and continued; and a trial ASHA stopped after Ray's last snapshot came back
+    and trained on (the snapshot still had it running). Such a trial first reports its
+    epochs since the snapshot again: that result is now its stop."""
+    if not isinstance(scheduler, AsyncHyperBandScheduler) or len(scheduler._brackets) != 1:
+        return 0  # (several brackets: a trial's bracket was a random draw, not recorded)
+    attr, metric, op = scheduler._time_attr, scheduler._metric, scheduler._metric_op
+    if not metric or not op:
+        return 0
+    if isinstance(scheduler, RevisingASHA):
+        log = Path(exp_dir) / STOP_LOG
+        scheduler.stop_log = log
+        with contextlib.suppress(OSError):
+            scheduler._resumed_stops = frozenset(log.read_text(errors="replace").split())
+    [bracket] = scheduler._brackets
+    count = 0
+    for trial_id, rows in _histories(Path(exp_dir), attr, metric).items():
+        for milestone, recorded in bracket._rungs:
+            # Ray records a trial's result at its first report at or past the milestone
+            reached = [r for r in rows if r[attr] >= milestone]
+            if reached:
+                recorded[trial_id] = op * float(reached[0][metric])
+                count += 1
+    return count
+
+
+def _histories(exp_dir: Path, attr: str, metric: str) -> dict[str, list[dict]]:
+    """Each trial's results that carry ``attr`` and ``metric``, in ``attr`` order."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted(exp_dir.glob("*/result.json")):
+        rows = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if isinstance(row, dict) and row.get(attr) is not None and row.get("trial_id"):
+                if row.get(metric) is not None:
+                    rows.append(row)
+        if rows:
+            out[str(rows[0]["trial_id"])] = sorted(rows, key=lambda r: r[attr])
+    return out

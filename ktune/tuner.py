@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import optuna
@@ -23,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ktune.config import ExperimentConfig, space_of
 from ktune.experiment_dir import JOURNAL_FILE
 from ktune.ray_state import BasicVariantGenerator, SearchGenerator
-from ktune.schedulers import RevisingASHA
+from ktune.schedulers import STOP_LOG, RevisingASHA
 from ktune.search_spaces.base import Choice, Range, Spec, tpe_startup_trials, tune_domain
 
 if TYPE_CHECKING:  # the trial loop imports TensorFlow: the driver loads it in prepare's thread
@@ -354,6 +355,8 @@ def build_tuner(
         _set_metric(scheduler, cfg)
     else:
         scheduler = build_scheduler(cfg)
+        if isinstance(scheduler, RevisingASHA) and not cfg.remote:  # read by a resume
+            scheduler.stop_log = Path(cfg.experiment_path) / STOP_LOG
     if isinstance(search_alg, Searcher):
         # What Tune would do with a Searcher (limit, then wrap), with ktune's generator,
         # whose snapshots never race Ray's background copy. A limiter passed in stands.

@@ -198,6 +198,56 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path, ray_tmp):
     assert {n: (exp_dir / n).read_bytes() for n in files} == files
 
 
+@pytest.mark.slow
+def test_a_trial_asha_stopped_before_the_kill_stays_stopped(tmp_path, ray_tmp):
+    """Killed just after ASHA stopped a trial, before Ray's next snapshot (which still has
+    it running): the resume stops it again where it was (its epochs since the snapshot are
+    reported again and the refilled scheduler stops it there). Before, Ray's scheduler came
+    back with empty rungs and the trial trained on to the last epoch."""
+    import re
+
+    raw = tiny_experiment(tmp_path, search__num_samples=2, training__epochs=4)
+    raw["name"] = "stops"
+    raw["data"]["train_size"] = 6000  # epochs of a second or two: the kill lands mid-run
+    raw["export"] = {"enabled": False}
+    exp = tmp_path / "stops.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    exp_dir = Path(raw["storage"]) / "stops"
+    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp}
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1000"  # no snapshot of Ray's between stop and kill
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ktune", "run", str(exp)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    stopped = None
+    for line in run.stdout:  # two trials at once: one is stopped at rung 1 or 2
+        found = re.search(r"(trial_\w+) stopped early \(ASHA\) after epoch (\d)", line)
+        if found:
+            stopped = found.group(1), int(found.group(2))
+            break
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    kill_ray_under(ray_tmp)
+    assert stopped is not None, "no trial was stopped early"
+    assert not (exp_dir / "best.json").exists(), "the run ended before the kill"
+    trial, epoch = stopped
+
+    resumed = ktune_cli("resume", str(exp_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = epochs_by_trial(exp_dir)
+    assert [r["epoch"] for r in after[trial]][-1] == epoch, after[trial]
+    assert {r["epoch"] for r in after[trial]} == set(range(1, epoch + 1))
+    rows = {r["trial"]: r for r in csv.DictReader((exp_dir / "results.csv").open())}
+    assert int(rows[trial]["epochs"]) == epoch
+    (other,) = set(rows) - {trial}
+    assert int(rows[other]["epochs"]) == 4  # the one that passed trained on to the end
+
+
 def test_resume_refuses_what_it_cannot_resume(tmp_path):
     missing = ktune_cli("resume", str(tmp_path / "nope"), timeout=120)
     assert missing.returncode == 2 and "no such experiment directory" in missing.stderr

@@ -80,3 +80,70 @@ def test_a_rungs_poor_first_arrival_is_stopped_once_a_better_trial_fills_the_run
         assert epochs == {"poor": 2, "good": 3}
     else:
         assert epochs == {"poor": 3, "good": 3}, f"Ray's ASHA changed (upgrade?): {epochs}"
+
+
+def test_a_resume_refills_the_rungs_and_stops_again_what_asha_stopped(tmp_path):
+    """``ktune resume`` (restore_rungs): Ray's snapshot holds no scheduler state, so a
+    restored ASHA had empty rungs. Four trials report in turn to the scheduler of a run
+    (with its stop log, as ``ktune run`` sets it) and to Ray's ``result.json`` files; a
+    fresh scheduler refilled from those files holds the same rungs as the run's, and a
+    trial that the run stopped (D, below the rung's cutoff when it arrived, after Ray's
+    last snapshot) is stopped again at its first result after the resume; a trial that
+    passed (B) continues. Without the refill, D continued (the rung's first arrival)."""
+    import json
+
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from ktune.config import parse_config
+    from ktune.schedulers import STOP_LOG, restore_rungs
+    from ktune.tuner import build_scheduler
+
+    cfg = parse_config(tiny_experiment(tmp_path, training__epochs=4))
+    exp = tmp_path / "exp"
+    exp.mkdir()
+
+    def scheduler():
+        s = build_scheduler(cfg)  # grace 1, factor 2: rungs at epochs 1, 2 (4 is the end)
+        assert s._metric == "val_accuracy" and s._max_t == 4
+        return s
+
+    run = scheduler()
+    run.stop_log = exp / STOP_LOG
+    trials = {name: Trial("__fake", stub=True) for name in "ABCD"}
+    for t in trials.values():
+        run.on_trial_add(None, t)
+    reports = [("A", 1, 0.50), ("B", 1, 0.60), ("A", 2, 0.55), ("B", 2, 0.70), ("C", 1, 0.40)]
+    reports += [("D", 1, 0.65), ("D", 2, 0.58), ("B", 3, 0.72)]
+    decided = {}
+    for name, epoch, acc in reports:
+        trial = trials[name]
+        row = {"trial_id": trial.trial_id, "training_iteration": epoch, "val_accuracy": acc}
+        folder = exp / f"trial_{trial.trial_id}"
+        folder.mkdir(exist_ok=True)
+        with open(folder / "result.json", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        decided[name, epoch] = run.on_trial_result(None, trial, row)
+    stop, go = TrialScheduler.STOP, TrialScheduler.CONTINUE
+    assert decided == {
+        ("A", 1): go, ("B", 1): go, ("A", 2): stop,  # A revised: rung 1 now holds B
+        ("B", 2): go, ("C", 1): stop, ("D", 1): go, ("D", 2): stop, ("B", 3): go,
+    }  # fmt: skip
+    stopped = {trials[n].trial_id for n in "ACD"}
+    assert set((exp / STOP_LOG).read_text().split()) == stopped
+
+    resumed = scheduler()
+    assert restore_rungs(resumed, exp) == 7  # A 2, B 2, C 1, D 2 rung results
+    rungs = lambda s: [dict(recorded) for _, recorded in s._brackets[0]._rungs]  # noqa: E731
+    assert rungs(resumed) == rungs(run)
+    assert resumed.stop_log == exp / STOP_LOG
+    d2 = {"trial_id": trials["D"].trial_id, "training_iteration": 2, "val_accuracy": 0.58}
+    b3 = {"trial_id": trials["B"].trial_id, "training_iteration": 3, "val_accuracy": 0.72}
+    for t in (trials["D"], trials["B"]):
+        resumed.on_trial_add(None, t)
+    assert resumed.on_trial_result(None, trials["D"], d2) == stop  # its epoch 2 reported again
+    assert resumed.on_trial_result(None, trials["B"], b3) == go  # passed both rungs
+    # the mutant: a restored scheduler as Ray leaves it lets D train on
+    empty = scheduler()
+    empty.on_trial_add(None, trials["D"])
+    assert empty.on_trial_result(None, trials["D"], d2) == go
