@@ -212,6 +212,30 @@ def test_a_restored_trial_with_a_rewritten_result_json(experiment, tmp_path):
     assert isinstance(after[-1]["config"], dict)  # the JSON row wins where both have it
 
 
+def test_a_trial_a_resume_replaced_reads_cut_off(experiment, tmp_path):
+    """A trial that started after Ray's newest snapshot and was cut off by a crash is
+    unknown to the resume, which runs a new trial in its place: the finished search's
+    results.csv lacks its folder, and the report reads it as cut off, not running."""
+    copy = tmp_path / experiment.name
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("checkpoint_*"))
+    trial = max(copy.glob("trial_*"), key=lambda p: len(read_history(p)))
+    lost = copy / "trial_0ff0cafe"
+    shutil.copytree(trial, lost)
+    first = (lost / "result.json").read_text().splitlines()[0]
+    (lost / "result.json").write_text(first + "\n")
+    (lost / "progress.csv").write_text(
+        "\n".join((trial / "progress.csv").read_text().splitlines()[:2])
+    )
+    from ktune.report.text import status_line
+
+    record = load_experiment(copy)
+    statuses = {t.trial: t.status for t in record.trials}
+    assert statuses["trial_0ff0cafe"] == "INTERRUPTED"
+    assert statuses[trial.name] in ("DONE", "STOPPED")  # the ones results.csv has, as before
+    line = status_line(record)
+    assert line.startswith("finished: ") and "1 cut off" in line and "running" not in line, line
+
+
 @pytest.fixture
 def running_copy(experiment, tmp_path) -> Path:
     """The small search as if it were still running: no best.json or results.csv yet, and

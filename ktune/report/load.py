@@ -12,7 +12,9 @@ What it reads, all in the experiment directory ``<storage>/<name>``:
 - ``interrupted.json`` when Ctrl+C or SIGTERM stopped it: the trials it cut off read
   ``INTERRUPTED`` (Ray saved them as running) until a resume trains again;
 - ``driver.json`` (:mod:`ktune.driver`): whether the process that runs the search still
-  runs; when it was killed, its running trials read ``INTERRUPTED`` too.
+  runs; when it was killed, its running trials read ``INTERRUPTED`` too, and so does a
+  trial folder a finished search's ``results.csv`` lacks (a trial Ray's snapshot never
+  knew, cut off by a crash: the resume ran a new trial in its place).
 
 It writes nothing and imports neither TensorFlow, Ray, Optuna nor matplotlib.
 """
@@ -321,6 +323,8 @@ def _trial_status(
     last = int(history[-1].get("epoch", 0)) if history else 0
     if name in results:  # the finished search's own verdict
         return status_label(results[name].get("status", "TERMINATED"), last, epochs)
+    if results:  # finished without it: cut off by a crash, replaced when it was resumed
+        return "INTERRUPTED"
     status = ray_status.get(name)
     if status:
         if status in ("RUNNING", "PENDING", "PAUSED") and last >= epochs:
