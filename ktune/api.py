@@ -27,11 +27,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import yaml
+
 from ktune import experiment_dir as _experiment_dir
 from ktune import storage
 from ktune.config import ExperimentConfig, parse_config
 from ktune.errors import ConfigError, ExperimentError, text_list
-from ktune.experiment_file import read_experiment_file
+from ktune.experiment_file import experiment_document, read_experiment_file
 from ktune.experiment_result import ExperimentResult
 
 __all__ = [
@@ -84,6 +86,9 @@ def _experiment_config(experiment: Any, overrides: Mapping[str, Any]) -> Experim
                 if not storage.is_uri(flat["storage"])
                 else flat["storage"],
             )
+        if "num_samples" in flat and cfg.document is not None:  # experiment.yaml: as run
+            document = experiment_document(yaml.safe_load(cfg.document), flat["num_samples"])
+            cfg = replace(cfg, document=document)
         return cfg
     if isinstance(experiment, Mapping):
         raw, base, source = dict(experiment), Path.cwd(), None

@@ -570,7 +570,7 @@ def parse_config(
         address=None if addr is None else _str("address", addr),
         source_path=source_path,
         base_dir=str(base.resolve()),
-        document=experiment_document(raw),
+        document=experiment_document(raw, num_samples),
         tracking=tracking,
         ensemble_seeds=seeds,
     )

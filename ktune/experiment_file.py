@@ -46,10 +46,18 @@ def read_experiment_file(path: str | Path) -> dict | None:
     return None if raw is None else dict(raw)
 
 
-def experiment_document(raw: Mapping[str, Any] | None) -> str | None:
+def experiment_document(
+    raw: Mapping[str, Any] | None, num_samples: int | None = None
+) -> str | None:
     """``raw`` (an experiment as parsed, maybe a dict from Python) as YAML text, or None
     when a value has no YAML form. Tuples become lists, NumPy scalars and paths plain
-    values, so what a Python caller passed can be written as the experiment file."""
+    values, so what a Python caller passed can be written as the experiment file.
+    ``num_samples`` (``--num-samples``, or the Python API's) is written in: the search
+    as run. (``--storage`` and ``--address`` say where it ran, not what: the file keeps
+    its own.)"""
+    raw = dict(raw or {})
+    if num_samples is not None:
+        raw["search"] = {**(raw.get("search") or {}), "num_samples": num_samples}
 
     def plain(value: Any) -> Any:
         if isinstance(value, Mapping):
@@ -64,7 +72,7 @@ def experiment_document(raw: Mapping[str, Any] | None) -> str | None:
         return value
 
     try:
-        return yaml.safe_dump(plain(raw or {}), sort_keys=False)
+        return yaml.safe_dump(plain(raw), sort_keys=False)
     except yaml.YAMLError:
         return None
 

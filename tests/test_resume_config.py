@@ -118,6 +118,22 @@ def test_resume_runs_the_sections_the_python_api_merged_in(project, tmp_path):
     assert written["data"]["train"] == "data/train.csv"
 
 
+def test_the_experiment_as_run_holds_num_samples_as_run(project, tmp_path):
+    """``--num-samples`` / ``num_samples=`` is what ran: experiment.yaml says so (and then
+    is the file as parsed); ``--storage`` alone leaves the file as written, comments and
+    all (it says where the search ran, not what ran)."""
+    exp_dir = first_run(project / "mine.yaml", {"storage": str(tmp_path / "a"), "num_samples": 2})
+    written = yaml.safe_load((exp_dir / EXPERIMENT_FILE).read_text())
+    assert written["search"]["num_samples"] == 2  # the file says 3
+    assert written["search"]["space"] == yaml.safe_load(FILE)["search"]["space"]
+    assert resumed(exp_dir).search.num_samples == 2
+    # a parsed config given with the override, as ktune.run takes one
+    cfg = _experiment_config(_experiment_config(project / "mine.yaml", {}), {"num_samples": 5})
+    assert yaml.safe_load(cfg.document)["search"]["num_samples"] == 5
+    exp_dir = first_run(project / "mine.yaml", {"storage": str(tmp_path / "b")})
+    assert (exp_dir / EXPERIMENT_FILE).read_text() == FILE
+
+
 def test_resume_of_a_dict_experiment(project, tmp_path, monkeypatch):
     raw = yaml.safe_load(FILE)
     # a NumPy value, as Python callers pass them
