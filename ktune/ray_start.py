@@ -262,8 +262,14 @@ _OPTUNA_SEARCH = "ray.tune.search.optuna.optuna_search"
 def _not_a_repeated_completion(record: logging.LogRecord) -> bool:
     """Drops OptunaSearch's warning, with the whole result dict on one line, when a
     resume reports again the epochs of a trial that finished after Ray's last snapshot
-    (README, Crash windows): the study keeps the first completion, the same value."""
-    return not record.getMessage().startswith("Received additional completion for trial")
+    (README, Crash windows): the study keeps the first completion, the same value. And
+    Optuna's "Cannot tell a COMPLETE trial." that OptunaSearch logs when the study's
+    journal has the trial complete already (ASHA stopped it before the kill)."""
+    text = record.getMessage()
+    return not (
+        text.startswith("Received additional completion for trial")
+        or text == "Cannot tell a COMPLETE trial."
+    )
 
 
 def _not_after_interrupt(record: logging.LogRecord) -> bool:

@@ -281,10 +281,12 @@ def test_quiet_output_drops_optunas_repeated_completion_warning(caplog):
     with caplog.at_level(logging.WARNING, logger=logger.name):
         with tune_output(verbose=False):
             logger.warning(repeated + " Result: {'val_accuracy': 0.9}")
+            logger.warning(ValueError("Cannot tell a COMPLETE trial."))  # complete already
             logger.warning("Optuna could not sample")
+            logger.warning(ValueError("Cannot tell a FAIL trial."))
         logger.warning(repeated)  # outside ktune's quiet output: the user's logging
     messages = [r.getMessage() for r in caplog.records]
-    assert messages == ["Optuna could not sample", repeated]
+    assert messages == ["Optuna could not sample", "Cannot tell a FAIL trial.", repeated]
 
 
 def test_environment_restores_what_it_touched_even_on_error(monkeypatch):
