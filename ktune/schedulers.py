@@ -45,8 +45,8 @@ class RevisingASHA(AsyncHyperBandScheduler):
         action = self._decide(tune_controller, trial, result)
         if action == TrialScheduler.STOP and self.stop_log is not None:
             if result.get(self._time_attr, self._max_t) < self._max_t:
-                with open(self.stop_log, "a", encoding="utf-8") as f:
-                    f.write(f"{trial.trial_id}\n")
+                with contextlib.suppress(OSError), open(self.stop_log, "a") as f:
+                    f.write(f"{trial.trial_id}\n")  # (a note lost never stops a search)
         return action
 
     def _decide(self, tune_controller: Any, trial: Any, result: Dict) -> str:
