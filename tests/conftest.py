@@ -192,6 +192,25 @@ def tiny_experiment(tmp_path: Path, **over) -> dict:
     return cfg
 
 
+def ktune_run_in_its_own_group(
+    exp: Path, ray_tmp: str, *, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **env: str
+) -> tuple[subprocess.Popen, dict]:
+    """``ktune run EXP`` in its own process group (a terminal's foreground job: Ctrl+C
+    signals all of it; killing the group is a machine's crash), its Ray and temporary
+    folders under ``ray_tmp``, ``env`` added: (the process, the environment it runs in)."""
+    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp, **env}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ktune", "run", str(exp)],
+        cwd=REPO,
+        env=env,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
+    return run, env
+
+
 def ktune_cli(
     *args: str, env: dict | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:

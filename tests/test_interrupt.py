@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +17,10 @@ from ktune.report.load import load_experiment
 from ktune.report.text import status_line
 
 from conftest import (
-    REPO,
     CtrlC,
     journal_study,
     ktune_cli,
-    subprocess_env,
+    ktune_run_in_its_own_group,
     tiny_experiment,
     wait_for_first_epoch,
 )
@@ -114,16 +111,7 @@ def _run_in_its_own_group(tmp_path: Path, ray_tmp: str, raw: dict):
 
     exp = tmp_path / f"{raw['name']}.yaml"
     exp.write_text(yaml.safe_dump(raw))
-    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp}
-    run = subprocess.Popen(
-        [sys.executable, "-m", "ktune", "run", str(exp)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    run, env = ktune_run_in_its_own_group(exp, ray_tmp)
     return run, Path(raw["storage"]) / raw["name"], env
 
 

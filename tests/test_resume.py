@@ -18,7 +18,14 @@ from ktune.data import AG_NEWS_CLASSES, generate_builtin
 from ktune.report.load import load_experiment
 from ktune.report.text import status_line
 
-from conftest import REPO, journal_study, kill_ray_under, subprocess_env, tiny_experiment
+from conftest import (
+    REPO,
+    journal_study,
+    kill_ray_under,
+    ktune_run_in_its_own_group,
+    subprocess_env,
+    tiny_experiment,
+)
 
 
 def ktune_cli(*args: str, env: dict | None = None, timeout: int = 600):
@@ -96,19 +103,12 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path, ray_tmp):
     # Ray snapshots the experiment every 10 s or more; a trial started after the newest
     # snapshot is unknown to a restore and starts afresh (README: Resuming). A 2 s period
     # (Ray's own knob) lets the kill below land on a trial the snapshot knows.
-    env = {
-        **subprocess_env(),
-        "RAY_TMPDIR": ray_tmp,
-        "TMPDIR": ray_tmp,
-        "TUNE_GLOBAL_CHECKPOINT_S": "2",
-    }
-    run = subprocess.Popen(
-        [sys.executable, "-m", "ktune", "run", str(exp)],
-        cwd=REPO,
-        env=env,
+    run, _ = ktune_run_in_its_own_group(
+        exp,
+        ray_tmp,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        TUNE_GLOBAL_CHECKPOINT_S="2",
     )
     # Kill once one trial has finished and the next one is part-way through.
     deadline, before = time.time() + 420, {}
@@ -213,16 +213,9 @@ def test_a_trial_asha_stopped_before_the_kill_stays_stopped(tmp_path, ray_tmp):
     exp = tmp_path / "stops.yaml"
     exp.write_text(yaml.safe_dump(raw))
     exp_dir = Path(raw["storage"]) / "stops"
-    env = {**subprocess_env(), "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp}
-    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1000"  # no snapshot of Ray's between stop and kill
-    run = subprocess.Popen(
-        [sys.executable, "-m", "ktune", "run", str(exp)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    # TUNE_GLOBAL_CHECKPOINT_S: no snapshot of Ray's between the stop and the kill
+    run, _ = ktune_run_in_its_own_group(
+        exp, ray_tmp, stderr=subprocess.STDOUT, TUNE_GLOBAL_CHECKPOINT_S="1000"
     )
     stopped = None
     for line in run.stdout:  # two trials at once: one is stopped at rung 1 or 2
