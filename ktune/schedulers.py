@@ -25,7 +25,7 @@ from typing import Any, Dict
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-__all__ = ["RevisingASHA", "restore_rungs", "STOP_LOG"]
+__all__ = ["RevisingASHA", "restore_rungs", "read_stops", "STOP_LOG"]
 
 
 class RevisingASHA(AsyncHyperBandScheduler):
@@ -33,20 +33,31 @@ class RevisingASHA(AsyncHyperBandScheduler):
     arrivals as the rungs fill (see the module's doc).
 
     With ``stop_log`` (a path; ``ktune run`` sets it for local storage) each trial it stops
-    early is one line there, written as it decides: :func:`restore_rungs` reads it back."""
+    early is one line there, written as it decides: the trial's id and the epoch of the
+    result it stopped at. :func:`restore_rungs` reads it back, and so does a trial restored
+    by ``ktune resume`` (:func:`ktune.trainables.base.starting_checkpoint`)."""
 
     stop_log: Path | None = None
-    _resumed_stops: frozenset = frozenset()  # stopped before a resume (restore_rungs)
+    # stopped before a resume (restore_rungs): trial id -> the epoch it stopped at
+    _resumed_stops: Dict[str, Any] = {}
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: Dict) -> str:
         if trial.trial_id in self._resumed_stops:  # its epochs since Ray's snapshot, again
+            stop_at = self._resumed_stops[trial.trial_id]
+            if stop_at is not None and _epoch(result, self._time_attr) < stop_at:
+                bracket = self._trial_info.get(trial.trial_id)
+                if bracket is not None and self._metric in result and self._time_attr in result:
+                    value = self._metric_op * result[self._metric]  # its rungs, as live
+                    bracket.on_result(trial, result[self._time_attr], value)
+                return TrialScheduler.CONTINUE
             self._num_stopped += 1
             return TrialScheduler.STOP
         action = self._decide(tune_controller, trial, result)
         if action == TrialScheduler.STOP and self.stop_log is not None:
             if result.get(self._time_attr, self._max_t) < self._max_t:
+                line = f"{trial.trial_id} {_epoch(result, self._time_attr)}\n"
                 with contextlib.suppress(OSError), open(self.stop_log, "a") as f:
-                    f.write(f"{trial.trial_id}\n")  # (a note lost never stops a search)
+                    f.write(line)  # (a note lost never stops a search)
         return action
 
     def _decide(self, tune_controller: Any, trial: Any, result: Dict) -> str:
@@ -71,6 +82,24 @@ class RevisingASHA(AsyncHyperBandScheduler):
 STOP_LOG = ".ktune-asha-stops"
 
 
+def _epoch(result: Dict, attr: str) -> int:
+    """A result's epoch: ktune's trials report ``epoch``; other trainables, ``attr``."""
+    value = result.get("epoch", result.get(attr))
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def read_stops(text: str) -> dict[str, int | None]:
+    """The stop log's trials, each with the epoch it was stopped at (None: a log written
+    before the epoch was noted, or a line cut short by a kill)."""
+    stops: dict[str, int | None] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if words:
+            epoch = words[1] if len(words) > 1 else ""
+            stops[words[0]] = int(epoch) if epoch.isdigit() else None
+    return stops
+
+
 def restore_rungs(scheduler: Any, exp_dir: str | Path) -> int:
     """``ktune resume``: refills an ASHA's rungs with what the experiment's trials reported
     (their ``result.json``), as Ray's ASHA recorded it live, and has a
@@ -81,7 +110,8 @@ def restore_rungs(scheduler: Any, exp_dir: str | Path) -> int:
     with empty rungs, so every trial reaching a rung after the resume was its first
     arrival and continued; and a trial ASHA stopped after Ray's last snapshot came back
     and trained on (the snapshot still had it running). Such a trial first reports its
-    epochs since the snapshot again: that result is now its stop."""
+    epochs since the snapshot again, up to the one it was stopped at: that result is now
+    its stop."""
     if not isinstance(scheduler, AsyncHyperBandScheduler) or len(scheduler._brackets) != 1:
         return 0  # (several brackets: a trial's bracket was a random draw, not recorded)
     attr, metric, op = scheduler._time_attr, scheduler._metric, scheduler._metric_op
@@ -91,7 +121,7 @@ def restore_rungs(scheduler: Any, exp_dir: str | Path) -> int:
         log = Path(exp_dir) / STOP_LOG
         scheduler.stop_log = log
         with contextlib.suppress(OSError):
-            scheduler._resumed_stops = frozenset(log.read_text(errors="replace").split())
+            scheduler._resumed_stops = read_stops(log.read_text(errors="replace"))
     [bracket] = scheduler._brackets
     count = 0
     for trial_id, rows in _histories(Path(exp_dir), attr, metric).items():

@@ -350,6 +350,9 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path, l
     stored = [(Checkpoint(str(f)), _read_info(Checkpoint(str(f)))) for f in folders]
     origin = {**_read_info(handed), "epoch": _unreported(handed)}
     assert [info["epoch"] for _, info in _continuations(origin, stored)] == [2, 3]
+    # had ASHA stopped it at epoch 2 (its stop log): epoch 3, trained while the driver
+    # decided the stop, is left out, as a search never interrupted leaves it out
+    assert [info["epoch"] for _, info in _continuations(origin, stored, 2)] == [2]
     assert not gone.exists()  # a part-deleted folder is set aside, not left to Ray
     if left == "the weights":
         [kept] = (exp_dir / SET_ASIDE_DIR).glob(f"*/{trial.name}/checkpoint_000000")

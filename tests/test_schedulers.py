@@ -96,7 +96,7 @@ def test_a_resume_refills_the_rungs_and_stops_again_what_asha_stopped(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
     from ktune.config import parse_config
-    from ktune.schedulers import STOP_LOG, restore_rungs
+    from ktune.schedulers import STOP_LOG, read_stops, restore_rungs
     from ktune.tuner import build_scheduler
 
     cfg = parse_config(tiny_experiment(tmp_path, training__epochs=4))
@@ -129,20 +129,31 @@ def test_a_resume_refills_the_rungs_and_stops_again_what_asha_stopped(tmp_path):
         ("A", 1): go, ("B", 1): go, ("A", 2): stop,  # A revised: rung 1 now holds B
         ("B", 2): go, ("C", 1): stop, ("D", 1): go, ("D", 2): stop, ("B", 3): go,
     }  # fmt: skip
-    stopped = {trials[n].trial_id for n in "ACD"}
-    assert set((exp / STOP_LOG).read_text().split()) == stopped
+    # each stop noted with the epoch of the result it was decided at
+    stops = read_stops((exp / STOP_LOG).read_text())
+    assert stops == {trials["A"].trial_id: 2, trials["C"].trial_id: 1, trials["D"].trial_id: 2}
 
     resumed = scheduler()
     assert restore_rungs(resumed, exp) == 7  # A 2, B 2, C 1, D 2 rung results
     rungs = lambda s: [dict(recorded) for _, recorded in s._brackets[0]._rungs]  # noqa: E731
     assert rungs(resumed) == rungs(run)
     assert resumed.stop_log == exp / STOP_LOG
-    d2 = {"trial_id": trials["D"].trial_id, "training_iteration": 2, "val_accuracy": 0.58}
+    d1 = {"trial_id": trials["D"].trial_id, "training_iteration": 1, "val_accuracy": 0.65}
+    d2 = {**d1, "training_iteration": 2, "val_accuracy": 0.58}
     b3 = {"trial_id": trials["B"].trial_id, "training_iteration": 3, "val_accuracy": 0.72}
     for t in (trials["D"], trials["B"]):
         resumed.on_trial_add(None, t)
-    assert resumed.on_trial_result(None, trials["D"], d2) == stop  # its epoch 2 reported again
+    # its epochs since Ray's snapshot reported again: on to the one it was stopped at
+    assert resumed.on_trial_result(None, trials["D"], d1) == go
+    assert resumed.on_trial_result(None, trials["D"], d2) == stop
     assert resumed.on_trial_result(None, trials["B"], b3) == go  # passed both rungs
+    assert rungs(resumed) == rungs(run)  # nothing recorded twice
+    # a log noted before the epoch was (or cut short by a kill): stopped at its first result
+    (exp / STOP_LOG).write_text(f"{trials['D'].trial_id}\n{trials['C'].trial_id} 1")
+    old_log = scheduler()
+    restore_rungs(old_log, exp)
+    old_log.on_trial_add(None, trials["D"])
+    assert old_log.on_trial_result(None, trials["D"], d1) == stop
     # the mutant: a restored scheduler as Ray leaves it lets D train on
     empty = scheduler()
     empty.on_trial_add(None, trials["D"])

@@ -198,9 +198,9 @@ def run_trial(
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = family.build_model(config, payload.artefacts, payload.num_classes, training)
     optimizer = compile_model(model, config, training, len(payload.train_labels))
-    checkpoint, parent = starting_checkpoint()
+    checkpoint, parent, stopped_at = starting_checkpoint()
     start = restore(model, checkpoint)
-    if start >= training.epochs:
+    if start >= (stopped_at or training.epochs):
         return
     if start:
         reseed_restored(payload.seed, start)
@@ -304,7 +304,8 @@ def callable_reference(fn: Any) -> str | None:
 
 
 def starting_checkpoint():
-    """The checkpoint a trial starts from, and its lineage (``{"run", "epoch"}`` or None).
+    """The checkpoint a trial starts from, its lineage (``{"run", "epoch"}`` or None), and
+    the epoch ktune's ASHA had stopped it at before a resume (or None).
 
     Ray hands a trial the checkpoint to start from (``ray.tune.get_checkpoint()``). When
     it is another trial's, this is a PBT exploit: the trial continues from the donor's
@@ -315,28 +316,53 @@ def starting_checkpoint():
     the handed one (written by the same run after it, or by a run started from it):
     never from a folder of an earlier life of the trial that PBT has since replaced. The
     epochs in between are reported again first (:func:`report_missed_epochs`).
+
+    A trial ASHA stopped after Ray's snapshot comes back running too: its stop log
+    (:class:`ktune.schedulers.RevisingASHA`) names the epoch it was stopped at. Its epochs
+    up to that one are reported again, and what it trained after the stop, while the
+    driver decided (an epoch whose checkpoint reached storage), is left out, as a search
+    never interrupted leaves it out.
     """
     from ray import tune
 
     handed = tune.get_checkpoint()
     storage = tune.get_context().get_storage()
     if handed is not None and not _inside(handed.path, storage.trial_fs_path):
-        return handed, _lineage(_read_info(handed))
+        return handed, _lineage(_read_info(handed)), None
     stored = [(c, _read_info(c)) for c in stored_checkpoints()]
+    stopped_at = asha_stop_epoch() if handed is not None or stored else None
     origin = None
     if handed is not None:
         origin = _read_info(handed)
         if origin is None:  # a checkpoint without lineage: start from it as handed
-            return handed, None
+            return handed, None, stopped_at
         reported = _unreported(handed)
         if reported is not None:  # named by `ktune resume` for one Ray had deleted
             origin = {**origin, "epoch": reported}
-    missed = _continuations(origin, stored)
+    missed = _continuations(origin, stored, stopped_at)
     if missed:
         report_missed_epochs(missed)
         newest, info = missed[-1]
-        return newest, _lineage(info)
-    return handed, _lineage(origin)
+        return newest, _lineage(info), stopped_at
+    return handed, _lineage(origin), stopped_at
+
+
+def asha_stop_epoch() -> int | None:
+    """The epoch ktune's ASHA stopped this trial at, from the experiment's stop log
+    (written for local storage), or None: not stopped, or no log."""
+    from ray import tune
+
+    from ktune.schedulers import STOP_LOG, read_stops
+
+    context = tune.get_context()
+    storage = context.get_storage()
+    try:
+        path = f"{storage.experiment_fs_path}/{STOP_LOG}"
+        with storage.storage_filesystem.open_input_stream(path) as f:
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return read_stops(text).get(context.get_trial_id())
 
 
 def _unreported(checkpoint) -> int | None:
@@ -375,9 +401,11 @@ def _read_info(checkpoint) -> dict | None:
     }
 
 
-def _continuations(origin: dict | None, stored: list) -> list:
+def _continuations(origin: dict | None, stored: list, stopped_at: int | None = None) -> list:
     """The stored checkpoints that continue ``origin`` (None: a fresh start), one per
-    epoch after it, oldest first, ending at the newest."""
+    epoch after it, oldest first, ending at the newest (at ``stopped_at`` at most)."""
+    if stopped_at is not None:
+        stored = [(c, i) for c, i in stored if i is None or (i.get("epoch") or 0) <= stopped_at]
     start_epoch = origin["epoch"] if origin else 0
     runs = {origin["run"]} if origin else set()
     links = {(origin["run"], origin["epoch"])} if origin else set()
