@@ -19,7 +19,6 @@ by class and seeded.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -27,6 +26,7 @@ import json
 import logging
 import math
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -262,51 +262,101 @@ def _read_rows(
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
     if source == "csv" and columns:
-        yield from _read_headerless(path, text, list(columns))
+        yield from _headerless_rows(path, _csv_records(path, text), list(columns))
     elif source == "csv":
-        # newline="": quoted fields keep their line breaks (and \x0c, U+2028 stay text).
-        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-        with _csv_errors(path, reader):
-            header = reader.fieldnames
-            if not header:
-                raise DataError(f"{path}: no header row")
-            twice = sorted({h for h in header if header.count(h) > 1})
-            if twice:
-                raise DataError(f"{path}: line 1: the header names {', '.join(twice)} twice")
-            for row in reader:
-                # DictReader files extra fields under None and fills missing ones with None.
-                if None in row or None in row.values():
-                    n = len(header) + len(row.get(None) or ()) - list(row.values()).count(None)
-                    raise DataError(
-                        f"{path}: line {reader.line_num}: {n} field{'s' * (n != 1)}, the header "
-                        f"has {len(header)} ({', '.join(header)}); quote a text holding a comma"
-                    )
-                yield reader.line_num, row
+        yield from _header_rows(path, _csv_records(path, text))
     else:
         # JSON Lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085, ...
         for i, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj, twice = _json_line(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}: line {i}: invalid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}: line {i}: each line must be a JSON object")
+            if twice is not None:  # as a csv header or a YAML key written twice: refused
+                raise DataError(f"{path}: line {i}: the key {json.dumps(twice)} appears twice")
             yield i, obj
 
 
-def _read_headerless(path: str, text: str, columns: list[str]) -> Iterable[tuple[int, dict]]:
-    """Rows of a csv file without a header row, keyed by ``data.columns``; (first line, row)."""
+def _json_line(line: str) -> tuple[Any, str | None]:
+    """A JSON value, and the first key its outermost object writes twice (or None):
+    json.loads keeps the last value without a word."""
+    twice: list[str | None] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict:
+        # Called for the inner objects first: the outermost one's call comes last.
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) == len(keys):
+            twice.append(None)
+        else:
+            twice.append(next(k for i, k in enumerate(keys) if k in keys[:i]))
+        return dict(pairs)
+
+    obj = json.loads(line, object_pairs_hook=pairs_hook)
+    return obj, twice[-1] if isinstance(obj, dict) else None
+
+
+# Python's csv refuses a field over 131,072 characters by default; a text may be longer
+# (the models truncate it at maxlen). The largest C long, the most csv accepts anywhere.
+_CSV_FIELD_LIMIT = 2 ** (8 * struct.calcsize("l") - 1) - 1
+
+
+def _csv_records(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
+    """(the line where it starts, its fields) of each record of a csv text (a blank line:
+    no fields). Every message naming a csv line names where its record starts.
+
+    A quoting error of the csv module (an unclosed quote, a character after a closing one)
+    is one DataError naming the line, instead of rows merged or cut silently."""
+    # Process-wide and never lowered: lowering it would break another thread's reading.
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+    # newline="": quoted fields keep their line breaks (and \x0c, U+2028 stay text).
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    with _csv_errors(path, reader):
-        yield from _headerless_rows(path, reader, columns)
-
-
-def _headerless_rows(path: str, reader: Any, columns: list[str]) -> Iterable[tuple[int, dict]]:
     end = 0  # the last line of the previous record
-    for fields in reader:
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            msg = str(e)
+            if msg == "unexpected end of data":  # strict: a quoted field open at the end
+                msg = "a quoted field runs to the end of the file"
+            elif reader.line_num > end + 1:
+                msg += f" at line {reader.line_num}"
+            raise DataError(f"{path}: line {end + 1}: {msg} (check the quotes)") from None
         line, end = end + 1, reader.line_num
+        yield line, fields
+
+
+def _header_rows(path: str, records: Iterator[tuple[int, list[str]]]) -> Iterable[tuple[int, dict]]:
+    """Rows of a csv file with a header row, keyed by its names; (first line, row)."""
+    header = next(records, (1, []))[1]
+    if not header:
+        raise DataError(f"{path}: no header row")
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise DataError(f"{path}: line 1: the header names {', '.join(twice)} twice")
+    for line, fields in records:
+        if not fields:  # a blank line
+            continue
+        if len(fields) != len(header):
+            n = len(fields)
+            raise DataError(
+                f"{path}: line {line}: {n} field{'s' * (n != 1)}, the header has "
+                f"{len(header)} ({', '.join(header)}); quote a text holding a comma"
+            )
+        yield line, dict(zip(header, fields))
+
+
+def _headerless_rows(
+    path: str, records: Iterator[tuple[int, list[str]]], columns: list[str]
+) -> Iterable[tuple[int, dict]]:
+    """Rows of a csv file without a header row, keyed by ``data.columns``; (first line, row)."""
+    for line, fields in records:
         if not fields:  # a blank line
             continue
         if len(fields) != len(columns):
@@ -320,16 +370,6 @@ def _headerless_rows(path: str, reader: Any, columns: list[str]) -> Iterable[tup
                 "files without one: remove data.columns"
             )
         yield line, dict(zip(columns, fields))
-
-
-@contextlib.contextmanager
-def _csv_errors(path: str, reader: Any) -> Iterator[None]:
-    """A quoting error of the csv module (an unclosed quote, a character after a closing
-    one) as one DataError naming the line, instead of rows merged or cut silently."""
-    try:
-        yield
-    except csv.Error as e:
-        raise DataError(f"{path}: line {reader.line_num}: {e} (check the quotes)") from None
 
 
 # A run of backslashes, with the spaces around it: AG News' line break (`\` or `\\`).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from dataclasses import replace
@@ -256,6 +257,56 @@ def test_csv_quoted_fields_with_newlines(tmp_path):
     ds = load_data(csv_cfg(p))
     everything = sorted([*ds.train_texts, *ds.val_texts, *ds.test_texts])
     assert everything == sorted(r[0] for r in rows)
+
+
+def test_csv_a_text_longer_than_pythons_csv_field_limit_reads(tmp_path):
+    """Python's csv refuses a field over 131,072 characters unless told otherwise (the
+    message blamed the quotes); the models truncate long texts at maxlen anyway."""
+    before = csv.field_size_limit(131072)  # csv's default, whatever ran before
+    try:
+        rows = [[f"title {i}", f"body {i}", "pos" if i % 2 else "neg"] for i in range(20)]
+        rows[8][1] = "ab" * 100_000  # 200,000 characters
+        cfg = {"text": ("title", "description")}
+        p = write_csv(tmp_path / "t.csv", ["title", "description", "label"], rows)
+        headerless = write_headerless(tmp_path / "h.csv", rows)
+        for ds in (
+            load_data(csv_cfg(p, **cfg)),
+            load_data(csv_cfg(headerless, columns=("title", "description", "label"), **cfg)),
+        ):
+            everything = [*ds.train_texts, *ds.val_texts, *ds.test_texts]
+            assert len(everything) == 20
+            assert sorted(map(len, everything))[-1] == len("title 8 ") + 200_000
+        # a quote never closed swallows the rest of the file: still refused, at its record
+        p.write_text('text,label\nGood,pos\n"never closed,pos\n' + "more,neg\n" * 20_000)
+        with pytest.raises(DataError) as info:
+            load_data(csv_cfg(p))
+        assert str(info.value) == (
+            f"{p}: line 3: a quoted field runs to the end of the file (check the quotes)"
+        )
+    finally:
+        csv.field_size_limit(before)
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["header", "headerless"])
+def test_csv_lines_name_where_a_multi_line_record_starts(tmp_path, header):
+    """With a header row or data.columns, a message names the line where its record starts
+    (where the user opens the file), also after and for records over several lines."""
+    top, extra = ("text,label\n", {}) if header else ("", {"columns": ("text", "label")})
+    first = 5 if header else 4  # the bad record's first line
+    good = '"two\nlines",pos\nplain,neg\n'
+    for bad, error in [
+        ('"three\nline\nrecord",pos,extra\n', f"line {first}: 3 fields, "),
+        ('"empty\nlabel",\n', f"line {first}: empty label in column 'label'"),
+        (
+            '"closed\ntoo" early,pos\n',
+            f"line {first}: ',' expected after '\"' at line {first + 1} (check the quotes)",
+        ),
+    ]:
+        p = tmp_path / "t.csv"
+        p.write_text(top + good + bad + "more,neg\n", encoding="utf-8")
+        with pytest.raises(DataError) as info:
+            load_data(csv_cfg(p, **extra))
+        assert f"{p}: {error}" in str(info.value)
 
 
 def test_csv_test_file_given(tmp_path):
@@ -626,6 +677,23 @@ def test_jsonl_invalid_line_named(tmp_path):
         load_data(jsonl_cfg(p))
     assert str(p) in str(info.value)
     assert "line 3" in str(info.value)
+
+
+def test_jsonl_a_key_written_twice_is_refused(tmp_path):
+    # json.loads keeps the last value without a word; a csv header or a YAML key written
+    # twice is refused, and so is this.
+    p = tmp_path / "t.jsonl"
+    p.write_text(
+        '{"title": "a", "description": "x", "label": 0}\n\n'
+        '{"title": "a", "description": "x", "description": "OVERRIDDEN", "label": 1}\n'
+    )
+    with pytest.raises(DataError) as info:
+        load_data(jsonl_cfg(p, text=("title", "description")))
+    assert str(info.value) == f'{p}: line 3: the key "description" appears twice'
+    # inside a value ktune does not read, a key written twice changes nothing: accepted
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(10)]
+    p.write_text("".join(json.dumps(r)[:-1] + ', "meta": {"k": 1, "k": 2}}\n' for r in rows))
+    assert load_data(jsonl_cfg(p)).class_names == ["0", "1"]
 
 
 def test_jsonl_line_not_an_object(tmp_path):
