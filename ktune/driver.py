@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from ktune.errors import ExperimentError
 from ktune.experiment_dir import DRIVER_FILE, write_driver_file
 from ktune.tables import format_duration
 
@@ -36,6 +37,8 @@ __all__ = [
     "last_alive",
     "running_elsewhere",
     "silent_after",
+    "CLAIM_FILE",
+    "claimed",
 ]
 
 HEARTBEAT_S = 60.0  # a running driver rewrites driver.json this often
@@ -192,3 +195,66 @@ def driver_state(info: dict) -> str:
     if info.get("process_start") and str(info["process_start"]) != started:
         return "gone"  # the number now belongs to another process
     return "running"
+
+
+# Written by a `ktune run` into its experiment folder while it starts (claimed).
+CLAIM_FILE = ".ktune-claim"
+
+
+@contextlib.contextmanager
+def claimed(exp_dir: Path) -> Iterator[None]:
+    """The experiment folder, claimed by this process for the run's start-up.
+
+    ``ktune run`` checks that its folder is empty, then starts Ray and loads the data
+    (seconds) before it writes its own files there. A second run of the same experiment
+    started meanwhile passed the same check, and the two then trained into one folder,
+    one study and one export. The claim is a file created exclusively (``O_EXCL``) right
+    after the check: the second run is refused with one line. It is removed on exit,
+    once the run's own files are in the folder (they keep any later run out), or when
+    the start-up fails; the folder too, when the run made it and nothing else is in it,
+    so a failed start leaves nothing that blocks a re-run. A claim whose process is gone
+    (a run killed while it started) is taken over."""
+    made = [d for d in (exp_dir, *exp_dir.parents) if not d.exists()]  # innermost first
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    path = exp_dir / CLAIM_FILE
+    for attempt in (0, 1):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _read_claim(path)
+            if attempt == 0 and holder is not None and driver_state(holder) == "gone":
+                with contextlib.suppress(OSError):
+                    path.unlink()  # left by a run killed while it started
+                continue
+            pid = f" (pid {holder['pid']} on {holder.get('host')})" if holder else ""
+            raise ExperimentError(
+                f"{exp_dir}: another ktune run{pid} is starting this experiment; ktune never "
+                "lets two runs write one folder (choose another name or --storage)"
+            ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({**identity(), "command": "run", "ended": None}, f)
+        break
+    try:
+        if any(p.name != CLAIM_FILE for p in exp_dir.iterdir()):  # a run that started first
+            raise ExperimentError(
+                f"{exp_dir}: experiment directory already exists; ktune never overwrites "
+                "results (choose another name or --storage)"
+            )
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        for folder in made:  # only when empty: the start-up failed before any file
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _read_claim(path: Path) -> dict | None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        int(info["pid"]), float(info["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # being written by its run: held
+    return info if isinstance(info, dict) else None

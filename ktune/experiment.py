@@ -18,6 +18,7 @@ The driver is quiet unless asked: Ray's own tables and the workers' log lines ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,9 @@ from typing import Any, Callable, Sequence
 from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig
 from ktune.driver import (
+    CLAIM_FILE,
     DRIVER_FILE,
+    claimed,
     driver_marked,
     driver_state,
     read_driver,
@@ -93,7 +96,9 @@ def check_targets(cfg: ExperimentConfig) -> None:
         where = storage.redact(cfg.experiment_path)
     else:
         exp_dir = cfg.experiment_dir
-        taken, where = exp_dir.exists() and any(exp_dir.iterdir()), str(exp_dir)
+        # (a claim alone: a run starting, or one killed while it started; see claimed)
+        taken = exp_dir.exists() and any(p.name != CLAIM_FILE for p in exp_dir.iterdir())
+        where = str(exp_dir)
     if taken:
         raise ExperimentError(
             f"{where}: experiment directory already exists; ktune never overwrites results "
@@ -278,30 +283,36 @@ def run_search(
     check_targets(cfg)
     check_address(cfg.address)
     _check_tracking(cfg)
-    # Ray first: when it cannot start, nothing has been written that blocks a re-run.
-    data, prepared, payload = prepare_while_ray_starts(cfg, verbose)
     exp_dir = cfg.experiment_dir
-    if cfg.remote:
-        # Only a working copy: the remote experiment, checked empty above, is the truth,
-        # so whatever an earlier run left in this folder goes.
-        shutil.rmtree(exp_dir, ignore_errors=True)
-        log.info(
-            "results: %s (ktune's files staged in %s)", storage.redact(cfg.experiment_path), exp_dir
+    # Claimed while it starts, against a second run of this experiment (local storage);
+    # Ray first: when it cannot start, nothing is left that blocks a re-run.
+    with contextlib.nullcontext() if cfg.remote else claimed(exp_dir):
+        data, prepared, payload = prepare_while_ray_starts(cfg, verbose)
+        if cfg.remote:
+            # Only a working copy: the remote experiment, checked empty above, is the truth,
+            # so whatever an earlier run left in this folder goes.
+            shutil.rmtree(exp_dir, ignore_errors=True)
+            log.info(
+                "results: %s (ktune's files staged in %s)",
+                storage.redact(cfg.experiment_path),
+                exp_dir,
+            )
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        as_run = experiment_as_run(cfg.source_path, cfg.document)
+        if as_run is not None:
+            experiment_dir.write_experiment_file(exp_dir, as_run)
+        else:
+            log.warning(
+                "%s: the experiment has no YAML form (a value YAML cannot hold), so it "
+                "cannot be resumed; pass plain values or a file",
+                storage.redact(cfg.experiment_path),
+            )
+        experiment_dir.write_spec(
+            exp_dir,
+            experiment_dir.new_spec(
+                cfg, data.class_names, prepared.artefacts, payload.verify_texts
+            ),
         )
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    as_run = experiment_as_run(cfg.source_path, cfg.document)
-    if as_run is not None:
-        experiment_dir.write_experiment_file(exp_dir, as_run)
-    else:
-        log.warning(
-            "%s: the experiment has no YAML form (a value YAML cannot hold), so it "
-            "cannot be resumed; pass plain values or a file",
-            storage.redact(cfg.experiment_path),
-        )
-    experiment_dir.write_spec(
-        exp_dir,
-        experiment_dir.new_spec(cfg, data.class_names, prepared.artefacts, payload.verify_texts),
-    )
     with driver_marked(exp_dir, "run", push=lambda: push_staged(cfg, [DRIVER_FILE])):
         # URI storage: claims the name on the storage and makes the run resumable
         push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE, DRIVER_FILE])

@@ -7,6 +7,7 @@ tests starts Ray: each asserts it is still not running.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -202,6 +203,70 @@ def test_cli_run_never_touches_an_existing_folder_of_results(tmp_path, capsys):
     assert "experiment directory already exists" in err
     assert _snapshot(tmp_path) == before
     assert _ray_untouched()
+
+
+def test_a_second_run_of_an_experiment_that_is_starting_is_refused(tmp_path, capsys):
+    """Two ``ktune run`` of one experiment started together (a double Enter, a retried
+    job) both passed the empty-folder check, then trained into one folder, one study and
+    one export (an audit: 8 trials in a 4-trial folder, best.json naming one trial and
+    the export another). The first run claims the folder as it starts: the second is one
+    line naming the first's process, exit 2, before any work; the claim is gone once the
+    first run's start-up ends."""
+    from ktune.driver import CLAIM_FILE, claimed
+
+    exp = _write_experiment(tmp_path)
+    exp_dir = tmp_path / "results" / "tiny"
+    with claimed(exp_dir):  # the first run, starting (Ray, data)
+        assert [p.name for p in exp_dir.iterdir()] == [CLAIM_FILE]
+        before = _snapshot(tmp_path)
+        assert main(["run", str(exp)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"ktune: error: {exp_dir}: another ktune run (pid {os.getpid()} on "
+            f"{socket.gethostname()}) is starting this experiment; ktune never lets two "
+            "runs write one folder (choose another name or --storage)"
+        ]
+        assert _snapshot(tmp_path) == before
+        assert _ray_untouched()
+        # its files written, the first run's start-up ends
+        (exp_dir / "ktune.json").write_text("{}")
+    assert [p.name for p in exp_dir.iterdir()] == ["ktune.json"]
+    assert main(["run", str(exp)]) == 2
+    assert "experiment directory already exists" in capsys.readouterr().err
+
+
+def test_the_claim_of_a_run_killed_while_it_started_is_taken_over(tmp_path):
+    """A claim whose process is gone (SIGKILL during the start-up) blocks nothing: the
+    next run takes it over. A start-up that fails removes its claim and the folders it
+    made. A run that claims after another run's start-up ended (its files in the
+    folder) is refused as the folder being taken."""
+    import json
+    import subprocess
+
+    from ktune.driver import CLAIM_FILE, claimed, identity
+
+    exp_dir = tmp_path / "results" / "tiny"
+    exp_dir.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = {**identity(), "pid": gone.pid, "process_start": "0", "ended": None}
+    (exp_dir / CLAIM_FILE).write_text(json.dumps(dead))
+    check_targets(parse_config(tiny_experiment(tmp_path)))  # a claim alone: not taken
+    with claimed(exp_dir):
+        claim = json.loads((exp_dir / CLAIM_FILE).read_text())
+        assert claim["pid"] == os.getpid()
+    assert list(exp_dir.iterdir()) == []  # the claim goes with the start-up
+
+    fresh = tmp_path / "elsewhere" / "runs" / "tiny"
+    with pytest.raises(RuntimeError, match="Ray did not start"), claimed(fresh):
+        raise RuntimeError("Ray did not start")
+    assert not (tmp_path / "elsewhere").exists()  # nothing blocks a re-run
+
+    (exp_dir / "ktune.json").write_text("{}")  # a run whose start-up ended first
+    with pytest.raises(ExperimentError, match="experiment directory already exists"):
+        with claimed(exp_dir):
+            pass
+    assert [p.name for p in exp_dir.iterdir()] == ["ktune.json"]
 
 
 def test_ray_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, capsys):
