@@ -48,6 +48,7 @@ __all__ = [
     "read_spec",
     "read_experiment",
     "read_best",
+    "relocated",
     "read_results",
     "read_remote_spec",
     "fetch_experiment",
@@ -90,7 +91,8 @@ def read_spec(exp_dir: str | Path) -> dict:
         raise ExperimentError(f"{d}: no such experiment directory")
     if not (d / SPEC_FILE).is_file():
         raise ExperimentError(f"{d}: not a ktune experiment directory (no {SPEC_FILE})")
-    return _json_object(d, SPEC_FILE)
+    spec = _json_object(d, SPEC_FILE)
+    return relocated(spec, spec.get("experiment_path"), d)
 
 
 def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
@@ -106,7 +108,36 @@ def read_best(exp_dir: str | Path) -> dict | None:
     """``best.json`` of the local experiment folder ``exp_dir`` (the search finished), or
     None when there is none yet; one clear error when it cannot be read."""
     d = Path(exp_dir)
-    return _json_object(d, BEST_FILE) if (d / BEST_FILE).is_file() else None
+    if not (d / BEST_FILE).is_file():
+        return None
+    best = _json_object(d, BEST_FILE)
+    ran_in = (
+        _json_object(d, SPEC_FILE).get("experiment_path") if (d / SPEC_FILE).is_file() else None
+    )
+    return relocated(best, ran_in, d)
+
+
+def relocated(doc: Any, ran_in: Any, here: Path) -> Any:
+    """``doc`` (``ktune.json``'s or ``best.json``'s contents) with every local path inside
+    the folder the search ran in (``ran_in``: ktune.json's ``experiment_path``) rebased
+    onto ``here``, where the folder is read now. A moved or copied experiment reads its
+    own checkpoints and export: never the original's, gone or changed since."""
+    if not isinstance(ran_in, str) or not ran_in or storage.is_uri(ran_in):
+        return doc
+    old, new = ran_in.rstrip("/"), str(Path(here).resolve())
+    if old == new:
+        return doc
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+            return new + value[len(old) :]
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return move(doc)
 
 
 def _json_object(d: Path, name: str) -> dict:

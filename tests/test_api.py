@@ -171,6 +171,43 @@ def test_predict_export_and_model_agree(finished, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_moved_or_copied_experiment_reads_its_own_checkpoints(finished, tmp_path):
+    """``best.json`` and ``ktune.json`` record absolute paths. A copy of an experiment
+    folder read the original's checkpoint (pruning or deleting the original silently
+    changed what the copy served), and a moved one failed with TensorFlow's
+    NotFoundError on the old path. Paths inside the folder the search ran in now read as
+    inside the folder being read."""
+    import shutil
+
+    from ktune.cli import main
+    from ktune.report.load import load_experiment
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished.dir, copy)
+    r = ktune.load(copy)
+    assert Path(r.best_checkpoint.path).parent.parent == copy.resolve()
+    assert Path(r.export_dir) == copy.resolve() / "export"
+    assert r.spec["experiment_path"] == str(copy.resolve())
+    # moved: the folder it ran in is gone
+    moved = tmp_path / "moved"
+    shutil.copytree(finished.dir, moved)
+    gone = str(tmp_path / "gone" / "api")
+    for name in ("ktune.json", "best.json"):
+        text = (moved / name).read_text().replace(str(finished.dir.resolve()), gone)
+        assert gone in text
+        (moved / name).write_text(text)
+    m = ktune.load(moved)
+    assert m.predict(TEXTS) == finished.predict(TEXTS)
+    m.best.pop("export")  # from the checkpoint (the old path no longer exists)
+    assert [p["label"] for p in m.predict(TEXTS)] == [p["label"] for p in finished.predict(TEXTS)]
+    assert main(["export", str(moved), "--out", str(tmp_path / "out")]) == 0
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["checkpoint"].startswith(str(moved.resolve()))
+    record = load_experiment(moved)
+    assert record.best_info["checkpoint"].startswith(str(moved.resolve()))
+
+
+@pytest.mark.slow
 def test_load_reads_a_finished_experiment_the_same_way(finished):
     r = ktune.load(str(finished.dir))
     assert r.best == json.loads((finished.dir / "best.json").read_text())

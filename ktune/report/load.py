@@ -36,6 +36,7 @@ from ktune.experiment_dir import (
     INTERRUPTED_FILE,
     RESULTS_FILE,
     SPEC_FILE,
+    relocated,
 )
 from ktune.tables import last_line, status_label
 
@@ -355,11 +356,13 @@ def load_experiment(exp_dir: str | Path) -> ExperimentRecord:
     except (OSError, ValueError) as e:
         raise ExperimentError(f"{d}: unreadable {SPEC_FILE} ({e})") from None
     d = d.resolve()
+    ran_in = spec.get("experiment_path")  # a folder moved or copied since: its own paths
+    spec = relocated(spec, ran_in, d)
     notes: list[str] = []
     best_info = None
     if (d / BEST_FILE).is_file():
         try:
-            best_info = _read_json(d / BEST_FILE)
+            best_info = relocated(_read_json(d / BEST_FILE), ran_in, d)
         except (OSError, ValueError):
             notes.append(f"{BEST_FILE} could not be read; the report treats the search as running.")
     epochs = int((spec.get("training") or {}).get("epochs", 0))
