@@ -56,7 +56,8 @@ def _experiment_config(experiment: Any, overrides: Mapping[str, Any]) -> Experim
     """An ExperimentConfig from a YAML path, a dict or a config, with ``overrides``.
 
     Overrides are the CLI's (``num_samples``, ``storage``, ``address``) or whole sections
-    of the experiment file merged key by key (``training={"epochs": 1}``).
+    of the experiment file merged key by key (``training={"epochs": 1}``); ``search.space``
+    merges hyperparameter by hyperparameter.
     """
     from ktune.config import TOP_LEVEL
 
@@ -103,7 +104,12 @@ def _experiment_config(experiment: Any, overrides: Mapping[str, Any]) -> Experim
         )
     for name, value in sections.items():
         if isinstance(value, Mapping) and isinstance(raw.get(name), Mapping):
-            raw[name] = {**raw[name], **value}
+            merged = {**raw[name], **value}
+            space, over = raw[name].get("space"), value.get("space")
+            if name == "search" and isinstance(space, Mapping) and isinstance(over, Mapping):
+                # hyperparameter by hyperparameter, as the file's space over the family's
+                merged["space"] = {**space, **over}
+            raw[name] = merged
         else:
             raw[name] = value
     return parse_config(raw, base_dir=base, source_path=source, **flat)

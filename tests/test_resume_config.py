@@ -118,6 +118,22 @@ def test_resume_runs_the_sections_the_python_api_merged_in(project, tmp_path):
     assert written["data"]["train"] == "data/train.csv"
 
 
+def test_a_space_merged_in_from_python_keeps_the_files_other_hyperparameters(project):
+    """``ktune.run(file, search={"space": {"embed_dim": [16]}})`` replaced the file's whole
+    space: its learning-rate range (and every other override of the family's defaults)
+    was dropped without a word, and the trials drew the family's defaults (an audit, on
+    examples/agnews_sample.yaml). The space merges hyperparameter by hyperparameter."""
+    cfg = _experiment_config(project / "mine.yaml", {"search": {"space": {"embed_dim": [32]}}})
+    plain = _experiment_config(project / "mine.yaml", {})
+    assert cfg.search.space["embed_dim"] != plain.search.space["embed_dim"]
+    assert cfg.search.space["learning_rate"] == plain.search.space["learning_rate"]
+    written = yaml.safe_load(cfg.document)["search"]["space"]
+    assert written == {
+        "embed_dim": [32],
+        "learning_rate": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+    }
+
+
 def test_the_experiment_as_run_holds_num_samples_as_run(project, tmp_path):
     """``--num-samples`` / ``num_samples=`` is what ran: experiment.yaml says so (and then
     is the file as parsed); ``--storage`` alone leaves the file as written, comments and
