@@ -155,7 +155,7 @@ class ExperimentResult:
         if taken and not force:
             raise ExperimentError(
                 f"{storage.redact(target)}: export target already exists "
-                "(use --force to replace it)"
+                "(use force=True to replace it)"  # (the CLI's --force is not this call's)
             )
         from ktune.export import export_best
 
