@@ -731,8 +731,8 @@ def test_a_resumes_wall_time_says_it_is_the_resumes(tmp_path):
     record = load_experiment(exp)
     assert record.wall_time() == (30.0, "resume")
     assert (
-        "wall time 30s (the resume that finished it; not the run a crash cut short)"
-        in summary_text(record, {})
+        "wall time 30s (the resume that finished it; not the run it continued, cut short "
+        "by a crash or a stop)" in summary_text(record, {})
     )
 
 

@@ -177,5 +177,6 @@ def wall_note(how: str) -> str:
     """What a wall time counts, after it (:meth:`ExperimentRecord.wall_time`'s ``how``)."""
     return {
         "trials": " (trial results so far)",
-        "resume": " (the resume that finished it; not the run a crash cut short)",
+        "resume": " (the resume that finished it; not the run it continued, cut short by a "
+        "crash or a stop)",
     }.get(how, "")
