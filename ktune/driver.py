@@ -39,6 +39,7 @@ __all__ = [
     "silent_after",
     "CLAIM_FILE",
     "claimed",
+    "holds_results",
 ]
 
 HEARTBEAT_S = 60.0  # a running driver rewrites driver.json this often
@@ -124,8 +125,13 @@ def driver_marked(
 
 def read_driver(exp_dir: Path) -> dict | None:
     """``driver.json`` of ``exp_dir``; None when there is none (or it cannot be read)."""
+    return _read_identity(Path(exp_dir) / DRIVER_FILE)
+
+
+def _read_identity(path: Path) -> dict | None:
+    """A process's :func:`identity` written to ``path`` (driver.json, a claim), or None."""
     try:
-        info = json.loads((Path(exp_dir) / DRIVER_FILE).read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8"))
         int(info["pid"]), float(info["time"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -201,6 +207,12 @@ def driver_state(info: dict) -> str:
 CLAIM_FILE = ".ktune-claim"
 
 
+def holds_results(exp_dir: Path) -> bool:
+    """Whether ``exp_dir`` holds anything but a claim (a run starting, or one killed while
+    it started: see :func:`claimed`)."""
+    return exp_dir.exists() and any(p.name != CLAIM_FILE for p in exp_dir.iterdir())
+
+
 @contextlib.contextmanager
 def claimed(exp_dir: Path) -> Iterator[None]:
     """The experiment folder, claimed by this process for the run's start-up.
@@ -221,7 +233,7 @@ def claimed(exp_dir: Path) -> Iterator[None]:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            holder = _read_claim(path)
+            holder = _read_identity(path)  # None: being written by its run, so held
             if attempt == 0 and holder is not None and driver_state(holder) == "gone":
                 with contextlib.suppress(OSError):
                     path.unlink()  # left by a run killed while it started
@@ -235,7 +247,7 @@ def claimed(exp_dir: Path) -> Iterator[None]:
             json.dump({**identity(), "command": "run", "ended": None}, f)
         break
     try:
-        if any(p.name != CLAIM_FILE for p in exp_dir.iterdir()):  # a run that started first
+        if holds_results(exp_dir):  # a run that started first
             raise ExperimentError(
                 f"{exp_dir}: experiment directory already exists; ktune never overwrites "
                 "results (choose another name or --storage)"
@@ -249,12 +261,3 @@ def claimed(exp_dir: Path) -> Iterator[None]:
                 folder.rmdir()
             except OSError:
                 break
-
-
-def _read_claim(path: Path) -> dict | None:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        int(info["pid"]), float(info["time"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # being written by its run: held
-    return info if isinstance(info, dict) else None

@@ -33,11 +33,11 @@ from typing import Any, Callable, Sequence
 from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig
 from ktune.driver import (
-    CLAIM_FILE,
     DRIVER_FILE,
     claimed,
     driver_marked,
     driver_state,
+    holds_results,
     read_driver,
     running_elsewhere,
     silent_after,
@@ -96,9 +96,7 @@ def check_targets(cfg: ExperimentConfig) -> None:
         where = storage.redact(cfg.experiment_path)
     else:
         exp_dir = cfg.experiment_dir
-        # (a claim alone: a run starting, or one killed while it started; see claimed)
-        taken = exp_dir.exists() and any(p.name != CLAIM_FILE for p in exp_dir.iterdir())
-        where = str(exp_dir)
+        taken, where = holds_results(exp_dir), str(exp_dir)
     if taken:
         raise ExperimentError(
             f"{where}: experiment directory already exists; ktune never overwrites results "
