@@ -332,6 +332,20 @@ def _csv_records(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
         yield line, fields
 
 
+def _counted(
+    path: str, records: Iterator[tuple[int, list[str]]], width: int, named: str
+) -> Iterator[tuple[int, list[str]]]:
+    """The records that are not blank lines, each one ``width`` fields long; one that is
+    not is a DataError naming its line and what ``named`` the fields."""
+    for line, fields in records:
+        if not fields:  # a blank line
+            continue
+        if len(fields) != width:
+            n = len(fields)
+            raise DataError(f"{path}: line {line}: {n} field{'s' * (n != 1)}, {named}")
+        yield line, fields
+
+
 def _header_rows(path: str, records: Iterator[tuple[int, list[str]]]) -> Iterable[tuple[int, dict]]:
     """Rows of a csv file with a header row, keyed by its names; (first line, row)."""
     header = next(records, (1, []))[1]
@@ -340,15 +354,8 @@ def _header_rows(path: str, records: Iterator[tuple[int, list[str]]]) -> Iterabl
     twice = sorted({h for h in header if header.count(h) > 1})
     if twice:
         raise DataError(f"{path}: line 1: the header names {', '.join(twice)} twice")
-    for line, fields in records:
-        if not fields:  # a blank line
-            continue
-        if len(fields) != len(header):
-            n = len(fields)
-            raise DataError(
-                f"{path}: line {line}: {n} field{'s' * (n != 1)}, the header has "
-                f"{len(header)} ({', '.join(header)}); quote a text holding a comma"
-            )
+    named = f"the header has {len(header)} ({', '.join(header)}); quote a text holding a comma"
+    for line, fields in _counted(path, records, len(header), named):
         yield line, dict(zip(header, fields))
 
 
@@ -356,14 +363,8 @@ def _headerless_rows(
     path: str, records: Iterator[tuple[int, list[str]]], columns: list[str]
 ) -> Iterable[tuple[int, dict]]:
     """Rows of a csv file without a header row, keyed by ``data.columns``; (first line, row)."""
-    for line, fields in records:
-        if not fields:  # a blank line
-            continue
-        if len(fields) != len(columns):
-            raise DataError(
-                f"{path}: line {line}: {len(fields)} field{'s' * (len(fields) != 1)}, "
-                f"data.columns names {len(columns)} ({', '.join(columns)})"
-            )
+    named = f"data.columns names {len(columns)} ({', '.join(columns)})"
+    for line, fields in _counted(path, records, len(columns), named):
         if line == 1 and [f.strip().casefold() for f in fields] == [c.casefold() for c in columns]:
             raise DataError(
                 f"{path}: line 1 is a header row ({', '.join(columns)}); data.columns is for "
