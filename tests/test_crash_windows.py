@@ -299,7 +299,8 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path, l
     from ray.train._internal.session import _TrainingResult
     from ray.tune import Checkpoint
 
-    from ktune.ray_state import BUNDLE_FILE, SET_ASIDE_DIR, UNREPORTED_FILE, repair
+    from ktune.ray_checkpoints import UNREPORTED_FILE
+    from ktune.ray_state import BUNDLE_FILE, SET_ASIDE_DIR, repair
     from ktune.trainables.base import _continuations, _read_info, _unreported
 
     raw = tiny_experiment(tmp_path)
@@ -335,6 +336,11 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path, l
     meta["checkpoint_manager"]["value"] = cloudpickle.dumps(manager).hex()
     meta["last_result"]["epoch"] = 1
     state["trial_data"][0][1] = json.dumps(meta)
+    trial_state = json.loads(state["trial_data"][0][0])
+    storage = cloudpickle.loads(bytes.fromhex(trial_state["storage"]["value"]))
+    storage.current_checkpoint_index = 0  # Ray's count when it registered the first epoch's
+    trial_state["storage"]["value"] = cloudpickle.dumps(storage).hex()
+    state["trial_data"][0][0] = json.dumps(trial_state)
     newest.write_text(json.dumps(state))
     (exp_dir / BUNDLE_FILE).unlink()  # ktune's copy of the snapshot would say the same
 
@@ -354,6 +360,12 @@ def test_snapshot_naming_a_deleted_checkpoint_is_pointed_at_the_next(tmp_path, l
     # decided the stop, is left out, as a search never interrupted leaves it out
     assert [info["epoch"] for _, info in _continuations(origin, stored, 2)] == [2]
     assert not gone.exists()  # a part-deleted folder is set aside, not left to Ray
+    # Ray names the trial's next checkpoint folder by its count in the snapshot: counted
+    # past the handed one, the next epoch goes to a folder of its own, not over it
+    trial_state = json.loads(json.loads(newest.read_text())["trial_data"][0][0])
+    storage = cloudpickle.loads(bytes.fromhex(trial_state["storage"]["value"]))
+    storage._update_checkpoint_index({})
+    assert storage.checkpoint_dir_name == "checkpoint_000003"
     if left == "the weights":
         [kept] = (exp_dir / SET_ASIDE_DIR).glob(f"*/{trial.name}/checkpoint_000000")
         assert sorted(f.name for f in kept.iterdir()) == sorted(

@@ -93,6 +93,12 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(tmp_path, ray_session, a
     for trial in rows:
         lines = (exp_dir / trial / "result.json").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [1, 2], trial
+        # each epoch's checkpoint in a folder of its own: the one registered on resume is
+        # not written over by the next epoch's (which Ray then deleted as the worse one's,
+        # taking the best trial's checkpoint with it: CI 2026-12-06)
+        folders = sorted((exp_dir / trial).glob("checkpoint_*"))
+        epochs = [json.loads((f / "metrics.json").read_text())["epoch"] for f in folders]
+        assert epochs == [1, 2], (trial, [f.name for f in folders])
     if at == "result":  # continued from its checkpoint, not trained again from epoch 0
         assert rows[ctrl_c.trial]["resumed_from_epoch"] == "1"
     else:  # the finished trial is kept as it was

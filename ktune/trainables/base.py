@@ -367,8 +367,8 @@ def asha_stop_epoch() -> int | None:
 
 def _unreported(checkpoint) -> int | None:
     """The epoch Ray last recorded, when ``ktune resume`` handed this checkpoint in place
-    of a deleted one (:func:`ktune.ray_state.relink_deleted_checkpoints`)."""
-    from ktune.ray_state import UNREPORTED_FILE
+    of a deleted one (:func:`ktune.ray_checkpoints.relink_deleted_checkpoints`)."""
+    from ktune.ray_checkpoints import UNREPORTED_FILE
 
     try:
         with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{UNREPORTED_FILE}") as f:
@@ -474,7 +474,7 @@ def report_missed_epochs(missed: list) -> None:
 
     from ray import tune
 
-    from ktune.ray_state import UNREPORTED_FILE
+    from ktune.ray_checkpoints import UNREPORTED_FILE
 
     for checkpoint, info in missed:
         with (
