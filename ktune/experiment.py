@@ -278,6 +278,8 @@ def run_search(
     from ktune.tuner import build_tuner
 
     started = time.time()
+    if export is not None:  # kept in ktune.json: its resume exports as this run would
+        cfg = replace(cfg, export=replace(cfg.export, enabled=export))
     check_targets(cfg)
     check_address(cfg.address)
     _check_tracking(cfg)
@@ -423,7 +425,9 @@ def resume_config(
         cfg,
         name=name,
         data=DataConfig(**data_cfg),
-        export=replace(cfg.export, dir=spec["export_dir"]),
+        export=replace(
+            cfg.export, dir=spec["export_dir"], enabled=spec.get("export", cfg.export.enabled)
+        ),
         staging_dir=staging_dir,
     )
 

@@ -281,6 +281,7 @@ def new_spec(
         "mode": cfg.search.mode,
         "num_samples": cfg.search.num_samples,
         "export_dir": cfg.export_path,
+        "export": cfg.export.enabled,  # as run (export=False, --no-export): so resumed
         "experiment_path": cfg.experiment_path,
         # URI storage: the local working copy; resume stages into the same folder,
         # where the Optuna searcher that Ray saved expects its journal.
