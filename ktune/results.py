@@ -55,6 +55,16 @@ def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict] | N
     return None if best is None else (best[0], best[1])
 
 
+def searched_config(cfg: ExperimentConfig, config: Any) -> dict:
+    """A trial's hyperparameters as ``best.json`` shows them: without the searcher's own
+    draw names (``heads_for_embed_dim_64``, Optuna's name for ``heads`` drawn among the
+    divisors of that ``embed_dim``), which no model reads."""
+    from ktune.search_spaces import get_space
+
+    space = get_space(cfg.family)
+    return {k: v for k, v in (config or {}).items() if not space.is_draw_name(k)}
+
+
 def _best_result(grid: Any, metric: str, mode: str) -> Any:
     """The trial whose best kept checkpoint is best (the first of equals, in grid order).
 
@@ -120,7 +130,7 @@ def finish_search(
     best_info = {
         "trial": Path(best.path).name,
         "trial_dir": _location(cfg, best.path),
-        "config": dict(best.config),
+        "config": searched_config(cfg, best.config),
         "metrics": _best_json_metrics(best_metrics),
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
@@ -260,7 +270,7 @@ def pareto_entries(cfg: ExperimentConfig, grid: Any, rows: list[dict]) -> list[d
         entries.append(
             {
                 "trial": row["trial"],
-                "config": dict(result.config),
+                "config": searched_config(cfg, result.config),
                 "objectives": {o.metric: row[o.metric] for o in objectives},
                 "checkpoint": _location(cfg, checkpoint.path),
                 "result": result,

@@ -48,6 +48,8 @@ def test_search_results(finished):
     assert len(rows) == 1 + cfg.search.num_samples
     saved = json.loads((exp_dir / "best.json").read_text())
     assert saved["config"]["embed_dim"] % saved["config"]["heads"] == 0
+    # the hyperparameters, not Optuna's name for heads drawn per embed_dim
+    assert not [k for k in saved["config"] if k.startswith("heads_for")], saved["config"]
     assert saved["config"]["embed_dim"] in (8, 16)
     assert 0.0 <= saved["metrics"]["val_accuracy"] <= 1.0
     assert 0.0 <= saved["test_accuracy"] <= 1.0
