@@ -102,8 +102,10 @@ def _experiment_config(experiment: Any, overrides: Mapping[str, Any]) -> Experim
             f"experiment: expected a YAML file, a dict or an ExperimentConfig, "
             f"got {type(experiment).__name__}"
         )
+    from_file = set()  # "section.key" the merge kept from the file
     for name, value in sections.items():
         if isinstance(value, Mapping) and isinstance(raw.get(name), Mapping):
+            from_file |= {f"{name}.{k}" for k in raw[name] if k not in value}
             merged = {**raw[name], **value}
             space, over = raw[name].get("space"), value.get("space")
             if name == "search" and isinstance(space, Mapping) and isinstance(over, Mapping):
@@ -112,7 +114,17 @@ def _experiment_config(experiment: Any, overrides: Mapping[str, Any]) -> Experim
             raw[name] = merged
         else:
             raw[name] = value
-    return parse_config(raw, base_dir=base, source_path=source, **flat)
+    try:
+        return parse_config(raw, base_dir=base, source_path=source, **flat)
+    except ConfigError as e:
+        key = str(e).split(":", 1)[0]
+        if key in from_file:  # the user did not write it in this call: say where it is
+            name = key.split(".", 1)[0]
+            raise ConfigError(
+                f"{e} ({key} is the experiment file's: the {name}= override merges into "
+                f"the file's {name} section key by key)"
+            ) from e
+        raise
 
 
 def run(

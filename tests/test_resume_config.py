@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ktune.api import _experiment_config
-from ktune.errors import ExperimentError
+from ktune.errors import ConfigError, ExperimentError
 from ktune.experiment import resume_config, resume_search
 from ktune.experiment_dir import (
     EXPERIMENT_FILE,
@@ -132,6 +132,22 @@ def test_a_space_merged_in_from_python_keeps_the_files_other_hyperparameters(pro
         "embed_dim": [32],
         "learning_rate": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
     }
+
+
+def test_an_override_error_on_a_key_the_file_set_says_so(project):
+    """``ktune.run(file, data={"source": "builtin"})`` merges into the file's data section:
+    its csv keys stay, and the error names one the caller never wrote (an audit). The
+    message says where it comes from; an error in the caller's own key is left as it is."""
+    with pytest.raises(ConfigError) as caught:
+        _experiment_config(project / "mine.yaml", {"data": {"source": "builtin"}})
+    message = str(caught.value)
+    key = message.split(":", 1)[0]
+    assert key in {"data.train", "data.text", "data.test_fraction"}, message
+    assert f"({key} is the experiment file's: the data= override merges" in message
+    with pytest.raises(ConfigError) as caught:
+        _experiment_config(project / "mine.yaml", {"training": {"epochs": 0}})
+    assert str(caught.value).startswith("training.epochs:")
+    assert "experiment file's" not in str(caught.value)
 
 
 def test_the_experiment_as_run_holds_num_samples_as_run(project, tmp_path):
