@@ -272,3 +272,33 @@ def run_script_for_result(script: str, *args: str, timeout: int = 600) -> dict:
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
+
+
+def assert_checkpoints_hold_their_results(exp_dir: Path) -> int:
+    """Every checkpoint Ray keeps for a trial holds the weights it was reported with:
+    restored, it scores the val_loss and val_accuracy recorded beside it, on the
+    validation split read again. A resume that writes one epoch into another epoch's
+    folder breaks this and nothing else (CI 2026-12-06). Returns the number checked."""
+    from ktune.config import DataConfig, TrainingConfig
+    from ktune.data import load_data
+    from ktune.experiment_dir import read_spec
+    from ktune.rebuild import family_of_record, restore_from_record
+    from ktune.results import evaluate_model
+
+    spec = read_spec(exp_dir)
+    data = load_data(
+        DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()})
+    )
+    family, training = family_of_record(spec), TrainingConfig(**spec["training"])
+    checked = 0
+    for result in ktune.load(exp_dir).grid:
+        for checkpoint, metrics in result.best_checkpoints:
+            model = restore_from_record(family, result.config, spec, checkpoint.path)
+            got = evaluate_model(family, model, spec["artefacts"], data, training, split="val")
+            where = f"{Path(checkpoint.path).parent.name}/{Path(checkpoint.path).name}"
+            assert got["loss"] == pytest.approx(metrics["val_loss"], abs=1e-3), where
+            assert abs(got["accuracy"] - metrics["val_accuracy"]) <= 1.01 / len(data.val_labels), (
+                where
+            )
+            checked += 1
+    return checked

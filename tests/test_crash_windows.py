@@ -28,6 +28,7 @@ from ktune.ray_state import is_state_file
 
 from conftest import (
     REPO,
+    assert_checkpoints_hold_their_results,
     journal_study,
     kill_ray_under,
     ktune_cli,
@@ -239,6 +240,7 @@ def test_five_kills_and_resumes_lose_nothing(tmp_path, ray_tmp):
     assert {f"trial_{t.trial_id}" for t in analysis.trials} == set(rows)
     assert {t.status for t in analysis.trials} == {"TERMINATED"}
 
+    assert assert_checkpoints_hold_their_results(exp_dir) >= TRIALS
     best = json.loads((exp_dir / "best.json").read_text())
     assert best["trial"] in rows and best["num_trials"] == TRIALS
     export = exp_dir / "export"

@@ -18,6 +18,7 @@ from ktune.report.text import status_line
 
 from conftest import (
     CtrlC,
+    assert_checkpoints_hold_their_results,
     journal_study,
     ktune_cli,
     ktune_run_in_its_own_group,
@@ -100,6 +101,7 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(tmp_path, ray_session, a
         folders = sorted((exp_dir / trial).glob("checkpoint_*"))
         epochs = [json.loads((f / "metrics.json").read_text())["epoch"] for f in folders]
         assert epochs == [1, 2], (trial, [f.name for f in folders])
+    assert assert_checkpoints_hold_their_results(exp_dir) == 6  # 3 trials, 2 epochs each
     if at == "result":  # continued from its checkpoint, not trained again from epoch 0
         assert rows[ctrl_c.trial]["resumed_from_epoch"] == "1"
     else:  # the finished trial is kept as it was

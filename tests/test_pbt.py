@@ -238,7 +238,7 @@ def test_an_exploited_trial_starts_from_the_donors_weights_with_its_new_rate(
 
 @pytest.mark.slow
 def test_resume_of_a_killed_pbt_search(tmp_path, ray_tmp):
-    from conftest import kill_ray_under
+    from conftest import assert_checkpoints_hold_their_results, kill_ray_under
     from test_resume import ktune_cli, last_checkpoints
 
     raw = pbt_experiment(tmp_path, "pbt")
@@ -287,6 +287,9 @@ def test_resume_of_a_killed_pbt_search(tmp_path, ray_tmp):
     assert all(int(r["epochs"]) == EPOCHS for r in rows)  # PBT stops no trial early
     best = json.loads((exp_dir / "best.json").read_text())
     assert best["num_trials"] == 4
+    # exploits (a donor's weights copied into a trial's folders) and the resume kept each
+    # checkpoint's weights with the results it was reported with
+    assert assert_checkpoints_hold_their_results(exp_dir) >= 4
 
 
 def test_pb2_says_it_explores_a_log_range_linearly(caplog):

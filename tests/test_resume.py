@@ -20,6 +20,7 @@ from ktune.report.text import status_line
 
 from conftest import (
     REPO,
+    assert_checkpoints_hold_their_results,
     journal_study,
     kill_ray_under,
     ktune_run_in_its_own_group,
@@ -165,6 +166,7 @@ def test_resume_after_sigkill_continues_trials_and_study(tmp_path, ray_tmp):
     study = journal_study(exp_dir, "crashy")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
+    assert assert_checkpoints_hold_their_results(exp_dir) == 6  # 2 kept a trial
     best = json.loads((exp_dir / "best.json").read_text())
     assert (Path(best["export"]) / "saved_model.pb").is_file()
     # its wall time is the resume's own, and the report says so
