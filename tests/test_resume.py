@@ -249,6 +249,7 @@ def test_a_trial_asha_stopped_before_the_kill_stays_stopped(tmp_path, ray_tmp):
     assert int(rows[trial]["epochs"]) == epoch  # as if never interrupted
     history = [json.loads(line) for line in (exp_dir / trial / "result.json").open()]
     assert max(r["epoch"] for r in history) == epoch
+    assert assert_checkpoints_hold_their_results(exp_dir) >= 2
 
 
 def test_resume_refuses_what_it_cannot_resume(tmp_path):
