@@ -69,13 +69,7 @@ class ExperimentResult:
     @property
     def best_checkpoint(self):
         """The best trial's best checkpoint, a ``ray.tune.Checkpoint`` (local or URI)."""
-        from ray import tune
-
-        location = self.best["checkpoint"]
-        if storage.is_uri(location):
-            fs, path = storage.filesystem(location)
-            return tune.Checkpoint(path, filesystem=fs)
-        return tune.Checkpoint(location)
+        return _checkpoint(self.best["checkpoint"])
 
     @property
     def export_dir(self) -> str | None:
@@ -169,12 +163,20 @@ class ExperimentResult:
             self.best["export"] = str(done)
         return str(done)
 
-    def load_model(self):
+    def load_model(self, trial: str | None = None):
         """The best trial's Keras model, rebuilt and restored from its checkpoint; with
-        ``ensemble.seeds``, the ensemble's (the mean of its members' probabilities)."""
+        ``ensemble.seeds``, the ensemble's (the mean of its members' probabilities).
+
+        Args:
+            trial: str or None. A trial of the Pareto front (:attr:`pareto_front`) to load
+                instead of the best. Defaults to None."""
         from ktune.rebuild import family_of_record, restore_from_record
 
         family = family_of_record(self.spec)
+        entry = front_trial(self.best, trial)  # an unknown trial fails here
+        if entry["trial"] != self.best_trial:
+            with _checkpoint(entry["checkpoint"]).as_directory() as d:
+                return restore_from_record(family, entry["config"], self.spec, d)
         with self.best_checkpoint.as_directory() as d:
             model = restore_from_record(family, self.best_config, self.spec, d)
         if not self.best.get("ensemble"):
@@ -193,16 +195,18 @@ class ExperimentResult:
             location=self.spec.get("experiment_path"),
         )
 
-    def predict(self, texts: Sequence[str]) -> list[dict]:
+    def predict(self, texts: Sequence[str], trial: str | None = None) -> list[dict]:
         """Label, score and per-class probabilities of each text, from the export when
-        there is a local one of the best checkpoint, else from that checkpoint."""
+        there is a local one of the best checkpoint, else from that checkpoint; with
+        ``trial``, from that Pareto-front trial's checkpoint (:meth:`load_model`)."""
         from ktune.export import predict
 
         texts = text_list(texts)
+        other = front_trial(self.best, trial)["trial"] != self.best_trial
         if not texts:
             return []
         exported = self.export_dir
-        if exported and self._export_is_best(Path(exported)):
+        if not other and exported and self._export_is_best(Path(exported)):
             return predict(exported, texts)
         from ktune.config import TrainingConfig
         from ktune.data import clean_text
@@ -210,7 +214,7 @@ class ExperimentResult:
 
         family = family_of_record(self.spec)
         training = TrainingConfig(**self.spec["training"])
-        model = self.load_model()
+        model = self.load_model(trial)
         unescape = bool(self.spec.get("data", {}).get("unescape_backslash"))
         cleaned = [clean_text(t, unescape) for t in texts]  # as the training texts were
         probs = model.predict(family.encode(self.spec["artefacts"], training, cleaned), verbose=0)
@@ -272,3 +276,13 @@ class ExperimentResult:
 
 def _is_nan(v: Any) -> bool:
     return isinstance(v, float) and v != v
+
+
+def _checkpoint(location: str):
+    """A ``ray.tune.Checkpoint`` of a folder or a URI."""
+    from ray import tune
+
+    if storage.is_uri(location):
+        fs, path = storage.filesystem(location)
+        return tune.Checkpoint(path, filesystem=fs)
+    return tune.Checkpoint(location)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -119,6 +120,15 @@ def test_export_of_another_front_trial_serves_raw_strings(finished):
     got = reload_in_fresh_process(out, TEXTS)
     assert len(got["label"]) == len(TEXTS)
     assert (default / "metadata.json").read_text() == before  # the default export untouched
+    # from Python: that trial's model and predictions, not the best's
+    result = ktune.load(cfg.experiment_dir)
+    mine = result.predict(TEXTS, trial=other)
+    probs = [[p["probabilities"][c] for c in meta["class_names"]] for p in mine]
+    assert np.allclose(probs, got["probabilities"], atol=1e-5)
+    assert result.load_model(trial=other).count_params() == front[-1]["objectives"]["params"]
+    assert result.load_model().count_params() != result.load_model(trial=other).count_params()
+    with pytest.raises(ktune.ExperimentError, match="not a trial of the Pareto front"):
+        result.predict(TEXTS, trial="trial_nope")
 
     again = ktune_cli("export", str(cfg.experiment_dir), "--trial", other)
     assert again.returncode == 2 and "already exists" in again.stderr
