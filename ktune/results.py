@@ -148,7 +148,10 @@ def finish_search(
         best_info["objectives"] = [asdict(o) for o in cfg.search.objectives or ()]
         # the front, most accurate first: its first trial is best.json's "trial"
         best_info["pareto_front"] = [
-            {k: v for k, v in entry.items() if k != "result"} for entry in front
+            {**{k: v for k, v in entry.items() if k != "result"}, "test_accuracy": accuracy}
+            for entry, accuracy in zip(
+                front, _front_test_accuracies(cfg, family, front, data, prepared, ensemble, test)
+            )
         ]
     experiment_dir.write_best(exp_dir, best_info)
     push_staged(cfg, [BEST_FILE])  # last: a remote best.json means the search finished
@@ -166,6 +169,27 @@ def finish_search(
         experiment_dir.write_best(exp_dir, best_info)
         push_staged(cfg, [BEST_FILE])
     return best_info
+
+
+def _front_test_accuracies(
+    cfg: ExperimentConfig, family: Any, front: list, data: Any, prepared: Any, ensemble, test
+) -> list[float]:
+    """Each Pareto-front trial's accuracy on the test split, so that the one a user picks
+    (``export --trial``) carries its own: the first, the best trial, as just evaluated
+    (alone, not its ensemble's), the others restored from their best checkpoints."""
+    out = []
+    for i, entry in enumerate(front):
+        if i == 0 and ensemble is None:
+            out.append(test["accuracy"])
+            continue
+        picked = best_checkpoint(entry["result"], cfg.search.metric, cfg.search.mode)
+        assert picked is not None  # pareto_entries keeps only trials with a checkpoint
+        with picked[0].as_directory() as d:
+            scored = evaluate_checkpoint(
+                family, entry["result"].config, prepared.artefacts, data, cfg.training, d
+            )
+        out.append(scored["accuracy"])
+    return out
 
 
 def _export_of(location: str, best_info: dict) -> bool:
