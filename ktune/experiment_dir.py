@@ -47,6 +47,7 @@ __all__ = [
     "export_is_of",
     "read_spec",
     "read_experiment",
+    "refuse_relocated",
     "read_best",
     "relocated",
     "read_results",
@@ -93,6 +94,25 @@ def read_spec(exp_dir: str | Path) -> dict:
         raise ExperimentError(f"{d}: not a ktune experiment directory (no {SPEC_FILE})")
     spec = _json_object(d, SPEC_FILE)
     return relocated(spec, spec.get("experiment_path"), d)
+
+
+def refuse_relocated(d: Path, shown: str) -> None:
+    """Refuses to resume the local folder ``d`` when its search ran in another folder
+    (ktune.json's ``experiment_path``): moved or copied since. Ray's snapshot and the
+    Optuna searcher name the folder the search ran in, so a resume here would fail on the
+    study's journal there, or, in a copy, write new trials and the study into the
+    original."""
+    try:
+        ran_in = _json_object(d, SPEC_FILE).get("experiment_path")
+    except ExperimentError:
+        return  # the resume's own reading says what is wrong with it
+    if isinstance(ran_in, str) and not storage.is_uri(ran_in):
+        if Path(ran_in).resolve() != d.resolve():
+            raise ExperimentError(
+                f"{shown}: the search ran in {ran_in}, and this folder was moved or copied "
+                "here since; Ray's search state names the folder it ran in, so it resumes "
+                "only there (`ktune report`, `ktune export` and `ktune.load` read it here)"
+            )
 
 
 def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:

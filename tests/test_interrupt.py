@@ -83,6 +83,20 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(tmp_path, ray_session, a
     assert {t for t, s in statuses.items() if s == "INTERRUPTED"} == set(e.cut_off)
     assert "RUNNING" not in statuses.values()
 
+    if at == "complete":  # moved (a copy alike): refused, untouched; resumed where it ran
+        moved = exp_dir.with_name("elsewhere")
+        exp_dir.rename(moved)
+        files = {p: p.read_bytes() for p in moved.rglob("*") if p.is_file()}
+        with pytest.raises(ktune.ExperimentError) as caught:
+            ktune.resume(moved)
+        assert str(caught.value) == (
+            f"{moved}: the search ran in {exp_dir}, and this folder was moved or copied "
+            "here since; Ray's search state names the folder it ran in, so it resumes only "
+            "there (`ktune report`, `ktune export` and `ktune.load` read it here)"
+        )
+        assert {p: p.read_bytes() for p in moved.rglob("*") if p.is_file()} == files
+        assert not exp_dir.exists()  # nothing written where it ran
+        moved.rename(exp_dir)
     result = ktune.resume(exp_dir)
 
     best = json.loads((exp_dir / "best.json").read_text())
