@@ -351,7 +351,7 @@ def _finish(
     got: list[int] = []
     try:
         with raising_signals() as got:
-            best = finish_search(cfg, grid, data, prepared, started, export, resumed)
+            best = finish_search(cfg, grid, data, prepared, started, export, resumed, got)
             tracking.finish(best)
     except KeyboardInterrupt as e:
         if isinstance(e, SearchInterrupted) or (cfg.experiment_dir / BEST_FILE).is_file():

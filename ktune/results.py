@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig, TrainingConfig
@@ -88,11 +88,13 @@ def finish_search(
     started: float,
     export: bool | None,
     resumed: bool = False,
+    signalled: Sequence[int] = (),
 ) -> dict:
     """Results table, best.json with the best trial's test accuracy, then the export.
 
     Returns best.json's contents. Raises :class:`~ktune.errors.SearchFailed` when no trial
-    completed an epoch.
+    completed an epoch. ``signalled``: the signals received so far (``raising_signals``);
+    one there before best.json is written raises ``KeyboardInterrupt``.
     """
     from ktune.rebuild import family_for
     from ktune.trainables.base import restore_model
@@ -153,6 +155,8 @@ def finish_search(
                 front, _front_test_accuracies(cfg, family, front, data, prepared, ensemble, test)
             )
         ]
+    if signalled:  # its KeyboardInterrupt raised inside a finalizer (TensorFlow's __del__
+        raise KeyboardInterrupt  # hooks run between any two lines) and lost there
     experiment_dir.write_best(exp_dir, best_info)
     push_staged(cfg, [BEST_FILE])  # last: a remote best.json means the search finished
     if cfg.export.enabled if export is None else export:
