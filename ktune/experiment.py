@@ -46,7 +46,6 @@ from ktune.errors import ExperimentError, SearchInterrupted
 from ktune.experiment_dir import (
     BEST_FILE,
     EXPERIMENT_FILE,
-    INTERRUPTED_FILE,
     JOURNAL_FILE,
     SPEC_FILE,
 )
@@ -55,7 +54,15 @@ from ktune.experiment_file import experiment_as_run
 from ktune.prepare import prepare_then_warm_tune
 from ktune.ray_start import check_address, init_ray, trials_done, tune_output
 from ktune.results import finish_search
-from ktune.search_end import SearchEnd, interrupted_summary, raising_signals, stop_signals
+from ktune.search_end import (
+    SearchEnd,
+    exit_once_ray_is_lost,
+    interrupted_summary,
+    note_interrupted,
+    raising_signals,
+    stop_if_interrupted,
+    stop_signals,
+)
 from ktune.staging import push_staged
 from ktune.tables import format_duration
 
@@ -318,7 +325,8 @@ def run_search(
         # A user's own searcher may finish before num_samples by design; ktune's do not.
         end = SearchEnd(expect_total=search_alg is None)
         with _tracking(cfg) as tracking:  # MLflow / W&B, when the file names them
-            with tune_output(verbose), stop_signals(end):
+            lost = exit_once_ray_is_lost(cfg, end, storage.redact(cfg.experiment_path))
+            with tune_output(verbose), stop_signals(end, lost):
                 # (the searcher announces its Optuna study when built)
                 grid = build_tuner(
                     cfg,
@@ -358,28 +366,9 @@ def _finish(
             raise  # finished: `ktune export` makes an export that was cut off
         n, shown = len(grid), storage.redact(cfg.experiment_path)
         sig = got[0] if got else signal.SIGINT
-        _note_interrupted(cfg, interrupted_summary(sig, finished=n, total=n), shown)
+        note_interrupted(cfg, interrupted_summary(sig, finished=n, total=n), shown)
         raise SearchInterrupted(shown, finished=n, total=n, cut_off=[], signal=sig) from None
     return best
-
-
-def stop_if_interrupted(cfg: ExperimentConfig, end: SearchEnd, shown: str) -> None:
-    """A search Ctrl+C or SIGTERM stopped: ``interrupted.json`` says so (for ``ktune
-    report``; best effort, it never hides the interruption), then
-    :class:`~ktune.errors.SearchInterrupted`."""
-    if end.interrupted:
-        _note_interrupted(cfg, end.summary(), shown)
-    end.raise_if_interrupted(shown)
-
-
-def _note_interrupted(cfg: ExperimentConfig, summary: dict, shown: str) -> None:
-    """``interrupted.json`` (for ``ktune report``); best effort: it never hides the
-    interruption."""
-    try:
-        experiment_dir.write_interrupted(cfg.experiment_dir, summary)
-        push_staged(cfg, [INTERRUPTED_FILE])
-    except Exception as e:  # noqa: BLE001 - the interruption is what the user must see
-        log.warning("%s: %s not written (%s)", shown, INTERRUPTED_FILE, e)
 
 
 def resume_config(
@@ -542,7 +531,8 @@ def resume_search(
         push_staged(cfg, [DRIVER_FILE])
         log.info("resuming %s", shown)
         end = SearchEnd()
-        with _tracking(cfg, resume=True) as tracking, tune_output(verbose), stop_signals(end):
+        lost = exit_once_ray_is_lost(cfg, end, shown)
+        with _tracking(cfg, resume=True) as tracking, tune_output(verbose), stop_signals(end, lost):
             tuner = tune.Tuner.restore(
                 where, trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
             )

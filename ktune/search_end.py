@@ -20,16 +20,35 @@ way, and puts back the handlers Ray Tune's ``fit`` leaves installed.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
+import sys
 import threading
 import time
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ray.tune import Callback
 
+from ktune import experiment_dir
 from ktune.errors import SearchInterrupted
+from ktune.experiment_dir import INTERRUPTED_FILE
+from ktune.staging import push_staged
 
-__all__ = ["SearchEnd", "interrupted_summary", "stop_signals", "raising_signals"]
+if TYPE_CHECKING:
+    from ktune.config import ExperimentConfig
+
+__all__ = [
+    "SearchEnd",
+    "interrupted_summary",
+    "stop_signals",
+    "raising_signals",
+    "note_interrupted",
+    "stop_if_interrupted",
+    "exit_once_ray_is_lost",
+]
+
+log = logging.getLogger("ktune")
 
 _ENDED = ("TERMINATED", "ERROR")
 
@@ -73,6 +92,22 @@ class SearchEnd(Callback):
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         # The loop ends after a step: in a search that finished no trial is open here.
         self._open = {t.trial_id for t in trials if str(t.status) not in _ENDED}
+        self._seen = len(trials)
+
+    def so_far(self, signum: int, where: str) -> tuple[dict, SearchInterrupted]:
+        """``interrupted.json``'s record and the error of a search stopped now, from the
+        last step Tune finished (for a driver that cannot wait for Tune's end)."""
+        seen = getattr(self, "_seen", 0)
+        cut_off = sorted(f"trial_{t}" for t in self._open)
+        total = max(self.total, seen)
+        finished = seen - len(cut_off)
+        summary = interrupted_summary(
+            signum, finished=finished, total=total, cut_off=cut_off, not_started=total - seen
+        )
+        error = SearchInterrupted(
+            where, finished=finished, total=total, cut_off=cut_off, signal=int(signum)
+        )
+        return summary, error
 
     def on_experiment_end(self, trials: list, **info) -> None:
         status = {t.trial_id: str(t.status) for t in trials}
@@ -136,8 +171,63 @@ def interrupted_summary(
     }
 
 
+def note_interrupted(cfg: ExperimentConfig, summary: dict, shown: str) -> None:
+    """``interrupted.json`` (for ``ktune report``); best effort: it never hides the
+    interruption."""
+    try:
+        experiment_dir.write_interrupted(cfg.experiment_dir, summary)
+        push_staged(cfg, [INTERRUPTED_FILE])
+    except Exception as e:  # noqa: BLE001 - the interruption is what the user must see
+        log.warning("%s: %s not written (%s)", shown, INTERRUPTED_FILE, e)
+
+
+def stop_if_interrupted(cfg: ExperimentConfig, end: SearchEnd, shown: str) -> None:
+    """A search Ctrl+C or SIGTERM stopped: ``interrupted.json`` says so (for ``ktune
+    report``; best effort, it never hides the interruption), then
+    :class:`~ktune.errors.SearchInterrupted`."""
+    if end.interrupted:
+        note_interrupted(cfg, end.summary(), shown)
+    end.raise_if_interrupted(shown)
+
+
+def exit_once_ray_is_lost(
+    cfg: ExperimentConfig, end: SearchEnd, shown: str
+) -> Callable[[int], None]:
+    """What :func:`stop_signals` does when a SIGTERM killed the Ray this process started
+    (sent to the whole process group, as SLURM's ``scancel`` does: Ray's processes block
+    SIGINT, not SIGTERM). Tune cannot end the search then: it would wait 60 s for Ray and
+    the process would end with exit code 1, as a crash. Instead the search is noted as
+    interrupted (``interrupted.json``), the line naming ``ktune resume`` is printed, and
+    the process exits at once with 128 + the signal. Ray's last snapshot and the trials'
+    checkpoints on storage are what the resume continues from, as after a kill."""
+
+    def lost(signum: int) -> None:
+        summary, error = end.so_far(signum, shown)
+        note_interrupted(cfg, summary, shown)
+        print(f"ktune: {error}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    return lost
+
+
+def _own_ray_lost() -> bool:
+    """Whether a process of the Ray this process started has ended: the signal reached
+    them too. (The GCS and the raylet take SIGTERM as the start of a shutdown that never
+    answers the driver again; the dashboard and the log monitor end at once.)"""
+    try:
+        import ray._private.worker as worker
+
+        node = worker._global_node
+        started = node.all_processes.values() if node is not None else ()
+        return any(p.process.poll() is not None for infos in started for p in infos)
+    except Exception:  # noqa: BLE001 - not the layout this was written for: not lost
+        return False
+
+
 @contextlib.contextmanager
-def stop_signals(end: SearchEnd | None = None) -> Iterator[None]:
+def stop_signals(
+    end: SearchEnd | None = None, on_ray_lost: Callable[[int], None] | None = None
+) -> Iterator[None]:
     """For the block (a ``fit``): SIGTERM stops the search as Ctrl+C does, and afterwards
     the process's own handlers are back.
 
@@ -157,9 +247,21 @@ def stop_signals(end: SearchEnd | None = None) -> Iterator[None]:
     if hasattr(signal, "SIGUSR1"):
         names.append(signal.SIGUSR1)
 
+    over = threading.Event()  # the block is left: Ray may stop on its own from here
+
+    def watch(signum: int) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not over.is_set():
+            if _own_ray_lost() and not over.is_set() and on_ray_lost is not None:
+                on_ray_lost(signum)
+                return
+            time.sleep(0.1)
+
     def on_term(signum: int, frame) -> None:
         if end is not None:
             end.signal = signum
+        if on_ray_lost is not None:  # killed with the process group? (a thread watches)
+            threading.Thread(target=watch, args=(signum,), daemon=True).start()
         handler = signal.getsignal(signal.SIGINT)
         if not callable(handler) or handler is on_term:
             raise KeyboardInterrupt
@@ -167,7 +269,10 @@ def stop_signals(end: SearchEnd | None = None) -> Iterator[None]:
 
     with _handlers_restored(names):
         signal.signal(signal.SIGTERM, on_term)
-        yield
+        try:
+            yield
+        finally:
+            over.set()
 
 
 @contextlib.contextmanager
