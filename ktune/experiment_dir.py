@@ -98,21 +98,38 @@ def read_spec(exp_dir: str | Path) -> dict:
 
 def refuse_relocated(d: Path, shown: str) -> None:
     """Refuses to resume the local folder ``d`` when its search ran in another folder
-    (ktune.json's ``experiment_path``): moved or copied since. Ray's snapshot and the
-    Optuna searcher name the folder the search ran in, so a resume here would fail on the
-    study's journal there, or, in a copy, write new trials and the study into the
-    original."""
+    (ktune.json's ``experiment_path``): moved or copied since, with trials left to run.
+    Ray's snapshot and the Optuna searcher name the folder the search ran in, so a resume
+    here would fail on the study's journal there, or, in a copy, write new trials and the
+    study into the original. One whose trials all ended (stopped while it evaluated or
+    exported) only finishes here."""
     try:
-        ran_in = _json_object(d, SPEC_FILE).get("experiment_path")
+        spec = _json_object(d, SPEC_FILE)
     except ExperimentError:
         return  # the resume's own reading says what is wrong with it
+    ran_in = spec.get("experiment_path")
     if isinstance(ran_in, str) and not storage.is_uri(ran_in):
-        if Path(ran_in).resolve() != d.resolve():
+        if Path(ran_in).resolve() != d.resolve() and not _trials_over(d, spec.get("num_samples")):
             raise ExperimentError(
                 f"{shown}: the search ran in {ran_in}, and this folder was moved or copied "
                 "here since; Ray's search state names the folder it ran in, so it resumes "
                 "only there (`ktune report`, `ktune export` and `ktune.load` read it here)"
             )
+
+
+def _trials_over(d: Path, num_samples: Any) -> bool:
+    """Whether Ray's newest snapshot in ``d`` holds ``num_samples`` trials, all ended: a
+    resume then only finishes the run (test evaluation, best.json, export) and neither
+    the searcher nor Ray's storage of new trials is used."""
+    for snapshot in sorted(d.glob("experiment_state-*.json"), reverse=True):
+        try:
+            entries = json.loads(snapshot.read_text())["trial_data"]
+            status = [json.loads(entry[0]).get("status") for entry in entries]
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue  # cut short: the one before
+        ended = all(s in ("TERMINATED", "ERROR") for s in status)
+        return isinstance(num_samples, int) and len(status) >= num_samples and ended
+    return False
 
 
 def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
