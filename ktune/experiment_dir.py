@@ -48,6 +48,8 @@ __all__ = [
     "read_spec",
     "read_experiment",
     "refuse_relocated",
+    "ray_statuses",
+    "RAY_ENDED",
     "read_best",
     "relocated",
     "read_results",
@@ -96,6 +98,10 @@ def read_spec(exp_dir: str | Path) -> dict:
     return relocated(spec, spec.get("experiment_path"), d)
 
 
+# Ray's statuses of a trial that ended (one that finished or was stopped, or failed)
+RAY_ENDED = ("TERMINATED", "ERROR")
+
+
 def refuse_relocated(d: Path, shown: str) -> None:
     """Refuses to resume the local folder ``d`` when its search ran in another folder
     (ktune.json's ``experiment_path``): moved or copied since, with trials left to run.
@@ -121,15 +127,26 @@ def _trials_over(d: Path, num_samples: Any) -> bool:
     """Whether Ray's newest snapshot in ``d`` holds ``num_samples`` trials, all ended: a
     resume then only finishes the run (test evaluation, best.json, export) and neither
     the searcher nor Ray's storage of new trials is used."""
-    for snapshot in sorted(d.glob("experiment_state-*.json"), reverse=True):
+    status = ray_statuses(d)
+    ended = all(s in RAY_ENDED for s in status.values())
+    return isinstance(num_samples, int) and len(status) >= num_samples and ended
+
+
+def ray_statuses(exp_dir: Path) -> dict[str, str]:
+    """trial_<id> -> Ray's status in the newest experiment snapshot (empty if unreadable)."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(states):
         try:
-            entries = json.loads(snapshot.read_text())["trial_data"]
-            status = [json.loads(entry[0]).get("status") for entry in entries]
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            out = {}
+            for entry in data.get("trial_data", []):
+                meta = entry[0] if isinstance(entry, (list, tuple)) else entry
+                meta = json.loads(meta) if isinstance(meta, str) else meta
+                out[f"trial_{meta['trial_id']}"] = str(meta.get("status", ""))
+            return out
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             continue  # cut short: the one before
-        ended = all(s in ("TERMINATED", "ERROR") for s in status)
-        return isinstance(num_samples, int) and len(status) >= num_samples and ended
-    return False
+    return {}
 
 
 def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:

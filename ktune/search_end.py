@@ -32,7 +32,7 @@ from ray.tune import Callback
 
 from ktune import experiment_dir
 from ktune.errors import SearchInterrupted
-from ktune.experiment_dir import INTERRUPTED_FILE
+from ktune.experiment_dir import INTERRUPTED_FILE, RAY_ENDED
 from ktune.staging import push_staged
 
 if TYPE_CHECKING:
@@ -49,8 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ktune")
-
-_ENDED = ("TERMINATED", "ERROR")
 
 
 class SearchEnd(Callback):
@@ -91,7 +89,7 @@ class SearchEnd(Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         # The loop ends after a step: in a search that finished no trial is open here.
-        self._open = {t.trial_id for t in trials if str(t.status) not in _ENDED}
+        self._open = {t.trial_id for t in trials if str(t.status) not in RAY_ENDED}
         self._seen = len(trials)
 
     def so_far(self, signum: int, where: str) -> tuple[dict, SearchInterrupted]:
@@ -114,7 +112,7 @@ class SearchEnd(Callback):
         self.cut_off = [
             f"trial_{tid}"
             for tid in status
-            if tid in self._open or status[tid] not in _ENDED  # stopped by the clean-up
+            if tid in self._open or status[tid] not in RAY_ENDED  # stopped by the clean-up
         ]
         self.trials = len(trials)
         self.finished = self.trials - len(self.cut_off)
@@ -249,10 +247,10 @@ def stop_signals(
 
     over = threading.Event()  # the block is left: Ray may stop on its own from here
 
-    def watch(signum: int) -> None:
+    def watch(signum: int, on_ray_lost: Callable[[int], None]) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not over.is_set():
-            if _own_ray_lost() and not over.is_set() and on_ray_lost is not None:
+            if _own_ray_lost() and not over.is_set():
                 on_ray_lost(signum)
                 return
             time.sleep(0.1)
@@ -261,7 +259,7 @@ def stop_signals(
         if end is not None:
             end.signal = signum
         if on_ray_lost is not None:  # killed with the process group? (a thread watches)
-            threading.Thread(target=watch, args=(signum,), daemon=True).start()
+            threading.Thread(target=watch, args=(signum, on_ray_lost), daemon=True).start()
         handler = signal.getsignal(signal.SIGINT)
         if not callable(handler) or handler is on_term:
             raise KeyboardInterrupt

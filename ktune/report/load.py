@@ -36,6 +36,7 @@ from ktune.experiment_dir import (
     INTERRUPTED_FILE,
     RESULTS_FILE,
     SPEC_FILE,
+    ray_statuses,
     relocated,
 )
 from ktune.tables import last_line, status_label
@@ -263,23 +264,6 @@ def _checkpoint_metrics(folder: Path) -> dict:
     return row if isinstance(row, dict) and is_complete(str(folder)) else {}
 
 
-def _ray_statuses(exp_dir: Path) -> dict[str, str]:
-    """trial_<id> -> Ray's status in the newest experiment snapshot (empty if unreadable)."""
-    states = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
-    for path in reversed(states):
-        try:
-            data = _read_json(path)
-            out = {}
-            for entry in data.get("trial_data", []):
-                meta = entry[0] if isinstance(entry, (list, tuple)) else entry
-                meta = json.loads(meta) if isinstance(meta, str) else meta
-                out[f"trial_{meta['trial_id']}"] = str(meta.get("status", ""))
-            return out
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            continue
-    return {}
-
-
 def _results_rows(exp_dir: Path) -> dict[str, dict]:
     path = exp_dir / RESULTS_FILE
     if not path.is_file():
@@ -366,7 +350,7 @@ def load_experiment(exp_dir: str | Path) -> ExperimentRecord:
         except (OSError, ValueError):
             notes.append(f"{BEST_FILE} could not be read; the report treats the search as running.")
     epochs = int((spec.get("training") or {}).get("epochs", 0))
-    results, ray_status = _results_rows(d), _ray_statuses(d)
+    results, ray_status = _results_rows(d), ray_statuses(d)
     trials = []
     for trial_dir in sorted(p for p in d.glob("trial_*") if p.is_dir()):
         try:
