@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ktune import experiment_dir, storage
-from ktune.config import ExperimentConfig
+from ktune.config import DataConfig, ExperimentConfig
 from ktune.driver import (
     DRIVER_FILE,
     claimed,
@@ -73,6 +73,7 @@ __all__ = [
     "resume_search",
     "check_targets",
     "format_results_table",
+    "spec_data",
 ]
 
 log = logging.getLogger("ktune")
@@ -371,6 +372,15 @@ def _finish(
     return best
 
 
+def spec_data(spec: dict) -> DataConfig:
+    """The ``DataConfig`` a search read, from its ``ktune.json`` (JSON made the data
+    section's tuples lists)."""
+    data: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()
+    }
+    return DataConfig(**data)
+
+
 def resume_config(
     exp_dir: Path,
     spec: dict,
@@ -383,7 +393,7 @@ def resume_config(
     ``exp_dir``) on the data files the first run read (``ktune.json``'s resolved paths),
     ``model.build``'s module from the folder the first run found it in
     (``build_base_dir``), and the first run's trial budget and export folder."""
-    from ktune.config import DataConfig, parse_config
+    from ktune.config import parse_config
     from ktune.experiment_file import read_experiment_file
 
     path = exp_dir / EXPERIMENT_FILE
@@ -405,14 +415,10 @@ def resume_config(
         storage=storage_value,
         address=address,
     )
-    # JSON made the data section's tuples lists
-    data_cfg: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()
-    }
     return replace(
         cfg,
         name=name,
-        data=DataConfig(**data_cfg),
+        data=spec_data(spec),
         export=replace(
             cfg.export, dir=spec["export_dir"], enabled=spec.get("export", cfg.export.enabled)
         ),

@@ -279,16 +279,15 @@ def assert_checkpoints_hold_their_results(exp_dir: Path) -> int:
     restored, it scores the val_loss and val_accuracy recorded beside it, on the
     validation split read again. A resume that writes one epoch into another epoch's
     folder breaks this and nothing else (CI 2026-12-06). Returns the number checked."""
-    from ktune.config import DataConfig, TrainingConfig
+    from ktune.config import TrainingConfig
     from ktune.data import load_data
+    from ktune.experiment import spec_data
     from ktune.experiment_dir import read_spec
     from ktune.rebuild import family_of_record, restore_from_record
     from ktune.results import evaluate_model
 
     spec = read_spec(exp_dir)
-    data = load_data(
-        DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()})
-    )
+    data = load_data(spec_data(spec))
     family, training = family_of_record(spec), TrainingConfig(**spec["training"])
     checked = 0
     for result in ktune.load(exp_dir).grid:

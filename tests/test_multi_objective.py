@@ -130,13 +130,11 @@ def test_export_of_another_front_trial_serves_raw_strings(finished):
     with pytest.raises(ktune.ExperimentError, match="not a trial of the Pareto front"):
         result.predict(TEXTS, trial="trial_nope")
     # its own test accuracy, in best.json's front and its export: the test split read again
-    from ktune.config import DataConfig
     from ktune.data import load_data
+    from ktune.experiment import spec_data
 
     spec = result.spec
-    data = load_data(
-        DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["data"].items()})
-    )
+    data = load_data(spec_data(spec))
     labels = [p["label"] for p in result.predict(list(data.test_texts), trial=other)]
     mine = np.mean([got == data.class_names[y] for got, y in zip(labels, data.test_labels)])
     assert front[-1]["test_accuracy"] == meta["test_accuracy"]
