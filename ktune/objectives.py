@@ -25,6 +25,7 @@ __all__ = [
     "parse_objectives",
     "dominates",
     "pareto_front",
+    "ranks_before",
 ]
 
 # metric -> the mode that makes sense for it (reported after every epoch)
@@ -33,6 +34,16 @@ METRICS = {"val_accuracy": "max", "val_loss": "min"}
 MEASURED = {"params": "min", "model_mb": "min", "latency_ms": "min"}
 OBJECTIVES = {**METRICS, **MEASURED}
 KEY = "search.objectives"
+
+
+def ranks_before(value: float, trial: str, other: float, other_trial: str, mode: str) -> bool:
+    """Whether ``trial``'s best ``value`` ranks before ``other_trial``'s ``other`` (mode
+    ``max`` or ``min``); equal values by trial name. The one rule of the live progress
+    header and best.json, so both name the same trial when two tie (their orders of
+    trials can differ after a resume)."""
+    if value != other:
+        return value > other if mode == "max" else value < other
+    return trial < other_trial
 
 
 @dataclass(frozen=True)

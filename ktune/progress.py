@@ -27,6 +27,7 @@ from typing import IO, Any, Mapping, Sequence
 
 from ray.tune import Callback
 
+from ktune.objectives import ranks_before
 from ktune.tables import (
     FINISHED,
     format_duration,
@@ -91,7 +92,7 @@ def format_progress(
     best_value = math.nan
     for r in rows:
         if r.best is not None and not math.isnan(r.best):
-            if best is None or _better(r.best, best_value, mode):
+            if best is None or ranks_before(r.best, r.trial, best_value, best.trial, mode):
                 best, best_value = r, r.best
     header = (
         f"[{name}] {format_duration(elapsed_s)}  trials {len(finished)}/{total} finished "

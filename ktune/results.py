@@ -21,7 +21,7 @@ from ktune import experiment_dir, storage
 from ktune.config import ExperimentConfig, TrainingConfig
 from ktune.errors import ExperimentError, SearchFailed
 from ktune.experiment_dir import BEST_FILE, JOURNAL_FILE, RESULTS_FILE
-from ktune.objectives import METRICS, pareto_front
+from ktune.objectives import METRICS, pareto_front, ranks_before
 from ktune.staging import push_staged
 
 __all__ = [
@@ -66,17 +66,21 @@ def searched_config(cfg: ExperimentConfig, config: Any) -> dict:
 
 
 def _best_result(grid: Any, metric: str, mode: str) -> Any:
-    """The trial whose best kept checkpoint is best (the first of equals, in grid order).
+    """The trial whose best kept checkpoint is best (of equals, the first by trial name:
+    ``ranks_before``, the live progress header's rule).
 
     Not Ray's ``ResultGrid.get_best_result``: it keeps each trial's running best as
     ``min(value, best)``, which a later NaN turns into NaN, so a trial that diverged after
     the best epoch of the search was passed over for a worse one."""
-    sign = 1 if mode == "max" else -1
-    best, best_value = None, 0.0
+    best, best_value, best_name = None, 0.0, ""
     for result in grid:
         picked = best_checkpoint(result, metric, mode)
-        if picked is not None and (best is None or sign * picked[1][metric] > sign * best_value):
-            best, best_value = result, picked[1][metric]
+        name = Path(result.path).name if result.path else ""
+        value = picked[1][metric] if picked is not None else None
+        if value is not None and (
+            best is None or ranks_before(value, name, best_value, best_name, mode)
+        ):
+            best, best_value, best_name = result, value, name
     return best
 
 

@@ -50,6 +50,18 @@ def test_the_best_trial_is_the_best_finite_epoch_the_first_of_equals(mode, best)
     assert _best_result([_result("d", [math.nan])], "val_loss", mode) is None
 
 
+def test_a_tie_goes_to_the_first_trial_by_name_as_in_the_progress_header():
+    """Equal best values: best.json and the live header (tests/test_progress.py) name the
+    same trial whatever order the grid lists them in (it differs after a resume)."""
+    for grid in (
+        [_result("trial_b", [0.4]), _result("trial_a", [0.5, 0.4]), _result("trial_c", [0.4])],
+        [_result("trial_c", [0.4]), _result("trial_a", [0.4]), _result("trial_b", [0.4])],
+    ):
+        assert _best_result(grid, "val_loss", "min").path == "/tmp/trial_a"
+    assert _best_result([_result("trial_b", [0.3]), _result("trial_a", [0.4])], "val_loss",
+                        "min").path == "/tmp/trial_b"  # fmt: skip
+
+
 def test_an_export_is_of_the_best_by_trial_checkpoint_folder_and_ensemble_seeds():
     """The one predicate `ktune resume` (an export already in place) and
     ExperimentResult.predict (an export it may use) ask of an export's metadata.json."""

@@ -119,6 +119,23 @@ def test_min_mode_marks_the_lowest_loss():
     assert text.splitlines()[3].endswith("0.3000 *")
 
 
+def test_a_tie_is_named_by_the_first_trial_name_as_best_json_does():
+    """tests/test_best_pick.py: best.json takes the same trial of equals."""
+    rows = [
+        TrialRow("trial_c", "DONE", 2, {}, 0.8, 0.9),
+        TrialRow("trial_a", "DONE", 2, {}, 0.9, 0.9),
+        TrialRow("trial_b", "RUNNING", 1, {}, 0.9, 0.9),
+    ]
+    for order in (rows, rows[::-1]):
+        text = format_progress(
+            order, name="x", metric="val_accuracy", mode="max", keys=[], epochs=2, total=3,
+            elapsed_s=3,
+        )  # fmt: skip
+        assert text.splitlines()[0].endswith("best val_accuracy 0.9000 (trial_a)")
+        marked = [ln.split()[0] for ln in text.splitlines()[2:] if ln.endswith("*")]
+        assert marked == ["trial_a"]
+
+
 def test_a_long_search_shows_running_and_best_trials_only():
     rows = [TrialRow(f"trial_{i:04d}", "DONE", 2, {}, i / 100, i / 100) for i in range(40)]
     rows.append(TrialRow("trial_run1", "RUNNING", 1, {}, 0.1, 0.1))
