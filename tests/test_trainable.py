@@ -179,13 +179,14 @@ def test_a_reused_worker_lets_go_of_the_previous_trials_model():
 
     gc.disable()  # the collector would run on its own schedule
     try:
+        fresh_keras_state()  # the previous trial's start
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
         model.compile("adam", "mse")
         model.fit(np.zeros((8, 4)), np.zeros((8, 2)), epochs=1, verbose=0)
         trained = weakref.ref(model)
         del model
         assert trained() is not None, "no reference cycle: this test would show nothing"
-        fresh_keras_state()
+        fresh_keras_state()  # the next trial's
         assert trained() is None
     finally:
         gc.enable()
