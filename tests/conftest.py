@@ -39,13 +39,15 @@ def ray_session():
     """A real local Ray (2 CPUs), started once and shared by every test that needs one."""
     import ray
 
+    import ktune
+
     if not ray.is_initialized():
         ray.init(
             address="local",  # a new Ray, never one another process started on this machine
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}},
+            runtime_env={"env_vars": ktune.worker_env()},  # as ktune's own Ray
         )
     yield ray
     ray.shutdown()

@@ -376,6 +376,7 @@ def test_two_local_searches_at_once_each_get_their_own_ray(tmp_path):
 
 
 _OWN_RAY = r"""
+import os
 import time
 import psutil, ray
 from ktune.ray_start import init_ray
@@ -387,14 +388,29 @@ raylet = next(
 )
 idle = [p for p in raylet.children() if p.name().startswith("ray::IDLE")]
 print("IDLE", len(idle))
+
+
+@ray.remote
+class Trial:  # Tune's trials are actors: what the worker's process started with
+    def started_with(self, name):
+        environ = open("/proc/self/environ", "rb").read().decode().split("\0")
+        return [e.partition("=")[2] for e in environ if e.startswith(name + "=")]
+
+
+print("WORKER", ray.get(Trial.remote().started_with.remote("MALLOC_ARENA_MAX")))
+print("DRIVER", os.environ.get("MALLOC_ARENA_MAX"))
 ray.shutdown()
 """
 
 
-def test_own_ray_starts_no_idle_workers():
+def test_own_ray_starts_no_idle_workers_and_trial_workers_with_two_malloc_arenas():
     """A Ray of a search's own starts no idle task workers beside it (Ray's default is one
-    per CPU for the first driver; a search runs only actors, which never reuse them)."""
-    assert "IDLE 0" in _own_ray_script(_OWN_RAY), "no line IDLE 0"
+    per CPU for the first driver; a search runs only actors, which never reuse them). Its
+    workers start with ``MALLOC_ARENA_MAX=2`` (``trial_worker_env``: a reused worker's
+    memory stays flat from trial to trial); the driver's environment is left alone."""
+    lines = _own_ray_script(_OWN_RAY)
+    assert "IDLE 0" in lines, "no line IDLE 0"
+    assert "WORKER ['2']" in lines and "DRIVER None" in lines, lines
 
 
 def _own_ray_script(script: str) -> list[str]:
