@@ -47,12 +47,28 @@ def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict] | N
     sign = 1 if mode == "max" else -1
     best: tuple[Any, dict, float] | None = None
     for checkpoint, metrics in result.best_checkpoints or ():
+        if metric not in metrics:
+            metrics = _reported_with(checkpoint) or metrics
         value = metrics.get(metric)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if math.isfinite(value) and (best is None or sign * value > sign * best[2]):
             best = (checkpoint, metrics, value)
     return None if best is None else (best[0], best[1])
+
+
+def _reported_with(checkpoint: Any) -> dict:
+    """The metrics a ktune checkpoint was reported with (the ``metrics.json`` inside it),
+    or {}. ``tune.Result.from_path`` pairs a checkpoint with the row of ``result.json``
+    that names it, and Ray rewrites that file from storage when a trial restarts (PBT):
+    a checkpoint whose row was lost comes with {} and was passed over, even when it was
+    the trial's best epoch."""
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/metrics.json") as f:
+            out = json.loads(f.read())
+    except Exception:  # noqa: BLE001 - not a ktune checkpoint, or unreadable: no metrics
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def searched_config(cfg: ExperimentConfig, config: Any) -> dict:

@@ -50,6 +50,31 @@ def test_the_best_trial_is_the_best_finite_epoch_the_first_of_equals(mode, best)
     assert _best_result([_result("d", [math.nan])], "val_loss", mode) is None
 
 
+def test_a_checkpoint_whose_row_ray_lost_is_ranked_by_its_own_metrics(tmp_path):
+    """After PBT, ``tune.Result.from_path`` pairs some checkpoints with {} (their rows of
+    result.json were lost when Ray rewrote it on a restart): the metrics.json ktune wrote
+    into each checkpoint ranks them, so the best epoch is still the one exported."""
+    import json
+
+    kept = []
+    for i, (value, row_kept) in enumerate(
+        [(0.62, True), (0.83, False), (0.84, True), (0.86, False)]
+    ):
+        folder = tmp_path / f"checkpoint_{i:06d}"
+        folder.mkdir()
+        metrics = {"val_accuracy": value, "epoch": i + 1}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        kept.append((tune.Checkpoint(str(folder)), metrics if row_kept else {}))
+    result = tune.Result(metrics=kept[-1][1], checkpoint=kept[-1][0], error=None,
+                         path=str(tmp_path), best_checkpoints=kept)  # fmt: skip
+    checkpoint, metrics = best_checkpoint(result, "val_accuracy", "max")
+    assert checkpoint.path.endswith("checkpoint_000003") and metrics["epoch"] == 4
+    # a folder without metrics.json (not ktune's) is passed over, as before
+    (tmp_path / "checkpoint_000003" / "metrics.json").unlink()
+    checkpoint, metrics = best_checkpoint(result, "val_accuracy", "max")
+    assert checkpoint.path.endswith("checkpoint_000002") and metrics["val_accuracy"] == 0.84
+
+
 def test_a_tie_goes_to_the_first_trial_by_name_as_in_the_progress_header():
     """Equal best values: best.json and the live header (tests/test_progress.py) name the
     same trial whatever order the grid lists them in (it differs after a resume)."""
