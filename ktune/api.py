@@ -571,6 +571,7 @@ def export_result(
     """
     from ktune.config import TrainingConfig
     from ktune.export import check_replaceable, export_checkpoint
+    from ktune.results import checkpoint_metrics
 
     target = Path(out).resolve()
     if target.exists() and not force:
@@ -580,6 +581,7 @@ def export_result(
     check_replaceable(target)
     checkpoint, info = _trial_info(result_or_checkpoint, metric, mode)
     family = _family_of_info(info, build_model)
+    metrics = checkpoint_metrics(checkpoint)  # the epoch exported and what it scored
     with checkpoint.as_directory() as d:
         return export_checkpoint(
             family,
@@ -590,6 +592,6 @@ def export_result(
             d,
             target,
             verify_texts=info["verify_texts"] or ["a text", ""],
-            metadata={"family": info["family"], "checkpoint": checkpoint.path},
+            metadata={"family": info["family"], "checkpoint": checkpoint.path, "metrics": metrics},
             unescape_backslash=bool(info.get("unescape_backslash")),
         )

@@ -28,6 +28,7 @@ __all__ = [
     "finish_search",
     "best_checkpoint",
     "result_rows",
+    "checkpoint_metrics",
     "pareto_entries",
     "evaluate_checkpoint",
     "evaluate_model",
@@ -69,6 +70,11 @@ def _reported_with(checkpoint: Any) -> dict:
     except Exception:  # noqa: BLE001 - not a ktune checkpoint, or unreadable: no metrics
         return {}
     return out if isinstance(out, dict) else {}
+
+
+def checkpoint_metrics(checkpoint: Any) -> dict:
+    """A ktune checkpoint's epoch and metrics as best.json keeps them, or {}."""
+    return _best_json_metrics(_reported_with(checkpoint))
 
 
 def searched_config(cfg: ExperimentConfig, config: Any) -> dict:

@@ -280,7 +280,12 @@ def test_a_results_model_and_export_are_of_its_best_epoch_not_its_latest(finishe
         _weights(ktune.load_model(result)), _weights(ktune.load_model(best.path))
     )
     out = ktune.export_result(result, tmp_path / "e", metric="epoch", mode="min")
-    assert json.loads((out / "metadata.json").read_text())["checkpoint"] == first.path
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["checkpoint"] == first.path
+    # which epoch it holds and what it scored
+    reported = next(m for c, m in result.best_checkpoints if c.path == first.path)
+    assert meta["metrics"]["epoch"] == 1
+    assert meta["metrics"]["val_accuracy"] == pytest.approx(reported["val_accuracy"])
     with pytest.raises(
         ktune.ExperimentError, match="no checkpoint of this trial reported a finite 'f1'"
     ):
