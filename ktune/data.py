@@ -401,6 +401,13 @@ def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any], list[
     for line, row in _read_rows(path, cfg.source, cfg.columns):
         rows += 1
         for column in (*cfg.text, cfg.label):
+            if column not in row and cfg.source == "csv":  # its header (line 1) has not
+                raise DataError(
+                    f"{path}: line 1: the header has no column '{column}' (it has "
+                    f"{len(row)}: {', '.join(map(str, row)):.120}); set data.text / data.label, "
+                    f"or data.columns (a name for each of the {len(row)} fields) if line 1 is "
+                    "not a header"
+                )
             if column not in row:
                 raise DataError(
                     f"{path}: line {line}: no column '{column}' "

@@ -185,6 +185,19 @@ def test_csv_missing_column_named(tmp_path):
         load_data(csv_cfg(p, text=("body",), label="category"))
 
 
+def test_a_headerless_csv_read_without_columns_is_told_of_data_columns(tmp_path):
+    """AG News as distributed (no header row) read as if line 1 were the header: the
+    error names line 1 and its field count and points at data.columns."""
+    p = tmp_path / "train.csv"
+    p.write_text('"3","Wall St. Bears","Short-sellers are back"\n"4","Chip news","New chips"\n')
+    with pytest.raises(DataError) as info:
+        load_data(csv_cfg(p, text=("title", "description"), label="label"))
+    message = str(info.value)
+    assert message.startswith(f"{p}: line 1: the header has no column 'title' (it has 3: 3, ")
+    assert "data.columns (a name for each of the 3 fields) if line 1 is not a header" in message
+    assert "\n" not in message
+
+
 def test_csv_empty_file(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text("")
