@@ -225,7 +225,8 @@ class SnapshotKeeper(tune.Callback):
 
 
 class KeepTrialHistory(tune.Callback):
-    """Keeps the history of a trial that Ray retries after a failure whole.
+    """Keeps the history of a trial that Ray retries after a failure, or that PBT restarts
+    from a checkpoint, whole.
 
     A trial that fails with ``max_failures`` left is restarted from its checkpoint, and
     Ray's JSON and CSV loggers reopen its ``result.json`` and ``progress.csv`` by copying
@@ -238,6 +239,13 @@ class KeepTrialHistory(tune.Callback):
     """
 
     FILES = ("result.json", "progress.csv")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        """A PBT exploit (or any pause) restarts a trial the same way, from a checkpoint:
+        Ray's loggers copy the files back from the storage then too (after PBT, the
+        epochs since the last snapshot were missing from result.json)."""
+        if trial.checkpoint:  # Ray's loggers restore the files only then
+            self.on_trial_recover(iteration, trials, trial, **info)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         import pyarrow.fs as pafs

@@ -234,6 +234,15 @@ def test_an_exploited_trial_starts_from_the_donors_weights_with_its_new_rate(
     rows = list(csv.DictReader((tmp_path / "results" / scheduler / "results.csv").open()))
     assert [int(r["epochs"]) for r in rows] == [EPOCHS] * 4  # PBT stops no trial early
     assert best["metrics"]["val_accuracy"] > 0.25  # better than chance on 4 classes
+    # Each trial's history is whole: PBT's restarts (Ray's loggers copy result.json back
+    # from the storage) lost the epochs since Ray's last snapshot (KeepTrialHistory).
+    for trial in (tmp_path / "results" / scheduler).glob("trial_*"):
+        reported = [
+            json.loads(x)["epoch"] for x in (trial / "result.json").read_text().splitlines()
+        ]
+        progress = list(csv.DictReader((trial / "progress.csv").open()))
+        assert set(reported) == set(range(1, EPOCHS + 1)), (trial.name, reported)
+        assert [int(r["epoch"]) for r in progress] == reported, trial.name
 
 
 @pytest.mark.slow
