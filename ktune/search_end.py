@@ -202,7 +202,11 @@ def exit_once_ray_is_lost(
     def lost(signum: int) -> None:
         summary, error = end.so_far(signum, shown)
         note_interrupted(cfg, summary, shown)
-        print(f"ktune: {error}", file=sys.stderr, flush=True)
+        # The last line, whole: Tune's main thread logs its own stop message meanwhile,
+        # which print's two writes (the text, then the newline) let in between (CI).
+        logging.disable(logging.CRITICAL)
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), f"ktune: {error}\n".encode())
         os._exit(128 + signum)
 
     return lost
