@@ -15,9 +15,10 @@ import json
 import os
 from typing import Any
 
-__all__ = ["MANIFEST_FILE", "write_manifest", "is_complete"]
+__all__ = ["MANIFEST_FILE", "METRICS_FILE", "write_manifest", "is_complete", "reported_metrics"]
 
 MANIFEST_FILE = ".ktune-manifest.json"
+METRICS_FILE = "metrics.json"  # what a checkpoint was reported with (ReportCheckpoint)
 
 
 def write_manifest(folder: str) -> None:
@@ -59,3 +60,22 @@ def is_complete(folder: str, fs: Any = None) -> bool:
         info.type == pafs.FileType.File and info.size == size
         for info, size in zip(infos, sizes.values())
     )
+
+
+def reported_metrics(checkpoint: Any) -> dict:
+    """The metrics a ktune checkpoint was reported with (its ``metrics.json``), or {} when
+    it has none, or it cannot be read or is not a JSON object.
+
+    ``checkpoint`` is a local folder (``str`` or ``Path``) or a ``ray.tune.Checkpoint``,
+    read where it lies through its own file system."""
+    try:
+        if hasattr(checkpoint, "filesystem"):  # (a Checkpoint is os.PathLike too)
+            path = f"{checkpoint.path}/{METRICS_FILE}"
+            with checkpoint.filesystem.open_input_stream(path) as f:
+                out = json.loads(f.read())
+        else:
+            with open(os.path.join(checkpoint, METRICS_FILE), encoding="utf-8") as f:
+                out = json.load(f)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+    return out if isinstance(out, dict) else {}

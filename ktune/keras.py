@@ -34,14 +34,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
-from ktune.checkpoint_manifest import write_manifest
+from ktune.checkpoint_manifest import METRICS_FILE, write_manifest
 
 __all__ = ["ReportCheckpoint", "restore", "batches", "CHECKPOINT_PREFIX", "METRICS_FILE"]
 
 # The checkpoint's file prefix inside a Ray checkpoint folder: <folder>/ckpt.index, ...
 CHECKPOINT_PREFIX = "ckpt"
-# The metrics reported with a checkpoint, beside it.
-METRICS_FILE = "metrics.json"
+# The metrics reported with a checkpoint, beside it: METRICS_FILE (checkpoint_manifest).
 
 
 def _tracked(model: keras.Model, epoch: tf.Variable) -> tf.train.Checkpoint:

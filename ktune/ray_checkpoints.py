@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ktune.checkpoint_manifest import is_complete
+from ktune.checkpoint_manifest import is_complete, reported_metrics
 from ktune.storage import write_atomic
 
 __all__ = ["relink_deleted_checkpoints", "UNREPORTED_FILE"]
@@ -26,14 +26,6 @@ UNREPORTED_FILE = ".ktune-unreported.json"
 
 def _checkpoint_index(path: Path) -> int:
     return int(path.name.split("_", 1)[1]) if path.name.startswith("checkpoint_") else -1
-
-
-def _reported_metrics(folder: Path) -> dict:
-    """What a ktune checkpoint was reported with (its ``metrics.json``), or {}."""
-    try:
-        return json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _relink(manager, meta: dict, aside: Path) -> str | None:
@@ -67,7 +59,7 @@ def _relink(manager, meta: dict, aside: Path) -> str | None:
     handed = later[0]
     reported = (meta.get("last_result") or {}).get("epoch")
     (handed / UNREPORTED_FILE).write_text(json.dumps({"reported_epoch": reported}))
-    metrics = _reported_metrics(handed)
+    metrics = reported_metrics(handed)
     result = _TrainingResult(
         checkpoint=Checkpoint(str(handed), filesystem=latest.checkpoint.filesystem),
         metrics=metrics,
@@ -106,7 +98,7 @@ def _register_recorded(manager, meta: dict, trial_dir: Path) -> str | None:
     for folder in folders:
         if _checkpoint_index(folder) <= after:
             break
-        metrics = _reported_metrics(folder)
+        metrics = reported_metrics(folder)
         if (metrics.get("epoch"), metrics.get("timestamp")) == (epoch, stamp):
             if not is_complete(str(folder)):
                 return None  # cut off: the trial trains that epoch again, and replaces it

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ktune import experiment_dir, storage
+from ktune.checkpoint_manifest import reported_metrics
 from ktune.config import ExperimentConfig, TrainingConfig
 from ktune.errors import ExperimentError, SearchFailed
 from ktune.experiment_dir import BEST_FILE, JOURNAL_FILE, RESULTS_FILE
@@ -49,7 +50,10 @@ def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict] | N
     best: tuple[Any, dict, float] | None = None
     for checkpoint, metrics in result.best_checkpoints or ():
         if metric not in metrics:
-            metrics = _reported_with(checkpoint) or metrics
+            # ``tune.Result.from_path`` pairs a checkpoint with the row of result.json that
+            # names it, and Ray rewrites that file from storage when a trial restarts (PBT):
+            # a checkpoint whose row was lost comes with {}. Its own metrics.json ranks it.
+            metrics = reported_metrics(checkpoint) or metrics
         value = metrics.get(metric)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
@@ -58,23 +62,9 @@ def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict] | N
     return None if best is None else (best[0], best[1])
 
 
-def _reported_with(checkpoint: Any) -> dict:
-    """The metrics a ktune checkpoint was reported with (the ``metrics.json`` inside it),
-    or {}. ``tune.Result.from_path`` pairs a checkpoint with the row of ``result.json``
-    that names it, and Ray rewrites that file from storage when a trial restarts (PBT):
-    a checkpoint whose row was lost comes with {} and was passed over, even when it was
-    the trial's best epoch."""
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/metrics.json") as f:
-            out = json.loads(f.read())
-    except Exception:  # noqa: BLE001 - not a ktune checkpoint, or unreadable: no metrics
-        return {}
-    return out if isinstance(out, dict) else {}
-
-
 def checkpoint_metrics(checkpoint: Any) -> dict:
     """A ktune checkpoint's epoch and metrics as best.json keeps them, or {}."""
-    return _best_json_metrics(_reported_with(checkpoint))
+    return _best_json_metrics(reported_metrics(checkpoint))
 
 
 def searched_config(cfg: ExperimentConfig, config: Any) -> dict:

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from ktune.checkpoint_manifest import MANIFEST_FILE, is_complete, write_manifest
+from ktune.checkpoint_manifest import MANIFEST_FILE, is_complete, reported_metrics, write_manifest
 
 
 @pytest.fixture
@@ -47,3 +47,18 @@ def test_a_folder_cut_off_mid_upload_is_not_complete(checkpoint, cut):
 def test_a_manifest_that_does_not_parse_is_not_complete(checkpoint):
     (checkpoint / MANIFEST_FILE).write_text('{"files": {"ckpt.ind')
     assert not is_complete(str(checkpoint))
+
+
+def test_reported_metrics_reads_a_folder_or_a_checkpoint_and_nothing_else(checkpoint):
+    """One reader of metrics.json for every caller: a folder (str or Path) or a Ray
+    Checkpoint through its file system; {} when it is missing, cut off or not an object."""
+    from ray import tune
+
+    for where in (checkpoint, str(checkpoint), tune.Checkpoint(str(checkpoint))):
+        assert reported_metrics(where) == {"epoch": 3}
+    for text in ('{"epoch": 3', "[3]", "\xff"):
+        (checkpoint / "metrics.json").write_bytes(text.encode("latin-1"))
+        assert reported_metrics(checkpoint) == {}
+        assert reported_metrics(tune.Checkpoint(str(checkpoint))) == {}
+    (checkpoint / "metrics.json").unlink()
+    assert reported_metrics(checkpoint) == {} == reported_metrics(tune.Checkpoint(str(checkpoint)))

@@ -255,13 +255,9 @@ def read_history(trial_dir: str | Path) -> list[dict]:
 
 def _checkpoint_metrics(folder: Path) -> dict:
     """The metrics a complete checkpoint folder was reported with, or {}."""
-    from ktune.checkpoint_manifest import is_complete
+    from ktune.checkpoint_manifest import is_complete, reported_metrics
 
-    try:
-        row = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
-    return row if isinstance(row, dict) and is_complete(str(folder)) else {}
+    return reported_metrics(folder) if is_complete(str(folder)) else {}
 
 
 def _results_rows(exp_dir: Path) -> dict[str, dict]:

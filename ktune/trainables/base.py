@@ -401,15 +401,16 @@ def _lineage(info: dict | None) -> dict | None:
 
 def _read_info(checkpoint) -> dict | None:
     """A ktune checkpoint's run, parent and epoch (small files, read where they lie)."""
-    from ktune.keras import METRICS_FILE
+    from ktune.checkpoint_manifest import reported_metrics
 
     fs = checkpoint.filesystem
     try:
         with fs.open_input_stream(f"{checkpoint.path}/{TRIAL_FILE}") as f:
             info = json.loads(f.read())
-        with fs.open_input_stream(f"{checkpoint.path}/{METRICS_FILE}") as f:
-            metrics = json.loads(f.read())
     except (OSError, ValueError):
+        return None
+    metrics = reported_metrics(checkpoint)
+    if not metrics or not isinstance(info, dict):
         return None
     return {
         "run": info.get("run"),
