@@ -29,7 +29,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -394,25 +394,30 @@ def clean_text(text: str, unescape: bool) -> str:
     return (_BACKSLASHES.sub(" ", text) if unescape else text).strip()
 
 
+def _no_column(path: str, source: str, line: int, column: str, row: Mapping) -> str:
+    """The error of a row without ``column``: a csv's is its header's (line 1)."""
+    if source == "csv":
+        return (
+            f"{path}: line 1: the header has no column '{column}' (it has "
+            f"{len(row)}: {', '.join(map(str, row)):.120}); set data.text / data.label, "
+            f"or data.columns (a name for each of the {len(row)} fields) if line 1 is "
+            "not a header"
+        )
+    return (
+        f"{path}: line {line}: no column '{column}' "
+        f"(has: {', '.join(map(str, row))}); set data.text / data.label"
+    )
+
+
 def _read_table(path: str, cfg: DataConfig) -> tuple[list[str], list[Any], list[int]]:
     """(texts, raw labels, the line of each) of a csv or jsonl file."""
     texts, labels, lines, rows = [], [], [], 0
     empty: list[int] = []  # the lines of rows without text
     for line, row in _read_rows(path, cfg.source, cfg.columns):
         rows += 1
-        for column in (*cfg.text, cfg.label):
-            if column not in row and cfg.source == "csv":  # its header (line 1) has not
-                raise DataError(
-                    f"{path}: line 1: the header has no column '{column}' (it has "
-                    f"{len(row)}: {', '.join(map(str, row)):.120}); set data.text / data.label, "
-                    f"or data.columns (a name for each of the {len(row)} fields) if line 1 is "
-                    "not a header"
-                )
-            if column not in row:
-                raise DataError(
-                    f"{path}: line {line}: no column '{column}' "
-                    f"(has: {', '.join(map(str, row))}); set data.text / data.label"
-                )
+        missing = next((c for c in (*cfg.text, cfg.label) if c not in row), None)
+        if missing is not None:
+            raise DataError(_no_column(path, cfg.source, line, missing, row))
         text = " ".join(
             _text_value(row[c], cfg.unescape_backslash, path, line, c)
             for c in cfg.text
