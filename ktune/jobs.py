@@ -15,6 +15,7 @@ Token authentication (on by default in Ray 2.60) stays on. The client sends
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -35,6 +36,12 @@ __all__ = ["submit", "follow", "list_jobs", "auth_token", "job_runtime_env"]
 
 # The job's working directory names its copy of the experiment file as an experiment folder does.
 EXPERIMENT_NAME = EXPERIMENT_FILE
+
+# Seconds Ray's job supervisor waits after `ray job stop`'s SIGTERM before it SIGKILLs the
+# job's driver (RAY_JOB_STOP_WAIT_TIME_S; Ray's default, 3 s, cut a search's stop short: its
+# last snapshot, interrupted.json and Ray's shutdown, so the stop read as a crash). The
+# supervisor runs with the job's env_vars; the driver exits as soon as its stop is done.
+STOP_WAIT_S = 60
 
 
 def auth_token(address: str) -> str | None:
@@ -102,13 +109,84 @@ def job_runtime_env(cfg: ExperimentConfig, workdir: Path, with_project: bool) ->
             data[key] = str(target.relative_to(workdir))
     if data:
         raw["data"] = data
+    if isinstance(raw.get("model"), dict):
+        raw["model"] = _ship_model_files(raw["model"], workdir, Path(cfg.base_dir or "."))
     (workdir / EXPERIMENT_NAME).write_text(yaml.safe_dump(raw, sort_keys=False))
-    # No env_vars here: the driver's ray.init sets them for the trials, and Ray refuses a
-    # job whose runtime env names the same variables as its driver's.
-    env: dict[str, Any] = {"working_dir": str(workdir)}
+    # Only the supervisor's variable here: the driver's ray.init sets the trials' own, and
+    # Ray refuses a job whose runtime env names the same variables as its driver's.
+    wait = os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", str(STOP_WAIT_S))
+    env: dict[str, Any] = {
+        "working_dir": str(workdir),
+        "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": wait},
+    }
     if with_project:
         env["py_modules"] = [str(Path(__file__).resolve().parent)]
     return env
+
+
+def _ship_model_files(model: dict, workdir: Path, base_dir: Path) -> dict:
+    """The model section of the job's experiment file, with what it names locally copied
+    into the job's working directory (the job's driver runs there, on the cluster):
+
+    - a relative model path that exists here (``model.name``, ``model.tokenizer``,
+      ``model.preprocess``, ``model.encoder``; for a ``{L}``/``{H}`` template, the folder
+      above its first placeholder): copied under ``model_files/``, and the path rewritten
+      to the copy, so it resolves in the job as it did here. Absolute paths are the
+      cluster's own (shared storage), and names that are not local folders (Hugging Face
+      ids, TF Hub URLs) are left as written;
+    - ``model.build``'s module when it lies beside the experiment file (a module or a
+      package of that folder; one on ``sys.path`` must be on the cluster's image).
+    """
+    model = dict(model)
+    shipped: dict[Path, str] = {}  # a local folder -> its copy's relative path
+    for key, value in model.items():
+        if key == "build" or not isinstance(value, str) or "://" in value:
+            continue
+        path = Path(value)
+        if path.is_absolute() or value.startswith("~"):
+            continue
+        head = []
+        for part in path.parts:
+            if "{" in part:
+                break
+            head.append(part)
+        local = Path(*head) if head else None
+        if local is None or not local.exists():
+            continue  # a Hub name, or a template whose folder is not here
+        source = local.resolve()
+        if source not in shipped:
+            name = f"model_files/{source.name}"
+            if name in shipped.values():
+                name = f"model_files/{len(shipped)}-{source.name}"
+            target = workdir / name
+            target.parent.mkdir(exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target)
+            else:
+                shutil.copyfile(source, target)
+            shipped[source] = name
+        model[key] = "/".join([shipped[source], *path.parts[len(head) :]])
+    build = model.get("build")
+    if isinstance(build, str) and ":" in build:
+        top = build.partition(":")[0].split(".")[0]
+        for found in (base_dir / top, base_dir / f"{top}.py"):
+            target = workdir / found.name
+            if found.is_dir() and not target.exists():
+                shutil.copytree(found, target, ignore=shutil.ignore_patterns("__pycache__"))
+            elif found.is_file() and not target.exists():
+                shutil.copyfile(found, target)
+    return model
+
+
+def _refusal_text(error: BaseException) -> str:
+    """The Jobs API's refusal in a line: its status, and the server's own error (the last
+    ``...Error: ...`` line of the tracebacks it sends) rather than the tracebacks."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    head = lines[0].split(": Traceback", 1)[0]
+    errors = [line for line in lines[1:] if re.match(r"[\w.]*(Error|Exception): ", line)]
+    return (f"{head}: {errors[-1]}" if errors else head)[:300]
 
 
 def submit(
@@ -141,12 +219,18 @@ def submit(
         entrypoint.append("--verbose")
     with tempfile.TemporaryDirectory(prefix="ktune-job-") as tmp:
         runtime_env = job_runtime_env(cfg, Path(tmp), with_project)
-        job_id = client.submit_job(
-            entrypoint=" ".join(entrypoint),
-            runtime_env=runtime_env,
-            submission_id=submission_id,
-            metadata={"ktune_experiment": cfg.name},
-        )
+        try:
+            job_id = client.submit_job(
+                entrypoint=" ".join(entrypoint),
+                runtime_env=runtime_env,
+                submission_id=submission_id,
+                metadata={"ktune_experiment": cfg.name},
+            )
+        except Exception as e:  # noqa: BLE001 - the Jobs API's refusals come in many kinds
+            text = _refusal_text(e)
+            raise ExperimentError(
+                f"--address {address}: the job was not submitted ({text})"
+            ) from None
     return job_id, f"{address.rstrip('/')}/#/jobs/{job_id}"
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ktune.driver import read_driver
+
 from conftest import REPO, kill_ray_under, subprocess_env, tiny_experiment, wait_for_first_epoch
 
 pytestmark = pytest.mark.slow
@@ -123,7 +125,7 @@ def ktune(*args: str, token: str | None, timeout: int = 600, **extra_env: str):
         )
 
 
-def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):
+def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path, monkeypatch):
     address, token = head
     raw = tiny_experiment(tmp_path)
     raw["name"] = "tiny_job"
@@ -143,6 +145,17 @@ def test_submit_follow_succeeds_and_jobs_api_needs_the_token(head, tmp_path):
     assert "best trial" in done.stdout  # the search's own output streamed back
     best = json.loads((Path(raw["storage"]) / "tiny_job" / "best.json").read_text())
     assert (Path(best["export"]) / "saved_model.pb").is_file()
+
+    # a refusal by the Jobs API (here: that submission id is taken) is one line
+    from ktune.errors import ExperimentError
+    from ktune.jobs import submit
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    with pytest.raises(ExperimentError) as refused:
+        submit(exp, address, submission_id=job_id)
+    text = str(refused.value)
+    assert text.startswith(f"--address {address}: the job was not submitted (") and job_id in text
+    assert "\n" not in text
 
     status, body = http_get(f"{address}/api/jobs/", token)
     assert status == 200
@@ -184,7 +197,8 @@ def job_status(address: str, job_id: str, token: str) -> str:
 
 def test_stopped_job_keeps_its_search_state_and_resumes(head, tmp_path):
     """Ctrl+C in ``ktune submit --follow`` stops the following, not the job; ``ray job
-    stop`` (SIGTERM to the job's driver, SIGKILL 3 s later) stops the search with its
+    stop`` (SIGTERM to the job's driver, SIGKILL 60 s later: ktune's job sets
+    RAY_JOB_STOP_WAIT_TIME_S; Ray's default is 3 s) stops the search with its
     state saved and nothing written as if it had finished; ``ktune resume`` finishes it."""
     address, token = head
     raw = tiny_experiment(tmp_path)
@@ -223,6 +237,9 @@ def test_stopped_job_keeps_its_search_state_and_resumes(head, tmp_path):
         time.sleep(0.5)
     for name in ("best.json", "results.csv", "export"):
         assert not (exp_dir / name).exists(), name
+    # a whole stop, not one cut off by the supervisor's SIGKILL (ktune gives it 60 s)
+    assert (exp_dir / "interrupted.json").is_file()
+    assert (read_driver(exp_dir) or {}).get("ended"), read_driver(exp_dir)
     status, logs = http_get(f"{address}/api/jobs/{job_id}/logs", token)
     assert status == 200 and "search interrupted by SIGTERM" in json.loads(logs)["logs"]
 
@@ -291,3 +308,63 @@ def test_token_sources_in_order(tmp_path, monkeypatch):
     assert auth_token("http://head.example:8265") == "file-token"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "env-token")
     assert auth_token("http://head.example:8265") == "env-token"
+
+
+def test_a_job_takes_its_relative_model_folders_and_build_module_along(
+    tmp_path, monkeypatch, tiny_setup
+):
+    """The job's driver runs in its own working directory on the cluster: the relative
+    model folders and ``model.build``'s module the experiment names here travel with it,
+    so the job's copy of the experiment resolves them with the originals gone."""
+    from ktune.config import load_config
+    from ktune.jobs import job_runtime_env
+    from ktune.trainables.custom import import_build_model
+    from ktune.trainables.hf_bert import check_models
+
+    setup = tiny_setup("hf_bert")
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    shutil.copytree(setup.root, project / "models" / "tiny-hf-bert")
+    monkeypatch.chdir(project)  # model paths are relative to the working directory
+    raw = tiny_experiment(
+        tmp_path,
+        family="hf_bert",
+        model={
+            "name": "models/tiny-hf-bert/bert_uncased_L-{L}_H-{H}_A-{A}",
+            "tokenizer": "models/tiny-hf-bert",
+        },
+        search__space=dict(setup.space),
+    )
+    exp = project / "exp.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    env = job_runtime_env(load_config(exp), workdir, with_project=False)
+    # Ray's supervisor waits this long for the stop before its SIGKILL (Ray's default: 3 s)
+    assert env["env_vars"] == {"RAY_JOB_STOP_WAIT_TIME_S": "60"}
+    shutil.move(project / "models", tmp_path / "moved-away")
+    monkeypatch.chdir(workdir)  # where the job's driver runs
+    cfg = load_config(workdir / "experiment.yaml")
+    # what the job's driver checks before Ray starts (it loads the tokenizer and configs)
+    assert len(check_models(cfg.model, cfg.search.space, maxlen=cfg.training.maxlen)) == 2
+    assert cfg.model["tokenizer"] == "model_files/tiny-hf-bert"
+    assert (workdir / "model_files" / "tiny-hf-bert" / "bert_uncased_L-2_H-32_A-2").is_dir()
+
+    # model.build's module, beside the experiment file
+    (project / "jobmodels.py").write_text("def build(config, info):\n    return None\n")
+    monkeypatch.chdir(project)
+    raw = tiny_experiment(tmp_path, model={"build": "jobmodels:build"})
+    raw["search"]["space"] = {"units": [8]}
+    exp.write_text(yaml.safe_dump(raw))
+    workdir = tmp_path / "job2"
+    workdir.mkdir()
+    try:
+        job_runtime_env(load_config(exp), workdir, with_project=False)
+        sys.modules.pop("jobmodels", None)
+        (project / "jobmodels.py").unlink()
+        monkeypatch.chdir(workdir)
+        cfg = load_config(workdir / "experiment.yaml")
+        build = import_build_model(cfg.model["build"], base_dir=cfg.base_dir)  # as trials do
+        assert sys.modules[build.__module__].__file__ == str(workdir / "jobmodels.py")
+    finally:
+        sys.modules.pop("jobmodels", None)
