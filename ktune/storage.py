@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ktune.errors import ConfigError, ExperimentError
+from ktune.tables import last_line
 
 __all__ = [
     "is_uri",
@@ -77,8 +78,7 @@ def redact(uri: str) -> str:
 
 
 def _last_line(error: BaseException) -> str:
-    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(error).__name__
+    return last_line(str(error)) or type(error).__name__
 
 
 def check_uri(key: str, uri: str) -> str:

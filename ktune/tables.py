@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any, Mapping, Sequence
 
 __all__ = [
@@ -119,9 +120,19 @@ def status_label(ray_status: str, epoch: int | None, epochs: int) -> str:
 
 def last_line(text: str) -> str:
     """The last line of ``text`` that is not blank, stripped ("" if none): the line of a
-    traceback or error message that says what went wrong, for one cell or one note."""
+    traceback or error message that says what went wrong, for one cell or one note.
+
+    A Keras layer's error ends with the arguments of the call (``Call arguments received
+    by layer ...:`` then ``• training=None``): the line taken is the last before them,
+    the error itself, without TensorFlow's ``{{function_node ...}}`` prefix."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
+    footer = [i for i, ln in enumerate(lines) if ln.startswith("Call arguments received by")]
+    if footer and footer[-1] > 0:
+        lines = lines[: footer[-1]]
+    return _FUNCTION_NODE.sub("", lines[-1]) if lines else ""
+
+
+_FUNCTION_NODE = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 
 
 def ensemble_note(best_info: Mapping) -> str:

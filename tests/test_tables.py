@@ -152,3 +152,23 @@ def test_statuses_and_durations():
 def test_last_line():
     assert last_line("Traceback\n  File x\nValueError: bad\n\n  ") == "ValueError: bad"
     assert last_line(" \n") == ""
+
+
+def test_last_line_of_a_keras_layer_error_is_the_error_not_its_call_arguments():
+    """tf_keras ends a layer's error with the call's arguments (``• training=None``): a
+    failed trial's one line (progress, results.csv, the report) is the error itself."""
+    import traceback
+
+    import tensorflow as tf
+    import tf_keras as keras
+
+    try:
+        keras.layers.Reshape((3,))(tf.ones([1, 4]))
+    except Exception as e:  # noqa: BLE001 - a real Keras error, as a trial's error.txt holds
+        text, error = traceback.format_exc(), e
+    assert "Call arguments received by layer" in text  # (tf_keras's footer, still there)
+    assert (
+        last_line(text)
+        == "Input to reshape is a tensor with 4 values, but the requested shape has 3 [Op:Reshape]"
+    )
+    assert last_line(str(error)) == last_line(text)

@@ -106,6 +106,18 @@ def test_frozen_and_fine_tuned_models(tiny_hub, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def run_cli(exp: Path, storage: Path) -> subprocess.CompletedProcess:
+    """``ktune run EXP --storage STORAGE`` in a fresh process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "ktune", "run", str(exp), "--storage", str(storage)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+
+
 def test_missing_handle_is_one_clear_line(tiny_hub, tmp_path):
     for key, value in (
         ("encoder", str(tmp_path / "nowhere" / TEMPLATE)),
@@ -115,19 +127,29 @@ def test_missing_handle_is_one_clear_line(tiny_hub, tmp_path):
         raw["model"][key] = value
         exp = tmp_path / f"missing_{key}.yaml"
         exp.write_text(yaml.safe_dump(raw))
-        done = subprocess.run(
-            [sys.executable, "-m", "ktune", "run", str(exp), "--storage", str(tmp_path / "r")],
-            capture_output=True,
-            text=True,
-            env=subprocess_env(),
-            cwd=REPO,
-            timeout=300,
-        )
+        done = run_cli(exp, tmp_path / "r")
         assert done.returncode == 2, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith(f"ktune: error: model.{key}: cannot load")
         assert "make-tiny-bert" in last
         assert not (tmp_path / "r").exists()
+
+
+def test_maxlen_past_the_encoders_positions_is_one_clear_line(tiny_hub, tmp_path):
+    """Before, every trial failed inside the encoder (a reshape to [1, 600, 64]) and the
+    search ended failed; now the run is one line, exit 2, before any trial."""
+    raw = hub_experiment(tmp_path, tiny_hub)
+    raw["training"]["maxlen"] = 600
+    exp = tmp_path / "long.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    done = run_cli(exp, tmp_path / "r")
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        "ktune: error: training.maxlen: 600 is more than the 512 positions of a TF Hub BERT "
+        "encoder; use at most 512"
+    )
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

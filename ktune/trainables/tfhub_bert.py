@@ -40,6 +40,11 @@ def _hub():
     return hub
 
 
+# The position embeddings of TF Hub's BERT encoders (small_bert, bert_en_*) and of the
+# tiny ones `ktune models make-tiny-bert` writes: the longest input they can read.
+BERT_POSITIONS = 512
+
+
 def encoder_handle(template: str, config: Mapping[str, Any]) -> str:
     return format_handle(
         template,
@@ -115,6 +120,12 @@ class TfhubBertFamily(Family):
     def prepare(
         self, data: TextDataset, training: TrainingConfig, model: Mapping[str, Any]
     ) -> Prepared:
+        if training.maxlen > BERT_POSITIONS:  # else every trial fails inside the encoder
+            raise ConfigError(
+                f"training.maxlen: {training.maxlen} is more than the {BERT_POSITIONS} "
+                "positions of a TF Hub BERT encoder; use at most "
+                f"{BERT_POSITIONS}"
+            )
         preprocess = _local_or_url(model["preprocess"])
         try:
             encode = BertPreprocess(preprocess, training.maxlen)
