@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ktune.errors import ExperimentError
-from ktune.experiment_dir import DRIVER_FILE, write_driver_file
+from ktune.experiment_dir import BEST_FILE, DRIVER_FILE, write_driver_file
 from ktune.tables import format_duration
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "running_elsewhere",
     "silent_after",
     "CLAIM_FILE",
+    "refuse_while_running",
     "claimed",
     "holds_results",
 ]
@@ -214,7 +215,7 @@ def holds_results(exp_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def claimed(exp_dir: Path) -> Iterator[None]:
+def claimed(exp_dir: Path, working_copy: bool = False, shown: str | None = None) -> Iterator[None]:
     """The experiment folder, claimed by this process for the run's start-up.
 
     ``ktune run`` checks that its folder is empty, then starts Ray and loads the data
@@ -225,7 +226,12 @@ def claimed(exp_dir: Path) -> Iterator[None]:
     once the run's own files are in the folder (they keep any later run out), or when
     the start-up fails; the folder too, when the run made it and nothing else is in it,
     so a failed start leaves nothing that blocks a re-run. A claim whose process is gone
-    (a run killed while it started) is taken over."""
+    (a run killed while it started) is taken over.
+
+    ``working_copy``: ``exp_dir`` is a remote experiment's staging folder on this machine,
+    where what an earlier run left is not results (the URI is the truth): the claim
+    alone keeps a second run or resume of that URI here from clearing it under this one.
+    ``shown``: the experiment as the refusal names it (the URI; default ``exp_dir``)."""
     made = [d for d in (exp_dir, *exp_dir.parents) if not d.exists()]  # innermost first
     exp_dir.mkdir(parents=True, exist_ok=True)
     path = exp_dir / CLAIM_FILE
@@ -240,14 +246,14 @@ def claimed(exp_dir: Path) -> Iterator[None]:
                 continue
             pid = f" (pid {holder['pid']} on {holder.get('host')})" if holder else ""
             raise ExperimentError(
-                f"{exp_dir}: another ktune run{pid} is starting this experiment; ktune never "
-                "lets two runs write one folder (choose another name or --storage)"
+                f"{shown or exp_dir}: another ktune run{pid} is starting this experiment; "
+                "ktune never lets two runs write one folder (choose another name or --storage)"
             ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({**identity(), "command": "run", "ended": None}, f)
         break
     try:
-        if holds_results(exp_dir):  # a run that started first
+        if not working_copy and holds_results(exp_dir):  # a run that started first
             raise ExperimentError(
                 f"{exp_dir}: experiment directory already exists; ktune never overwrites "
                 "results (choose another name or --storage)"
@@ -261,3 +267,28 @@ def claimed(exp_dir: Path) -> Iterator[None]:
                 folder.rmdir()
             except OSError:
                 break
+
+
+def refuse_while_running(d: Path, shown: str) -> None:
+    """A second driver on one experiment would mix two searches' state: ``ktune resume``
+    waits for the first to end (or to be stopped). This machine's driver is asked of the
+    system; another machine's counts as running while its heartbeat is current."""
+    info = read_driver(d)
+    if (
+        info is None
+        or (d / BEST_FILE).is_file()
+        or int(info["pid"]) == os.getpid()  # this process's own search, ended by an error
+    ):
+        return
+    state, pid, command = driver_state(info), info["pid"], info.get("command", "run")
+    if state == "running":
+        raise ExperimentError(
+            f"{shown}: its search is still running (ktune {command}, pid {pid} on this "
+            f"machine); stop it first (Ctrl+C there, or kill {pid}), then resume"
+        )
+    if state == "elsewhere" and silent_after(info):
+        raise ExperimentError(
+            f"{shown}: its search is still {running_elsewhere(info)}; stop it there first, "
+            f"then resume (a driver silent for {format_duration(silent_after(info))} "
+            "counts as stopped)"
+        )

@@ -18,11 +18,9 @@ The driver is quiet unless asked: Ray's own tables and the workers' log lines ar
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,14 +31,12 @@ from typing import Any, Callable, Sequence
 from ktune import experiment_dir, storage
 from ktune.config import DataConfig, ExperimentConfig
 from ktune.driver import (
+    CLAIM_FILE,
     DRIVER_FILE,
     claimed,
     driver_marked,
-    driver_state,
     holds_results,
-    read_driver,
-    running_elsewhere,
-    silent_after,
+    refuse_while_running,
 )
 from ktune.errors import ExperimentError, SearchInterrupted
 from ktune.experiment_dir import (
@@ -64,7 +60,6 @@ from ktune.search_end import (
     stop_signals,
 )
 from ktune.staging import push_staged
-from ktune.tables import format_duration
 
 __all__ = [
     "run_experiment",
@@ -291,14 +286,18 @@ def run_search(
     check_address(cfg.address)
     _check_tracking(cfg)
     exp_dir = cfg.experiment_dir
-    # Claimed while it starts, against a second run of this experiment (local storage);
-    # Ray first: when it cannot start, nothing is left that blocks a re-run.
-    with contextlib.nullcontext() if cfg.remote else claimed(exp_dir):
+    # Claimed while it starts, against a second run of this experiment: its folder, or
+    # on URI storage its staging folder on this machine, held until the name is taken
+    # on the storage. Ray first: when it cannot start, nothing is left that blocks a re-run.
+    shown = storage.redact(cfg.experiment_path)
+    with claimed(exp_dir, working_copy=cfg.remote, shown=shown):
+        if cfg.remote:
+            check_targets(cfg)  # again: a run that let go of this claim took the name first
         data, prepared, payload = prepare_while_ray_starts(cfg, verbose)
         if cfg.remote:
             # Only a working copy: the remote experiment, checked empty above, is the truth,
-            # so whatever an earlier run left in this folder goes.
-            shutil.rmtree(exp_dir, ignore_errors=True)
+            # so whatever an earlier run left in this folder goes (but this run's claim).
+            experiment_dir.clear_working_copy(exp_dir, keep=(CLAIM_FILE,))
             log.info(
                 "results: %s (ktune's files staged in %s)",
                 storage.redact(cfg.experiment_path),
@@ -320,6 +319,8 @@ def run_search(
                 cfg, data.class_names, prepared.artefacts, payload.verify_texts
             ),
         )
+        if cfg.remote:  # the name taken on the storage before the claim goes
+            push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE])
     with driver_marked(exp_dir, "run", push=lambda: push_staged(cfg, [DRIVER_FILE])):
         # URI storage: claims the name on the storage and makes the run resumable
         push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE, DRIVER_FILE])
@@ -468,7 +469,12 @@ def resume_search(
     if remote:
         where = str(exp_dir)
         shown = storage.redact(where)
-        d = experiment_dir.stage_remote(where)  # a working copy; the URI is the truth
+        # A run or resume of this URI on this machine works in its staging folder: refused
+        # before the download that replaces that folder (the claim covers one starting).
+        staged = experiment_dir.staging_folder(where)
+        with claimed(staged, working_copy=True, shown=shown):
+            refuse_while_running(staged, shown)
+            d = experiment_dir.stage_remote(where, keep=(CLAIM_FILE,))
         storage_value, name = storage.parent(where), storage.basename(where)
     else:
         d = Path(exp_dir).resolve()
@@ -483,7 +489,7 @@ def resume_search(
             f"{shown}: no {EXPERIMENT_FILE} (the experiment as run), so there is nothing to "
             "resume from; start it again under a new name"
         )
-    _refuse_while_running(d, shown)
+    refuse_while_running(d, shown)
     if not remote:
         from ktune.ray_state import SET_ASIDE_DIR, repair, searcher_lost
 
@@ -532,7 +538,7 @@ def resume_search(
             )
 
     data, prepared, payload = prepare_while_ray_starts(cfg, verbose, check=same_artefacts)
-    _refuse_while_running(d, shown)  # (one may have started while this one prepared)
+    refuse_while_running(d, shown)  # (one may have started while this one prepared)
     with driver_marked(d, "resume", push=lambda: push_staged(cfg, [DRIVER_FILE])):
         push_staged(cfg, [DRIVER_FILE])
         log.info("resuming %s", shown)
@@ -569,28 +575,3 @@ def resume_search(
         with tracking:
             best = _finish(cfg, grid, data, prepared, started, export, tracking, resumed=True)
         return best, grid
-
-
-def _refuse_while_running(d: Path, shown: str) -> None:
-    """A second driver on one experiment would mix two searches' state: ``ktune resume``
-    waits for the first to end (or to be stopped). This machine's driver is asked of the
-    system; another machine's counts as running while its heartbeat is current."""
-    info = read_driver(d)
-    if (
-        info is None
-        or (d / experiment_dir.BEST_FILE).is_file()
-        or int(info["pid"]) == os.getpid()  # this process's own search, ended by an error
-    ):
-        return
-    state, pid, command = driver_state(info), info["pid"], info.get("command", "run")
-    if state == "running":
-        raise ExperimentError(
-            f"{shown}: its search is still running (ktune {command}, pid {pid} on this "
-            f"machine); stop it first (Ctrl+C there, or kill {pid}), then resume"
-        )
-    if state == "elsewhere" and silent_after(info):
-        raise ExperimentError(
-            f"{shown}: its search is still {running_elsewhere(info)}; stop it there first, "
-            f"then resume (a driver silent for {format_duration(silent_after(info))} "
-            "counts as stopped)"
-        )

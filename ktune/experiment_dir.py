@@ -22,6 +22,7 @@ the experiment runner, the export and the report all read through it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import asdict
@@ -57,6 +58,7 @@ __all__ = [
     "fetch_experiment",
     "staging_folder",
     "stage_remote",
+    "clear_working_copy",
     "new_spec",
     "write_experiment_file",
     "write_spec",
@@ -293,12 +295,28 @@ def staging_folder(uri: str, spec: dict | None = None) -> Path:
     return Path(spec.get("staging_dir") or storage.staging_dir(uri))
 
 
-def stage_remote(uri: str) -> Path:
+def clear_working_copy(d: Path, keep: Sequence[str] = ()) -> None:
+    """Removes what ``d`` (a remote experiment's staging folder) holds but the names in
+    ``keep`` (the claim of the process clearing it)."""
+    if not d.is_dir():
+        return
+    for entry in d.iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def stage_remote(uri: str, keep: Sequence[str] = ()) -> Path:
     """A fresh working copy of the remote experiment ``uri`` in its staging folder, for a
     resume: ktune's files downloaded, whatever an earlier run left there removed (the URI
-    is the truth). One clear error when ``uri`` is not a ktune experiment."""
+    is the truth) but the names in ``keep``. One clear error when ``uri`` is not a ktune
+    experiment."""
     d = staging_folder(uri)
-    shutil.rmtree(d, ignore_errors=True)
+    clear_working_copy(d, keep)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -453,8 +453,7 @@ def test_another_machines_driver_is_told_by_its_heartbeat(experiment, running_co
     """A driver on another machine (a laptop reading a cluster's storage): running while
     its heartbeat is current, stopped once it missed them (its trials as Ray saved them:
     this machine cannot tell a crash from a lost connection, and says both)."""
-    from ktune.driver import SILENT_MIN_S
-    from ktune.experiment import _refuse_while_running
+    from ktune.driver import SILENT_MIN_S, refuse_while_running
     from ktune.report.load import load_experiment
     from ktune.report.text import _clock, status_line
 
@@ -477,7 +476,7 @@ def test_another_machines_driver_is_told_by_its_heartbeat(experiment, running_co
         f"{running_copy}` continues it)"
     ), line
     assert record.count("RUNNING") == 1
-    _refuse_while_running(running_copy, str(running_copy))  # silent: a resume may go on
+    refuse_while_running(running_copy, str(running_copy))  # silent: a resume may go on
     code, out = run_cli(str(experiment), str(running_copy), "--out", str(tmp_path / "c.html"))
     assert code == 0 and out.strip().splitlines()[2].split()[2] == "crashed?", out
 

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -559,3 +560,62 @@ def test_an_ensemble_on_uri_storage_keeps_its_members_beside_the_trials(
     )
     assert (fetched / "ckpt.index").is_file()
     assert not (tmp_path / "fetched" / "ensemble" / "seed_2").exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_or_a_resume_of_a_uri_this_machine_runs_is_refused_touching_nothing(
+    s3, tmp_path, monkeypatch
+):
+    """Two runs of one URI share its staging folder here. The second used to pass the
+    bucket's emptiness check while the first was still starting, then cleared the first
+    one's staging folder and trained into its study; a resume refused as "still running"
+    had already replaced the running search's staging folder (its Optuna journal) with the
+    bucket's copy, and the running search died. Both are now refused first."""
+    from ktune.driver import claimed
+
+    uri = _bucket(s3, "ktune-twice")
+    monkeypatch.setenv("KTUNE_STAGING_DIR", str(tmp_path / "staging"))
+    raw = tiny_experiment(tmp_path, storage=uri)
+    raw["name"] = "twice"
+    raw["search"].update(num_samples=2, max_concurrent_trials=1, scheduler="fifo")
+    raw["training"]["epochs"] = 3
+    raw["data"]["train_size"] = 3000
+    exp = tmp_path / "twice.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    staged = parse_config(raw, base_dir=tmp_path).experiment_dir
+    env = {**subprocess_env(), "KTUNE_STAGING_DIR": str(tmp_path / "staging")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "ktune", *args],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+        )  # fmt: skip
+
+    # a run of this URI starting here (its claim held: Ray and the data take seconds)
+    with claimed(staged, working_copy=True):
+        second = cli("run", str(exp))
+    assert second.returncode == 2, second.stderr[-2000:]
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith("ktune: error: s3://ktune-twice/runs/twice")
+    assert f"another ktune run (pid {os.getpid()} on" in last
+    assert _objects(s3, "ktune-twice") == {}
+
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ktune", "run", str(exp)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not any("/checkpoint_" in k for k in _objects(s3, "ktune-twice")):
+        assert first.poll() is None and time.time() < deadline, "no epoch before the end"
+        time.sleep(0.3)
+    journal = (staged / "optuna.journal").read_bytes()
+    (staged / "left-by-the-test").write_text("the resume must not clear this folder")
+    resumed = cli("resume", storage.join(uri, "twice"))
+    assert resumed.returncode == 2, resumed.stderr[-2000:]
+    assert "its search is still running" in resumed.stderr.strip().splitlines()[-1]
+    assert (staged / "left-by-the-test").is_file()  # the running search's folder: untouched
+    assert (staged / "optuna.journal").read_bytes().startswith(journal)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    best = json.loads(_get(s3, "ktune-twice", "runs/twice/best.json"))
+    assert best["num_trials"] == 2
