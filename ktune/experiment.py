@@ -518,7 +518,9 @@ def resume_search(
     cfg = resume_config(d, spec, storage_value, name, address, str(d) if remote else None)
     finished = experiment_dir.read_best(d)
     exported = (
-        finished is not None and finished.get("export") and _exists(cfg.export_path, "export.dir")
+        finished is not None
+        and finished.get("export")
+        and experiment_dir.export_complete(cfg.export_path)
     )
     if finished is not None and (
         exported or not (cfg.export.enabled if export is None else export)
@@ -567,11 +569,20 @@ def resume_search(
             stop_if_interrupted(cfg, end, shown)
             trials_done()
         if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
-            log.info(
-                "%s: already exported; `ktune export --force` replaces it",
-                storage.redact(cfg.export_path),
-            )
-            export = False
+            if storage.is_uri(cfg.export_path) and not experiment_dir.export_complete(
+                cfg.export_path
+            ):
+                log.info(  # cut off by the kill: what a reader would take for an export
+                    "%s: an export cut off mid-upload (no saved_model.pb); exporting again",
+                    storage.redact(cfg.export_path),
+                )
+                storage.delete_dir(cfg.export_path, "export.dir")
+            else:
+                log.info(
+                    "%s: already exported; `ktune export --force` replaces it",
+                    storage.redact(cfg.export_path),
+                )
+                export = False
         with tracking:
             best = _finish(cfg, grid, data, prepared, started, export, tracking, resumed=True)
         return best, grid

@@ -58,6 +58,7 @@ __all__ = [
     "fetch_experiment",
     "staging_folder",
     "stage_remote",
+    "export_complete",
     "clear_working_copy",
     "new_spec",
     "write_experiment_file",
@@ -225,6 +226,15 @@ def front_trial(best: dict, trial: str | None) -> dict:
     raise ExperimentError(
         f"--trial: {trial} is not a trial of the Pareto front; exportable: {known}"
     )
+
+
+def export_complete(location: str, key: str = "export.dir") -> bool:
+    """Whether the export at ``location`` (a folder or a URI) is whole: its
+    ``saved_model.pb``, which every export writes last, is there. An upload to a URI cut
+    off by a kill leaves the files before it (``metadata.json`` among them)."""
+    if storage.is_uri(location):
+        return storage.exists(storage.join(location, "saved_model.pb"), key)
+    return (Path(location) / "saved_model.pb").is_file()
 
 
 def export_is_of(meta: dict, best: dict) -> bool:

@@ -147,9 +147,12 @@ class ExperimentResult:
         # Refused before TensorFlow loads (export_best checks again, for other callers).
         taken = storage.exists(target, "--out") if storage.is_uri(target) else Path(target).exists()
         if taken and not force:
+            from ktune.experiment_dir import export_complete
+
+            cut = "" if export_complete(target, "--out") else ", cut off before saved_model.pb"
             raise ExperimentError(
-                f"{storage.redact(target)}: export target already exists "
-                "(use force=True to replace it)"  # (the CLI's --force is not this call's)
+                f"{storage.redact(target)}: export target already exists{cut} (replace it: "
+                "force=True, or `ktune export --force`)"
             )
         from ktune.export import export_best
 

@@ -213,7 +213,9 @@ def _front_test_accuracies(
 
 
 def _export_of(location: str, best_info: dict) -> bool:
-    """Whether the export at ``location`` is of best.json's trial and checkpoint."""
+    """Whether the export at ``location`` is whole and of best.json's trial and checkpoint."""
+    if not experiment_dir.export_complete(location):
+        return False
     try:
         meta_path = storage.join(location, "metadata.json")
         text = (

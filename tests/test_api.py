@@ -166,7 +166,8 @@ def test_predict_export_and_model_agree(finished, tmp_path):
     np.testing.assert_allclose(
         fresh["probabilities"], [list(p["probabilities"].values()) for p in from_export], atol=1e-5
     )
-    with pytest.raises(ktune.ExperimentError, match=r"already exists \(use force=True to"):
+    refused = r"already exists \(replace it: force=True, or `ktune export --force`\)"
+    with pytest.raises(ktune.ExperimentError, match=refused):
         loaded.export(tmp_path / "again")
 
 

@@ -403,7 +403,14 @@ def test_export_cli_on_the_uri_refuses_then_force_replaces(remote_run, s3):
     cfg, _, _, _ = remote_run
     before = _objects(s3, "ktune", "runs/tiny/export/")
     refused = ktune_cli("export", cfg.experiment_path)
-    assert refused.returncode == 2 and "already exists" in refused.stderr
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "export target already exists (replace it: force=True, or `ktune export --force`)"
+        )
+    )
     assert _objects(s3, "ktune", "runs/tiny/export/") == before
     forced = ktune_cli("export", cfg.experiment_path, "--force")
     assert forced.returncode == 0, forced.stderr[-2000:]
@@ -494,6 +501,18 @@ def test_ctrl_c_on_uri_storage_saves_the_search_there_and_resume_finishes_it(
     assert len(result.trials) == 3
     remote_best = json.loads(_get(s3, "ktune-ctrlc", "runs/stopped/best.json"))
     assert remote_best["num_trials"] == 3
+
+    # An export upload cut off by a kill (files before saved_model.pb, which goes last)
+    # is no export: a resume exports again rather than call the search finished.
+    export = set(_objects(s3, "ktune-ctrlc", "runs/stopped/export/"))
+    cut = {k for k in export if k.endswith("saved_model.pb") or "/variables/" in k}
+    assert cut and "runs/stopped/export/metadata.json" in export - cut
+    for key in cut:
+        s3[0].delete_object(Bucket="ktune-ctrlc", Key=key)
+    ktune.resume(caught.value.experiment)
+    assert set(_objects(s3, "ktune-ctrlc", "runs/stopped/export/")) == export
+    again = json.loads(_get(s3, "ktune-ctrlc", "runs/stopped/best.json"))
+    assert again["export"] == remote_best["export"] and again["trial"] == remote_best["trial"]
 
 
 @pytest.mark.slow
