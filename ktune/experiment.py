@@ -53,6 +53,7 @@ from ktune.results import finish_search
 from ktune.search_end import (
     SearchEnd,
     exit_once_ray_is_lost,
+    fit_naming_resume,
     interrupted_summary,
     note_interrupted,
     raising_signals,
@@ -330,19 +331,22 @@ def run_search(
             lost = exit_once_ray_is_lost(cfg, end, storage.redact(cfg.experiment_path))
             with tune_output(verbose), stop_signals(end, lost):
                 # (the searcher announces its Optuna study when built)
-                grid = build_tuner(
-                    cfg,
-                    payload,
-                    callbacks=callbacks,
-                    tune_callbacks=[end]
-                    + _progress_callbacks(cfg, verbose, progress, end)
-                    + _storage_callbacks(cfg)
-                    + tracking.callbacks
-                    + list(tune_callbacks),
-                    verbose=1 if verbose else 0,
-                    scheduler=scheduler,
-                    search_alg=search_alg,
-                ).fit()
+                grid = fit_naming_resume(
+                    build_tuner(
+                        cfg,
+                        payload,
+                        callbacks=callbacks,
+                        tune_callbacks=[end]
+                        + _progress_callbacks(cfg, verbose, progress, end)
+                        + _storage_callbacks(cfg)
+                        + tracking.callbacks
+                        + list(tune_callbacks),
+                        verbose=1 if verbose else 0,
+                        scheduler=scheduler,
+                        search_alg=search_alg,
+                    ),
+                    storage.redact(cfg.experiment_path),
+                )
             # Ctrl+C: Ray saved the search's state; nothing else is written (MLflow: KILLED)
             stop_if_interrupted(cfg, end, storage.redact(cfg.experiment_path))
             trials_done()
@@ -565,7 +569,7 @@ def resume_search(
                 run_config.verbose = 1 if verbose else 0
                 if not remote:  # ASHA's rungs, which Ray's snapshot leaves out
                     restore_rungs(local._tune_config.scheduler, d)
-            grid = tuner.fit()
+            grid = fit_naming_resume(tuner, shown)
             stop_if_interrupted(cfg, end, shown)
             trials_done()
         if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):

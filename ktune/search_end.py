@@ -46,6 +46,7 @@ __all__ = [
     "note_interrupted",
     "stop_if_interrupted",
     "exit_once_ray_is_lost",
+    "fit_naming_resume",
 ]
 
 log = logging.getLogger("ktune")
@@ -311,3 +312,23 @@ def _handlers_restored(names: Sequence[int]) -> Iterator[None]:
             # None: installed from C (Ray's crash handler for SIGTERM); the default ends
             # the process as well
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+def fit_naming_resume(tuner, shown: str):
+    """``tuner.fit()``; an error out of Tune itself (the storage lost as the trials end,
+    say) is logged with how to go on before it propagates: a traceback alone did not say
+    that ``ktune resume`` continues the search from what Ray saved."""
+    from ktune.errors import KtuneUserError, SearchFailed
+    from ktune.tables import last_line
+
+    try:
+        return tuner.fit()
+    except Exception as e:
+        if not isinstance(e, (KtuneUserError, SearchFailed)):
+            log.error(
+                "the search stopped on an error (%s); `ktune resume %s` continues it from "
+                "what it saved",
+                ": ".join(filter(None, [type(e).__name__, last_line(str(e))])),
+                shown,
+            )
+        raise

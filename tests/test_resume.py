@@ -279,3 +279,38 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path):
             "trained an epoch: remove it and run again"
         )
     )
+
+
+@pytest.mark.slow
+def test_an_error_out_of_tune_names_the_resume_that_continues_the_search(
+    tmp_path, ray_session, caplog
+):
+    """An error out of Tune itself (here a Tune callback's, as the storage lost when the
+    trials end would be) propagates with one ktune line naming ``ktune resume``;
+    that resume finishes the search (the audit's case: an S3 outage as the trials ended
+    left a Ray traceback alone)."""
+    import logging
+
+    from ray import tune
+
+    import ktune
+
+    class Outage(tune.Callback):
+        def on_experiment_end(self, trials, **info):
+            raise OSError("When uploading the experiment state: NETWORK_CONNECTION")
+
+    raw = tiny_experiment(tmp_path)
+    raw["name"] = "outage"
+    raw["search"].update(num_samples=2, max_concurrent_trials=1, scheduler="fifo")
+    raw["training"]["epochs"] = 1
+    exp_dir = Path(raw["storage"]) / "outage"
+    with caplog.at_level(logging.ERROR, logger="ktune"), pytest.raises(OSError):
+        ktune.run(raw, callbacks=[Outage()])
+    said = [r.getMessage() for r in caplog.records if "ktune resume" in r.getMessage()]
+    assert said == [
+        "the search stopped on an error (OSError: When uploading the experiment state: "
+        f"NETWORK_CONNECTION); `ktune resume {exp_dir}` continues it from what it saved"
+    ]
+    assert not (exp_dir / "best.json").exists()
+    result = ktune.resume(exp_dir)
+    assert len(result.trials) == 2 and (exp_dir / "best.json").is_file()
