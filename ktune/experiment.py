@@ -44,6 +44,7 @@ from ktune.experiment_dir import (
     EXPERIMENT_FILE,
     JOURNAL_FILE,
     SPEC_FILE,
+    STOP_LOG,
 )
 from ktune.experiment_dir import fetch_experiment as fetch_experiment  # old home; moved
 from ktune.experiment_file import experiment_as_run
@@ -167,7 +168,8 @@ def _storage_callbacks(cfg: ExperimentConfig) -> list:
         return [SnapshotKeeper(cfg.experiment_dir, cfg.name)]
     from ktune.staging import UploadJournal
 
-    return [UploadJournal(cfg.experiment_dir, cfg.experiment_path, JOURNAL_FILE)]
+    # the Optuna journal, and ASHA's stops, which a resumed trial reads from the URI
+    return [UploadJournal(cfg.experiment_dir, cfg.experiment_path, [JOURNAL_FILE, STOP_LOG])]
 
 
 def _progress_callbacks(
@@ -567,8 +569,9 @@ def resume_search(
                     + list(tune_callbacks)
                 )
                 run_config.verbose = 1 if verbose else 0
-                if not remote:  # ASHA's rungs, which Ray's snapshot leaves out
-                    restore_rungs(local._tune_config.scheduler, d)
+                with experiment_dir.trial_histories(where if remote else None) as histories:
+                    # ASHA's rungs, which Ray's snapshot leaves out
+                    restore_rungs(local._tune_config.scheduler, d, histories)
             grid = fit_naming_resume(tuner, shown)
             stop_if_interrupted(cfg, end, shown)
             trials_done()

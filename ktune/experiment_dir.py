@@ -27,7 +27,7 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ktune import storage
 from ktune.errors import ExperimentError
@@ -59,6 +59,8 @@ __all__ = [
     "staging_folder",
     "stage_remote",
     "export_complete",
+    "trial_histories",
+    "STOP_LOG",
     "clear_working_copy",
     "new_spec",
     "write_experiment_file",
@@ -74,6 +76,8 @@ SPEC_FILE = "ktune.json"
 JOURNAL_FILE = "optuna.journal"
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.json"
+# The trials ktune's ASHA stopped, and at which epoch (ktune.schedulers.RevisingASHA).
+STOP_LOG = ".ktune-asha-stops"
 # Written when Ctrl+C or SIGTERM stopped the search (ktune.search_end): what was cut off,
 # so `ktune report` tells an interrupted search from a running one. A resume that trains
 # again makes it stale (the report compares times), and best.json supersedes it.
@@ -290,11 +294,26 @@ def fetch_experiment(uri: str, local: str | Path, *, trials: bool = False) -> Pa
             key=_KEY,
         )
     local.mkdir(parents=True, exist_ok=True)
-    for name in (SPEC_FILE, BEST_FILE, RESULTS_FILE, EXPERIMENT_FILE, JOURNAL_FILE, DRIVER_FILE):
+    names = (SPEC_FILE, BEST_FILE, RESULTS_FILE, EXPERIMENT_FILE, JOURNAL_FILE, DRIVER_FILE)
+    for name in (*names, STOP_LOG):
         remote = storage.join(uri, name)
         if storage.exists(remote, _KEY):
             storage.write_atomic(local / name, storage.read_text(remote, _KEY))
     return local
+
+
+@contextlib.contextmanager
+def trial_histories(uri: str | None) -> Iterator[Path | None]:
+    """The trials' folders of the experiment at ``uri`` without their checkpoints, in a
+    temporary folder (None: a local experiment, read in place)."""
+    if uri is None:
+        yield None
+        return
+    tmp = storage.temporary_dir("ktune-histories-")
+    try:
+        yield fetch_experiment(uri, tmp, trials=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def staging_folder(uri: str, spec: dict | None = None) -> Path:

@@ -25,6 +25,8 @@ from typing import Any, Dict
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
+from ktune.experiment_dir import STOP_LOG
+
 __all__ = ["RevisingASHA", "restore_rungs", "read_stops", "STOP_LOG"]
 
 
@@ -78,8 +80,8 @@ class RevisingASHA(AsyncHyperBandScheduler):
         return action
 
 
-# Written by RevisingASHA.stop_log in the experiment folder (no .json: Ray copies those).
-STOP_LOG = ".ktune-asha-stops"
+# Written by RevisingASHA.stop_log in the experiment folder (no .json: Ray copies those):
+# STOP_LOG, kept with ktune's files (experiment_dir).
 
 
 def _epoch(result: Dict, attr: str) -> int:
@@ -100,7 +102,7 @@ def read_stops(text: str) -> dict[str, int | None]:
     return stops
 
 
-def restore_rungs(scheduler: Any, exp_dir: str | Path) -> int:
+def restore_rungs(scheduler: Any, exp_dir: str | Path, histories: str | Path | None = None) -> int:
     """``ktune resume``: refills an ASHA's rungs with what the experiment's trials reported
     (their ``result.json``), as Ray's ASHA recorded it live, and has a
     :class:`RevisingASHA` stop again the trials it stopped before (its ``stop_log``);
@@ -111,7 +113,10 @@ def restore_rungs(scheduler: Any, exp_dir: str | Path) -> int:
     arrival and continued; and a trial ASHA stopped after Ray's last snapshot came back
     and trained on (the snapshot still had it running). Such a trial first reports its
     epochs since the snapshot again, up to the one it was stopped at: that result is now
-    its stop."""
+    its stop.
+
+    ``histories``: the folder holding the trials' folders (default ``exp_dir``; on URI
+    storage a download of them, ``exp_dir`` being the staging folder of ktune's files)."""
     if not isinstance(scheduler, AsyncHyperBandScheduler) or len(scheduler._brackets) != 1:
         return 0  # (several brackets: a trial's bracket was a random draw, not recorded)
     attr, metric, op = scheduler._time_attr, scheduler._metric, scheduler._metric_op
@@ -124,7 +129,7 @@ def restore_rungs(scheduler: Any, exp_dir: str | Path) -> int:
             scheduler._resumed_stops = read_stops(log.read_text(errors="replace"))
     [bracket] = scheduler._brackets
     count = 0
-    for trial_id, rows in _histories(Path(exp_dir), attr, metric).items():
+    for trial_id, rows in _histories(Path(histories or exp_dir), attr, metric).items():
         for milestone, recorded in bracket._rungs:
             # Ray records a trial's result at its first report at or past the milestone
             reached = [r for r in rows if r[attr] >= milestone]

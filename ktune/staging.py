@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from ray.tune import Callback
 
@@ -44,17 +44,20 @@ def push_staged(cfg: ExperimentConfig, names: Iterable[str]) -> None:
 
 
 class UploadJournal(Callback):
-    """Uploads the Optuna journal to the experiment URI as the search goes on.
+    """Uploads the named files (the Optuna journal, ASHA's stop log) to the experiment URI
+    as the search goes on.
 
     At most every ``interval`` seconds on a trial result, and always when a trial ends and
     when the experiment ends. A failed upload is logged and retried at the next chance;
     it never stops the search.
     """
 
-    def __init__(self, local_dir: str | Path, uri: str, name: str, interval: float = 15.0):
+    def __init__(
+        self, local_dir: str | Path, uri: str, names: Sequence[str], interval: float = 15.0
+    ):
         self.local_dir = str(local_dir)
         self.uri = uri
-        self.name = name
+        self.names = list(names)
         self.interval = interval
         self._last = 0.0
 
@@ -64,9 +67,9 @@ class UploadJournal(Callback):
             return
         self._last = now
         try:
-            push(Path(self.local_dir), self.uri, [self.name])
+            push(Path(self.local_dir), self.uri, self.names)
         except Exception as e:  # the search goes on; the next event tries again
-            log.warning("could not upload %s: %s", self.name, e)
+            log.warning("could not upload %s: %s", " and ".join(self.names), e)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._upload()

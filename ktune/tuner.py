@@ -355,8 +355,8 @@ def build_tuner(
         _set_metric(scheduler, cfg)
     else:
         scheduler = build_scheduler(cfg)
-        if isinstance(scheduler, RevisingASHA) and not cfg.remote:  # read by a resume
-            scheduler.stop_log = Path(cfg.experiment_path) / STOP_LOG
+        if isinstance(scheduler, RevisingASHA):  # read by a resume (uploaded on a URI)
+            scheduler.stop_log = Path(cfg.experiment_dir) / STOP_LOG
     if isinstance(search_alg, Searcher):
         # What Tune would do with a Searcher (limit, then wrap), with ktune's generator,
         # whose snapshots never race Ray's background copy. A limiter passed in stands.

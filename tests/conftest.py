@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -211,6 +212,16 @@ def ktune_run_in_its_own_group(
         start_new_session=True,
     )
     return run, env
+
+
+def first_asha_stop(run: subprocess.Popen) -> tuple[str, int] | None:
+    """(trial, epoch) of the first "stopped early (ASHA)" line of ``run``'s output (read
+    up to it), or None when the run ended without one."""
+    for line in run.stdout:
+        found = re.search(r"(trial_\w+) stopped early \(ASHA\) after epoch (\d)", line)
+        if found:
+            return found.group(1), int(found.group(2))
+    return None
 
 
 def ktune_cli(

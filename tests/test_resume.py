@@ -21,6 +21,7 @@ from ktune.report.text import status_line
 from conftest import (
     REPO,
     assert_checkpoints_hold_their_results,
+    first_asha_stop,
     journal_study,
     kill_ray_under,
     ktune_run_in_its_own_group,
@@ -209,7 +210,6 @@ def test_a_trial_asha_stopped_before_the_kill_stays_stopped(tmp_path, ray_tmp):
     the last epoch; and then an epoch it had trained after the stop, while the driver
     decided, was reported again and counted in its best, or it was stopped at the first
     epoch reported again, one short of its stop."""
-    import re
 
     raw = tiny_experiment(tmp_path, search__num_samples=2, training__epochs=4)
     raw["name"] = "stops"
@@ -222,12 +222,7 @@ def test_a_trial_asha_stopped_before_the_kill_stays_stopped(tmp_path, ray_tmp):
     run, _ = ktune_run_in_its_own_group(
         exp, ray_tmp, stderr=subprocess.STDOUT, TUNE_GLOBAL_CHECKPOINT_S="1000"
     )
-    stopped = None
-    for line in run.stdout:  # two trials at once: one is stopped at rung 1 or 2
-        found = re.search(r"(trial_\w+) stopped early \(ASHA\) after epoch (\d)", line)
-        if found:
-            stopped = found.group(1), int(found.group(2))
-            break
+    stopped = first_asha_stop(run)  # two trials at once: one is stopped at rung 1 or 2
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     kill_ray_under(ray_tmp)

@@ -638,3 +638,55 @@ def test_a_second_run_or_a_resume_of_a_uri_this_machine_runs_is_refused_touching
     assert first.returncode == 0, err[-3000:]
     best = json.loads(_get(s3, "ktune-twice", "runs/twice/best.json"))
     assert best["num_trials"] == 2
+
+
+@pytest.mark.slow
+def test_a_trial_asha_stopped_before_a_kill_stays_stopped_on_a_uri(s3, tmp_path, ray_tmp):
+    """As on local storage (test_resume.py): killed after ASHA stopped a trial, the resume
+    of the URI keeps it stopped where it was. Before, ASHA's stop log was kept for local
+    storage only, and the audit saw a stopped trial come back after a kill before Ray's
+    next snapshot and train on (and win). That window (Ray snapshots every two checkpoints
+    of a trial) is not hit on purpose here: the stop log's upload is the check."""
+    import csv
+    import signal
+
+    from conftest import first_asha_stop, kill_ray_under, ktune_run_in_its_own_group
+
+    uri = _bucket(s3, "ktune-stops")
+    raw = tiny_experiment(tmp_path, storage=uri, search__num_samples=2, training__epochs=5)
+    raw["name"] = "stops"
+    raw["data"]["train_size"] = 12000  # epochs of seconds: the kill lands mid-run
+    raw["export"] = {"enabled": False}
+    exp = tmp_path / "stops.yaml"
+    exp.write_text(yaml.safe_dump(raw))
+    staging = str(tmp_path / "staging")
+    # TUNE_GLOBAL_CHECKPOINT_S: no snapshot of Ray's between the stop and the kill
+    run, env = ktune_run_in_its_own_group(
+        exp, ray_tmp, stderr=subprocess.STDOUT, TUNE_GLOBAL_CHECKPOINT_S="1000",
+        KTUNE_STAGING_DIR=staging,
+    )  # fmt: skip
+    stopped = first_asha_stop(run)  # two trials at once: one is stopped at rung 1 or 2
+    # ASHA's stop log reaches the bucket as the stopped trial ends (a resumed trial reads
+    # it there); before, it was kept for local storage only
+    deadline = time.time() + 10
+    while not _objects(s3, "ktune-stops", "runs/stops/.ktune-asha-stops"):
+        assert time.time() < deadline, "ASHA's stop log never reached the bucket"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    kill_ray_under(ray_tmp)
+    assert stopped is not None, "no trial was stopped early"
+    keys = _objects(s3, "ktune-stops", "runs/stops/")
+    assert "runs/stops/best.json" not in keys, "the run ended before the kill"
+    trial, epoch = stopped
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "ktune", "resume", storage.join(uri, "stops")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    text = _get(s3, "ktune-stops", "runs/stops/results.csv").decode()
+    rows = {r["trial"]: r for r in csv.DictReader(text.splitlines())}
+    assert int(rows[trial]["epochs"]) == epoch  # as if never interrupted
+    trained = {k for k in _objects(s3, "ktune-stops", f"runs/stops/{trial}/") if "ckpt.index" in k}
+    assert len(trained) <= epoch + 1  # nothing trained past the stop after the resume
