@@ -14,15 +14,15 @@ Two ways in, one code path (``ktune run`` on the command line calls :func:`run`)
 
 :func:`predict` classifies texts with any export (a folder or a URI). The command line
 maps onto these one to one: ``ktune run`` -> :func:`run`, ``resume`` -> :func:`resume`,
-``export`` -> ``load(...).export(...)``, ``predict`` -> :func:`predict`.
-
-Nothing here prints unless asked (``progress=True`` prints the live table of trials).
+``export`` -> ``load(...).export(...)``, ``predict`` -> :func:`predict`. Nothing here
+prints unless asked (``progress=True`` prints the live table of trials).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -238,7 +238,7 @@ def load(experiment_dir: str | Path, *, workdir: str | Path | None = None) -> Ex
     Args:
         experiment_dir: str or Path. ``<storage>/<name>``, a folder or a URI.
         workdir: str or Path or None. Where a URI's files are downloaded (the caller
-            removes it). Defaults to a new temporary folder.
+            removes it). Defaults to a temporary folder, removed with the result.
 
     Example::
 
@@ -246,16 +246,19 @@ def load(experiment_dir: str | Path, *, workdir: str | Path | None = None) -> Ex
         result.trials.sort_values("val_accuracy").tail(3)
     """
     given = str(experiment_dir)
+    ours = storage.is_uri(given) and workdir is None
     if storage.is_uri(given):
-        base = Path(workdir) if workdir is not None else storage.temporary_dir("ktune-load-")
+        base = storage.temporary_dir("ktune-load-") if ours else Path(str(workdir))
         local = _experiment_dir.fetch_experiment(given, base / storage.basename(given))
         path = given
     else:
-        local = Path(given)
-        path = str(local.resolve())
+        local, path = Path(given), str(Path(given).resolve())
     # One clear line naming the folder as given, before TensorFlow or Ray load.
     spec, best = _experiment_dir.read_experiment(local)
-    return ExperimentResult(path=path, dir=local.resolve(), spec=spec, best=best)
+    result = ExperimentResult(path=path, dir=local.resolve(), spec=spec, best=best)
+    if ours:
+        weakref.finalize(result, shutil.rmtree, local.parent, True)
+    return result
 
 
 def predict(export_dir: str | Path, texts: Sequence[str]) -> list[dict]:

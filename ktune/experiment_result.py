@@ -41,7 +41,7 @@ class ExperimentResult:
 
     path: str
     dir: Path
-    spec: dict
+    spec: dict = field(repr=False)  # (the vocabulary and verification texts: long)
     best: dict
     _grid: Any = field(default=None, repr=False)
 

@@ -399,6 +399,24 @@ def test_a_second_run_into_the_existing_remote_experiment_exits_2_writing_nothin
 
 
 @pytest.mark.slow
+def test_a_result_loaded_from_a_uri_keeps_its_download_while_it_lives(remote_run):
+    """``ktune.load(URI)`` downloads ktune's files to a temporary folder: removed with the
+    result (they were left in /tmp), and the result's repr leaves out the spec (it printed
+    the whole vocabulary and the verification texts)."""
+    import gc
+
+    import ktune
+
+    cfg, _, _, _ = remote_run
+    result = ktune.load(cfg.experiment_path)
+    folder = result.dir.parent
+    assert folder.name.startswith("ktune-load-") and (result.dir / "best.json").is_file()
+    assert "vocab" not in repr(result) and len(repr(result)) < 3000
+    del result
+    gc.collect()
+    assert not folder.exists()
+
+
 def test_export_cli_on_the_uri_refuses_then_force_replaces(remote_run, s3):
     cfg, _, _, _ = remote_run
     before = _objects(s3, "ktune", "runs/tiny/export/")
