@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -294,7 +295,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
             else d
             for i, d in enumerate(args.experiment_dirs)
         ]
-        records = [load_experiment(d) for d in local_dirs]
+        records = [  # a URI's downloaded copy is named by its URI (header, HTML)
+            replace(load_experiment(d), shown=storage.redact(g) if storage.is_uri(g) else None)
+            for d, g in zip(local_dirs, args.experiment_dirs)
+        ]
         if len(records) > 1:
             print(compare_experiments(records, _local_out(args.out, "ktune-compare.html")).text)
             return 0

@@ -325,8 +325,8 @@ def run_search(
         if cfg.remote:  # the name taken on the storage before the claim goes
             push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE])
     with driver_marked(exp_dir, "run", push=lambda: push_staged(cfg, [DRIVER_FILE])):
-        # URI storage: claims the name on the storage and makes the run resumable
-        push_staged(cfg, [EXPERIMENT_FILE, SPEC_FILE, DRIVER_FILE])
+        # URI storage: the driver's file (experiment.yaml and ktune.json went under the claim)
+        push_staged(cfg, [DRIVER_FILE])
         # A user's own searcher may finish before num_samples by design; ktune's do not.
         end = SearchEnd(expect_total=search_alg is None)
         with _tracking(cfg) as tracking:  # MLflow / W&B, when the file names them

@@ -447,7 +447,12 @@ def test_report_on_the_uri_writes_beside_the_experiment(remote_run, s3):
     keys = _objects(s3, "ktune", "runs/tiny/")
     assert "runs/tiny/report.html" in keys
     assert any(k.startswith("runs/tiny/report-") and k.endswith(".png") for k in keys)
-    assert b"tiny" in _get(s3, "ktune", "runs/tiny/report.html")
+    page = _get(s3, "ktune", "runs/tiny/report.html").decode()
+    assert "tiny" in page
+    # the experiment is named by its URI, not by the temporary download the report read
+    shown = storage.redact(cfg.experiment_path)
+    assert done.stdout.splitlines()[0] == f"experiment tiny (transformer) at {shown}"
+    assert "ktune-download-" not in page and shown.split("?")[0] in page
 
 
 @pytest.mark.slow

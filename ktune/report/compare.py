@@ -186,7 +186,7 @@ def compare_experiments(records: Sequence[ExperimentRecord], out: str | Path) ->
             f'<h2>Side by side</h2><img alt="comparison" src="data:image/png;base64,{data}">'
         )
     parts.append("<h2>Experiments</h2>")
-    parts.append(kv_table(list(zip(compare_labels(records), (str(r.path) for r in records)))))
+    parts.append(kv_table(list(zip(compare_labels(records), (r.where for r in records)))))
     parts.append("</body></html>")
     write_atomic(out, "\n".join(parts).encode("utf-8"))
     lines = [table_text(header, rows), *(f"note: {n}" for n in notes), f"\ncomparison: {out}"]

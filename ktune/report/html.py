@@ -22,7 +22,7 @@ from ktune.report.load import ExperimentRecord
 from ktune.report.plots import draw_plots
 from ktune.report.study import read_optuna_study
 from ktune.report.text import best_line, status_line, summary_text, trial_table, wall_note
-from ktune.storage import write_atomic
+from ktune.storage import join, write_atomic
 from ktune.tables import ensemble_note, format_duration, metric_text, value_text
 
 __all__ = ["REPORT_FILE", "WrittenReport", "render_html", "write_report"]
@@ -229,7 +229,7 @@ def render_html(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>ktune report: {escape(record.name)}</title><style>{CSS}</style></head><body>",
         f"<h1>ktune report: {escape(record.name)}</h1>",
-        f"<p class='sub'>{escape(record.path)} &middot; generated {escape(now)}</p>",
+        f"<p class='sub'>{escape(record.where)} &middot; generated {escape(now)}</p>",
         "<h2>Summary</h2>",
         kv_table(
             [
@@ -279,9 +279,11 @@ def render_html(
                 )
     parts.append(
         "<h2>Look further</h2><p>Per-trial TensorBoard logs (scalars per epoch): "
-        f"<code>tensorboard --logdir {escape(record.path)}</code><br>The Optuna study, live: "
+        f"<code>tensorboard --logdir {escape(record.where)}</code><br>The Optuna study, live: "
         f"<code>pip install optuna-dashboard &amp;&amp; optuna-dashboard "
-        f"{escape(record.path / JOURNAL_FILE)}</code></p></body></html>"
+        f"{escape(join(record.where, JOURNAL_FILE))}</code>"
+        + (" (download the journal first)" if record.shown else "")
+        + "</p></body></html>"
     )
     return "\n".join(parts)
 

@@ -111,6 +111,13 @@ class ExperimentRecord:
     interrupted: dict | None = None
     # driver.json with its "state" (ktune.driver.driver_state) while not finished
     driver: dict | None = None
+    # where the experiment lives as the report names it: a URI's (redacted) for a
+    # downloaded copy (``ktune report URI``); None: ``path``
+    shown: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self.shown or str(self.path)
 
     @property
     def name(self) -> str:

@@ -160,7 +160,7 @@ def summary_text(record: ExperimentRecord, importances: Mapping[str, float]) -> 
     """What ``ktune report`` prints about one experiment, above its notes."""
     wall, how = record.wall_time()
     lines = [
-        f"experiment {record.name} ({record.family}) at {record.path}",
+        f"experiment {record.name} ({record.family}) at {record.where}",
         status_line(record),
         best_line(record),
     ]
