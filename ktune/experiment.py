@@ -97,22 +97,27 @@ def check_targets(cfg: ExperimentConfig) -> None:
             storage.check_local_writable(cfg.export.dir, "export.dir")
     if cfg.remote:
         storage.check_reachable(cfg.experiment_path, "storage")
-        taken = storage.is_nonempty_dir(cfg.experiment_path, "storage")
-        where = storage.redact(cfg.experiment_path)
-    else:
-        exp_dir = cfg.experiment_dir
-        taken, where = holds_results(exp_dir), str(exp_dir)
-    if taken:
-        raise ExperimentError(
-            f"{where}: experiment directory already exists; ktune never overwrites results "
-            "(choose another name or --storage)"
-        )
+    _refuse_taken(cfg)
     if cfg.export.enabled and storage.is_uri(cfg.export_path):
         storage.check_reachable(cfg.export_path, "export.dir")
     if cfg.export.enabled and _exists(cfg.export_path, "export.dir"):
         raise ExperimentError(
             f"{storage.redact(cfg.export_path)}: export target already exists; ktune never "
             "overwrites an export (set export.dir or remove it)"
+        )
+
+
+def _refuse_taken(cfg: ExperimentConfig) -> None:
+    """Results already where this run would write them: refused."""
+    if cfg.remote:
+        taken = storage.is_nonempty_dir(cfg.experiment_path, "storage")
+        where = storage.redact(cfg.experiment_path)
+    else:
+        taken, where = holds_results(cfg.experiment_dir), str(cfg.experiment_dir)
+    if taken:
+        raise ExperimentError(
+            f"{where}: experiment directory already exists; ktune never overwrites results "
+            "(choose another name or --storage)"
         )
 
 
@@ -289,13 +294,12 @@ def run_search(
     check_address(cfg.address)
     _check_tracking(cfg)
     exp_dir = cfg.experiment_dir
-    # Claimed while it starts, against a second run of this experiment: its folder, or
-    # on URI storage its staging folder on this machine, held until the name is taken
-    # on the storage. Ray first: when it cannot start, nothing is left that blocks a re-run.
+    # Claimed while it starts, against a second run: its folder (on a URI, its staging
+    # folder here, until the name is taken there); a failed start leaves nothing behind.
     shown = storage.redact(cfg.experiment_path)
     with claimed(exp_dir, working_copy=cfg.remote, shown=shown):
         if cfg.remote:
-            check_targets(cfg)  # again: a run that let go of this claim took the name first
+            _refuse_taken(cfg)  # again: a run that let go of this claim took the name first
         data, prepared, payload = prepare_while_ray_starts(cfg, verbose)
         if cfg.remote:
             # Only a working copy: the remote experiment, checked empty above, is the truth,
@@ -303,7 +307,7 @@ def run_search(
             experiment_dir.clear_working_copy(exp_dir, keep=(CLAIM_FILE,))
             log.info(
                 "results: %s (ktune's files staged in %s)",
-                storage.redact(cfg.experiment_path),
+                shown,
                 exp_dir,
             )
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -314,7 +318,7 @@ def run_search(
             log.warning(
                 "%s: the experiment has no YAML form (a value YAML cannot hold), so it "
                 "cannot be resumed; pass plain values or a file",
-                storage.redact(cfg.experiment_path),
+                shown,
             )
         experiment_dir.write_spec(
             exp_dir,
@@ -330,7 +334,7 @@ def run_search(
         # A user's own searcher may finish before num_samples by design; ktune's do not.
         end = SearchEnd(expect_total=search_alg is None)
         with _tracking(cfg) as tracking:  # MLflow / W&B, when the file names them
-            lost = exit_once_ray_is_lost(cfg, end, storage.redact(cfg.experiment_path))
+            lost = exit_once_ray_is_lost(cfg, end, shown)
             with tune_output(verbose), stop_signals(end, lost):
                 # (the searcher announces its Optuna study when built)
                 grid = fit_naming_resume(
@@ -347,10 +351,10 @@ def run_search(
                         scheduler=scheduler,
                         search_alg=search_alg,
                     ),
-                    storage.redact(cfg.experiment_path),
+                    shown,
                 )
             # Ctrl+C: Ray saved the search's state; nothing else is written (MLflow: KILLED)
-            stop_if_interrupted(cfg, end, storage.redact(cfg.experiment_path))
+            stop_if_interrupted(cfg, end, shown)
             trials_done()
             best = _finish(cfg, grid, data, prepared, started, export, tracking)
         return best, grid
@@ -467,7 +471,7 @@ def resume_search(
     """
     from ray import tune
 
-    from ktune.schedulers import restore_rungs
+    from ktune.schedulers import refills_rungs, restore_rungs
     from ktune.tuner import build_trainable, trial_history_callbacks
 
     started = time.time()
@@ -569,9 +573,10 @@ def resume_search(
                     + list(tune_callbacks)
                 )
                 run_config.verbose = 1 if verbose else 0
-                with experiment_dir.trial_histories(where if remote else None) as histories:
-                    # ASHA's rungs, which Ray's snapshot leaves out
-                    restore_rungs(local._tune_config.scheduler, d, histories)
+                scheduler = local._tune_config.scheduler  # ASHA's rungs: not in Ray's snapshot
+                uri = where if remote and refills_rungs(scheduler) else None  # to download
+                with experiment_dir.trial_histories(uri) as histories:
+                    restore_rungs(scheduler, d, histories)
             grid = fit_naming_resume(tuner, shown)
             stop_if_interrupted(cfg, end, shown)
             trials_done()

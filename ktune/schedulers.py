@@ -27,7 +27,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from ktune.experiment_dir import STOP_LOG
 
-__all__ = ["RevisingASHA", "restore_rungs", "read_stops", "STOP_LOG"]
+__all__ = ["RevisingASHA", "restore_rungs", "refills_rungs", "read_stops", "STOP_LOG"]
 
 
 class RevisingASHA(AsyncHyperBandScheduler):
@@ -102,6 +102,17 @@ def read_stops(text: str) -> dict[str, int | None]:
     return stops
 
 
+def refills_rungs(scheduler: Any) -> bool:
+    """Whether :func:`restore_rungs` has rungs to refill in ``scheduler``: an ASHA of one
+    bracket (of several, a trial's bracket was a random draw, not recorded) with its
+    metric set."""
+    return (
+        isinstance(scheduler, AsyncHyperBandScheduler)
+        and len(scheduler._brackets) == 1
+        and bool(scheduler._metric and scheduler._metric_op)
+    )
+
+
 def restore_rungs(scheduler: Any, exp_dir: str | Path, histories: str | Path | None = None) -> int:
     """``ktune resume``: refills an ASHA's rungs with what the experiment's trials reported
     (their ``result.json``), as Ray's ASHA recorded it live, and has a
@@ -117,11 +128,9 @@ def restore_rungs(scheduler: Any, exp_dir: str | Path, histories: str | Path | N
 
     ``histories``: the folder holding the trials' folders (default ``exp_dir``; on URI
     storage a download of them, ``exp_dir`` being the staging folder of ktune's files)."""
-    if not isinstance(scheduler, AsyncHyperBandScheduler) or len(scheduler._brackets) != 1:
-        return 0  # (several brackets: a trial's bracket was a random draw, not recorded)
-    attr, metric, op = scheduler._time_attr, scheduler._metric, scheduler._metric_op
-    if not metric or not op:
+    if not refills_rungs(scheduler):
         return 0
+    attr, metric, op = scheduler._time_attr, scheduler._metric, scheduler._metric_op
     if isinstance(scheduler, RevisingASHA):
         log = Path(exp_dir) / STOP_LOG
         scheduler.stop_log = log
