@@ -313,8 +313,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         for path in [written.path, *sorted(written.images, key=lambda p: p.name)]:
             storage.upload_file(path, storage.join(given, path.name), "EXPERIMENT_DIR")
         shown = storage.redact(given)
-        text = written.text.replace(str(written.path), storage.join(shown, REPORT_FILE))
-        print(text.replace(str(records[0].path), shown))
+        print(written.text.replace(str(written.path), storage.join(shown, REPORT_FILE)))
     return 0
 
 

@@ -158,24 +158,25 @@ def _ship_model_files(model: dict, workdir: Path, base_dir: Path) -> dict:
             name = f"model_files/{source.name}"
             if name in shipped.values():
                 name = f"model_files/{len(shipped)}-{source.name}"
-            target = workdir / name
-            target.parent.mkdir(exist_ok=True)
-            if source.is_dir():
-                shutil.copytree(source, target)
-            else:
-                shutil.copyfile(source, target)
+            (workdir / name).parent.mkdir(exist_ok=True)
+            _copy(source, workdir / name)
             shipped[source] = name
         model[key] = "/".join([shipped[source], *path.parts[len(head) :]])
     build = model.get("build")
     if isinstance(build, str) and ":" in build:
         top = build.partition(":")[0].split(".")[0]
         for found in (base_dir / top, base_dir / f"{top}.py"):
-            target = workdir / found.name
-            if found.is_dir() and not target.exists():
-                shutil.copytree(found, target, ignore=shutil.ignore_patterns("__pycache__"))
-            elif found.is_file() and not target.exists():
-                shutil.copyfile(found, target)
+            if found.exists() and not (workdir / found.name).exists():
+                _copy(found, workdir / found.name)
     return model
+
+
+def _copy(source: Path, target: Path) -> None:
+    """A file or a folder (without Python's caches) into the job's working directory."""
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        shutil.copyfile(source, target)
 
 
 def _refusal_text(error: BaseException) -> str:
