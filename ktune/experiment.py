@@ -374,8 +374,20 @@ def _finish(
             best = finish_search(cfg, grid, data, prepared, started, export, resumed, got)
             tracking.finish(best)
     except KeyboardInterrupt as e:
-        if isinstance(e, SearchInterrupted) or (cfg.experiment_dir / BEST_FILE).is_file():
-            raise  # finished: `ktune export` makes an export that was cut off
+        if isinstance(e, SearchInterrupted):
+            raise
+        if (cfg.experiment_dir / BEST_FILE).is_file():  # finished; its export cut off?
+            best = experiment_dir.read_best(cfg.experiment_dir) or {}
+            if (cfg.export.enabled if export is None else export) and "export" not in best:
+                shown = storage.redact(cfg.experiment_path)
+                log.warning(
+                    "%s: the search finished (%s), its export was cut off: "
+                    "`ktune resume %s` makes it",
+                    shown,
+                    BEST_FILE,
+                    shown,
+                )
+            raise
         n, shown = len(grid), storage.redact(cfg.experiment_path)
         sig = got[0] if got else signal.SIGINT
         note_interrupted(cfg, interrupted_summary(sig, finished=n, total=n), shown)

@@ -13,7 +13,12 @@ result of a trial, its result at each rung it passed is compared again with that
 cutoff as it is now; a trial no longer in the top ``1/reduction_factor`` of a rung it
 passed is stopped. That is the rule of (synchronous) successive halving, applied as soon
 as the rung holds the results to apply it; a trial that passed on its merits keeps
-passing until better trials fill the rung above it.
+passing until better trials fill the rung above it. A trial stopped so is stopped before
+its result is recorded at the rung it has just reached, and Ray's end of the trial
+(``on_trial_complete``) records it nowhere either: successive halving would not have
+promoted it there, and its result would stand in that rung against the trials that were.
+(Recorded, it stopped them: a search of 6 trials, 3 epochs, where the first two trials'
+first results were close, had every trial stopped before its last epoch.)
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from ktune.experiment_dir import STOP_LOG
 
-__all__ = ["RevisingASHA", "restore_rungs", "refills_rungs", "read_stops", "STOP_LOG"]
+__all__ = [
+    "RevisingASHA",
+    "restore_rungs",
+    "refills_rungs",
+    "read_stops",
+    "read_revised",
+    "STOP_LOG",
+]
 
 
 class RevisingASHA(AsyncHyperBandScheduler):
@@ -42,6 +54,8 @@ class RevisingASHA(AsyncHyperBandScheduler):
     stop_log: Path | None = None
     # stopped before a resume (restore_rungs): trial id -> the epoch it stopped at
     _resumed_stops: Dict[str, Any] = {}
+    # trials stopped by the revision (a rung they had passed): recorded at no later rung
+    _revised: frozenset = frozenset()
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: Dict) -> str:
         if trial.trial_id in self._resumed_stops:  # its epochs since Ray's snapshot, again
@@ -54,30 +68,38 @@ class RevisingASHA(AsyncHyperBandScheduler):
                 return TrialScheduler.CONTINUE
             self._num_stopped += 1
             return TrialScheduler.STOP
-        action = self._decide(tune_controller, trial, result)
+        revised = self._revise(trial)
+        action = (
+            TrialScheduler.STOP
+            if revised
+            else super().on_trial_result(tune_controller, trial, result)
+        )
         if action == TrialScheduler.STOP and self.stop_log is not None:
             if result.get(self._time_attr, self._max_t) < self._max_t:
-                line = f"{trial.trial_id} {_epoch(result, self._time_attr)}\n"
+                why = " revised" if revised else ""
+                line = f"{trial.trial_id} {_epoch(result, self._time_attr)}{why}\n"
                 with contextlib.suppress(OSError), open(self.stop_log, "a") as f:
                     f.write(line)  # (a note lost never stops a search)
         return action
 
-    def _decide(self, tune_controller: Any, trial: Any, result: Dict) -> str:
+    def _revise(self, trial: Any) -> bool:
+        """Whether ``trial``'s result at a rung it passed is now below that rung's cutoff
+        (then it is stopped, before this result is recorded anywhere)."""
         bracket = self._trial_info.get(trial.trial_id)
-        passed = (
-            []
-            if bracket is None
-            else [recorded for _, recorded in bracket._rungs if trial.trial_id in recorded]
-        )
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action != TrialScheduler.CONTINUE:
-            return action
-        for recorded in passed:  # the rungs this trial had passed before this result
-            cutoff = bracket.cutoff(recorded)
-            if cutoff is not None and recorded[trial.trial_id] < cutoff:
-                self._num_stopped += 1
-                return TrialScheduler.STOP
-        return action
+        for _, recorded in bracket._rungs if bracket is not None else []:
+            if trial.trial_id in recorded:
+                cutoff = bracket.cutoff(recorded)
+                if cutoff is not None and recorded[trial.trial_id] < cutoff:
+                    self._num_stopped += 1
+                    self._revised = self._revised | {trial.trial_id}
+                    return True
+        return False
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: Dict) -> None:
+        if trial.trial_id in self._revised:  # its last result belongs to no rung
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
 
 
 # Written by RevisingASHA.stop_log in the experiment folder (no .json: Ray copies those):
@@ -100,6 +122,12 @@ def read_stops(text: str) -> dict[str, int | None]:
             epoch = words[1] if len(words) > 1 else ""
             stops[words[0]] = int(epoch) if epoch.isdigit() else None
     return stops
+
+
+def read_revised(text: str) -> frozenset:
+    """The stop log's trials stopped by the revision (``ID EPOCH revised``): their result
+    at the epoch they stopped at belongs to no rung."""
+    return frozenset(w[0] for w in map(str.split, text.splitlines()) if w[2:3] == ["revised"])
 
 
 def refills_rungs(scheduler: Any) -> bool:
@@ -131,14 +159,20 @@ def restore_rungs(scheduler: Any, exp_dir: str | Path, histories: str | Path | N
     if not refills_rungs(scheduler):
         return 0
     attr, metric, op = scheduler._time_attr, scheduler._metric, scheduler._metric_op
+    stops: dict[str, int | None] = {}
     if isinstance(scheduler, RevisingASHA):
         log = Path(exp_dir) / STOP_LOG
         scheduler.stop_log = log
         with contextlib.suppress(OSError):
-            scheduler._resumed_stops = read_stops(log.read_text(errors="replace"))
+            text = log.read_text(errors="replace")
+            scheduler._resumed_stops = read_stops(text)
+            scheduler._revised = read_revised(text)
+            stops = {t: scheduler._resumed_stops[t] for t in scheduler._revised}
     [bracket] = scheduler._brackets
     count = 0
     for trial_id, rows in _histories(Path(histories or exp_dir), attr, metric).items():
+        if stops.get(trial_id) is not None:  # revised: not its result at the stop
+            rows = [r for r in rows if _epoch(r, attr) < int(stops[trial_id] or 0)]
         for milestone, recorded in bracket._rungs:
             # Ray records a trial's result at its first report at or past the milestone
             reached = [r for r in rows if r[attr] >= milestone]

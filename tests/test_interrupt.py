@@ -219,7 +219,9 @@ def test_quiet_output_drops_tunes_lines_that_ktunes_interrupt_line_replaces():
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # on purpose
-def test_a_signal_after_the_trials_stops_the_run_as_an_interrupted_search(tmp_path, monkeypatch):
+def test_a_signal_after_the_trials_stops_the_run_as_an_interrupted_search(
+    tmp_path, monkeypatch, caplog
+):
     """SIGTERM (or Ctrl+C) while ktune trains an ensemble's members, evaluates the best
     trial or exports, before best.json: `SearchInterrupted` with the signal, naming `ktune
     resume`, and interrupted.json for the report; SIGTERM's handler is put back after.
@@ -292,8 +294,18 @@ def test_a_signal_after_the_trials_stops_the_run_as_an_interrupted_search(tmp_pa
 
     monkeypatch.setattr(experiment, "finish_search", ctrl_c_in_export)
     with pytest.raises(KeyboardInterrupt) as plain:
-        experiment._finish(cfg, [1, 2, 3], None, None, 0.0, None, Tracking())
+        experiment._finish(cfg, [1, 2, 3], None, None, 0.0, True, Tracking())
     assert not isinstance(plain.value, ktune.SearchInterrupted)
+    # ... and the line says the export was cut off and how to make it (an audit: a
+    # Ctrl+C during the export printed `ktune: interrupted` alone)
+    assert caplog.messages[-1] == (
+        f"{cfg.experiment_dir}: the search finished (best.json), its export was cut off: "
+        f"`ktune resume {cfg.experiment_dir}` makes it"
+    )
+    caplog.clear()  # told not to export: nothing was cut off
+    with pytest.raises(KeyboardInterrupt):
+        experiment._finish(cfg, [1, 2, 3], None, None, 0.0, False, Tracking())
+    assert not caplog.messages
 
 
 @pytest.mark.slow

@@ -235,6 +235,17 @@ def test_a_trial_a_resume_replaced_reads_cut_off(experiment, tmp_path):
     line = status_line(record)
     assert line.startswith("finished: ") and "1 cut off" in line and "running" not in line, line
 
+    # finished, its export cut off (a Ctrl+C during it): the line says so, and how to go on
+    spec = json.loads((copy / "ktune.json").read_text())
+    best = json.loads((copy / "best.json").read_text())
+    (copy / "ktune.json").write_text(json.dumps({**spec, "export": True}))
+    (copy / "best.json").write_text(json.dumps({k: v for k, v in best.items() if k != "export"}))
+    line = status_line(load_experiment(copy))
+    assert line.startswith(
+        f"finished (not exported: its export was cut off, or is still being written; "
+        f"`ktune resume {copy}` makes it): "
+    ), line
+
 
 @pytest.fixture
 def running_copy(experiment, tmp_path) -> Path:

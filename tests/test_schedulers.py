@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -134,9 +135,11 @@ def test_a_resume_refills_the_rungs_and_stops_again_what_asha_stopped(tmp_path):
     assert stops == {trials["A"].trial_id: 2, trials["C"].trial_id: 1, trials["D"].trial_id: 2}
 
     resumed = scheduler()
-    assert restore_rungs(resumed, exp) == 7  # A 2, B 2, C 1, D 2 rung results
+    # A 1 (revised at its second result: in no rung past the first), B 2, C 1, D 2
+    assert restore_rungs(resumed, exp) == 6
     rungs = lambda s: [dict(recorded) for _, recorded in s._brackets[0]._rungs]  # noqa: E731
     assert rungs(resumed) == rungs(run)
+    assert sum(trials["A"].trial_id in r for r in rungs(run)) == 1  # rung 1 alone
     assert resumed.stop_log == exp / STOP_LOG
     d1 = {"trial_id": trials["D"].trial_id, "training_iteration": 1, "val_accuracy": 0.65}
     d2 = {**d1, "training_iteration": 2, "val_accuracy": 0.58}
@@ -158,3 +161,52 @@ def test_a_resume_refills_the_rungs_and_stops_again_what_asha_stopped(tmp_path):
     empty = scheduler()
     empty.on_trial_add(None, trials["D"])
     assert empty.on_trial_result(None, trials["D"], d2) == go
+
+
+def test_a_revised_trial_leaves_no_result_at_the_rung_it_reached(tmp_path):
+    """A user-style audit's search (6 trials, 3 epochs, rungs at epochs 1 and 2) had every
+    trial stopped before its last epoch. A and B reach rung 1 close together (0.8892,
+    0.8900), both pass; A's epoch 2 (0.9067) reaches rung 2 first, and the revision
+    stops A (below rung 1's cutoff now that B is there). Its 0.9067 used to stay in rung
+    2, recorded by Ray's rule and again by Ray's end of the trial (``on_trial_complete``,
+    as Tune calls it for a stopped trial), and it stopped B (0.905) there: successive
+    halving never promoted A to rung 2. Now B is rung 2's first promoted arrival and
+    trains its last epoch."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from ktune.config import parse_config
+    from ktune.schedulers import STOP_LOG, read_revised, read_stops, restore_rungs
+    from ktune.tuner import build_scheduler
+
+    cfg = parse_config(tiny_experiment(tmp_path, training__epochs=3))
+    sched = build_scheduler(cfg)
+    sched.stop_log = tmp_path / STOP_LOG
+    a, b = Trial("__fake", stub=True), Trial("__fake", stub=True)
+    for t in (a, b):
+        sched.on_trial_add(None, t)
+
+    def report(trial, epoch, acc):
+        row = {"trial_id": trial.trial_id, "training_iteration": epoch, "val_accuracy": acc}
+        folder = tmp_path / f"trial_{trial.trial_id}"
+        folder.mkdir(exist_ok=True)
+        with open(folder / "result.json", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row, sched.on_trial_result(None, trial, row)
+
+    stop, go = TrialScheduler.STOP, TrialScheduler.CONTINUE
+    assert report(a, 1, 0.8892)[1] == go
+    assert report(b, 1, 0.8900)[1] == go
+    a2, decided = report(a, 2, 0.9067)
+    assert decided == stop  # revised: rung 1's cutoff is now above A's 0.8892
+    sched.on_trial_complete(None, a, a2)  # what Tune does for a trial it stops
+    assert report(b, 2, 0.905)[1] == go  # was stop, below A's 0.9067 in rung 2
+    assert report(b, 3, 0.91)[1] == stop  # its last epoch (max_t): B ran all 3
+    rungs = [dict(recorded) for _, recorded in sched._brackets[0]._rungs]
+    assert rungs == [{b.trial_id: 0.905}, {a.trial_id: 0.8892, b.trial_id: 0.89}]
+    log = (tmp_path / STOP_LOG).read_text()
+    assert read_stops(log) == {a.trial_id: 2} and read_revised(log) == {a.trial_id}
+    # a resume refills the rungs as they were: A's epoch-2 result in none
+    resumed = build_scheduler(cfg)
+    assert restore_rungs(resumed, tmp_path) == 3
+    assert [dict(r) for _, r in resumed._brackets[0]._rungs] == rungs

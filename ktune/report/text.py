@@ -83,6 +83,11 @@ def status_line(record: ExperimentRecord) -> str:
     stop = record.interrupted
     if record.finished:
         state = "finished"
+        if record.spec.get("export") and "export" not in (record.best_info or {}):
+            state += (
+                " (not exported: its export was cut off, or is still being written; "
+                f"`ktune resume {_resume_where(record)}` makes it)"
+            )
     elif stop:
         state = (
             f"interrupted by {stop.get('signal', 'a signal')} at "
