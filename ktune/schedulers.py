@@ -28,11 +28,14 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
-from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers.pb2 import PB2
 
 from ktune.experiment_dir import STOP_LOG
 
 __all__ = [
+    "KtunePBT",
+    "KtunePB2",
     "RevisingASHA",
     "restore_rungs",
     "refills_rungs",
@@ -100,6 +103,35 @@ class RevisingASHA(AsyncHyperBandScheduler):
             self._trial_info.pop(trial.trial_id, None)
             return
         super().on_trial_complete(tune_controller, trial, result)
+
+
+class _NoFinishedDonors:
+    """PBT/PB2 that do not clone a donor whose last result is its last epoch (``epochs``).
+
+    Ray's PBT may pick as donor a trial that has just reported its final epoch (it is not
+    finished until Tune processes the stop). The clone then restores that final
+    checkpoint, has no epoch left to train and ends at once, keeping the donor's last
+    result: its row showed the donor's configuration and epochs beside its own accuracy,
+    and the mutated configuration was never trained (an audit's 4-trial search). Such an
+    exploit is skipped, as Ray skips one whose donor has no checkpoint: the trial trains
+    on with its own configuration."""
+
+    epochs: int | None = None
+
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        last = self._trial_state[trial_to_clone].last_result or {}  # type: ignore[attr-defined]
+        done = _epoch(last, "training_iteration")
+        if self.epochs is not None and done >= self.epochs:
+            return
+        super()._exploit(tune_controller, trial, trial_to_clone)  # type: ignore[misc]
+
+
+class KtunePBT(_NoFinishedDonors, PopulationBasedTraining):
+    """Ray's ``PopulationBasedTraining``, never cloning a donor at its last epoch."""
+
+
+class KtunePB2(_NoFinishedDonors, PB2):
+    """Ray's ``PB2``, never cloning a donor at its last epoch."""
 
 
 # Written by RevisingASHA.stop_log in the experiment folder (no .json: Ray copies those):

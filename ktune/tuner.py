@@ -167,6 +167,7 @@ def build_scheduler(cfg: ExperimentConfig):
             metric=search.metric,
             mode=search.mode,
             interval=search.perturbation_interval,
+            epochs=cfg.training.epochs,
         )
     epochs = cfg.training.epochs
     return RevisingASHA(
@@ -180,16 +181,23 @@ def build_scheduler(cfg: ExperimentConfig):
 
 
 def build_population_scheduler(
-    kind: str, mutations: Mapping[str, Spec], *, metric: str, mode: str, interval: int = 1
+    kind: str,
+    mutations: Mapping[str, Spec],
+    *,
+    metric: str,
+    mode: str,
+    interval: int = 1,
+    epochs: int | None = None,
 ):
     """PBT or PB2 over ``mutations`` (specs of shape-keeping keys), every ``interval`` epochs.
 
     An exploited trial restarts from the donor's checkpoint with the mutated config
     (``ktune.trainables.base.starting_checkpoint``): the donor's weights and optimizer
-    state, the new learning rate, warmup, dropout or weight decay.
+    state, the new learning rate, warmup, dropout or weight decay. With ``epochs``, a donor
+    that has reported its last epoch is not cloned (:class:`ktune.schedulers.KtunePBT`).
     """
-    from ray.tune.schedulers import PopulationBasedTraining
-    from ray.tune.schedulers.pb2 import PB2
+    from ktune.schedulers import KtunePB2 as PB2
+    from ktune.schedulers import KtunePBT as PopulationBasedTraining
 
     if kind == "pb2":
         for name, spec in mutations.items():
@@ -203,7 +211,7 @@ def build_population_scheduler(
                     "log" if spec.log else "integer",
                     ": its proposals crowd the top of the range" if spec.log else "",
                 )
-        return PB2(
+        pb2 = PB2(
             time_attr="training_iteration",
             metric=metric,
             mode=mode,
@@ -213,7 +221,9 @@ def build_population_scheduler(
                 k: [spec.low, spec.high] for k, spec in mutations.items() if isinstance(spec, Range)
             },
         )
-    return PopulationBasedTraining(
+        pb2.epochs = epochs
+        return pb2
+    pbt = PopulationBasedTraining(
         time_attr="training_iteration",
         metric=metric,
         mode=mode,
@@ -226,6 +236,8 @@ def build_population_scheduler(
             {k: spec for k, spec in mutations.items() if isinstance(spec, Range)}
         ),
     )
+    pbt.epochs = epochs
+    return pbt
 
 
 class KeepInRange:

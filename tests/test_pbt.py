@@ -16,6 +16,7 @@ import pytest
 import tf_keras as keras
 import yaml
 from ray import cloudpickle
+from ray.tune.schedulers import pbt as ray_pbt
 
 import ktune
 from ktune.config import parse_config
@@ -345,3 +346,41 @@ def test_pbt_keeps_a_mutated_value_inside_its_range():
     assert {1e-2, 1e-4} <= seen["learning_rate"]
     assert all(isinstance(v, int) for v in seen["epochs_hint"]) and 9 in seen["epochs_hint"]
     assert 0.88 * 0.8 in seen["dropout"]  # a perturbation inside the range is Ray's own
+
+
+PBT_SOURCE = str(Path(ray_pbt.__file__))
+
+
+def test_a_donor_at_its_last_epoch_is_not_cloned(tmp_path):
+    """Ray's PBT may pick as donor a trial that has just reported its last epoch (not yet
+    finished for Tune): the clone restored that final checkpoint, had nothing to train
+    and ended at once with the donor's last result, so results.csv showed the donor's
+    configuration and epochs beside the clone's own accuracy (a README audit's 4-trial,
+    3-epoch PBT search). ktune's PBT and PB2 skip such an exploit, as Ray skips one whose
+    donor has no checkpoint; a donor with epochs left is cloned as before."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from ktune.search_spaces import Range
+    from ktune.tuner import build_population_scheduler
+
+    mutations = {"learning_rate": Range(1e-4, 1e-2, log=True)}
+    for kind in ("pbt", "pb2"):
+        sched = build_population_scheduler(
+            kind, mutations, metric="val_accuracy", mode="max", epochs=3
+        )
+        sched._log_config = False
+        low = Trial("__fake", stub=True, config={"learning_rate": 1e-4})
+        donor = Trial("__fake", stub=True, config={"learning_rate": 1e-3})
+        for t, score in ((low, 0.3), (donor, 0.9)):
+            sched._trial_state[t] = _PBTTrialState(t)
+            sched._trial_state[t].last_score = score
+        sched._trial_state[donor].last_result = {"epoch": 3, "training_iteration": 3}
+        sched._exploit(None, low, donor)  # skipped: nothing of Tune's is touched
+        assert low.config == {"learning_rate": 1e-4} and sched._num_perturbations == 0
+        # epochs left: Ray's own exploit runs (and fails here, with no Tune controller)
+        sched._trial_state[donor].last_result = {"epoch": 2, "training_iteration": 2}
+        with pytest.raises(Exception) as went_on:
+            sched._exploit(None, low, donor)
+        frames = [(f.name, str(f.path)) for f in went_on.traceback]
+        assert ("_exploit", PBT_SOURCE) in frames, frames
