@@ -54,6 +54,7 @@ from ktune.results import finish_search
 from ktune.search_end import (
     SearchEnd,
     exit_once_ray_is_lost,
+    finished_before_export,
     fit_naming_resume,
     interrupted_summary,
     note_interrupted,
@@ -374,22 +375,9 @@ def _finish(
             best = finish_search(cfg, grid, data, prepared, started, export, resumed, got)
             tracking.finish(best)
     except KeyboardInterrupt as e:
-        if isinstance(e, SearchInterrupted):
-            raise
-        if (cfg.experiment_dir / BEST_FILE).is_file():  # finished; its export cut off?
-            best = experiment_dir.read_best(cfg.experiment_dir) or {}
-            if (cfg.export.enabled if export is None else export) and "export" not in best:
-                shown = storage.redact(cfg.experiment_path)
-                log.warning(
-                    "%s: the search finished (%s), its export was cut off: "
-                    "`ktune resume %s` makes it",
-                    shown,
-                    BEST_FILE,
-                    shown,
-                )
-            raise
-        n, shown = len(grid), storage.redact(cfg.experiment_path)
-        sig = got[0] if got else signal.SIGINT
+        if isinstance(e, SearchInterrupted) or finished_before_export(cfg, export):
+            raise  # finished: `ktune resume` makes an export that was cut off
+        n, shown, sig = len(grid), storage.redact(cfg.experiment_path), (got or [signal.SIGINT])[0]
         note_interrupted(cfg, interrupted_summary(sig, finished=n, total=n), shown)
         raise SearchInterrupted(shown, finished=n, total=n, cut_off=[], signal=sig) from None
     return best

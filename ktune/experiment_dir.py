@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXPERIMENT_FILE",
+    "METADATA_FILE",
     "SPEC_FILE",
     "JOURNAL_FILE",
     "RESULTS_FILE",
@@ -85,6 +86,7 @@ INTERRUPTED_FILE = "interrupted.json"
 # the process that runs the search, and whether it ended (ktune.driver)
 DRIVER_FILE = "driver.json"
 EXPORT_DIR = "export"
+METADATA_FILE = "metadata.json"  # an export's record, written before saved_model.pb
 
 # The key under which a URI's problems are reported (the CLI's argument name).
 _KEY = "EXPERIMENT_DIR"

@@ -34,7 +34,7 @@ import tensorflow as tf
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune import storage
 from ktune.errors import ExperimentError, text_list
-from ktune.experiment_dir import front_trial, read_experiment
+from ktune.experiment_dir import METADATA_FILE, front_trial, read_experiment
 from ktune.rebuild import family_of_record
 from ktune.serving import ServingModule
 
@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 EXPORT_TOLERANCE = 1e-5
-METADATA_FILE = "metadata.json"
 
 
 def _versions() -> dict:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ray.tune import Callback
 
-from ktune import experiment_dir
+from ktune import experiment_dir, storage
 from ktune.errors import SearchInterrupted
 from ktune.experiment_dir import INTERRUPTED_FILE, RAY_ENDED
 from ktune.staging import push_staged
@@ -42,6 +42,7 @@ __all__ = [
     "SearchEnd",
     "interrupted_summary",
     "stop_signals",
+    "finished_before_export",
     "raising_signals",
     "note_interrupted",
     "stop_if_interrupted",
@@ -178,6 +179,22 @@ def note_interrupted(cfg: ExperimentConfig, summary: dict, shown: str) -> None:
         push_staged(cfg, [INTERRUPTED_FILE])
     except Exception as e:  # noqa: BLE001 - the interruption is what the user must see
         log.warning("%s: %s not written (%s)", shown, INTERRUPTED_FILE, e)
+
+
+def finished_before_export(cfg: ExperimentConfig, export: bool | None) -> bool:
+    """A Ctrl+C after the trials: whether ``best.json`` was written already (the search
+    finished); when its export was due and not made, the line saying how to make it."""
+    best = experiment_dir.read_best(cfg.experiment_dir)
+    if best is not None and (cfg.export.enabled if export is None else export):
+        if "export" not in best:
+            shown = storage.redact(cfg.experiment_path)
+            log.warning(
+                "%s: the search finished (best.json), its export was cut off: "
+                "`ktune resume %s` makes it",
+                shown,
+                shown,
+            )
+    return best is not None
 
 
 def stop_if_interrupted(cfg: ExperimentConfig, end: SearchEnd, shown: str) -> None:

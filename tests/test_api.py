@@ -169,6 +169,13 @@ def test_predict_export_and_model_agree(finished, tmp_path):
     refused = r"already exists \(replace it: force=True, or `ktune export --force`\)"
     with pytest.raises(ktune.ExperimentError, match=refused):
         loaded.export(tmp_path / "again")
+    (tmp_path / "mine").mkdir()  # a folder of the user's own is not a cut-off export
+    with pytest.raises(ktune.ExperimentError, match="mine: export target already exists \\(") as e:
+        loaded.export(tmp_path / "mine")
+    assert "cut off" not in str(e.value)
+    (tmp_path / "again" / "saved_model.pb").unlink()  # what a kill mid-upload leaves
+    with pytest.raises(ktune.ExperimentError, match=r"exists, cut off before saved_model.pb \("):
+        loaded.export(tmp_path / "again")
 
 
 @pytest.mark.slow
