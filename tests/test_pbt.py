@@ -229,6 +229,10 @@ def test_an_exploited_trial_starts_from_the_donors_weights_with_its_new_rate(
     # A trial's own restarts (PBT pauses and resumes trials) continue its own state.
     own = [r for r in records if r["handed"] and r not in exploits]
     for r in own:
+        if not Path(r["handed"], "ckpt.index").is_file():
+            # pruned since: PBT cloned this trial later, and Ray keeps a trial's best
+            # num_to_keep checkpoints, the donor's it was handed among them (CI, PB2)
+            continue
         assert checkpoint_weights(r["handed"])[0] == pytest.approx(r["abs_sum"], rel=1e-9)
     import csv
 
