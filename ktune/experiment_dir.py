@@ -60,6 +60,7 @@ __all__ = [
     "staging_folder",
     "stage_remote",
     "export_complete",
+    "export_cut_off",
     "trial_histories",
     "STOP_LOG",
     "clear_working_copy",
@@ -241,6 +242,15 @@ def export_complete(location: str, key: str = "export.dir") -> bool:
     if storage.is_uri(location):
         return storage.exists(storage.join(location, "saved_model.pb"), key)
     return (Path(location) / "saved_model.pb").is_file()
+
+
+def export_cut_off(location: str, key: str = "export.dir") -> bool:
+    """Whether ``location`` (a folder or a URI) holds an export's own files (its
+    ``metadata.json``) without its ``saved_model.pb``: an export a kill cut off, not a
+    folder of the user's."""
+    meta = storage.join(location, METADATA_FILE)
+    begun = storage.exists(meta, key) if storage.is_uri(location) else Path(meta).is_file()
+    return begun and not export_complete(location, key)
 
 
 def export_is_of(meta: dict, best: dict) -> bool:

@@ -147,18 +147,9 @@ class ExperimentResult:
         # Refused before TensorFlow loads (export_best checks again, for other callers).
         taken = storage.exists(target, "--out") if storage.is_uri(target) else Path(target).exists()
         if taken and not force:
-            from ktune.experiment_dir import METADATA_FILE, export_complete
+            from ktune.experiment_dir import export_cut_off
 
-            # an export's own files without its saved_model.pb (written last): one cut off
-            meta = storage.join(target, METADATA_FILE)
-            begun = (
-                storage.exists(meta, "--out") if storage.is_uri(target) else Path(meta).is_file()
-            )
-            cut = (
-                ", cut off before saved_model.pb"
-                if begun and not export_complete(target, "--out")
-                else ""
-            )
+            cut = ", cut off before saved_model.pb" if export_cut_off(target, "--out") else ""
             raise ExperimentError(
                 f"{storage.redact(target)}: export target already exists{cut} (replace it: "
                 "force=True, or `ktune export --force`)"

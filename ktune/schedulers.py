@@ -71,14 +71,15 @@ class RevisingASHA(AsyncHyperBandScheduler):
                 return TrialScheduler.CONTINUE
             self._num_stopped += 1
             return TrialScheduler.STOP
-        revised = self._revise(trial)
+        last = result.get(self._time_attr, self._max_t) >= self._max_t  # it stops anyway
+        revised = not last and self._revise(trial)
         action = (
             TrialScheduler.STOP
             if revised
             else super().on_trial_result(tune_controller, trial, result)
         )
         if action == TrialScheduler.STOP and self.stop_log is not None:
-            if result.get(self._time_attr, self._max_t) < self._max_t:
+            if not last:
                 why = " revised" if revised else ""
                 line = f"{trial.trial_id} {_epoch(result, self._time_attr)}{why}\n"
                 with contextlib.suppress(OSError), open(self.stop_log, "a") as f:
@@ -191,7 +192,7 @@ def restore_rungs(scheduler: Any, exp_dir: str | Path, histories: str | Path | N
     if not refills_rungs(scheduler):
         return 0
     attr, metric, op = scheduler._time_attr, scheduler._metric, scheduler._metric_op
-    stops: dict[str, int | None] = {}
+    revised: dict[str, int] = {}  # trial -> the epoch the revision stopped it at
     if isinstance(scheduler, RevisingASHA):
         log = Path(exp_dir) / STOP_LOG
         scheduler.stop_log = log
@@ -199,12 +200,16 @@ def restore_rungs(scheduler: Any, exp_dir: str | Path, histories: str | Path | N
             text = log.read_text(errors="replace")
             scheduler._resumed_stops = read_stops(text)
             scheduler._revised = read_revised(text)
-            stops = {t: scheduler._resumed_stops[t] for t in scheduler._revised}
+        revised = {
+            t: epoch
+            for t in scheduler._revised
+            if (epoch := scheduler._resumed_stops.get(t)) is not None
+        }
     [bracket] = scheduler._brackets
     count = 0
     for trial_id, rows in _histories(Path(histories or exp_dir), attr, metric).items():
-        if stops.get(trial_id) is not None:  # revised: not its result at the stop
-            rows = [r for r in rows if _epoch(r, attr) < int(stops[trial_id] or 0)]
+        if trial_id in revised:  # not its result at the stop: it belongs to no rung
+            rows = [r for r in rows if _epoch(r, attr) < revised[trial_id]]
         for milestone, recorded in bracket._rungs:
             # Ray records a trial's result at its first report at or past the milestone
             reached = [r for r in rows if r[attr] >= milestone]
