@@ -457,7 +457,7 @@ def _space_for(family: str, build_model: Callable | None):
 
 
 def _trial_info(
-    result_or_checkpoint: Any, metric: str | None = "val_accuracy", mode: str = "max"
+    result_or_checkpoint: Any, metric: str | None = "val_accuracy", mode: str | None = None
 ) -> tuple[Any, dict]:
     """(checkpoint, ktune_trial.json) of a ray.tune.Result or Checkpoint of a ktune trial.
 
@@ -472,15 +472,11 @@ def _trial_info(
     if isinstance(result_or_checkpoint, tune.Result):
         checkpoint = result_or_checkpoint.checkpoint
         if checkpoint is None:
-            raise ExperimentError(
-                "result: this trial reported no checkpoint (did it finish an epoch?)"
-            )
+            raise ExperimentError("result: this trial reported no checkpoint (no epoch ended?)")
         if metric is not None:
-            if mode not in ("max", "min"):
-                raise ExperimentError(f"mode: 'max' or 'min', got {mode!r}")
-            from ktune.results import best_checkpoint
+            from ktune.results import best_checkpoint, metric_mode
 
-            picked = best_checkpoint(result_or_checkpoint, metric, mode)
+            picked = best_checkpoint(result_or_checkpoint, metric, metric_mode(metric, mode))
             if result_or_checkpoint.best_checkpoints and picked is None:
                 raise ExperimentError(
                     f"metric: no checkpoint of this trial reported a finite {metric!r} (pass "
@@ -489,6 +485,8 @@ def _trial_info(
             if picked is not None:
                 checkpoint = picked[0]
     elif isinstance(result_or_checkpoint, (str, Path)):
+        if not storage.is_uri(str(result_or_checkpoint)) and not Path(checkpoint).is_dir():
+            raise ExperimentError(f"{checkpoint}: no such checkpoint folder")
         checkpoint = tune.Checkpoint(str(result_or_checkpoint))
     # ray.train's Checkpoint too: Ray 2.60's Result.from_path(trial_dir) holds those.
     if not isinstance(checkpoint, (tune.Checkpoint, train.Checkpoint)):
@@ -523,7 +521,7 @@ def load_model(
     *,
     build_model: Callable | None = None,
     metric: str | None = "val_accuracy",
-    mode: str = "max",
+    mode: str | None = None,
 ):
     """The Keras model of a ktune trial's checkpoint (like KerasTuner's ``get_best_models``).
 
@@ -531,9 +529,9 @@ def load_model(
         result_or_checkpoint: a ``ray.tune.Result``, ``ray.tune.Checkpoint`` or folder.
         build_model: callable or None. Your ``build_model`` when the trial used one that
             cannot be imported by name (defined in ``__main__``).
-        metric, mode: of a Result, the checkpoint of the epoch best by ``metric``
-            (default: the highest ``val_accuracy``), not Ray's ``Result.checkpoint``,
-            the latest; ``metric=None`` takes the latest.
+        metric, mode: of a Result, the checkpoint of the epoch best by ``metric`` (default
+            the highest ``val_accuracy``; a loss: the lowest; another metric needs ``mode``),
+            not Ray's ``Result.checkpoint``, the latest; ``metric=None``: the latest.
 
     Returns:
         keras.Model: rebuilt for the trial's config, weights restored.
@@ -553,7 +551,7 @@ def export_result(
     force: bool = False,
     build_model: Callable | None = None,
     metric: str | None = "val_accuracy",
-    mode: str = "max",
+    mode: str | None = None,
 ) -> Path:
     """A verified SavedModel that takes raw strings, from any ktune trial's result.
 

@@ -28,6 +28,7 @@ from ktune.staging import push_staged
 __all__ = [
     "finish_search",
     "best_checkpoint",
+    "metric_mode",
     "result_rows",
     "checkpoint_metrics",
     "pareto_entries",
@@ -36,6 +37,22 @@ __all__ = [
 ]
 
 log = logging.getLogger("ktune")
+
+
+# a trial's own metrics (ktune.keras.ReportCheckpoint reports Keras's training ones too)
+_MODES = {"val_accuracy": "max", "accuracy": "max", "val_loss": "min", "loss": "min"}
+
+
+def metric_mode(metric: str, mode: str | None) -> str:
+    """``mode`` checked, or (None) the one ``metric`` calls for: a loss is minimized. An
+    unknown metric without a mode is refused rather than guessed (Ray's
+    ``get_best_result`` asks for one too)."""
+    if mode is None and metric not in _MODES:
+        raise ExperimentError(f"mode: pass mode='max' or 'min' for metric {metric!r}")
+    mode = _MODES[metric] if mode is None else mode
+    if mode not in ("max", "min"):
+        raise ExperimentError(f"mode: 'max' or 'min', got {mode!r}")
+    return mode
 
 
 def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict] | None:

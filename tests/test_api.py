@@ -294,10 +294,20 @@ def test_a_results_model_and_export_are_of_its_best_epoch_not_its_latest(finishe
     reported = next(m for c, m in result.best_checkpoints if c.path == first.path)
     assert meta["metrics"]["epoch"] == 1
     assert meta["metrics"]["val_accuracy"] == pytest.approx(reported["val_accuracy"])
+    # a loss without mode= is minimized (not the worst epoch's, as a default of max was)
+    lowest, highest = (result.get_best_checkpoint("val_loss", m) for m in ("min", "max"))
+    assert lowest.path != highest.path
+    np.testing.assert_array_equal(
+        _weights(ktune.load_model(result, metric="val_loss")), _weights(ktune.load_model(lowest))
+    )
+    with pytest.raises(ktune.ExperimentError, match="mode: pass mode='max' or 'min' for metric"):
+        ktune.load_model(result, metric="epoch")  # no mode of its own: not guessed
     with pytest.raises(
         ktune.ExperimentError, match="no checkpoint of this trial reported a finite 'f1'"
     ):
-        ktune.load_model(result, metric="f1")
+        ktune.load_model(result, metric="f1", mode="max")
+    with pytest.raises(ktune.ExperimentError, match="nope: no such checkpoint folder"):
+        ktune.export_result(str(tmp_path / "nope"), tmp_path / "e2")
 
 
 @pytest.mark.slow
