@@ -353,6 +353,7 @@ def run_search(
                         search_alg=search_alg,
                     ),
                     shown,
+                    cfg.remote,
                 )
             # Ctrl+C: Ray saved the search's state; nothing else is written (MLflow: KILLED)
             stop_if_interrupted(cfg, end, shown)
@@ -560,8 +561,7 @@ def resume_search(
             tuner = tune.Tuner.restore(
                 where, trainable=build_trainable(cfg, payload, callbacks), resume_unfinished=True
             )
-            # The restored run config is the one pickled by the first run (its callbacks and
-            # verbosity); this run's choice wins. Tune has no public setter for it.
+            # The first run pickled its run config (callbacks, verbosity): this run's wins.
             local = getattr(tuner, "_local_tuner", None)
             if local is not None:
                 run_config = local.get_run_config()
@@ -577,7 +577,7 @@ def resume_search(
                 uri = where if remote and refills_rungs(scheduler) else None  # to download
                 with experiment_dir.trial_histories(uri) as histories:
                     restore_rungs(scheduler, d, histories)
-            grid = fit_naming_resume(tuner, shown)
+            grid = fit_naming_resume(tuner, shown, remote)
             stop_if_interrupted(cfg, end, shown)
             trials_done()
         if export is None and cfg.export.enabled and _exists(cfg.export_path, "export.dir"):

@@ -61,6 +61,7 @@ __all__ = [
     "stage_remote",
     "export_complete",
     "export_cut_off",
+    "trials_unknown_to_ray",
     "trial_histories",
     "STOP_LOG",
     "clear_working_copy",
@@ -157,6 +158,18 @@ def ray_statuses(exp_dir: Path) -> dict[str, str]:
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             continue  # cut short: the one before
     return {}
+
+
+def trials_unknown_to_ray(exp_dir: Path) -> list[str]:
+    """The trial folders holding a checkpoint that Ray's newest snapshot does not name:
+    trials that started after it, which a restore cannot know (none when no snapshot
+    is readable)."""
+    known = ray_statuses(exp_dir)
+    return [
+        t.name
+        for t in sorted(exp_dir.glob("trial_*"))
+        if known and t.name not in known and any(t.glob("checkpoint_*"))
+    ]
 
 
 def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:

@@ -44,6 +44,7 @@ from ray import tune
 from ray.tune.search import BasicVariantGenerator as _RayBasicVariantGenerator
 from ray.tune.search.search_generator import SearchGenerator as _RaySearchGenerator
 
+from ktune.experiment_dir import trials_unknown_to_ray
 from ktune.ray_checkpoints import relink_deleted_checkpoints
 from ktune.storage import write_atomic
 
@@ -400,6 +401,13 @@ def repair(exp_dir: str | Path) -> list[str]:
             f"Ray was saving its snapshot when the run died: {len(restored)} of its files "
             f"put back from ktune's whole copy"
             + (f"; the replaced ones are in {aside}" if aside.is_dir() else "")
+        )
+    unknown = trials_unknown_to_ray(exp_dir)
+    if unknown:
+        notes.append(
+            f"{', '.join(unknown)}: started after Ray's last snapshot of the search, so "
+            "Ray's restore does not know them: their folders stay as they are, outside the "
+            "results, and the search draws new trials in their place"
         )
     if set_aside:
         notes.append(
