@@ -175,6 +175,39 @@ def test_a_bad_config_stops_the_tuner_in_the_driver(transformer, tmp_path, param
     assert not list((tmp_path / "runs" / "bad").glob("*/checkpoint_*"))
 
 
+def _threads_callback(path: Path):
+    """A Keras callback writing the trial's TensorFlow intra-op threads to ``path`` (a
+    local class: pickled by value into the workers)."""
+    import tf_keras as keras
+
+    class Threads(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            import tensorflow as tf
+
+            path.write_text(str(tf.config.threading.get_intra_op_parallelism_threads()))
+
+    return Threads()
+
+
+@pytest.mark.slow
+def test_own_with_resources_sets_the_trials_threads(ray_session, tmp_path):
+    # Ray's docs teach tune.with_resources to change a trainable's resources: TensorFlow
+    # uses what Ray reserved (2 cores: 2 threads), not what ktune.trainable was given (1).
+    from ray import tune
+
+    seen = tmp_path / "threads.txt"
+    once = {**TRAINING, "epochs": 1}
+    trainable = ktune.trainable(
+        "transformer", data=DATA, training=once, callbacks=[_threads_callback(seen)]
+    )
+    grid = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 2}),
+        param_space={"embed_dim": 8, "heads": 2, "ff_dim": 8, "learning_rate": 1e-2},
+        run_config=run_config(tmp_path, "cores"),
+    ).fit()
+    assert not grid.errors and seen.read_text() == "2"
+
+
 @pytest.mark.slow
 def test_hyperopt_searches_the_tune_form(transformer, tmp_path):
     """Ray's other searchers take the Tune form too (HyperOpt: its package is in the

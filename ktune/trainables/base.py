@@ -196,6 +196,20 @@ def fresh_keras_state() -> None:
     _RAN_A_TRIAL = True
 
 
+def assigned_resources(payload: TrialPayload) -> tuple[float, float]:
+    """(cpu, gpu) that Ray reserved for this trial. ktune's own resources ask for the
+    payload's; a user's ``tune.with_resources`` around the trainable replaces them, and
+    TensorFlow must use what Ray gave (its threads; a GPU, not hidden). The payload's
+    outside a Tune trial."""
+    from ray import tune
+
+    try:
+        held = tune.get_context().get_trial_resources().required_resources
+    except Exception:  # not in a trial: no resources of Ray's
+        return payload.cpu, payload.gpu
+    return float(held.get("CPU") or payload.cpu), float(held.get("GPU", 0.0))
+
+
 def run_trial(
     config: dict, payload: TrialPayload, callbacks: Sequence[keras.callbacks.Callback] = ()
 ) -> None:
@@ -206,7 +220,7 @@ def run_trial(
     # takes longer. Read by Ray in this process at the reset.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     # First, before TensorFlow runs any op in this process.
-    configure_devices(payload.cpu, payload.gpu, payload.gpu_memory_mb)
+    configure_devices(*assigned_resources(payload), payload.gpu_memory_mb)
     fresh_keras_state()
     keras.utils.set_random_seed(payload.seed)
     family = family_of(payload)
