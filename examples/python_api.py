@@ -6,7 +6,8 @@
 1. ``ktune.run``: an experiment (here a dict) end to end, with its result object.
 2. The plugin: ktune's trainable and search space in your own ``tune.Tuner`` (Optuna +
    ASHA), then ``ktune.export_result`` on the best ``ray.tune.Result``.
-3. PBT from Python: the same trainable under Ray's ``PopulationBasedTraining``.
+3. PBT from Python: the same trainable under ktune's ``KtunePBT`` (Ray's
+   ``PopulationBasedTraining``), each trial's history kept whole (``KeepTrialHistory``).
 4. Your own Keras model: ``ktune.trainable(build_model=...)``.
 """
 
@@ -59,8 +60,11 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from ktune.ray_state import KeepTrialHistory
+    from ktune.schedulers import KtunePBT
 
     # 1. An experiment end to end: the same as `ktune run`, returning a result object.
     result = ktune.run(
@@ -106,7 +110,8 @@ def main() -> None:
     space = ktune.search_space(
         "transformer", {**SPACE, "embed_dim": [32], "heads": [2]}, backend="tune"
     )
-    pbt = PopulationBasedTraining(
+    pbt = KtunePBT(  # Ray's PBT, never cloning a donor at its last epoch
+        epochs=TRAINING["epochs"],
         time_attr="training_iteration",
         metric="val_accuracy",
         mode="max",
@@ -117,12 +122,20 @@ def main() -> None:
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(scheduler=pbt, num_samples=trials, reuse_actors=True),
-        run_config=tune.RunConfig(storage_path=str(storage), name="pbt", verbose=0),
+        # the rows of the epochs Ray's loggers drop when PBT pauses or clones a trial
+        run_config=tune.RunConfig(
+            storage_path=str(storage), name="pbt", verbose=0, callbacks=[KeepTrialHistory()]
+        ),
     ).fit()
     best = grid.get_best_result("val_accuracy", "max")
+    # every epoch of every trial, once (a clone goes on from its donor's epoch)
+    whole = all(
+        sorted(r.metrics_dataframe["epoch"]) == list(range(1, int(r.metrics["epoch"]) + 1))
+        for r in grid
+    )
     print(
         f"3. PBT: best val_accuracy {best.metrics['val_accuracy']:.3f} "
-        f"(learning_rate {best.config['learning_rate']:.4g})"
+        f"(learning_rate {best.config['learning_rate']:.4g}), every epoch's row kept: {whole}"
     )
 
     # 4. Your own Keras model on ktune's data, optimizer, checkpoints and export.

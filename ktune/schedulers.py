@@ -119,6 +119,11 @@ class _NoFinishedDonors:
 
     epochs: int | None = None
 
+    def __init__(self, *args: Any, epochs: int | None = None, **kwargs: Any) -> None:
+        """``epochs``: the trials' ``training.epochs``; the other arguments are Ray's."""
+        super().__init__(*args, **kwargs)
+        self.epochs = epochs
+
     def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
         last = self._trial_state[trial_to_clone].last_result or {}  # type: ignore[attr-defined]
         done = _epoch(last, "training_iteration")

@@ -211,7 +211,8 @@ def build_population_scheduler(
                     "log" if spec.log else "integer",
                     ": its proposals crowd the top of the range" if spec.log else "",
                 )
-        pb2 = PB2(
+        return PB2(
+            epochs=epochs,
             time_attr="training_iteration",
             metric=metric,
             mode=mode,
@@ -221,9 +222,8 @@ def build_population_scheduler(
                 k: [spec.low, spec.high] for k, spec in mutations.items() if isinstance(spec, Range)
             },
         )
-        pb2.epochs = epochs
-        return pb2
-    pbt = PopulationBasedTraining(
+    return PopulationBasedTraining(
+        epochs=epochs,
         time_attr="training_iteration",
         metric=metric,
         mode=mode,
@@ -236,8 +236,6 @@ def build_population_scheduler(
             {k: spec for k, spec in mutations.items() if isinstance(spec, Range)}
         ),
     )
-    pbt.epochs = epochs
-    return pbt
 
 
 class KeepInRange:
