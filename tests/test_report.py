@@ -757,3 +757,24 @@ def test_the_comparison_marks_an_ensembles_test_accuracy(tmp_path):
     header, rows = compare_rows([load_experiment(a), load_experiment(b)])
     column = header.index("test_accuracy")
     assert [row[column] for row in rows] == ["0.6000 (ensemble of 3)", "0.6000"]
+
+
+@pytest.mark.slow
+def test_a_trial_cut_off_before_ray_wrote_its_files_shows_its_checkpoints_config(
+    experiment, tmp_path
+):
+    """A trial a kill cut off before Ray wrote its params.json and results (one Ray's
+    snapshot never knew, which the resume replaced): its config comes from its
+    checkpoint's ktune_trial.json, not a row of dashes."""
+    from ktune.report.load import load_experiment
+
+    copy = tmp_path / "with-orphan"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("report*", "export"))
+    source = next(c for c in sorted(copy.glob("trial_*/checkpoint_*")))
+    orphan = copy / "trial_0rphan00" / "checkpoint_000000"
+    shutil.copytree(source, orphan)
+    config = json.loads((orphan / "ktune_trial.json").read_text())["config"]
+    assert config
+    record = {t.trial: t for t in load_experiment(copy).trials}
+    assert record["trial_0rphan00"].status == "INTERRUPTED"
+    assert record["trial_0rphan00"].config == config

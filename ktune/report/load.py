@@ -363,6 +363,8 @@ def load_experiment(exp_dir: str | Path) -> ExperimentRecord:
         history = read_history(trial_dir)
         if not config and history and isinstance(history[-1].get("config"), dict):
             config = history[-1]["config"]
+        if not config:  # Ray wrote neither yet (a trial cut off by a crash): its checkpoint's
+            config = _checkpoint_config(trial_dir)
         name = trial_dir.name
         status = _trial_status(name, history, epochs, results, ray_status, trial_dir)
         error = (results.get(name) or {}).get("error") or ""
@@ -383,6 +385,18 @@ def load_experiment(exp_dir: str | Path) -> ExperimentRecord:
     space = _search_space(d, str(spec.get("family", "transformer")))
     keys = _searched_keys(space, d, trials)
     return ExperimentRecord(d, spec, best_info, trials, keys, space, notes, interrupted, driver)
+
+
+def _checkpoint_config(trial_dir: Path) -> dict:
+    """The config in the trial's newest checkpoint's ``ktune_trial.json``, or {}."""
+    for checkpoint in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+        try:
+            config = _read_json(checkpoint / "ktune_trial.json")["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(config, dict):
+            return config
+    return {}
 
 
 def _interrupted(exp_dir: Path, trials: Sequence[TrialRecord], driver: dict | None) -> dict | None:
