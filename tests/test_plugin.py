@@ -323,8 +323,18 @@ def test_own_tuner_restored_after_its_driver_crashed_resumes_the_trial(
     before = [json.loads(line) for line in (cut_off / "result.json").read_text().splitlines()]
     assert [r["epoch"] for r in before] == [1, 2]
 
+    # Restored first with a trainable made from other data (another split, so another
+    # vocabulary): the cut-off trial is refused, not continued on data its weights and
+    # history do not belong to (Ray then draws the search's second trial on that data).
+    other_data = ktune.trainable("transformer", data={**DATA, "seed": 4}, training=training)
+    wrong = tune.Tuner.restore(str(exp), trainable=other_data).fit()
+    refused = [str(e) for e in wrong.errors]
+    assert len(refused) == 1 and "trained on other data than this trainable's" in refused[0]
+    kept = [json.loads(x)["epoch"] for x in (cut_off / "result.json").read_text().splitlines()]
+    assert kept == [1, 2]  # nothing reported or trained on the other data
+
     trainable = ktune.trainable("transformer", data=DATA, training=training)
-    grid = tune.Tuner.restore(str(exp), trainable=trainable).fit()
+    grid = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True).fit()
 
     assert len(grid) == 2 and not grid.errors
     rows = [json.loads(line) for line in (cut_off / "result.json").read_text().splitlines()]

@@ -15,6 +15,7 @@ The data and the family's artefacts arrive through the object store
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import tf_keras as keras
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune.checkpoint_manifest import is_complete
 from ktune.config import TrainingConfig
+from ktune.errors import ConfigError
 from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, batches, restore
 from ktune.optim import create_optimizer
 from ktune.search_spaces.base import TRIAL_DEFAULTS
@@ -230,7 +232,7 @@ def run_trial(
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = family.build_model(config, payload.artefacts, payload.num_classes, training)
     optimizer = compile_model(model, config, training, len(payload.train_labels))
-    checkpoint, parent, stopped_at = starting_checkpoint()
+    checkpoint, parent, stopped_at = starting_checkpoint(data_digest(payload))
     start = restore(model, checkpoint)
     if start >= (stopped_at or training.epochs):
         return
@@ -316,7 +318,21 @@ def trial_info(payload: TrialPayload, config: Mapping[str, Any], parent: dict | 
         # trial's checkpoints continue which (PBT rewrites a trial's folders).
         "run": uuid.uuid4().hex,
         "parent": parent,
+        "data": data_digest(payload),
     }
+
+
+def data_digest(payload: TrialPayload) -> str:
+    """What a checkpoint's weights were trained on: the family, its vocabulary or tokenizer
+    (the artefacts), the class names, and the split (every label, in order). A trial
+    started from a checkpoint of another (``Tuner.restore`` with a trainable built from
+    other arguments) is refused (:func:`starting_checkpoint`)."""
+    digest = hashlib.sha256()
+    head = [payload.family, payload.artefacts, list(payload.class_names)]
+    digest.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for labels in (payload.train_labels, payload.val_labels):
+        digest.update(np.ascontiguousarray(labels).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _qualified_name(fn: Any) -> str | None:
@@ -335,9 +351,12 @@ def callable_reference(fn: Any) -> str | None:
     return f"{module}:{name}"
 
 
-def starting_checkpoint():
+def starting_checkpoint(data: str | None = None):
     """The checkpoint a trial starts from, its lineage (``{"run", "epoch"}`` or None), and
     the epoch ktune's ASHA had stopped it at before a resume (or None).
+
+    ``data``: this trainable's :func:`data_digest`; a checkpoint trained on other data
+    is refused with a :class:`~ktune.errors.ConfigError` before any epoch is reported.
 
     Ray hands a trial the checkpoint to start from (``ray.tune.get_checkpoint()``). When
     it is another trial's, this is a PBT exploit: the trial continues from the donor's
@@ -360,12 +379,17 @@ def starting_checkpoint():
     handed = tune.get_checkpoint()
     storage = tune.get_context().get_storage()
     if handed is not None and not _inside(handed.path, storage.trial_fs_path):
-        return handed, _lineage(_read_info(handed)), None
+        donor = _read_info(handed)
+        _same_data(handed, donor, data)
+        return handed, _lineage(donor), None
     stored = [(c, _read_info(c)) for c in stored_checkpoints()]
+    own = [(handed, _read_info(handed))] if handed is not None else []
+    for checkpoint, info in stored + own:
+        _same_data(checkpoint, info, data)
     stopped_at = asha_stop_epoch() if handed is not None or stored else None
     origin = None
     if handed is not None:
-        origin = _read_info(handed)
+        origin = own[0][1]
         if origin is None:  # a checkpoint without lineage: start from it as handed
             return handed, None, stopped_at
         reported = _unreported(handed)
@@ -409,6 +433,16 @@ def _unreported(checkpoint) -> int | None:
         return None
 
 
+def _same_data(checkpoint, info: dict | None, data: str | None) -> None:
+    recorded = (info or {}).get("data")
+    if data is not None and recorded is not None and recorded != data:
+        raise ConfigError(
+            f"{checkpoint.path}: trained on other data than this trainable's (its vocabulary, "
+            "classes or split differ); restore a Tuner with the trainable built from the "
+            "same data= and training= arguments"
+        )
+
+
 def _lineage(info: dict | None) -> dict | None:
     return None if info is None else {"run": info.get("run"), "epoch": info.get("epoch")}
 
@@ -429,6 +463,7 @@ def _read_info(checkpoint) -> dict | None:
     return {
         "run": info.get("run"),
         "parent": info.get("parent"),
+        "data": info.get("data"),
         "epoch": metrics.get("epoch"),
         "metrics": metrics,
     }
