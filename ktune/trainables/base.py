@@ -328,7 +328,9 @@ def data_digest(payload: TrialPayload) -> str:
     started from a checkpoint of another (``Tuner.restore`` with a trainable built from
     other arguments) is refused (:func:`starting_checkpoint`)."""
     digest = hashlib.sha256()
-    head = [payload.family, payload.artefacts, list(payload.class_names)]
+    # (not where a family caches its token ids: a machine's own folder)
+    artefacts = {k: v for k, v in payload.artefacts.items() if k != "tokens_cache"}
+    head = [payload.family, artefacts, list(payload.class_names)]
     digest.update(json.dumps(head, sort_keys=True, default=str).encode())
     for labels in (payload.train_labels, payload.val_labels):
         digest.update(np.ascontiguousarray(labels).tobytes())
