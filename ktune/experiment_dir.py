@@ -144,8 +144,11 @@ def _trials_over(d: Path, num_samples: Any) -> bool:
 
 
 def ray_statuses(exp_dir: Path) -> dict[str, str]:
-    """trial_<id> -> Ray's status in the newest experiment snapshot (empty if unreadable)."""
-    states = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    """trial_<id> -> Ray's status in the newest experiment snapshot (empty if unreadable).
+
+    Newest by name (the session's start), as Ray's restore picks it: not by time of
+    writing, since a resume's repair may write an older session's file again."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
     for path in reversed(states):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -82,6 +82,5 @@ def test_the_python_api_example_runs_offline(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [ln for ln in done.stdout.splitlines() if ln[:2] in ("1.", "2.", "3.", "4.")]
     assert [ln[:2] for ln in lines] == ["1.", "2.", "3.", "4."], done.stdout[-2000:]
-    assert lines[2].endswith("every epoch's row kept: True"), lines[2]
     for name in ("api-demo/export", "own-tuner-export", "own-model-export"):
         assert (tmp_path / name / "saved_model.pb").is_file()
