@@ -15,9 +15,17 @@ import json
 import os
 from typing import Any
 
-__all__ = ["MANIFEST_FILE", "METRICS_FILE", "write_manifest", "is_complete", "reported_metrics"]
+__all__ = [
+    "MANIFEST_FILE",
+    "METRICS_FILE",
+    "TRIAL_FILE",
+    "write_manifest",
+    "is_complete",
+    "reported_metrics",
+]
 
 MANIFEST_FILE = ".ktune-manifest.json"
+TRIAL_FILE = "ktune_trial.json"  # what a ktune trial's checkpoint was made of (trainables.base)
 METRICS_FILE = "metrics.json"  # what a checkpoint was reported with (ReportCheckpoint)
 
 

@@ -84,6 +84,7 @@ def _train(name: str, setup: Any, data: Any, tmp_path_factory: Any) -> Trained:
         TrialPayload,
         batch_size_of,
         compile_model,
+        data_digest,
         trial_info,
     )
 
@@ -129,7 +130,9 @@ def _train(name: str, setup: Any, data: Any, tmp_path_factory: Any) -> Trained:
         batch_size=batch_size_of(config, TRAINING),
         epochs=TRAINING.epochs,
         verbose=0,
-        callbacks=[KeepReports(optimizer, 0, trial_info(payload, config, None))],
+        callbacks=[
+            KeepReports(optimizer, 0, trial_info(payload, config, None, data_digest(payload)))
+        ],
     )
     reports = sorted(kept.iterdir())
     return Trained(name, family, config, payload, model, optimizer, history.history, reports)

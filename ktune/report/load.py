@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ktune.checkpoint_manifest import TRIAL_FILE
 from ktune.driver import driver_state, read_driver
 from ktune.errors import ExperimentError
 from ktune.experiment_dir import (
@@ -391,7 +392,7 @@ def _checkpoint_config(trial_dir: Path) -> dict:
     """The config in the trial's newest checkpoint's ``ktune_trial.json``, or {}."""
     for checkpoint in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
         try:
-            config = _read_json(checkpoint / "ktune_trial.json")["config"]
+            config = _read_json(checkpoint / TRIAL_FILE)["config"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if isinstance(config, dict):

@@ -30,7 +30,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
-from ktune.checkpoint_manifest import is_complete
+from ktune.checkpoint_manifest import TRIAL_FILE, is_complete
 from ktune.config import TrainingConfig
 from ktune.errors import ConfigError
 from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, batches, restore
@@ -112,9 +112,6 @@ def compile_model(
     # Slots exist before a restore, so a checkpoint's optimizer state is matched exactly.
     optimizer.build(model.trainable_variables)
     return optimizer
-
-
-TRIAL_FILE = "ktune_trial.json"
 
 
 class ReportEpoch(ReportCheckpoint):
@@ -232,7 +229,8 @@ def run_trial(
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = family.build_model(config, payload.artefacts, payload.num_classes, training)
     optimizer = compile_model(model, config, training, len(payload.train_labels))
-    checkpoint, parent, stopped_at = starting_checkpoint(data_digest(payload))
+    digest = data_digest(payload)
+    checkpoint, parent, stopped_at = starting_checkpoint(digest)
     start = restore(model, checkpoint)
     if start >= (stopped_at or training.epochs):
         return
@@ -260,7 +258,7 @@ def run_trial(
             ReportEpoch(
                 optimizer,
                 start,
-                trial_info(payload, config, parent),
+                trial_info(payload, config, parent, digest),
                 measure=objective_measure(payload, family) if payload.objectives else None,
             ),
             *callbacks,
@@ -300,9 +298,12 @@ def objective_measure(payload: TrialPayload, family: Family):
     return measure
 
 
-def trial_info(payload: TrialPayload, config: Mapping[str, Any], parent: dict | None) -> dict:
+def trial_info(
+    payload: TrialPayload, config: Mapping[str, Any], parent: dict | None, data: str
+) -> dict:
     """What every checkpoint of this run of a trial carries beside the weights
-    (``ktune_trial.json``): enough to rebuild, export and place the model."""
+    (``ktune_trial.json``): enough to rebuild, export and place the model; ``data`` is
+    the payload's :func:`data_digest`."""
     return {
         "family": payload.family,
         "config": dict(config),
@@ -318,7 +319,7 @@ def trial_info(payload: TrialPayload, config: Mapping[str, Any], parent: dict | 
         # trial's checkpoints continue which (PBT rewrites a trial's folders).
         "run": uuid.uuid4().hex,
         "parent": parent,
-        "data": data_digest(payload),
+        "data": data,
     }
 
 
