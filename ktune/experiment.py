@@ -491,7 +491,7 @@ def resume_search(
         d = Path(exp_dir).resolve()
         where = shown = str(d)
         if not d.is_dir():
-            raise ExperimentError(f"{d}: no such experiment directory")
+            raise experiment_dir.missing_dir(d)
         storage_value, name = str(d.parent), d.name
     if not (d / SPEC_FILE).is_file():
         raise ExperimentError(f"{shown}: not a ktune experiment directory (no {SPEC_FILE})")

@@ -97,12 +97,23 @@ _KEY = "EXPERIMENT_DIR"
 # --- reading ----------------------------------------------------------------------------
 
 
+def missing_dir(d: Path) -> ExperimentError:
+    """The error for an experiment folder ``d`` that is not a folder: a file given where
+    the folder belongs (``ktune resume exp.yaml``) is told where the folder is."""
+    if d.is_file():
+        return ExperimentError(
+            f"{d}: a file, not an experiment directory (ktune run takes the experiment "
+            "file; resume, export and report take the folder it made, STORAGE/NAME)"
+        )
+    return ExperimentError(f"{d}: no such experiment directory")
+
+
 def read_spec(exp_dir: str | Path) -> dict:
     """``ktune.json`` of the local experiment folder ``exp_dir``; one clear error when the
     folder is missing, is not a ktune experiment, or its spec cannot be read."""
     d = Path(exp_dir)
     if not d.is_dir():
-        raise ExperimentError(f"{d}: no such experiment directory")
+        raise missing_dir(d)
     if not (d / SPEC_FILE).is_file():
         raise ExperimentError(f"{d}: not a ktune experiment directory (no {SPEC_FILE})")
     spec = _json_object(d, SPEC_FILE)
@@ -180,8 +191,24 @@ def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
     spec = read_spec(exp_dir)
     best = read_best(exp_dir)
     if best is None:
-        raise ExperimentError(f"{Path(exp_dir)}: no completed trial yet (no {BEST_FILE})")
+        raise ExperimentError(f"{Path(exp_dir)}: {_unfinished(Path(exp_dir))}")
     return spec, best
+
+
+def _unfinished(d: Path) -> str:
+    """Why an experiment has no best.json: its search still runs, or it was stopped."""
+    from ktune.driver import driver_state, read_driver
+
+    info = read_driver(d)
+    if info is not None and driver_state(info) == "running":
+        return (
+            f"its search is still running (ktune {info.get('command', 'run')}, pid "
+            f"{info['pid']}); {BEST_FILE} is written when it ends"
+        )
+    return (
+        f"its search has not finished (no {BEST_FILE}: it is written when the search ends; "
+        "ktune resume finishes a stopped one)"
+    )
 
 
 def read_best(exp_dir: str | Path) -> dict | None:

@@ -215,6 +215,25 @@ def test_a_moved_or_copied_experiment_reads_its_own_checkpoints(finished, tmp_pa
     assert record.best_info["checkpoint"].startswith(str(moved.resolve()))
 
 
+def test_load_says_what_is_wrong_with_a_folder_that_is_not_a_finished_search(tmp_path):
+    """An experiment file given for its folder, and a search that is still running or was
+    stopped (no best.json yet), each get the line that says so, not 'no such folder'."""
+    from ktune.driver import write_driver
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: x\n")
+    with pytest.raises(ktune.ExperimentError, match="a file, not an experiment directory"):
+        ktune.load(exp)
+    d = tmp_path / "x"
+    d.mkdir()
+    (d / "ktune.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ktune.ExperimentError, match="has not finished .*ktune resume"):
+        ktune.load(d)
+    write_driver(d, "run")  # this process stands for the search's driver
+    with pytest.raises(ktune.ExperimentError, match=r"still running \(ktune run, pid \d+\)"):
+        ktune.load(d)
+
+
 @pytest.mark.slow
 def test_load_reads_a_finished_experiment_the_same_way(finished):
     r = ktune.load(str(finished.dir))

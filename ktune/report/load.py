@@ -37,6 +37,7 @@ from ktune.experiment_dir import (
     INTERRUPTED_FILE,
     RESULTS_FILE,
     SPEC_FILE,
+    missing_dir,
     ray_statuses,
     relocated,
 )
@@ -334,7 +335,7 @@ def load_experiment(exp_dir: str | Path) -> ExperimentRecord:
     """
     d = Path(exp_dir)
     if not d.is_dir():
-        raise ExperimentError(f"{d}: no such experiment directory")
+        raise missing_dir(d)
     if not (d / SPEC_FILE).is_file():
         raise ExperimentError(f"{d}: not a ktune experiment directory (no {SPEC_FILE})")
     try:
