@@ -117,7 +117,7 @@ class _NoFinishedDonors:
     exploit is skipped, as Ray skips one whose donor has no checkpoint: the trial trains
     on with its own configuration."""
 
-    epochs: int | None = None
+    epochs: int | None
 
     def __init__(self, *args: Any, epochs: int | None = None, **kwargs: Any) -> None:
         """``epochs``: the trials' ``training.epochs``; the other arguments are Ray's."""

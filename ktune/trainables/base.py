@@ -37,7 +37,7 @@ from ktune.keras import CHECKPOINT_PREFIX, ReportCheckpoint, batches, restore
 from ktune.optim import create_optimizer
 from ktune.search_spaces.base import TRIAL_DEFAULTS
 from ktune.trainables.devices import configure_devices
-from ktune.trainables.family import Family, Prepared
+from ktune.trainables.family import MACHINE_LOCAL_ARTEFACTS, Family, Prepared
 
 __all__ = [
     "Family",
@@ -329,8 +329,7 @@ def data_digest(payload: TrialPayload) -> str:
     started from a checkpoint of another (``Tuner.restore`` with a trainable built from
     other arguments) is refused (:func:`starting_checkpoint`)."""
     digest = hashlib.sha256()
-    # (not where a family caches its token ids: a machine's own folder)
-    artefacts = {k: v for k, v in payload.artefacts.items() if k != "tokens_cache"}
+    artefacts = {k: v for k, v in payload.artefacts.items() if k not in MACHINE_LOCAL_ARTEFACTS}
     head = [payload.family, artefacts, list(payload.class_names)]
     digest.update(json.dumps(head, sort_keys=True, default=str).encode())
     for labels in (payload.train_labels, payload.val_labels):

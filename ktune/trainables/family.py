@@ -20,7 +20,12 @@ from ktune.config import TrainingConfig
 from ktune.data import TextDataset
 from ktune.search_spaces.base import FamilySpace
 
-__all__ = ["Family", "Prepared"]
+__all__ = ["Family", "Prepared", "MACHINE_LOCAL_ARTEFACTS", "TOKENS_CACHE"]
+
+
+# Artefact keys that name a path on the machine that prepared them (see Prepared).
+TOKENS_CACHE = "tokens_cache"
+MACHINE_LOCAL_ARTEFACTS = frozenset({TOKENS_CACHE})
 
 
 @dataclass
@@ -29,7 +34,9 @@ class Prepared:
 
     ``train_inputs`` / ``val_inputs`` are the model inputs for those splits (token ids);
     ``artefacts`` is whatever the family needs to rebuild and serve a model (a vocabulary),
-    JSON-serializable so it is saved beside the results for ``ktune export``.
+    JSON-serializable so it is saved beside the results for ``ktune export``. Its keys in
+    :data:`MACHINE_LOCAL_ARTEFACTS` name a path on the preparing machine (a cache), not
+    what the weights were trained on (a checkpoint's data digest leaves them out).
     """
 
     train_inputs: Any

@@ -57,7 +57,7 @@ from ktune.search_spaces import Spec
 from ktune.search_spaces.base import TRIAL_DEFAULTS, listed
 from ktune.search_spaces.bert import has_size_placeholders
 from ktune.search_spaces.hf_bert import ALIASES, model_name
-from ktune.trainables.family import Family, Prepared
+from ktune.trainables.family import TOKENS_CACHE, Family, Prepared
 from ktune.trainables.hf_bert_tokens import (
     INPUT_NAMES,
     BertStringEncoder,
@@ -345,7 +345,7 @@ class HfBertFamily(Family):
                 "tokenizer": tokenizer_name,
                 "tokenizer_sha256": tokenizer_digest(tokenizer),
                 "vocab_size": len(tokenizer),
-                "tokens_cache": str(path),
+                TOKENS_CACHE: str(path),
             },
         )
 
