@@ -474,9 +474,10 @@ def _trial_info(
         if checkpoint is None:
             raise ExperimentError("result: this trial reported no checkpoint (no epoch ended?)")
         if metric is not None:
-            from ktune.results import best_checkpoint, metric_mode
+            from ktune.results import best_checkpoint, metric_mode, warn_if_best_not_kept
 
-            picked = best_checkpoint(result_or_checkpoint, metric, metric_mode(metric, mode))
+            mode = metric_mode(metric, mode)
+            picked = best_checkpoint(result_or_checkpoint, metric, mode)
             if result_or_checkpoint.best_checkpoints and picked is None:
                 raise ExperimentError(
                     f"metric: no checkpoint of this trial reported a finite {metric!r} (pass "
@@ -484,6 +485,7 @@ def _trial_info(
                 )
             if picked is not None:
                 checkpoint = picked[0]
+                warn_if_best_not_kept(result_or_checkpoint, metric, mode, picked[1])
     elif isinstance(result_or_checkpoint, (str, Path)):
         if not storage.is_uri(str(result_or_checkpoint)) and not Path(checkpoint).is_dir():
             raise ExperimentError(f"{checkpoint}: no such checkpoint folder")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,7 @@ from ktune.staging import push_staged
 __all__ = [
     "finish_search",
     "best_checkpoint",
+    "warn_if_best_not_kept",
     "metric_mode",
     "result_rows",
     "checkpoint_metrics",
@@ -77,6 +79,40 @@ def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict] | N
         if math.isfinite(value) and (best is None or sign * value > sign * best[2]):
             best = (checkpoint, metrics, value)
     return None if best is None else (best[0], best[1])
+
+
+def warn_if_best_not_kept(result: Any, metric: str, mode: str, kept: dict) -> None:
+    """A warning when a ``ray.tune.Result``'s best epoch by ``metric`` has no kept
+    checkpoint (a ``CheckpointConfig(num_to_keep=N)`` keeps the latest N): the model then
+    comes from ``kept``, the best of those kept, which a user would otherwise take for the
+    trial's best."""
+    frame = getattr(result, "metrics_dataframe", None)
+    if frame is None or metric not in frame or not isinstance(kept.get(metric), numbers.Real):
+        return
+    import numpy as np
+    import pandas as pd
+
+    values = pd.to_numeric(frame[metric], errors="coerce").replace([np.inf, -np.inf], np.nan)
+    if values.isna().all():
+        return
+    at = values.idxmax() if mode == "max" else values.idxmin()
+    sign = 1 if mode == "max" else -1
+    if sign * values[at] <= sign * kept[metric]:
+        return
+    epoch = frame["epoch"][at] if "epoch" in frame else at + 1
+    log.warning(
+        "%s: the best %s (%.4g, epoch %s) has no kept checkpoint; this is the best kept "
+        "(%.4g, epoch %s). Keep it with CheckpointConfig(num_to_keep=N, "
+        "checkpoint_score_attribute=%r, checkpoint_score_order=%r)",
+        Path(str(result.path)).name,
+        metric,
+        values[at],
+        epoch,
+        kept[metric],
+        kept.get("epoch", "?"),
+        metric,
+        mode,
+    )
 
 
 def checkpoint_metrics(checkpoint: Any) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -319,6 +320,29 @@ def test_a_results_model_and_export_are_of_its_best_epoch_not_its_latest(finishe
     np.testing.assert_array_equal(
         _weights(ktune.load_model(result, metric="val_loss")), _weights(ktune.load_model(lowest))
     )
+    # num_to_keep=1 (the latest kept): the best epoch's weights are gone, and it is said
+    import dataclasses
+    import logging
+
+    only_last = dataclasses.replace(
+        result, best_checkpoints=[(c, m) for c, m in result.best_checkpoints if c.path == last.path]
+    )
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("ktune").addHandler(handler)
+    try:
+        ktune.load_model(result, metric="epoch", mode="min")
+        assert said == []
+        kept = _weights(ktune.load_model(only_last, metric="epoch", mode="min"))
+    finally:
+        logging.getLogger("ktune").removeHandler(handler)
+    np.testing.assert_array_equal(kept, _weights(ktune.load_model(last.path)))
+    assert len(said) == 1 and re.search(
+        rf"the best epoch \(1, epoch 1\) has no kept checkpoint; this is the best kept "
+        rf"\({max(by_epoch)}, epoch {max(by_epoch)}\)",
+        said[0],
+    ), said
     with pytest.raises(ktune.ExperimentError, match="mode: pass mode='max' or 'min' for metric"):
         ktune.load_model(result, metric="epoch")  # no mode of its own: not guessed
     with pytest.raises(
