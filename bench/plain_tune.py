@@ -30,9 +30,16 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
+
+# The CPU kernels ktune's trials get (ktune/_keras_env.py: oneDNN's on x86-64, which
+# TensorFlow turns on by itself only with AVX-512 VNNI, BF16 or AMX), so the sides differ in their
+# search, not in TensorFlow's kernels.
+if platform.machine().lower() in ("x86_64", "amd64"):
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 STARTED = time.time()
 

@@ -57,7 +57,8 @@ __all__ = [
 def worker_env() -> dict[str, str]:
     """The environment variables ktune's own Ray gives its workers, for a Ray you start
     yourself: ``ray.init(runtime_env={"env_vars": ktune.worker_env()})`` (TensorFlow's
-    settings, and ``MALLOC_ARENA_MAX=2`` so a reused worker's memory stays flat)."""
+    settings, oneDNN's CPU kernels on x86-64, and ``MALLOC_ARENA_MAX=2`` so a reused
+    worker's memory stays flat)."""
     from ktune.ray_start import trial_worker_env
 
     return trial_worker_env()
