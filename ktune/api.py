@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
+from ktune import driver, storage
 from ktune import experiment_dir as _experiment_dir
-from ktune import storage
 from ktune.config import ExperimentConfig, parse_config
 from ktune.errors import ConfigError, ExperimentError, text_list
 from ktune.experiment_file import experiment_document, read_experiment_file
@@ -254,7 +254,7 @@ def load(experiment_dir: str | Path, *, workdir: str | Path | None = None) -> Ex
     else:
         local, path = Path(given), str(Path(given).resolve())
     # One clear line naming the folder as given, before TensorFlow or Ray load.
-    spec, best = _experiment_dir.read_experiment(local)
+    spec, best = driver.read_finished(local)
     result = ExperimentResult(path=path, dir=local.resolve(), spec=spec, best=best)
     if ours:
         weakref.finalize(result, shutil.rmtree, local.parent, True)

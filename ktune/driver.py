@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ktune.errors import ExperimentError
-from ktune.experiment_dir import BEST_FILE, DRIVER_FILE, write_driver_file
+from ktune.experiment_dir import BEST_FILE, DRIVER_FILE, read_experiment, write_driver_file
 from ktune.tables import format_duration
 
 __all__ = [
@@ -267,6 +267,18 @@ def claimed(exp_dir: Path, working_copy: bool = False, shown: str | None = None)
                 folder.rmdir()
             except OSError:
                 break
+
+
+def read_finished(exp_dir: Path) -> tuple[dict, dict]:
+    """(spec, best) of a finished local experiment (``read_experiment``); a search still
+    running on this machine is named as such, with its driver's pid."""
+    info = None if (exp_dir / BEST_FILE).is_file() else read_driver(exp_dir)
+    if info is not None and driver_state(info) == "running":
+        raise ExperimentError(
+            f"{exp_dir}: its search is still running (ktune {info.get('command', 'run')}, "
+            f"pid {info['pid']}); {BEST_FILE} is written when it ends"
+        )
+    return read_experiment(exp_dir)
 
 
 def refuse_while_running(d: Path, shown: str) -> None:

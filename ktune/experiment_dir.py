@@ -191,24 +191,11 @@ def read_experiment(exp_dir: str | Path) -> tuple[dict, dict]:
     spec = read_spec(exp_dir)
     best = read_best(exp_dir)
     if best is None:
-        raise ExperimentError(f"{Path(exp_dir)}: {_unfinished(Path(exp_dir))}")
-    return spec, best
-
-
-def _unfinished(d: Path) -> str:
-    """Why an experiment has no best.json: its search still runs, or it was stopped."""
-    from ktune.driver import driver_state, read_driver
-
-    info = read_driver(d)
-    if info is not None and driver_state(info) == "running":
-        return (
-            f"its search is still running (ktune {info.get('command', 'run')}, pid "
-            f"{info['pid']}); {BEST_FILE} is written when it ends"
+        raise ExperimentError(
+            f"{Path(exp_dir)}: its search has not finished (no {BEST_FILE}: it is written "
+            "when the search ends; ktune resume finishes a stopped one)"
         )
-    return (
-        f"its search has not finished (no {BEST_FILE}: it is written when the search ends; "
-        "ktune resume finishes a stopped one)"
-    )
+    return spec, best
 
 
 def read_best(exp_dir: str | Path) -> dict | None:
