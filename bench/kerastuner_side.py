@@ -28,16 +28,14 @@ epoch and ``val_accuracy``. ``OUT/summary.json`` holds the tuner's own view at t
 from __future__ import annotations
 
 import os
-import platform
 
 os.environ["TF_USE_LEGACY_KERAS"] = "0"  # KerasTuner 1.4 needs Keras 3; before any import
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# The CPU kernels ktune's trials get (ktune/_keras_env.py: oneDNN's on x86-64, which
-# TensorFlow turns on by itself only with AVX-512 VNNI, BF16 or AMX), so the sides differ in their
-# search, not in TensorFlow's kernels.
-if platform.machine().lower() in ("x86_64", "amd64"):
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# ktune's own process environment before TensorFlow loads (a value set wins, so Keras 3
+# stays): the CPU kernels ktune's trials get (oneDNN's on x86-64), so the two sides differ
+# in their search, not in TensorFlow's kernels.
+import ktune._keras_env  # noqa: E402, F401
 
+# isort: split
 import argparse
 import json
 import math
