@@ -105,8 +105,14 @@ def train_renamed(config):
 
 @pytest.fixture(scope="module")
 def retried(tmp_path_factory, ray_session):
-    """The Tune run of ``train`` with one failure and one retry, shared by the tests here."""
+    """The Tune run of ``train`` with one failure and one retry, shared by the tests here.
+
+    ``KeepTrialHistory`` as the README asks: without it Ray 2.60 reopens the retried trial's
+    result.json from its last snapshot, and the rows of epochs 1 and 2 are lost whenever
+    that snapshot came before them (red in a fresh-clone CI on a slow machine)."""
     from ray import tune
+
+    from ktune.ray_state import KeepTrialHistory
 
     tmp = tmp_path_factory.mktemp("keras_callback")
     marker = tmp / "m"
@@ -118,6 +124,7 @@ def retried(tmp_path_factory, ray_session):
             name="retried",
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
+            callbacks=[KeepTrialHistory()],
         ),
     ).fit()
     return grid, marker, tmp
