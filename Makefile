@@ -14,6 +14,7 @@ PYTEST_ARGS ?=
 # Ray's start-up and on subprocesses); two fill them. TEST_WORKERS=0: one process.
 # --no-loadscope-reorder: files in the order tests/conftest.py gives (the longest first).
 TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test lint test-all bench bench-quick venv clean
 
@@ -32,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/ktune report "$$storage/quickstart"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # ruff lint and format check, mypy on ktune/ (pyproject.toml [tool.ruff], [tool.mypy]);
 # CI runs it before the tests.
@@ -44,7 +45,7 @@ lint: $(STAMP)
 
 # Also the tests that download real models and data sets (needs network).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "" $(PYTEST_ARGS)
 
 # Side-by-side benchmarks (bench/README.md): all of them, about 55 min on 2 cores; run
 # alone on the machine. bench-quick: the same in their quick modes, about 17 min.
