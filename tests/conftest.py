@@ -166,7 +166,10 @@ def wait_for_first_epoch(exp_dir: Path, proc: subprocess.Popen, timeout: float =
     run reporting it) is still alive."""
     deadline = time.time() + timeout
     while not list(exp_dir.glob("trial_*/checkpoint_*/ckpt.index")):
-        assert proc.poll() is None and time.time() < deadline, "no epoch before the run ended"
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr and not proc.stderr.closed else ""
+            pytest.fail(f"no epoch before the run ended (exit {proc.returncode}): {err[-3000:]}")
+        assert time.time() < deadline, f"no epoch in {timeout} s"
         time.sleep(0.2)
 
 
