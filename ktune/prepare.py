@@ -80,27 +80,75 @@ def prepare(
 
 def prepare_then_warm_tune(cfg: ExperimentConfig, data: Any) -> tuple[Any, Any, Any]:
     """:func:`~ktune.prepare.prepare`, then the modules Ray Tune imports when the Tuner
-    starts, while Ray is still starting: its usage tag of the run's callbacks imports its
-    MLflow and W&B integrations, which import ``mlflow`` and ``wandb`` (1.3 s of the
-    driver's start-up on 2 cores, before the first trial's worker is asked for)."""
+    starts, while Ray is still starting (Tune's TensorBoard logger and its tensorboardX);
+    and Tune's usage tag of the run's callbacks counts them by name
+    (:func:`count_callbacks_by_name`) instead of importing its tracker integrations."""
     prepared = prepare(cfg, True, data)
-    for module in _TUNE_START_MODULES:
+    modules: tuple[str, ...] = _TUNE_START_MODULES
+    if not count_callbacks_by_name():
+        modules = _TRACKER_INTEGRATIONS + modules  # at least a head start
+    for module in modules:
         with contextlib.suppress(Exception):  # only ever a head start
             importlib.import_module(module)
     return prepared
 
 
-# What ray.air._internal.usage._count_callbacks imports (Ray 2.60), and Tune's TensorBoard
-# logger with its tensorboardX: the rest of what Tuner.fit imports before it asks for the
-# trials' workers.
-_TUNE_START_MODULES = (
+# What ray.air._internal.usage._count_callbacks imports (Ray 2.60) to read four class
+# names: where mlflow and wandb are installed, its MLflow and W&B integrations import them
+# (1.3 s and 0.5 s on 2 cores), in a search that tracks with neither.
+_TRACKER_INTEGRATIONS = (
     "ray.air.integrations.mlflow",
     "ray.air.integrations.wandb",
     "ray.air.integrations.comet",
     "ray.tune.logger.aim",
-    "ray.tune.logger.tensorboardx",
-    "tensorboardX",
 )
+_TRACKER_CALLBACKS = (
+    "WandbLoggerCallback",
+    "MLflowLoggerCallback",
+    "CometLoggerCallback",
+    "AimLoggerCallback",
+)
+# Tune's TensorBoard logger with its tensorboardX: the rest of what Tuner.fit imports
+# before it asks for the trials' workers.
+_TUNE_START_MODULES = ("ray.tune.logger.tensorboardx", "tensorboardX")
+
+
+def count_callbacks_by_name() -> bool:
+    """Ray Tune's usage tag of a Tuner's callbacks (``tag_callbacks``, Ray 2.60) counts
+    them by class name, with the names of Ray's tracker callbacks given here, so it no
+    longer imports the integrations (and ``mlflow``, ``wandb``) only to read those names.
+    The tag it records is the same. False (nothing changed) where Ray has no such
+    counter."""
+    from ray.air._internal import usage
+
+    if not callable(getattr(usage, "_count_callbacks", None)):
+        return False
+    usage._count_callbacks = _count_callbacks
+    return True
+
+
+def _count_callbacks(callbacks: Any) -> dict[str, int]:
+    """Ray 2.60's ``ray.air._internal.usage._count_callbacks``, the built-in callbacks
+    known by name."""
+    import collections
+
+    from ray.tune import Callback
+    from ray.tune.logger import LoggerCallback
+    from ray.tune.utils.callback import DEFAULT_CALLBACK_CLASSES
+
+    built_in = set(_TRACKER_CALLBACKS) | {c.__name__ for c in DEFAULT_CALLBACK_CLASSES}
+    counts: dict[str, int] = collections.defaultdict(int)
+    for callback in callbacks or []:
+        if not isinstance(callback, Callback):
+            continue  # Tune refuses it later
+        name = type(callback).__name__
+        if name in built_in:
+            counts[name] += 1
+        elif isinstance(callback, LoggerCallback):
+            counts["CustomLoggerCallback"] += 1
+        else:
+            counts["CustomCallback"] += 1
+    return counts
 
 
 def verify_texts(data: Any) -> list[str]:

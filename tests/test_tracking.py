@@ -419,3 +419,59 @@ def test_mlflow_says_when_test_accuracy_is_an_ensembles(tmp_path):
     assert run.data.metrics["best_trial.test_accuracy"] == pytest.approx(0.81)
     assert run.data.metrics["ensemble.val_accuracy"] == pytest.approx(0.82)
     assert run.data.metrics["best.val_accuracy"] == pytest.approx(0.8)
+
+
+# --- a search that tracks with neither --------------------------------------------------
+
+_USAGE_TAG = r"""
+import json, sys
+from ray._common.usage import usage_lib
+from ray.air._internal import usage
+from ray.tune.logger import CSVLoggerCallback, LoggerCallback
+from ktune.prepare import count_callbacks_by_name
+from ktune.search_end import SearchEnd
+
+class OwnLogger(LoggerCallback):
+    pass
+
+ours = [SearchEnd(), SearchEnd(), CSVLoggerCallback(), OwnLogger(), object()]
+assert count_callbacks_by_name()
+usage.tag_callbacks(ours)
+tag = usage_lib._recorded_extra_usage_tags["air_callbacks"]
+imported = sorted(m for m in ("mlflow", "wandb") if m in sys.modules)
+# Ray's own count, the trackers' callbacks among them (importing their integrations now)
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback
+import ray.air._internal.usage as fresh
+import importlib
+ray_count = importlib.reload(fresh)._count_callbacks
+from ktune.prepare import _count_callbacks
+every = ours + [MLflowLoggerCallback(), WandbLoggerCallback(project="p"), MLflowLoggerCallback()]
+print(json.dumps({
+    "tag": json.loads(tag), "imported": imported,
+    "ours": dict(_count_callbacks(every)), "rays": dict(ray_count(every)),
+}))
+"""
+
+
+def test_tunes_usage_tag_of_the_callbacks_no_longer_imports_mlflow_or_wandb():
+    """Ray Tune's usage tag of a Tuner's callbacks imported its MLflow and W&B
+    integrations (and mlflow, wandb: 1.8 s of every search's start-up where they are
+    installed) to read four class names; ktune's search counts them by name: the same tag,
+    neither tracker imported."""
+    from conftest import REPO, subprocess_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", _USAGE_TAG],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["imported"] == []
+    assert out["tag"] == {"CustomCallback": 2, "CSVLoggerCallback": 1, "CustomLoggerCallback": 1}
+    assert out["ours"] == out["rays"]
+    assert out["rays"]["MLflowLoggerCallback"] == 2 and out["rays"]["WandbLoggerCallback"] == 1
