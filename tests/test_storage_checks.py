@@ -375,7 +375,28 @@ def test_two_local_searches_at_once_each_get_their_own_ray(tmp_path):
     assert (tmp_path / "results" / "second" / "best.json").is_file()
 
 
-_OWN_RAY = r"""
+# Ray's processes under this one, by name; a process that ends while it is looked at is
+# left out (it ended: tests/test_interrupt.py saw psutil.NoSuchProcess there in CI).
+_NAMED = r"""
+import psutil
+
+def named(parent, prefix, recursive=True):
+    found = []
+    for child in parent.children(recursive=recursive):
+        try:
+            if child.name().startswith(prefix):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+def raylet():
+    return named(psutil.Process(), "raylet")[0]
+"""
+
+_OWN_RAY = (
+    _NAMED
+    + r"""
 import os
 import time
 import psutil, ray
@@ -383,10 +404,7 @@ from ktune.ray_start import init_ray
 
 init_ray(None)
 time.sleep(2)  # Ray's first-driver workers start within a second of ray.init
-raylet = next(
-    p for p in psutil.Process().children(recursive=True) if p.name().startswith("raylet")
-)
-idle = [p for p in raylet.children() if p.name().startswith("ray::IDLE")]
+idle = named(raylet(), "ray::IDLE", recursive=False)
 print("IDLE", len(idle))
 
 
@@ -401,6 +419,7 @@ print("WORKER", ray.get(Trial.remote().started_with.remote("MALLOC_ARENA_MAX")))
 print("DRIVER", os.environ.get("MALLOC_ARENA_MAX"))
 ray.shutdown()
 """
+)
 
 
 def test_own_ray_starts_no_idle_workers_and_trial_workers_with_two_malloc_arenas():
@@ -433,14 +452,11 @@ def _own_ray_script(script: str) -> list[str]:
     return done.stdout.splitlines()
 
 
-_RELEASED = r"""
+_RELEASED = (
+    _NAMED
+    + r"""
 import psutil, ray
 from ktune.ray_start import init_ray, released_after_trials, trials_done
-
-def raylet():
-    return next(
-        p for p in psutil.Process().children(recursive=True) if p.name().startswith("raylet")
-    )
 
 def gone(p):
     return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
@@ -460,6 +476,7 @@ trials_done()  # and outside any command
 print("BEFORE", ray.is_initialized(), gone(before))
 ray.shutdown()
 """
+)
 
 
 def test_a_command_stops_its_own_ray_once_the_trials_are_done_and_no_other():
