@@ -23,7 +23,7 @@ from ktune._keras_env import environment
 from ktune.config import parse_config
 from ktune.errors import ConfigError
 
-from conftest import tiny_experiment
+from conftest import run_script_for_result, tiny_experiment
 
 FAKE_WANDB_KEY = "ktunefakewandbkey0123456789abcdef01234567"
 FAKE_MLFLOW_TOKEN = "ktunefakemlflowtoken-9f8e7d6c5b4a"
@@ -447,7 +447,7 @@ import importlib
 ray_count = importlib.reload(fresh)._count_callbacks
 from ktune.prepare import _count_callbacks
 every = ours + [MLflowLoggerCallback(), WandbLoggerCallback(project="p"), MLflowLoggerCallback()]
-print(json.dumps({
+print("RESULT " + json.dumps({
     "tag": json.loads(tag), "imported": imported,
     "ours": dict(_count_callbacks(every)), "rays": dict(ray_count(every)),
 }))
@@ -459,18 +459,7 @@ def test_tunes_usage_tag_of_the_callbacks_no_longer_imports_mlflow_or_wandb():
     integrations (and mlflow, wandb: 1.8 s of every search's start-up where they are
     installed) to read four class names; ktune's search counts them by name: the same tag,
     neither tracker imported."""
-    from conftest import REPO, subprocess_env
-
-    done = subprocess.run(
-        [sys.executable, "-c", _USAGE_TAG],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=REPO,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_script_for_result(_USAGE_TAG, timeout=300)
     assert out["imported"] == []
     assert out["tag"] == {"CustomCallback": 2, "CSVLoggerCallback": 1, "CustomLoggerCallback": 1}
     assert out["ours"] == out["rays"]
