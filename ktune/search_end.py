@@ -268,6 +268,7 @@ def stop_signals(
         names.append(signal.SIGUSR1)
 
     over = threading.Event()  # the block is left: Ray may stop on its own from here
+    watching = threading.Lock()  # held once a watch has started: one watch a block
 
     def watch(signum: int, on_ray_lost: Callable[[int], None]) -> None:
         deadline = time.monotonic() + 30
@@ -275,24 +276,66 @@ def stop_signals(
             if _own_ray_lost() and not over.is_set():
                 on_ray_lost(signum)
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
-    def on_term(signum: int, frame) -> None:
+    def start_watch(signum: int) -> None:
         if end is not None:
             end.signal = signum
-        if on_ray_lost is not None:  # killed with the process group? (a thread watches)
+        if on_ray_lost is not None and watching.acquire(blocking=False):
             threading.Thread(target=watch, args=(signum, on_ray_lost), daemon=True).start()
+
+    def on_term(signum: int, frame) -> None:
+        start_watch(signum)  # killed with the process group? (a thread watches)
         handler = signal.getsignal(signal.SIGINT)
         if not callable(handler) or handler is on_term:
             raise KeyboardInterrupt
         handler(signal.SIGINT, frame)
 
-    with _handlers_restored(names):
+    with _handlers_restored(names), _woken_by(signal.SIGTERM, start_watch):
         signal.signal(signal.SIGTERM, on_term)
         try:
             yield
         finally:
             over.set()
+
+
+@contextlib.contextmanager
+def _woken_by(signum: int, act: Callable[[int], None]) -> Iterator[None]:
+    """For the block (main thread): ``act(signum)`` runs in a thread of its own as soon as
+    the signal arrives, before the Python handler does. Python runs handlers only in the
+    main thread, between two bytecodes: a signal the kernel hands to another thread (one
+    of Ray's) while the main thread waits inside Ray's C++ core is handled only once that
+    wait ends, and when the signal went to the whole process group the core worker may
+    end the process (exit code 1) first, as the raylet goes. Python's C-level handler
+    writes each signal's number to the wakeup fd at once; a thread reads it here. A
+    wakeup fd set before (an asyncio loop's) still gets every byte."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        before = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread, or not allowed here: handlers alone
+        os.close(read_end)
+        os.close(write_end)
+        yield
+        return
+
+    def read() -> None:
+        while got := os.read(read_end, 64):  # b"": the block is left
+            if before != -1:
+                with contextlib.suppress(OSError):
+                    os.write(before, got)
+            if signum in got:
+                act(signum)
+
+    reader = threading.Thread(target=read, name="ktune-signals", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(before)
+        os.close(write_end)
+        reader.join(timeout=1)
+        os.close(read_end)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from conftest import (
     kill_ray_under,
     ktune_cli,
     ktune_run_in_its_own_group,
+    run_script_for_result,
     tiny_experiment,
     wait_for_first_epoch,
 )
@@ -203,6 +204,39 @@ def test_stopped_on_the_command_line_exits_128_plus_signal_and_names_resume(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((exp_dir / "best.json").read_text())["num_trials"] == 2
     assert (exp_dir / "export" / "saved_model.pb").is_file()
+
+
+_SIGNAL_WHILE_MAIN_WAITS = """
+import json, os, signal, threading, time
+import ktune.search_end as search_end
+
+# The group's SIGTERM has ended the Ray this process started (what is checked is when).
+search_end._own_ray_lost = lambda: True
+sent = []
+
+def lost(signum):
+    after = time.monotonic() - sent[0]
+    print("RESULT " + json.dumps({"signum": signum, "after": after}), flush=True)
+    os._exit(0)
+
+with search_end.stop_signals(None, lost):
+    # The kernel hands the signal to another thread while the main one waits in C (in
+    # Ray's core worker, CI): Python's handler cannot run before that wait ends.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # (threads started from
+    sent.append(time.monotonic() + 0.5)  # here on inherit it: one of Ray's gets it)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    time.sleep(20)
+print("RESULT " + json.dumps({"after": None}))
+"""
+
+
+def test_the_lost_ray_watch_starts_while_the_main_thread_still_waits():
+    """The SIGTERM-to-the-group case above exited 1 once in CI (Ray's core worker ended
+    the process as the raylet went) because the watch for the lost Ray started only in
+    the Python handler, which waits for the main thread: it starts at the signal."""
+    got = run_script_for_result(_SIGNAL_WHILE_MAIN_WAITS, timeout=120)
+    assert got["after"] is not None and got["after"] < 5, got
+    assert got["signum"] == signal.SIGTERM
 
 
 def test_quiet_output_drops_tunes_lines_that_ktunes_interrupt_line_replaces():
