@@ -259,7 +259,7 @@ def test_trainable_checks_its_arguments_before_any_work(ray_session):
 # clean-up) as the first trial begins its third epoch: a Keras callback in the trial
 # kills the driver's process, then holds the trial until Ray's processes go.
 _CRASHING_TUNER = """
-import json, os, signal, sys, time
+import json, os, pathlib, signal, sys, time
 import tf_keras as keras
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
@@ -274,7 +274,15 @@ class KillDriver(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 2:
-            time.sleep(1.5)  # Ray snapshots the experiment once it has the last result
+            # The driver has the 2 results on storage (a fixed wait once fell short under
+            # load, CI 2026-12-07), then Ray snapshots the experiment with the last one.
+            deadline = time.time() + 120
+            while time.time() < deadline and not any(
+                len(p.read_text().splitlines()) >= 2
+                for p in pathlib.Path(sys.argv[4], "own").glob("*/result.json")
+            ):
+                time.sleep(0.1)
+            time.sleep(1.5)
             os.kill(self.pid, signal.SIGKILL)
             time.sleep(600)
 
