@@ -187,15 +187,34 @@ class SnapshotKeeper(tune.Callback):
     ``get_state`` is the one hook Ray calls during its snapshot, after writing the state
     files to its staging folder and before copying them to storage; it returns ``None``
     so that Ray saves no callback state of its own for it.
+
+    In your own ``tune.Tuner``: ``RunConfig(callbacks=[SnapshotKeeper()])`` learns the
+    experiment folder and Ray's staging folder from the trials (local storage only: an
+    object store writes whole objects), and :func:`repair` on the experiment folder before
+    ``tune.Tuner.restore`` puts the whole copies back.
     """
 
-    def __init__(self, exp_dir: str | Path, experiment_name: str):
-        self.exp_dir = Path(exp_dir)
+    def __init__(self, exp_dir: str | Path | None = None, experiment_name: str | None = None):
+        self.exp_dir = Path(exp_dir) if exp_dir is not None else None
         self.experiment_name = experiment_name
         self._staging: Path | None = None
         self._copied: dict[Path, tuple[int, int]] = {}
+        self._learned = exp_dir is not None
 
-    def _copy_trial_files(self, staging: Path) -> None:
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._learned and trials:
+            self._learn(trials[0].storage)
+
+    def _learn(self, storage) -> None:
+        """The experiment folder and staging folder of a Tuner given no ``exp_dir``."""
+        import pyarrow.fs as pafs
+
+        self._learned = True
+        if isinstance(storage.storage_filesystem, pafs.LocalFileSystem):
+            self.exp_dir = Path(storage.experiment_fs_path)
+            self._staging = Path(storage.experiment_driver_staging_path)
+
+    def _copy_trial_files(self, staging: Path, exp_dir: Path) -> None:
         """Whole copies of the trial files that changed since the last snapshot."""
         for folder in staging.iterdir():
             if not folder.is_dir() or folder.name.startswith("."):
@@ -208,18 +227,20 @@ class SnapshotKeeper(tune.Callback):
                     continue
                 if self._copied.get(source) == (stat.st_size, stat.st_mtime_ns):
                     continue
-                target = self.exp_dir / folder.name / TRIAL_COPY_DIR / name
+                target = exp_dir / folder.name / TRIAL_COPY_DIR / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(target, source.read_bytes())
                 self._copied[source] = (stat.st_size, stat.st_mtime_ns)
 
     def get_state(self):
+        if self.exp_dir is None:
+            return None  # a Tuner's keeper before its first trial, or on an object store
         try:
-            if self._staging is None or not self._staging.is_dir():
+            if self.experiment_name and (self._staging is None or not self._staging.is_dir()):
                 self._staging = _staging_dir(self.experiment_name)
-            if self._staging is not None and self.exp_dir.is_dir():
+            if self._staging is not None and self._staging.is_dir() and self.exp_dir.is_dir():
                 write_bundle(self.exp_dir, self._staging)
-                self._copy_trial_files(self._staging)
+                self._copy_trial_files(self._staging, self.exp_dir)
         except OSError as e:  # a full disk must not stop the search; Ray's copy may still land
             log.warning("could not keep a copy of Ray's snapshot in %s: %s", self.exp_dir, e)
         return None
