@@ -191,7 +191,9 @@ class SnapshotKeeper(tune.Callback):
     In your own ``tune.Tuner``: ``RunConfig(callbacks=[SnapshotKeeper()])`` learns the
     experiment folder and Ray's staging folder from the trials (local storage only: an
     object store writes whole objects), and :func:`repair` on the experiment folder before
-    ``tune.Tuner.restore`` puts the whole copies back.
+    ``tune.Tuner.restore`` puts the whole copies back. ``ktune run`` and ``ktune resume``
+    pass ``exp_dir`` and ``experiment_name``: a resume whose trials had all ended takes
+    no step, and Ray's final snapshot then comes before any hook that names a trial.
     """
 
     def __init__(self, exp_dir: str | Path | None = None, experiment_name: str | None = None):
