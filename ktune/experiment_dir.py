@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +35,8 @@ from ktune.errors import ExperimentError
 
 if TYPE_CHECKING:
     from ktune.config import ExperimentConfig
+
+log = logging.getLogger("ktune")
 
 __all__ = [
     "EXPERIMENT_FILE",
@@ -61,6 +64,8 @@ __all__ = [
     "stage_remote",
     "export_complete",
     "export_cut_off",
+    "check_replaceable_uri",
+    "recover_cut_replace",
     "trials_unknown_to_ray",
     "trial_histories",
     "STOP_LOG",
@@ -281,6 +286,59 @@ def export_cut_off(location: str, key: str = "export.dir") -> bool:
     meta = storage.join(location, METADATA_FILE)
     begun = storage.exists(meta, key) if storage.is_uri(location) else Path(meta).is_file()
     return begun and not export_complete(location, key)
+
+
+def check_replaceable_uri(uri: str, key: str = "--out") -> None:
+    """``force`` on a URI replaces an export, whole or cut off (:func:`export_cut_off`),
+    never a folder on the storage that holds anything else (``--out s3://.../runs``
+    would take the experiments under it): one clear line instead."""
+    if (
+        storage.is_nonempty_dir(uri, key)
+        and not export_complete(uri, key)
+        and not export_cut_off(uri, key)
+    ):
+        raise ExperimentError(
+            f"{storage.redact(uri)}: exists and is not an export (no saved_model.pb); "
+            "--force replaces only an export: choose another --out"
+        )
+
+
+def recover_cut_replace(uri: str, key: str = "--out") -> str | None:
+    """Puts back the export a ``force`` replace on a URI left behind when it was cut off.
+
+    ``ktune.export`` uploads the new export whole to a sibling ``.<name>.tmp-<pid>``,
+    then deletes the old one and uploads the new one again: cut off in between, the
+    target is gone or holds part of an export (no ``saved_model.pb``) and the only whole
+    copy is that sibling. Its copy goes back to the target (``saved_model.pb`` last) and
+    the sibling is removed. Returns the sibling put back, or None when there was nothing
+    to do (a whole target; or no whole sibling: an upload cut off before the old export
+    was touched left the old one as it was)."""
+    if export_complete(uri, key):
+        return None
+    name = storage.basename(uri)
+    whole = [
+        storage.sibling(uri, entry)
+        for entry in storage.list_dir(storage.parent(uri), key)
+        if entry.startswith(f".{name}.tmp-") and export_complete(storage.sibling(uri, entry), key)
+    ]
+    if not whole:
+        return None
+    copy = whole[-1]  # one replace at a time; the last name if several were cut off
+    work = storage.temporary_dir("ktune-export-")
+    try:
+        local = storage.download_dir(copy, work / "export", key=key)
+        storage.delete_dir(uri, key)  # what the cut-off upload left
+        storage.upload_dir(local, uri, last=["saved_model.pb"], key=key)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    storage.delete_dir(copy, key)
+    log.warning(
+        "%s: a --force replace of this export was cut off; its whole new copy (%s) is "
+        "back in place",
+        storage.redact(uri),
+        storage.basename(copy),
+    )
+    return copy
 
 
 def export_is_of(meta: dict, best: dict) -> bool:

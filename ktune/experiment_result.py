@@ -16,7 +16,15 @@ from typing import Any, Sequence
 
 from ktune import storage
 from ktune.errors import ExperimentError, text_list
-from ktune.experiment_dir import EXPORT_DIR, export_is_of, front_trial, read_results
+from ktune.experiment_dir import (
+    EXPORT_DIR,
+    check_replaceable_uri,
+    export_cut_off,
+    export_is_of,
+    front_trial,
+    read_results,
+    recover_cut_replace,
+)
 from ktune.tables import left_out_text
 
 log = logging.getLogger("ktune")
@@ -145,15 +153,18 @@ class ExperimentResult:
         default = f"{EXPORT_DIR}-{chosen}" if other else EXPORT_DIR
         target = str(out) if out is not None else storage.join(self.path, default)
         # Refused before TensorFlow loads (export_best checks again, for other callers).
-        taken = storage.exists(target, "--out") if storage.is_uri(target) else Path(target).exists()
+        remote = storage.is_uri(target)
+        if remote:
+            recover_cut_replace(target, "--out")  # a cut-off --force replace put back first
+        taken = storage.exists(target, "--out") if remote else Path(target).exists()
         if taken and not force:
-            from ktune.experiment_dir import export_cut_off
-
             cut = ", cut off before saved_model.pb" if export_cut_off(target, "--out") else ""
             raise ExperimentError(
                 f"{storage.redact(target)}: export target already exists{cut} (replace it: "
                 "force=True, or `ktune export --force`)"
             )
+        if taken and remote:
+            check_replaceable_uri(target, "--out")
         from ktune.export import export_best
 
         done = export_best(

@@ -16,7 +16,9 @@ stores have no atomic folder rename, but every object appears whole, so an expor
 ``saved_model.pb`` is there is complete. A failed upload removes what it wrote; with
 ``force`` the new export is first uploaded completely to a sibling
 ``.<name>.tmp-<pid>``, and only then is the old one replaced (at every moment one complete
-copy exists, in the target or in that sibling).
+copy exists, in the target or in that sibling); the next export to that URI puts a copy
+left only in the sibling back in place first (:func:`recover_cut_replace`). As for a local
+folder, ``force`` never replaces a folder on the storage that is not an export.
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ import tensorflow as tf
 import ktune._keras_env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ktune import storage
 from ktune.errors import ExperimentError, text_list
-from ktune.experiment_dir import METADATA_FILE, front_trial, read_experiment
+from ktune.experiment_dir import (
+    METADATA_FILE,
+    check_replaceable_uri,
+    front_trial,
+    read_experiment,
+    recover_cut_replace,
+)
 from ktune.rebuild import family_of_record
 from ktune.serving import ServingModule
 
@@ -85,9 +93,13 @@ def export_best(
     remote_out = storage.is_uri(str(out_dir))
     out = str(out_dir) if remote_out else str(Path(out_dir).resolve())
     shown = storage.redact(out)
+    if remote_out:
+        recover_cut_replace(out, "--out")
     if not force and (storage.exists(out, "--out") if remote_out else Path(out).exists()):
         raise ExperimentError(f"{shown}: export target already exists (use --force to replace it)")
-    if not remote_out:
+    if remote_out:
+        check_replaceable_uri(out, "--out")
+    else:
         check_replaceable(Path(out))
     checkpoint = best["checkpoint"]
     remote_checkpoint = storage.is_uri(checkpoint)

@@ -53,6 +53,7 @@ __all__ = [
     "download_dir",
     "delete_dir",
     "list_files",
+    "list_dir",
     "staging_root",
     "staging_dir",
     "temporary_dir",
@@ -254,6 +255,18 @@ def list_files(uri: str, key: str = "storage") -> list[str]:
         for i in infos
         if i.type == pyarrow.fs.FileType.File and i.path.startswith(root)
     )
+
+
+def list_dir(uri: str, key: str = "storage") -> list[str]:
+    """The names directly inside the folder ``uri`` (sorted; one listing, not recursive)."""
+    import pyarrow.fs
+
+    fs, path = filesystem(uri, key)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except Exception as e:
+        raise ExperimentError(f"{key}: cannot list {redact(uri)}: {_last_line(e)}") from None
+    return sorted(i.base_name for i in infos)
 
 
 def read_text(uri: str, key: str = "storage") -> str:

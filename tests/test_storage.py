@@ -278,6 +278,72 @@ def test_a_failed_upload_never_leaves_or_replaces_an_export(s3, tmp_path):
     assert _get(s3, "publish", "runs/exp/export/saved_model.pb") == b"newer"
 
 
+def _export_folder(folder: Path, tag: bytes) -> Path:
+    """A folder with an export's files (their bytes tagged), as ktune uploads one."""
+    (folder / "variables").mkdir(parents=True)
+    (folder / "metadata.json").write_bytes(b'{"tag": "%s"}' % tag)
+    (folder / "saved_model.pb").write_bytes(tag)
+    (folder / "variables" / "variables.index").write_bytes(tag)
+    (folder / "variables" / "variables.data-00000-of-00001").write_bytes(tag * 1000)
+    return folder
+
+
+def test_a_force_replace_cut_off_on_the_uri_is_put_back_whole(s3, tmp_path):
+    """``--force`` on a URI uploads the new export whole to ``.export.tmp-<pid>``, deletes
+    the old one, uploads the new one again. A kill during that second upload leaves the
+    target without saved_model.pb (that state made here, as _publish leaves it): the next
+    export to that URI puts the whole copy back before anything else."""
+    from ktune.experiment_dir import export_complete, recover_cut_replace
+    from ktune.export import _publish
+
+    uri = _bucket(s3, "cut")
+    target = storage.join(uri, "exp", "export")
+    _publish(_export_folder(tmp_path / "old", b"old"), target, force=False)
+    new = _export_folder(tmp_path / "new", b"new")
+    staged = storage.sibling(target, ".export.tmp-4242")
+    storage.upload_dir(new, staged, last=["saved_model.pb"])  # _publish's first upload
+    storage.delete_dir(target)  # then the old export goes
+    storage.upload_file(new / "metadata.json", storage.join(target, "metadata.json"))  # cut
+    assert not export_complete(target, "--out")
+
+    assert recover_cut_replace(target) == staged
+    objects = _objects(s3, "cut")
+    assert sorted(objects) == [
+        "runs/exp/export/metadata.json",
+        "runs/exp/export/saved_model.pb",
+        "runs/exp/export/variables/variables.data-00000-of-00001",
+        "runs/exp/export/variables/variables.index",
+    ]  # whole, and the temporary copy gone
+    assert _get(s3, "cut", "runs/exp/export/saved_model.pb") == b"new"
+    assert _get(s3, "cut", "runs/exp/export/variables/variables.data-00000-of-00001") == (
+        b"new" * 1000
+    )
+    assert recover_cut_replace(target) is None  # nothing left to do
+
+    # Cut off during the first upload: the copy is not whole, the old export untouched.
+    storage.upload_file(new / "metadata.json", storage.join(staged, "metadata.json"))
+    before = _objects(s3, "cut")
+    assert recover_cut_replace(target) is None
+    assert _objects(s3, "cut") == before
+
+
+def test_force_on_a_uri_never_replaces_a_folder_that_is_not_an_export(s3, tmp_path):
+    from ktune.experiment_dir import check_replaceable_uri
+
+    uri = _bucket(s3, "notexport")
+    storage.write_text(storage.join(uri, "exp", "results.csv"), "trial,val_accuracy\n")
+    storage.upload_dir(_export_folder(tmp_path / "e", b"e"), storage.join(uri, "exp", "export"))
+    before = _objects(s3, "notexport")
+    for folder in (uri, storage.join(uri, "exp")):
+        with pytest.raises(ExperimentError, match="is not an export .* choose another --out"):
+            check_replaceable_uri(folder)
+    check_replaceable_uri(storage.join(uri, "exp", "export"))  # a whole export
+    check_replaceable_uri(storage.join(uri, "nothing"))  # nothing there
+    storage.write_text(storage.join(uri, "cut", "metadata.json"), "{}")
+    check_replaceable_uri(storage.join(uri, "cut"))  # an export a kill cut off
+    assert set(_objects(s3, "notexport")) == set(before) | {"runs/cut/metadata.json"}
+
+
 # --- a real search into the bucket -------------------------------------------------------------
 
 
@@ -436,6 +502,44 @@ def test_export_cli_on_the_uri_refuses_then_force_replaces(remote_run, s3):
     assert "runs/tiny/export/saved_model.pb" in after
     assert after["runs/tiny/export/metadata.json"] != before["runs/tiny/export/metadata.json"]
     assert not [k for k in after if "/.export" in k]  # no temporary copy left
+
+
+def test_export_cli_force_onto_the_storage_folder_exits_2_deleting_nothing(remote_run, s3):
+    cfg, _, _, _ = remote_run
+    before = _objects(s3, "ktune")
+    runs = storage.parent(cfg.experiment_path)  # s3://ktune/runs?...: every experiment
+    done = ktune_cli("export", cfg.experiment_path, "--out", runs, "--force")
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert "s3://ktune/runs" in line and "is not an export" in line, done.stderr
+    assert _objects(s3, "ktune") == before
+
+
+def test_export_cli_puts_back_an_export_a_cut_off_force_left_in_its_copy(remote_run, s3, tmp_path):
+    """The state a kill during ``ktune export --force``'s second upload leaves (the old
+    export deleted, the new one whole only in ``.export.tmp-<pid>``): the next ``ktune
+    export`` puts it back first, so the target is whole again (and, without --force,
+    refused as an existing export)."""
+    cfg, _, _, _ = remote_run
+    before = _objects(s3, "ktune", "runs/tiny/export/")
+    whole = storage.download_dir(cfg.export_path, tmp_path / "export")
+    staged = storage.sibling(cfg.export_path, ".export.tmp-4242")
+    storage.upload_dir(whole, staged, last=["saved_model.pb"])
+    storage.delete_dir(cfg.export_path)
+    storage.upload_file(whole / "metadata.json", storage.join(cfg.export_path, "metadata.json"))
+
+    done = ktune_cli("export", cfg.experiment_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "cut off; its whole new copy (.export.tmp-4242) is back in place" in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "export target already exists (replace it: force=True, or `ktune export --force`)"
+        )
+    )
+    assert _objects(s3, "ktune", "runs/tiny/export/") == before  # the same bytes, whole
+    assert not [k for k in _objects(s3, "ktune", "runs/tiny/") if "/.export" in k]
 
 
 @pytest.mark.slow
