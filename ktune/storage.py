@@ -226,16 +226,12 @@ def is_nonempty_dir(uri: str, key: str = "storage") -> bool:
     """True when ``uri`` holds anything at all (object stores have no empty folders)."""
     import pyarrow.fs
 
-    fs, path, info = _info(uri, key)
+    _, _, info = _info(uri, key)
     if info.type == pyarrow.fs.FileType.NotFound:
         return False
     if info.type == pyarrow.fs.FileType.File:
         return True
-    try:
-        listed = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-    except Exception as e:
-        raise ExperimentError(f"{key}: cannot list {redact(uri)}: {_last_line(e)}") from None
-    return bool(listed)
+    return bool(list_dir(uri, key))
 
 
 def list_files(uri: str, key: str = "storage") -> list[str]:
