@@ -47,7 +47,7 @@ lint: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "" $(PYTEST_ARGS)
 
-# Side-by-side benchmarks (bench/README.md): all of them, about 55 min on 2 cores; run
+# Side-by-side benchmarks (bench/README.md): all of them, 50-61 min on 2 cores; run
 # alone on the machine. bench-quick: the same in their quick modes, about 17 min.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
