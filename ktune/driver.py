@@ -38,6 +38,8 @@ __all__ = [
     "running_elsewhere",
     "silent_after",
     "CLAIM_FILE",
+    "live_driver",
+    "read_finished",
     "refuse_while_running",
     "claimed",
     "holds_results",
@@ -269,38 +271,57 @@ def claimed(exp_dir: Path, working_copy: bool = False, shown: str | None = None)
                 break
 
 
+def live_driver(exp_dir: Path, *, but_this_process: bool = False) -> tuple[str, dict] | None:
+    """(state, driver.json) of the search still running on ``exp_dir``: ``running`` (this
+    machine's driver, asked of the system) or ``elsewhere`` (another machine's, while its
+    heartbeat is current); None when none is (no driver.json, ``best.json`` written, the
+    driver ended, was killed or fell silent). ``but_this_process``: this process's own
+    search (one that ended by an error) does not count."""
+    info = read_driver(exp_dir)
+    if (
+        info is None
+        or (exp_dir / BEST_FILE).is_file()
+        or (but_this_process and int(info["pid"]) == os.getpid())
+    ):
+        return None
+    state = driver_state(info)
+    if state == "running" or (state == "elsewhere" and silent_after(info)):
+        return state, info
+    return None
+
+
 def read_finished(exp_dir: Path) -> tuple[dict, dict]:
     """(spec, best) of a finished local experiment (``read_experiment``); a search still
-    running on this machine is named as such, with its driver's pid."""
-    info = None if (exp_dir / BEST_FILE).is_file() else read_driver(exp_dir)
-    if info is not None and driver_state(info) == "running":
+    running (:func:`live_driver`) is named as such, with its driver's host and pid."""
+    live = live_driver(exp_dir)
+    if live is not None:
+        state, info = live
+        where = (
+            running_elsewhere(info)
+            if state == "elsewhere"
+            else f"running (ktune {info.get('command', 'run')}, pid {info['pid']})"
+        )
         raise ExperimentError(
-            f"{exp_dir}: its search is still running (ktune {info.get('command', 'run')}, "
-            f"pid {info['pid']}); {BEST_FILE} is written when it ends"
+            f"{exp_dir}: its search is still {where}; {BEST_FILE} is written when it ends"
         )
     return read_experiment(exp_dir)
 
 
 def refuse_while_running(d: Path, shown: str) -> None:
     """A second driver on one experiment would mix two searches' state: ``ktune resume``
-    waits for the first to end (or to be stopped). This machine's driver is asked of the
-    system; another machine's counts as running while its heartbeat is current."""
-    info = read_driver(d)
-    if (
-        info is None
-        or (d / BEST_FILE).is_file()
-        or int(info["pid"]) == os.getpid()  # this process's own search, ended by an error
-    ):
+    waits for the first to end (or to be stopped), as :func:`live_driver` tells."""
+    live = live_driver(d, but_this_process=True)
+    if live is None:
         return
-    state, pid, command = driver_state(info), info["pid"], info.get("command", "run")
+    state, info = live
     if state == "running":
+        pid, command = info["pid"], info.get("command", "run")
         raise ExperimentError(
             f"{shown}: its search is still running (ktune {command}, pid {pid} on this "
             f"machine); stop it first (Ctrl+C there, or kill {pid}), then resume"
         )
-    if state == "elsewhere" and silent_after(info):
-        raise ExperimentError(
-            f"{shown}: its search is still {running_elsewhere(info)}; stop it there first, "
-            f"then resume (a driver silent for {format_duration(silent_after(info))} "
-            "counts as stopped)"
-        )
+    raise ExperimentError(
+        f"{shown}: its search is still {running_elsewhere(info)}; stop it there first, "
+        f"then resume (a driver silent for {format_duration(silent_after(info))} "
+        "counts as stopped)"
+    )

@@ -233,6 +233,25 @@ def test_load_says_what_is_wrong_with_a_folder_that_is_not_a_finished_search(tmp
     write_driver(d, "run")  # this process stands for the search's driver
     with pytest.raises(ktune.ExperimentError, match=r"still running \(ktune run, pid \d+\)"):
         ktune.load(d)
+    # another machine's driver (a laptop reading a cluster's storage): named with its host
+    # while its heartbeat is current; once it missed them, the search reads as stopped
+    import time
+
+    from ktune.driver import SILENT_MIN_S
+
+    there = json.loads((d / "driver.json").read_text())
+    there.update(host="gpu-node-7", pid=4242, heartbeat_s=60.0, time=time.time() - 3600)
+    (d / "driver.json").write_text(json.dumps({**there, "alive": time.time() - 30}))
+    with pytest.raises(ktune.ExperimentError) as caught:
+        ktune.load(d)
+    assert str(caught.value).startswith(
+        f"{d}: its search is still running on gpu-node-7 (ktune run, pid 4242; alive 3"
+    ), caught.value
+    assert str(caught.value).endswith("; best.json is written when it ends")
+    silent = time.time() - SILENT_MIN_S - 60
+    (d / "driver.json").write_text(json.dumps({**there, "alive": silent}))
+    with pytest.raises(ktune.ExperimentError, match="has not finished .*ktune resume"):
+        ktune.load(d)
 
 
 @pytest.mark.slow
