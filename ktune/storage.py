@@ -226,12 +226,12 @@ def is_nonempty_dir(uri: str, key: str = "storage") -> bool:
     """True when ``uri`` holds anything at all (object stores have no empty folders)."""
     import pyarrow.fs
 
-    _, _, info = _info(uri, key)
+    fs, path, info = _info(uri, key)
     if info.type == pyarrow.fs.FileType.NotFound:
         return False
     if info.type == pyarrow.fs.FileType.File:
         return True
-    return bool(list_dir(uri, key))
+    return bool(_listing(fs, path, uri, key))
 
 
 def list_files(uri: str, key: str = "storage") -> list[str]:
@@ -255,14 +255,18 @@ def list_files(uri: str, key: str = "storage") -> list[str]:
 
 def list_dir(uri: str, key: str = "storage") -> list[str]:
     """The names directly inside the folder ``uri`` (sorted; one listing, not recursive)."""
+    fs, path = filesystem(uri, key)
+    return sorted(i.base_name for i in _listing(fs, path, uri, key))
+
+
+def _listing(fs, path: str, uri: str, key: str) -> list:
+    """pyarrow's one-level listing of ``path`` on ``fs`` (empty when it does not exist)."""
     import pyarrow.fs
 
-    fs, path = filesystem(uri, key)
     try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+        return fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     except Exception as e:
         raise ExperimentError(f"{key}: cannot list {redact(uri)}: {_last_line(e)}") from None
-    return sorted(i.base_name for i in infos)
 
 
 def read_text(uri: str, key: str = "storage") -> str:
